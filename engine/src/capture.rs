@@ -1,0 +1,413 @@
+//! Captures what cells write to stdout and stderr, and reads evcxr's markers out of it.
+//!
+//! Compiled cells write straight to file descriptors 1 and 2 (each cell's shared object carries
+//! its own copy of std, so there is no in-process hook to install). At start the engine points
+//! both descriptors at pipes; one thread per pipe forwards the text live to the hub and keeps
+//! evcxr's control lines (a caught panic, a displayed value, a `?` error) for the run's reply.
+//! After a run, the runner writes a sentinel line with a per-process nonce to each pipe; when both
+//! threads have read it, every byte the run wrote has been forwarded, in order.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use rustpx_protocol::{MimeBundle, StreamOutput};
+
+/// evcxr's control lines, as its generated code prints them.
+const BEGIN_CONTENT: &str = "EVCXR_BEGIN_CONTENT ";
+const END_CONTENT: &str = "EVCXR_END_CONTENT";
+const PANIC_NOTIFICATION: &str = "EVCXR_PANIC_NOTIFICATION";
+const USER_ERROR: &str = "EVCXR_ERROR_OCCURRED";
+const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
+
+/// Where captured text goes: the link's outgoing queue.
+pub type StreamSink = Arc<dyn Fn(StreamOutput) + Send + Sync>;
+
+/// What the stdout reader learnt about one run.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StdoutReport {
+    pub panicked: bool,
+    pub user_error: bool,
+    pub changed_type: Vec<String>,
+    /// Rich displays that were followed by more output: shown as `[output:N]`.
+    pub displays: Vec<MimeBundle>,
+    /// The displays at the very end of the run, merged: the cell's value.
+    pub value: Option<MimeBundle>,
+}
+
+/// What the stderr reader learnt about one run.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StderrReport {
+    /// Location and message of the first panic written during the run.
+    pub panic: Option<(String, String)>,
+}
+
+/// Both readers' reports for one run.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub stdout: StdoutReport,
+    pub stderr: StderrReport,
+}
+
+enum Done {
+    Stdout(StdoutReport),
+    Stderr(StderrReport),
+}
+
+/// The capture of fds 1 and 2, installed once at engine start.
+pub struct Capture {
+    sentinel: String,
+    current_run: Arc<Mutex<String>>,
+    done: Receiver<Done>,
+}
+
+impl Capture {
+    /// Redirects fds 1 and 2 into pipes and starts their readers. Returns the capture and a
+    /// duplicate of the original stderr for the engine's own log.
+    pub fn install(sink: StreamSink) -> std::io::Result<(Capture, File)> {
+        let log = dup(2)?;
+        let stdout_reader = redirect(1)?;
+        let stderr_reader = redirect(2)?;
+        let sentinel = format!("\u{1}RUSTPX_RUN_DONE {}", uuid::Uuid::new_v4().simple());
+        let current_run = Arc::new(Mutex::new(String::new()));
+        let (done_tx, done) = mpsc::channel();
+        spawn_reader(
+            "stdout",
+            stdout_reader,
+            sentinel.clone(),
+            current_run.clone(),
+            sink.clone(),
+            done_tx.clone(),
+        );
+        spawn_reader(
+            "stderr",
+            stderr_reader,
+            sentinel.clone(),
+            current_run.clone(),
+            sink,
+            done_tx,
+        );
+        Ok((
+            Capture {
+                sentinel,
+                current_run,
+                done,
+            },
+            log,
+        ))
+    }
+
+    /// Output from now on belongs to `run_id`.
+    pub fn begin(&self, run_id: &str) {
+        *self.current_run.lock().unwrap_or_else(|p| p.into_inner()) = run_id.to_owned();
+    }
+
+    /// Marks the end of the run on both pipes and waits until both readers reached the mark.
+    pub fn finish(&self) -> RunReport {
+        let line = format!("{}\n", self.sentinel);
+        for fd in [1, 2] {
+            write_all(fd, line.as_bytes());
+        }
+        let mut report = RunReport::default();
+        for _ in 0..2 {
+            match self.done.recv() {
+                Ok(Done::Stdout(r)) => report.stdout = r,
+                Ok(Done::Stderr(r)) => report.stderr = r,
+                Err(_) => break,
+            }
+        }
+        report
+    }
+}
+
+fn dup(fd: RawFd) -> std::io::Result<File> {
+    // SAFETY: dup has no memory-safety preconditions; we own the new descriptor.
+    let copy = unsafe { libc::dup(fd) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `copy` is a fresh descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(copy) })
+}
+
+/// Points `fd` at the write end of a new pipe; returns the read end.
+fn redirect(fd: RawFd) -> std::io::Result<File> {
+    let mut ends = [0 as RawFd; 2];
+    // SAFETY: `ends` has room for the two descriptors pipe writes.
+    if unsafe { libc::pipe(ends.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are valid; dup2 atomically replaces `fd`.
+    if unsafe { libc::dup2(ends[1], fd) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the write end is now duplicated onto `fd`; the original can close.
+    unsafe { libc::close(ends[1]) };
+    // SAFETY: we own the read end.
+    Ok(unsafe { File::from_raw_fd(ends[0]) })
+}
+
+fn write_all(fd: RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writing from a valid slice to a descriptor we own.
+        let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if written <= 0 {
+            return;
+        }
+        bytes = &bytes[written as usize..];
+    }
+}
+
+fn spawn_reader(
+    name: &'static str,
+    pipe: File,
+    sentinel: String,
+    current_run: Arc<Mutex<String>>,
+    sink: StreamSink,
+    done: Sender<Done>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("capture-{name}"))
+        .spawn(move || {
+            let mut reader = StreamReader::new(name, sentinel, current_run, sink, done);
+            reader.run(BufReader::with_capacity(64 * 1024, pipe));
+        });
+    if let Err(error) = spawned {
+        tracing::error!("cannot start the {name} capture thread: {error}");
+    }
+}
+
+/// One pipe's reader: text to the sink in batches, markers into the run's report.
+struct StreamReader {
+    name: &'static str,
+    sentinel: String,
+    current_run: Arc<Mutex<String>>,
+    sink: StreamSink,
+    done: Sender<Done>,
+    pending: String,
+    stdout: StdoutReport,
+    stderr: StderrReport,
+    /// The rich display being read: its MIME type and lines so far.
+    content: Option<(String, Vec<String>)>,
+    /// Displays since the last text line: the value if the run ends now.
+    trailing: Vec<MimeBundle>,
+    expecting_panic_message: bool,
+}
+
+impl StreamReader {
+    fn new(
+        name: &'static str,
+        sentinel: String,
+        current_run: Arc<Mutex<String>>,
+        sink: StreamSink,
+        done: Sender<Done>,
+    ) -> Self {
+        StreamReader {
+            name,
+            sentinel,
+            current_run,
+            sink,
+            done,
+            pending: String::new(),
+            stdout: StdoutReport::default(),
+            stderr: StderrReport::default(),
+            content: None,
+            trailing: Vec::new(),
+            expecting_panic_message: false,
+        }
+    }
+
+    fn run(&mut self, mut pipe: BufReader<File>) {
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match pipe.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&raw);
+            let (line, newline) = match line.strip_suffix('\n') {
+                Some(l) => (l.to_owned(), true),
+                None => (line.into_owned(), false),
+            };
+            self.line(&line, newline);
+            // Send what we have when nothing more is waiting, so output shows live.
+            if pipe.buffer().is_empty() {
+                self.flush();
+            }
+        }
+    }
+
+    fn line(&mut self, line: &str, newline: bool) {
+        if let Some(before) = line.strip_suffix(self.sentinel.as_str()) {
+            if !before.is_empty() {
+                self.text(before, false);
+            }
+            self.end_of_run();
+            return;
+        }
+        if self.name == "stderr" {
+            self.stderr_line(line);
+            self.text(line, newline);
+            return;
+        }
+        if let Some((mime, lines)) = &mut self.content {
+            if line == END_CONTENT || line == PANIC_NOTIFICATION {
+                let bundle = MimeBundle::from([(mime.clone(), lines.join("\n"))]);
+                self.trailing.push(bundle);
+                self.content = None;
+                if line == PANIC_NOTIFICATION {
+                    self.stdout.panicked = true;
+                }
+            } else {
+                lines.push(line.to_owned());
+            }
+            return;
+        }
+        if let Some(mime) = line.strip_prefix(BEGIN_CONTENT) {
+            self.content = Some((mime.trim().to_owned(), Vec::new()));
+        } else if line == PANIC_NOTIFICATION {
+            self.stdout.panicked = true;
+        } else if line == USER_ERROR {
+            self.stdout.user_error = true;
+        } else if let Some(name) = line.strip_prefix(CHANGED_TYPE) {
+            self.stdout.changed_type.push(name.to_owned());
+        } else {
+            // Displays followed by ordinary output were displays, not the value.
+            self.stdout.displays.append(&mut self.trailing);
+            self.text(line, newline);
+        }
+    }
+
+    fn stderr_line(&mut self, line: &str) {
+        if self.expecting_panic_message {
+            self.expecting_panic_message = false;
+            if let Some((_, message)) = &mut self.stderr.panic {
+                *message = line.to_owned();
+            }
+        } else if self.stderr.panic.is_none() {
+            if let Some(location) = rustpx_protocol::panic_location(line) {
+                self.stderr.panic = Some((location.to_owned(), String::new()));
+                self.expecting_panic_message = true;
+            }
+        }
+    }
+
+    fn text(&mut self, text: &str, newline: bool) {
+        self.pending.push_str(text);
+        if newline {
+            self.pending.push('\n');
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let run_id = self
+            .current_run
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.sink)(StreamOutput {
+            run_id,
+            name: self.name.to_owned(),
+            text: std::mem::take(&mut self.pending),
+        });
+    }
+
+    fn end_of_run(&mut self) {
+        self.flush();
+        let report = if self.name == "stderr" {
+            self.expecting_panic_message = false;
+            Done::Stderr(std::mem::take(&mut self.stderr))
+        } else {
+            let mut stdout = std::mem::take(&mut self.stdout);
+            let trailing = std::mem::take(&mut self.trailing);
+            if !trailing.is_empty() {
+                let mut value = MimeBundle::new();
+                for bundle in trailing {
+                    value.extend(bundle);
+                }
+                stdout.value = Some(value);
+            }
+            self.content = None;
+            Done::Stdout(stdout)
+        };
+        let _ = self.done.send(report);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(name: &'static str) -> (StreamReader, Arc<Mutex<Vec<StreamOutput>>>, Receiver<Done>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink_seen = seen.clone();
+        let sink: StreamSink = Arc::new(move |o| sink_seen.lock().unwrap().push(o));
+        let (tx, rx) = mpsc::channel();
+        let r = StreamReader::new(name, "\u{1}END".into(), Arc::new(Mutex::new("run-1".into())), sink, tx);
+        (r, seen, rx)
+    }
+
+    fn feed(r: &mut StreamReader, lines: &[&str]) {
+        for line in lines {
+            r.line(line, true);
+        }
+        r.flush();
+    }
+
+    #[test]
+    fn text_is_forwarded_and_a_trailing_display_is_the_value() {
+        let (mut r, seen, done) = reader("stdout");
+        feed(
+            &mut r,
+            &["hello", "EVCXR_BEGIN_CONTENT text/plain", "42", "EVCXR_END_CONTENT", "\u{1}END"],
+        );
+        assert_eq!(seen.lock().unwrap()[0].text, "hello\n");
+        assert_eq!(seen.lock().unwrap()[0].run_id, "run-1");
+        let Done::Stdout(report) = done.recv().unwrap() else { panic!() };
+        assert_eq!(report.value, Some(MimeBundle::from([("text/plain".into(), "42".into())])));
+        assert!(report.displays.is_empty());
+    }
+
+    #[test]
+    fn a_display_followed_by_text_is_a_display_not_the_value() {
+        let (mut r, _, done) = reader("stdout");
+        feed(
+            &mut r,
+            &["EVCXR_BEGIN_CONTENT text/html", "<b>x</b>", "EVCXR_END_CONTENT", "after", "\u{1}END"],
+        );
+        let Done::Stdout(report) = done.recv().unwrap() else { panic!() };
+        assert_eq!(report.displays.len(), 1);
+        assert_eq!(report.value, None);
+    }
+
+    #[test]
+    fn markers_are_kept_out_of_the_text() {
+        let (mut r, seen, done) = reader("stdout");
+        feed(
+            &mut r,
+            &["EVCXR_PANIC_NOTIFICATION", "EVCXR_VARIABLE_CHANGED_TYPE:x", "partial\u{1}END"],
+        );
+        assert_eq!(seen.lock().unwrap()[0].text, "partial");
+        let Done::Stdout(report) = done.recv().unwrap() else { panic!() };
+        assert!(report.panicked);
+        assert_eq!(report.changed_type, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn stderr_notes_the_panic_message() {
+        let (mut r, seen, done) = reader("stderr");
+        feed(
+            &mut r,
+            &["thread '<unnamed>' panicked at src/lib.rs:3:1:", "boom", "\u{1}END"],
+        );
+        assert!(seen.lock().unwrap()[0].text.contains("boom"));
+        let Done::Stderr(report) = done.recv().unwrap() else { panic!() };
+        assert_eq!(report.panic, Some(("src/lib.rs:3:1".into(), "boom".into())));
+    }
+}

@@ -1,0 +1,202 @@
+//! `rustpx-engine`: one engine of a rustpx pool.
+//!
+//! A thin runtime: it holds this engine's variables and runs the cells the kernel compiled for
+//! it; it never compiles anything and needs no Rust toolchain. The main thread runs cells (as
+//! evcxr's runtime does); the link to the hub lives on its own thread.
+
+mod capture;
+mod link;
+mod runner;
+
+use std::path::PathBuf;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rustpx_protocol::{
+    to_wire, DisplayOutput, EngineConnection, EngineId, RunReply, RunRequest, RunStatus,
+    CONNECTION_ENV,
+};
+use rustpx_wire::WireMessage;
+use tokio::sync::mpsc;
+
+use capture::{Capture, RunReport, StreamSink};
+use runner::Runner;
+
+#[derive(Parser)]
+#[command(name = "rustpx-engine", version, about = "An engine of a rustpx pool")]
+struct Cli {
+    /// The connection file the kernel wrote; without it, the JSON in $RUSTPX_ENGINE_CONNECTION.
+    #[arg(long = "connect", value_name = "FILE")]
+    connect: Option<PathBuf>,
+    /// The engine id to ask for (the local pool and MPI ranks use this).
+    #[arg(long)]
+    id: Option<EngineId>,
+    /// Give up when the hub does not answer registration within this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    register_timeout: f64,
+    /// Exit when the hub has been silent this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    hub_silence: f64,
+    /// Exit when this process is no longer our parent (set by the local pool).
+    #[arg(long)]
+    parent_pid: Option<u32>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("rustpx-engine: {error:#}");
+        std::process::exit(2);
+    }
+}
+
+fn read_connection(cli: &Cli) -> Result<EngineConnection> {
+    let text = match &cli.connect {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the connection file {}", path.display()))?,
+        None => std::env::var(CONNECTION_ENV).with_context(|| {
+            format!("no --connect FILE and no {CONNECTION_ENV} in the environment")
+        })?,
+    };
+    serde_json::from_str(&text).context("the engine connection is not valid JSON")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let connection = read_connection(&cli)?;
+    let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel::<WireMessage>();
+    let session = uuid::Uuid::new_v4().to_string();
+    let sink_tx = outgoing_tx.clone();
+    let sink_session = session.clone();
+    let sink: StreamSink = Arc::new(move |output| {
+        let _ = sink_tx.send(to_wire(&sink_session, &output));
+    });
+    let (capture, log) = Capture::install(sink).context("cannot capture stdout and stderr")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUSTPX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::sync::Mutex::new(log))
+        .with_ansi(false)
+        .init();
+    if let Some(parent) = cli.parent_pid {
+        watch_parent(parent);
+    }
+
+    let (runs_tx, runs) = std_mpsc::channel::<RunRequest>();
+    let (registered_tx, registered) = std_mpsc::channel::<EngineId>();
+    let patience = link::Patience {
+        register_timeout: Duration::from_secs_f64(cli.register_timeout.max(0.1)),
+        hub_silence: Duration::from_secs_f64(cli.hub_silence.max(1.0)),
+    };
+    let requested = cli.id;
+    std::thread::Builder::new()
+        .name("link".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!("cannot start the link runtime: {error}");
+                    std::process::exit(2);
+                }
+            };
+            let result = runtime.block_on(link::serve(
+                connection,
+                requested,
+                patience,
+                outgoing_rx,
+                runs_tx,
+                registered_tx,
+            ));
+            match result {
+                Ok(()) => std::process::exit(0),
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    std::process::exit(3);
+                }
+            }
+        })
+        .context("cannot start the link thread")?;
+
+    let engine_id = registered.recv().context("the link ended before registering")?;
+    tracing::debug!("engine {engine_id} ready");
+    serve_runs(&capture, runs, &outgoing_tx, &session);
+    Ok(())
+}
+
+/// Runs cells in arrival order on this (the main) thread.
+fn serve_runs(
+    capture: &Capture,
+    runs: std_mpsc::Receiver<RunRequest>,
+    outgoing: &mpsc::UnboundedSender<WireMessage>,
+    session: &str,
+) {
+    let mut runner = Runner::new();
+    let mut execution_count = 0u32;
+    let mut last_cell = String::new();
+    for run in runs {
+        if run.cell_id != last_cell {
+            execution_count += 1;
+            last_cell = run.cell_id.clone();
+        }
+        capture.begin(&run.run_id);
+        let started = now();
+        let loaded = runner.run(&run.so_path, &run.fn_name);
+        let report = capture.finish();
+        let completed = now();
+        for data in &report.stdout.displays {
+            let display = DisplayOutput {
+                run_id: run.run_id.clone(),
+                data: data.clone(),
+            };
+            let _ = outgoing.send(to_wire(session, &display));
+        }
+        let reply = RunReply {
+            run_id: run.run_id,
+            execution_count,
+            status: status_of(loaded, &report),
+            value: report.stdout.value,
+            changed_type: report.stdout.changed_type,
+            started,
+            completed,
+        };
+        let _ = outgoing.send(to_wire(session, &reply));
+    }
+}
+
+fn status_of(loaded: Result<(), String>, report: &RunReport) -> RunStatus {
+    if let Err(message) = loaded {
+        return RunStatus::LoadFailed { message };
+    }
+    if report.stdout.panicked {
+        let (location, message) = report.stderr.panic.clone().unwrap_or_default();
+        return RunStatus::Panic { message, location };
+    }
+    if report.stdout.user_error {
+        return RunStatus::UserError;
+    }
+    RunStatus::Ok
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Exits when the kernel that started us is gone, so a killed kernel leaves no engines behind.
+fn watch_parent(parent: u32) {
+    // Linux: also ask for SIGKILL when the parent dies (belt and braces with the poll below).
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    std::thread::spawn(move || loop {
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } as u32 != parent {
+            tracing::info!("the kernel (pid {parent}) is gone; exiting");
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    });
+}

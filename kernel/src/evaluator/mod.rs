@@ -1,0 +1,454 @@
+//! The kernel's own Rust context: plain cells run here, through evcxr.
+//!
+//! evcxr is synchronous and owns a child process, so one dedicated thread owns the context and
+//! takes jobs from a channel; the async front end awaits each job's answer. Interrupts cannot wait
+//! for that thread (it is busy with the cell), so [`Interrupter`] kills the child directly, as
+//! evcxr_jupyter does: evcxr then restarts it, and we tell the user which variables that cost.
+
+mod diagnostics;
+mod output_pump;
+
+use std::collections::BTreeSet;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use evcxr::{CommandContext, EvalContext, EvalOutputs};
+use rustpx_wire::WireMessage;
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use crate::frontend::Publisher;
+use output_pump::{OutputPump, PanicReport};
+
+/// What a finished execution reports in its `execute_reply`.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ok,
+    Error(ErrorReport),
+}
+
+/// An error as Jupyter shows it: name, value and traceback lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorReport {
+    pub ename: String,
+    pub evalue: String,
+    pub traceback: Vec<String>,
+}
+
+/// Completion matches with the code-point range they replace.
+#[derive(Debug, Clone, Default)]
+pub struct CompletionList {
+    pub matches: Vec<String>,
+    pub cursor_start: usize,
+    pub cursor_end: usize,
+}
+
+/// Work for the evaluator thread.
+enum Job {
+    Execute {
+        request: WireMessage,
+        code: String,
+        execution_count: u32,
+        reply: oneshot::Sender<Outcome>,
+    },
+    Complete {
+        code: String,
+        cursor_pos: usize,
+        reply: oneshot::Sender<CompletionList>,
+    },
+    Inspect {
+        code: String,
+        cursor_pos: usize,
+        reply: oneshot::Sender<Option<Map<String, Value>>>,
+    },
+}
+
+/// Kills the running cell's child process from outside the evaluator thread.
+#[derive(Clone, Default)]
+pub struct Interrupter {
+    child: Arc<Mutex<Option<Arc<Mutex<Child>>>>>,
+    requested: Arc<AtomicBool>,
+}
+
+impl Interrupter {
+    /// Interrupts the running plain cell, if there is one. Returns whether one was running.
+    pub fn interrupt(&self) -> bool {
+        let running = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match running {
+            Some(child) => {
+                self.requested.store(true, Ordering::SeqCst);
+                let mut child = child.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(error) = child.kill() {
+                    tracing::warn!("could not kill the evcxr child to interrupt: {error}");
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn running(&self, child: Option<Arc<Mutex<Child>>>) {
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = child;
+    }
+
+    fn take_requested(&self) -> bool {
+        self.requested.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// The front end's handle on the evaluator thread.
+#[derive(Clone)]
+pub struct Evaluator {
+    jobs: mpsc::Sender<Job>,
+    pub interrupter: Interrupter,
+}
+
+impl Evaluator {
+    /// Starts the evaluator thread. evcxr starts (and warms up) in the background; jobs queue
+    /// behind it, so the kernel answers `kernel_info` at once.
+    pub fn spawn(publisher: Publisher) -> Evaluator {
+        let (jobs, receiver) = mpsc::channel();
+        let interrupter = Interrupter::default();
+        let thread_interrupter = interrupter.clone();
+        std::thread::Builder::new()
+            .name("evaluator".into())
+            .spawn(move || run(receiver, publisher, thread_interrupter))
+            .ok();
+        Evaluator { jobs, interrupter }
+    }
+
+    /// Runs a plain cell: its output goes to iopub under `request`, the outcome comes back.
+    pub async fn execute(&self, request: &WireMessage, code: &str, execution_count: u32) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Execute {
+            request: request.clone(),
+            code: code.to_owned(),
+            execution_count,
+            reply,
+        };
+        if self.jobs.send(job).is_err() {
+            return Outcome::Error(evaluator_gone());
+        }
+        answer.await.unwrap_or_else(|_| Outcome::Error(evaluator_gone()))
+    }
+
+    pub async fn complete(&self, code: &str, cursor_pos: usize) -> CompletionList {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Complete {
+            code: code.to_owned(),
+            cursor_pos,
+            reply,
+        };
+        if self.jobs.send(job).is_err() {
+            return CompletionList::default();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    pub async fn inspect(&self, code: &str, cursor_pos: usize) -> Option<Map<String, Value>> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Inspect {
+            code: code.to_owned(),
+            cursor_pos,
+            reply,
+        };
+        self.jobs.send(job).ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+fn evaluator_gone() -> ErrorReport {
+    ErrorReport {
+        ename: "KernelError".into(),
+        evalue: "the Rust evaluator thread has stopped; restart the kernel".into(),
+        traceback: vec![],
+    }
+}
+
+/// The evaluator thread: start evcxr, then serve jobs until the front end goes away.
+fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter) {
+    let started = std::time::Instant::now();
+    let context = match start_context() {
+        Ok((context, outputs)) => {
+            tracing::info!("evcxr ready in {:?}", started.elapsed());
+            let pump = OutputPump::start(outputs.stdout, outputs.stderr, publisher.clone());
+            Ok((context, pump))
+        }
+        Err(error) => {
+            tracing::error!("evcxr could not start: {error}");
+            Err(error)
+        }
+    };
+    let mut context = context;
+    for job in jobs {
+        match (&mut context, job) {
+            (
+                Ok((context, pump)),
+                Job::Execute {
+                    request,
+                    code,
+                    execution_count,
+                    reply,
+                },
+            ) => {
+                let outcome = execute(
+                    context,
+                    pump,
+                    &interrupter,
+                    &publisher,
+                    &request,
+                    &code,
+                    execution_count,
+                );
+                let _ = reply.send(outcome);
+            }
+            (Err(error), Job::Execute { request, reply, .. }) => {
+                let report = ErrorReport {
+                    ename: "EvcxrStartError".into(),
+                    evalue: format!(
+                        "the Rust evaluation context could not start: {error}. Check that cargo and rustc are on the kernel's PATH, then restart the kernel."
+                    ),
+                    traceback: vec![],
+                };
+                publish_error(&publisher, &request, &report);
+                let _ = reply.send(Outcome::Error(report));
+            }
+            (Ok((context, _)), Job::Complete { code, cursor_pos, reply }) => {
+                let _ = reply.send(complete(context, &code, cursor_pos));
+            }
+            (Ok((context, _)), Job::Inspect { code, cursor_pos, reply }) => {
+                let _ = reply.send(inspect(context, &code, cursor_pos));
+            }
+            (Err(_), Job::Complete { reply, .. }) => {
+                let _ = reply.send(CompletionList::default());
+            }
+            (Err(_), Job::Inspect { reply, .. }) => {
+                let _ = reply.send(None);
+            }
+        }
+    }
+}
+
+/// Creates the context and moves rust-analyzer's first analysis of std off the user's first
+/// `let`: a hidden `let` on a throwaway state, then the untouched state restored.
+fn start_context() -> Result<(CommandContext, evcxr::EvalContextOutputs), evcxr::Error> {
+    let (mut eval_context, outputs) = EvalContext::new()?;
+    let snapshot = eval_context.state();
+    let warm = std::time::Instant::now();
+    match eval_context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
+        Ok(_) => tracing::debug!("analyser warmed up in {:?}", warm.elapsed()),
+        Err(error) => tracing::warn!("warm-up cell failed (harmless): {error}"),
+    }
+    eval_context.eval_with_state("", snapshot)?;
+    // The warm-up printed nothing, but drain anything evcxr may have queued.
+    while outputs.stdout.try_recv().is_ok() {}
+    while outputs.stderr.try_recv().is_ok() {}
+    Ok((CommandContext::with_eval_context(eval_context), outputs))
+}
+
+fn variable_names(context: &CommandContext) -> BTreeSet<String> {
+    context
+        .variables_and_types()
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+fn execute(
+    context: &mut CommandContext,
+    pump: &OutputPump,
+    interrupter: &Interrupter,
+    publisher: &Publisher,
+    request: &WireMessage,
+    code: &str,
+    execution_count: u32,
+) -> Outcome {
+    let before = variable_names(context);
+    pump.set_parent(Some(request.clone()));
+    interrupter.running(Some(context.process_handle()));
+    let result = context.execute(code);
+    interrupter.running(None);
+    let interrupted = interrupter.take_requested();
+    let panic = pump.flush();
+    pump.set_parent(None);
+    let lost: Vec<String> = before
+        .difference(&variable_names(context))
+        .cloned()
+        .collect();
+
+    let report = match result {
+        Ok(outputs) => match panic {
+            Some(panic) => Some(panic_report(&panic, &lost)),
+            None => {
+                publish_value(publisher, request, execution_count, outputs);
+                None
+            }
+        },
+        Err(evcxr::Error::CompilationErrors(errors)) => Some(ErrorReport {
+            ename: "CompilationError".into(),
+            evalue: errors
+                .first()
+                .map(|e| e.message())
+                .unwrap_or_else(|| "compilation failed".into()),
+            traceback: errors
+                .iter()
+                .map(|e| diagnostics::render(e, code))
+                .collect(),
+        }),
+        Err(evcxr::Error::SubprocessTerminated(message)) if interrupted => Some(ErrorReport {
+            ename: "KeyboardInterrupt".into(),
+            evalue: lost_sentence("Interrupted", &lost),
+            traceback: vec![format!(
+                "KeyboardInterrupt: the cell was stopped. {}",
+                lost_sentence("The Rust process was restarted", &lost)
+            )],
+        })
+        .map(|r| {
+            tracing::info!("plain cell interrupted ({message})");
+            r
+        }),
+        Err(evcxr::Error::SubprocessTerminated(message)) => Some(ErrorReport {
+            ename: "SubprocessTerminated".into(),
+            evalue: format!("{message}. {}", lost_sentence("The Rust process was restarted", &lost)),
+            traceback: vec![],
+        }),
+        Err(other) => Some(ErrorReport {
+            ename: "Error".into(),
+            evalue: other.to_string(),
+            traceback: vec![],
+        }),
+    };
+    match report {
+        None => Outcome::Ok,
+        Some(report) => {
+            publish_error(publisher, request, &report);
+            Outcome::Error(report)
+        }
+    }
+}
+
+/// "Interrupted; variables lost: a, b" or "Interrupted; no variables were lost".
+fn lost_sentence(what: &str, lost: &[String]) -> String {
+    if lost.is_empty() {
+        format!("{what}; no variables were lost.")
+    } else {
+        format!("{what}; variables lost: {}.", lost.join(", "))
+    }
+}
+
+fn panic_report(panic: &PanicReport, lost: &[String]) -> ErrorReport {
+    let message = if panic.message.is_empty() {
+        "the cell panicked".to_owned()
+    } else {
+        panic.message.clone()
+    };
+    ErrorReport {
+        ename: "Panic".into(),
+        evalue: message.clone(),
+        traceback: vec![
+            format!("panicked at {}: {message}", panic.location),
+            lost_sentence(
+                "Variables defined by this cell were not kept",
+                lost,
+            ),
+        ],
+    }
+}
+
+fn publish_value(publisher: &Publisher, request: &WireMessage, count: u32, outputs: EvalOutputs) {
+    if outputs.content_by_mime_type.is_empty() {
+        return;
+    }
+    let data: Map<String, Value> = outputs
+        .content_by_mime_type
+        .into_iter()
+        .map(|(mime, text)| (mime, Value::String(text)))
+        .collect();
+    publisher.publish(
+        request,
+        "execute_result",
+        json!({"execution_count": count, "data": data, "metadata": {}}),
+    );
+}
+
+fn publish_error(publisher: &Publisher, request: &WireMessage, report: &ErrorReport) {
+    publisher.publish(
+        request,
+        "error",
+        json!({"ename": report.ename, "evalue": report.evalue, "traceback": report.traceback}),
+    );
+}
+
+/// Byte offset of the `chars`-th code point (Jupyter counts cursor positions in code points).
+fn byte_offset(code: &str, chars: usize) -> usize {
+    code.char_indices()
+        .nth(chars)
+        .map(|(i, _)| i)
+        .unwrap_or(code.len())
+}
+
+fn char_offset(code: &str, bytes: usize) -> usize {
+    code.get(..bytes.min(code.len()))
+        .map(|prefix| prefix.chars().count())
+        .unwrap_or(0)
+}
+
+fn complete(context: &mut CommandContext, code: &str, cursor_pos: usize) -> CompletionList {
+    let position = byte_offset(code, cursor_pos);
+    match context.completions(code, position) {
+        Ok(found) => CompletionList {
+            matches: found.completions.into_iter().map(|c| c.code).collect(),
+            cursor_start: char_offset(code, found.start_offset),
+            cursor_end: char_offset(code, found.end_offset),
+        },
+        Err(error) => {
+            tracing::debug!("no completions: {error}");
+            CompletionList {
+                matches: vec![],
+                cursor_start: cursor_pos,
+                cursor_end: cursor_pos,
+            }
+        }
+    }
+}
+
+fn inspect(context: &mut CommandContext, code: &str, cursor_pos: usize) -> Option<Map<String, Value>> {
+    let position = byte_offset(code, cursor_pos);
+    let (text, markdown) = context.hover_at(code, position).ok()?;
+    if text == "No documentation found" || text.is_empty() {
+        return None;
+    }
+    let mut data = Map::new();
+    data.insert("text/plain".into(), Value::String(text));
+    data.insert("text/markdown".into(), Value::String(markdown));
+    Some(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_positions_convert_between_code_points_and_bytes() {
+        let code = "é = vec";
+        assert_eq!(byte_offset(code, 1), 2);
+        assert_eq!(char_offset(code, 2), 1);
+        assert_eq!(byte_offset(code, 99), code.len());
+    }
+
+    #[test]
+    fn lost_variables_are_named() {
+        assert_eq!(
+            lost_sentence("Interrupted", &["a".into(), "b".into()]),
+            "Interrupted; variables lost: a, b."
+        );
+        assert_eq!(
+            lost_sentence("Interrupted", &[]),
+            "Interrupted; no variables were lost."
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The Jupyter front end: the five sockets of a connection file and the dispatch of requests.
+//!
+//! Shell requests are served one at a time, in order, as Jupyter expects. Control has its own
+//! task so that an interrupt or a shutdown gets through while a cell runs. Heartbeat echoes on its
+//! own task. Nothing a client sends can stop these loops: an undecodable or badly signed message
+//! is logged and dropped.
+
+mod kernel_info;
+mod publisher;
+mod shell;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jupyter_protocol::ConnectionInfo;
+use rustpx_wire::zeromq::{
+    PubSocket, RepSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage,
+};
+use rustpx_wire::{decode, encode, Signer, WireMessage};
+use serde_json::json;
+use thiserror::Error;
+use tokio::sync::{mpsc, Mutex};
+
+pub use publisher::Publisher;
+pub use shell::Session;
+
+/// Why the kernel could not start serving.
+#[derive(Debug, Error)]
+pub enum FrontendError {
+    #[error("cannot read the connection file {path}: {source}")]
+    ReadConnection {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the connection file {path} is not valid: {source}")]
+    ParseConnection {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Wire(#[from] rustpx_wire::WireError),
+    #[error("cannot bind the {channel} socket to {url}: {source}")]
+    Bind {
+        channel: &'static str,
+        url: String,
+        source: rustpx_wire::zeromq::ZmqError,
+    },
+}
+
+/// Reads a Jupyter connection file.
+pub fn read_connection_file(path: &Path) -> Result<ConnectionInfo, FrontendError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FrontendError::ReadConnection {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| FrontendError::ParseConnection {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+async fn bind<S: Socket>(
+    mut socket: S,
+    channel: &'static str,
+    url: String,
+) -> Result<S, FrontendError> {
+    match socket.bind(&url).await {
+        Ok(_) => Ok(socket),
+        Err(source) => Err(FrontendError::Bind {
+            channel,
+            url,
+            source,
+        }),
+    }
+}
+
+/// Binds every socket of `connection` and serves until a shutdown request.
+pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
+    let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
+    let shell = bind(RouterSocket::new(), "shell", connection.shell_url()).await?;
+    let control = bind(RouterSocket::new(), "control", connection.control_url()).await?;
+    let mut iopub = bind(PubSocket::new(), "iopub", connection.iopub_url()).await?;
+    // stdin is bound so clients can connect; cells do not ask for input yet.
+    let _stdin = bind(RouterSocket::new(), "stdin", connection.stdin_url()).await?;
+    let hb = bind(RepSocket::new(), "heartbeat", connection.hb_url()).await?;
+    tracing::info!(
+        "serving on {} (shell {}, iopub {}, control {}, hb {})",
+        connection.ip,
+        connection.shell_port,
+        connection.iopub_port,
+        connection.control_port,
+        connection.hb_port
+    );
+
+    let (queue, mut outgoing) = mpsc::unbounded_channel::<WireMessage>();
+    let publisher = Publisher::new(queue, uuid::Uuid::new_v4().to_string());
+    let iopub_signer = signer.clone();
+    tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            if let Err(error) = iopub.send(encode(&message, &iopub_signer)).await {
+                tracing::warn!("iopub send failed: {error}");
+            }
+        }
+    });
+    publisher.publish_orphan("status", json!({"execution_state": "starting"}));
+    tokio::spawn(heartbeat(hb));
+
+    let session = Arc::new(Mutex::new(Session::new(publisher.clone())));
+    let control_session = shell::ControlHandle::new(&session).await;
+    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(1);
+    tokio::spawn(control_loop(
+        control,
+        signer.clone(),
+        control_session,
+        publisher.clone(),
+        shutdown_tx.clone(),
+    ));
+    tokio::spawn(shell_loop(shell, signer, session, publisher, shutdown_tx));
+    interrupt_on_ctrl_c(&shutdown_rx);
+    shutdown_rx.recv().await;
+    Ok(())
+}
+
+/// A terminal's Ctrl-C reaches the kernel too when `jupyter console` runs in the foreground;
+/// it must not kill the kernel. The control channel carries real interrupts.
+fn interrupt_on_ctrl_c(_shutdown: &mpsc::Receiver<()>) {
+    tokio::spawn(async {
+        loop {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            tracing::info!("SIGINT received and ignored; interrupts arrive on the control channel");
+        }
+    });
+}
+
+async fn heartbeat(mut hb: RepSocket) {
+    loop {
+        match hb.recv().await {
+            Ok(ping) => {
+                if let Err(error) = hb.send(ping).await {
+                    tracing::warn!("heartbeat reply failed: {error}");
+                }
+            }
+            Err(error) => {
+                tracing::warn!("heartbeat receive failed: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Receives and verifies one message; `None` when it was dropped (already logged).
+async fn receive(socket: &mut RouterSocket, signer: &Signer, channel: &str) -> Option<WireMessage> {
+    let frames: ZmqMessage = match socket.recv().await {
+        Ok(frames) => frames,
+        Err(error) => {
+            tracing::warn!("{channel}: receive failed: {error}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            return None;
+        }
+    };
+    match decode(frames, signer) {
+        Ok(message) => Some(message),
+        Err(error) => {
+            tracing::warn!("{channel}: dropped a message: {error}");
+            None
+        }
+    }
+}
+
+async fn shell_loop(
+    mut socket: RouterSocket,
+    signer: Signer,
+    session: Arc<Mutex<Session>>,
+    publisher: Publisher,
+    shutdown: mpsc::Sender<()>,
+) {
+    loop {
+        let Some(request) = receive(&mut socket, &signer, "shell").await else {
+            continue;
+        };
+        publisher.status(&request, "busy");
+        let reply = session.lock().await.handle_shell(&request).await;
+        let stop = request.msg_type() == "shutdown_request";
+        if let Some(reply) = reply {
+            if let Err(error) = socket.send(encode(&reply, &signer)).await {
+                tracing::warn!("shell: reply to {} failed: {error}", request.msg_type());
+            }
+        }
+        publisher.status(&request, "idle");
+        if stop {
+            finish(&publisher, &shutdown).await;
+        }
+    }
+}
+
+async fn control_loop(
+    mut socket: RouterSocket,
+    signer: Signer,
+    control: shell::ControlHandle,
+    publisher: Publisher,
+    shutdown: mpsc::Sender<()>,
+) {
+    loop {
+        let Some(request) = receive(&mut socket, &signer, "control").await else {
+            continue;
+        };
+        publisher.status(&request, "busy");
+        let reply = control.handle(&request).await;
+        if let Some(reply) = reply {
+            if let Err(error) = socket.send(encode(&reply, &signer)).await {
+                tracing::warn!("control: reply to {} failed: {error}", request.msg_type());
+            }
+        }
+        publisher.status(&request, "idle");
+        if request.msg_type() == "shutdown_request" {
+            finish(&publisher, &shutdown).await;
+        }
+    }
+}
+
+/// Lets the iopub queue drain, then ends `serve`.
+async fn finish(_publisher: &Publisher, shutdown: &mpsc::Sender<()>) {
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let _ = shutdown.send(()).await;
+}

@@ -1,0 +1,197 @@
+//! What each shell and control request does.
+
+use std::sync::Arc;
+
+use rustpx_wire::WireMessage;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::{kernel_info, Publisher};
+use crate::evaluator::{Evaluator, Interrupter, Outcome};
+use crate::is_complete::{self, Completeness};
+
+/// The state of one kernel session: the execution counter and the Rust context.
+pub struct Session {
+    publisher: Publisher,
+    evaluator: Evaluator,
+    execution_count: u32,
+}
+
+impl Session {
+    pub fn new(publisher: Publisher) -> Session {
+        let evaluator = Evaluator::spawn(publisher.clone());
+        Session {
+            publisher,
+            evaluator,
+            execution_count: 0,
+        }
+    }
+
+    /// Serves one shell request; `None` for message types we log and drop.
+    pub async fn handle_shell(&mut self, request: &WireMessage) -> Option<WireMessage> {
+        let content = match request.msg_type() {
+            "kernel_info_request" => kernel_info::content(),
+            "execute_request" => self.execute(request).await,
+            "is_complete_request" => is_complete_reply(&request.content),
+            "complete_request" => self.complete(&request.content).await,
+            "inspect_request" => self.inspect(&request.content).await,
+            "history_request" => json!({"status": "ok", "history": []}),
+            "comm_info_request" => json!({"status": "ok", "comms": {}}),
+            "comm_open" => {
+                // No comm targets are registered: close it at once, as the protocol asks.
+                let comm_id = request.content.get("comm_id").cloned().unwrap_or(Value::Null);
+                self.publisher
+                    .publish(request, "comm_close", json!({"comm_id": comm_id, "data": {}}));
+                return None;
+            }
+            "comm_msg" | "comm_close" => return None,
+            "shutdown_request" => shutdown_reply(&request.content),
+            other => {
+                tracing::warn!("shell: unknown message type {other:?} dropped");
+                return None;
+            }
+        };
+        let reply_type = reply_type(request.msg_type());
+        Some(WireMessage::reply_to(request, &reply_type, content))
+    }
+
+    async fn execute(&mut self, request: &WireMessage) -> Value {
+        let code = request
+            .content
+            .get("code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let silent = flag(&request.content, "silent", false);
+        let store_history = flag(&request.content, "store_history", !silent);
+        if store_history && !silent {
+            self.execution_count += 1;
+        }
+        let count = self.execution_count;
+        if !silent {
+            self.publisher.publish(
+                request,
+                "execute_input",
+                json!({"code": code, "execution_count": count}),
+            );
+        }
+        if code.trim().is_empty() {
+            return ok_reply(count);
+        }
+        match self.evaluator.execute(request, &code, count).await {
+            Outcome::Ok => ok_reply(count),
+            Outcome::Error(report) => json!({
+                "status": "error",
+                "execution_count": count,
+                "ename": report.ename,
+                "evalue": report.evalue,
+                "traceback": report.traceback,
+            }),
+        }
+    }
+
+    async fn complete(&self, content: &Value) -> Value {
+        let code = content.get("code").and_then(Value::as_str).unwrap_or("");
+        let cursor = cursor_pos(content, code);
+        let list = self.evaluator.complete(code, cursor).await;
+        json!({
+            "status": "ok",
+            "matches": list.matches,
+            "cursor_start": list.cursor_start,
+            "cursor_end": list.cursor_end,
+            "metadata": {},
+        })
+    }
+
+    async fn inspect(&self, content: &Value) -> Value {
+        let code = content.get("code").and_then(Value::as_str).unwrap_or("");
+        let cursor = cursor_pos(content, code);
+        match self.evaluator.inspect(code, cursor).await {
+            Some(data) => json!({"status": "ok", "found": true, "data": data, "metadata": {}}),
+            None => json!({"status": "ok", "found": false, "data": {}, "metadata": {}}),
+        }
+    }
+}
+
+/// What control needs without waiting for the shell's lock (a cell may be running).
+#[derive(Clone)]
+pub struct ControlHandle {
+    interrupter: Interrupter,
+}
+
+impl ControlHandle {
+    pub async fn new(session: &Arc<Mutex<Session>>) -> ControlHandle {
+        let session = session.lock().await;
+        ControlHandle {
+            interrupter: session.evaluator.interrupter.clone(),
+        }
+    }
+
+    pub async fn handle(&self, request: &WireMessage) -> Option<WireMessage> {
+        let content = match request.msg_type() {
+            "kernel_info_request" => kernel_info::content(),
+            "interrupt_request" => {
+                let interrupted = self.interrupter.interrupt();
+                tracing::info!("interrupt request (a plain cell was running: {interrupted})");
+                json!({"status": "ok"})
+            }
+            "shutdown_request" => shutdown_reply(&request.content),
+            other => {
+                tracing::warn!("control: unknown message type {other:?} dropped");
+                return None;
+            }
+        };
+        Some(WireMessage::reply_to(
+            request,
+            &reply_type(request.msg_type()),
+            content,
+        ))
+    }
+}
+
+fn reply_type(request_type: &str) -> String {
+    format!(
+        "{}_reply",
+        request_type.strip_suffix("_request").unwrap_or(request_type)
+    )
+}
+
+fn ok_reply(count: u32) -> Value {
+    json!({"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []})
+}
+
+fn shutdown_reply(content: &Value) -> Value {
+    json!({"status": "ok", "restart": flag(content, "restart", false)})
+}
+
+fn is_complete_reply(content: &Value) -> Value {
+    let code = content.get("code").and_then(Value::as_str).unwrap_or("");
+    match is_complete::check(code) {
+        Completeness::Complete => json!({"status": "complete"}),
+        Completeness::Incomplete { indent } => json!({"status": "incomplete", "indent": indent}),
+        Completeness::Invalid => json!({"status": "invalid"}),
+    }
+}
+
+fn flag(content: &Value, name: &str, default: bool) -> bool {
+    content.get(name).and_then(Value::as_bool).unwrap_or(default)
+}
+
+fn cursor_pos(content: &Value, code: &str) -> usize {
+    content
+        .get("cursor_pos")
+        .and_then(Value::as_u64)
+        .map(|p| p as usize)
+        .unwrap_or_else(|| code.chars().count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_types_follow_request_types() {
+        assert_eq!(reply_type("kernel_info_request"), "kernel_info_reply");
+        assert_eq!(reply_type("is_complete_request"), "is_complete_reply");
+    }
+}

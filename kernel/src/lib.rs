@@ -1,0 +1,10 @@
+//! The rustpx kernel: a Jupyter kernel for Rust with ipyparallel's parallel magics.
+//!
+//! Layers (see ARCHITECTURE.md): [`frontend`] speaks Jupyter over ZeroMQ through the shared wire
+//! crate; [`evaluator`] runs plain cells in the kernel's own evcxr context; [`install`] writes the
+//! kernelspec. Pure helpers such as [`is_complete`] have no I/O at all.
+
+pub mod evaluator;
+pub mod frontend;
+pub mod install;
+pub mod is_complete;

@@ -1,0 +1,89 @@
+//! `rustpx`: the kernel binary (`rustpx kernel`), its installer, and evcxr's runtime.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rustpx_kernel::{frontend, install};
+
+#[derive(Parser)]
+#[command(name = "rustpx", version, about = "A Jupyter kernel for Rust with ipyparallel's parallel magics")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the kernel for a Jupyter connection file (what the kernelspec runs).
+    Kernel {
+        #[arg(short = 'f', long = "connection-file")]
+        connection_file: PathBuf,
+    },
+    /// Install the "Rust (parallel)" kernelspec.
+    Install(ScopeArgs),
+    /// Remove the kernelspec.
+    Uninstall(ScopeArgs),
+}
+
+#[derive(Args)]
+#[group(multiple = false)]
+struct ScopeArgs {
+    /// The user's Jupyter data directory (the default).
+    #[arg(long)]
+    user: bool,
+    /// The active Python environment (VIRTUAL_ENV, else python3's sys.prefix).
+    #[arg(long)]
+    sys_prefix: bool,
+    /// DIR/share/jupyter/kernels.
+    #[arg(long, value_name = "DIR")]
+    prefix: Option<PathBuf>,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> install::Scope {
+        match (&self.prefix, self.sys_prefix) {
+            (Some(dir), _) => install::Scope::Prefix(dir.clone()),
+            (None, true) => install::Scope::SysPrefix,
+            (None, false) => install::Scope::User,
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    // When evcxr re-executes this binary as its runtime, this call never returns.
+    evcxr::runtime_hook();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Kernel { connection_file } => run_kernel(connection_file),
+        Command::Install(args) => {
+            let binary = std::env::current_exe()
+                .and_then(|p| p.canonicalize())
+                .context("cannot find the path of the rustpx binary")?;
+            let dir = install::install(&args.scope(), &binary)?;
+            println!("Installed the \"Rust (parallel)\" kernelspec in {}", dir.display());
+            println!("It runs {}", binary.display());
+            Ok(())
+        }
+        Command::Uninstall(args) => {
+            let dir = install::uninstall(&args.scope())?;
+            println!("Removed the kernelspec at {}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn run_kernel(connection_file: PathBuf) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUSTPX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let connection = frontend::read_connection_file(&connection_file)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(frontend::serve(connection))?;
+    // Leave without waiting for the evaluator thread, which may be inside a cell.
+    std::process::exit(0);
+}

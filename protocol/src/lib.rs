@@ -1,0 +1,213 @@
+//! The engine link: what the hub in the kernel and an engine say to each other.
+//!
+//! Engines are kernels in spirit, so the link reuses the Jupyter framing and signing of the wire
+//! crate (`<IDS|MSG>`, HMAC-SHA256 with the pool's key); only the message types below are ours.
+//! Each message is a `msg_type` plus a JSON content that (de)serialises to one of these structs,
+//! so both ends agree on the shapes through the compiler rather than through strings.
+
+use std::collections::BTreeMap;
+
+use rustpx_wire::WireMessage;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use thiserror::Error;
+
+/// An engine's id as users see it (`[stdout:N]`, `-t N`).
+pub type EngineId = u32;
+
+/// A MIME bundle: MIME type to its text (evcxr produces text for every type).
+pub type MimeBundle = BTreeMap<String, String>;
+
+/// The environment variable that carries the connection blob (JSON of [`EngineConnection`]).
+pub const CONNECTION_ENV: &str = "RUSTPX_ENGINE_CONNECTION";
+
+/// Everything an engine needs to dial the hub: written by the kernel as a file or an env var.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineConnection {
+    /// The address engines dial, e.g. `tcp://127.0.0.1:40123`.
+    pub url: String,
+    /// The pool's HMAC key (fresh and random for every pool).
+    pub key: String,
+    pub signature_scheme: String,
+}
+
+/// A message type with a fixed `msg_type` on the link.
+pub trait LinkMessage: Serialize + DeserializeOwned {
+    const MSG_TYPE: &'static str;
+}
+
+macro_rules! link_message {
+    ($type:ty, $name:literal) => {
+        impl LinkMessage for $type {
+            const MSG_TYPE: &'static str = $name;
+        }
+    };
+}
+
+/// Engine to hub, first message: who I am.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisterRequest {
+    /// The id this engine was started for (local pool, MPI rank); the hub may refuse it.
+    pub requested_id: Option<EngineId>,
+    pub pid: u32,
+    pub hostname: String,
+    pub version: String,
+}
+link_message!(RegisterRequest, "register_request");
+
+/// Hub to engine: accepted with an id, or refused with a reason.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisterReply {
+    pub engine_id: Option<EngineId>,
+    pub refused: Option<String>,
+}
+link_message!(RegisterReply, "register_reply");
+
+/// Both ways, every heartbeat period: I am alive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Heartbeat {}
+link_message!(Heartbeat, "heartbeat");
+
+/// Hub to engine: load this compiled cell and run it against your variables.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRequest {
+    /// One run of one compiled object on this engine.
+    pub run_id: String,
+    /// The `%px` cell this run belongs to; a cell may need more than one run.
+    pub cell_id: String,
+    pub so_path: String,
+    pub fn_name: String,
+}
+link_message!(RunRequest, "run_request");
+
+/// Engine to hub: text the cell wrote, as it is written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StreamOutput {
+    pub run_id: String,
+    /// `stdout` or `stderr`.
+    pub name: String,
+    pub text: String,
+}
+link_message!(StreamOutput, "stream");
+
+/// Engine to hub: a rich display the cell produced before its final value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DisplayOutput {
+    pub run_id: String,
+    pub data: MimeBundle,
+}
+link_message!(DisplayOutput, "display_data");
+
+/// How a run ended on the engine (an engine that dies sends nothing: the hub sees it die).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RunStatus {
+    Ok,
+    /// The cell panicked; evcxr's generated code caught it, the engine lives on.
+    Panic { message: String, location: String },
+    /// A `?` in the cell returned an error early (the error text went to stderr).
+    UserError,
+    /// The engine could not load or call the compiled object.
+    LoadFailed { message: String },
+}
+
+/// Engine to hub: the run finished.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunReply {
+    pub run_id: String,
+    /// The engine's own execution count for the cell (its `C` in `Out[N:C]`).
+    pub execution_count: u32,
+    #[serde(flatten)]
+    pub status: RunStatus,
+    /// The value of the cell's final expression, if it had one.
+    pub value: Option<MimeBundle>,
+    /// Variables evcxr reported as having changed type (and so lost).
+    pub changed_type: Vec<String>,
+    /// RFC 3339 times on the engine.
+    pub started: String,
+    pub completed: String,
+}
+link_message!(RunReply, "run_reply");
+
+/// Hub to engine: exit now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ShutdownRequest {}
+link_message!(ShutdownRequest, "shutdown_request");
+
+/// A link message that did not have the expected shape.
+#[derive(Debug, Error)]
+#[error("a {msg_type} message has an invalid content: {source}")]
+pub struct ContentError {
+    pub msg_type: String,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// Builds the wire message for `content`.
+pub fn to_wire<M: LinkMessage>(session: &str, content: &M) -> WireMessage {
+    let value = serde_json::to_value(content).unwrap_or(serde_json::Value::Null);
+    WireMessage::new(M::MSG_TYPE, session, value)
+}
+
+/// Reads `message` as an `M` (the caller has matched its `msg_type`).
+pub fn from_wire<M: LinkMessage>(message: &WireMessage) -> Result<M, ContentError> {
+    serde_json::from_value(message.content.clone()).map_err(|source| ContentError {
+        msg_type: message.msg_type().to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_reply_round_trips_with_its_status_inline() {
+        let reply = RunReply {
+            run_id: "r1".into(),
+            execution_count: 3,
+            status: RunStatus::Panic {
+                message: "boom".into(),
+                location: "src/lib.rs:1:1".into(),
+            },
+            value: None,
+            changed_type: vec![],
+            started: "t0".into(),
+            completed: "t1".into(),
+        };
+        let wire = to_wire("s", &reply);
+        assert_eq!(wire.msg_type(), "run_reply");
+        assert_eq!(wire.content["status"], "panic");
+        let back: RunReply = from_wire(&wire).unwrap();
+        assert_eq!(back, reply);
+    }
+
+    #[test]
+    fn a_malformed_content_is_an_error_naming_the_type() {
+        let wire = WireMessage::new("run_request", "s", serde_json::json!({"run_id": 5}));
+        let error = from_wire::<RunRequest>(&wire).unwrap_err();
+        assert!(error.to_string().contains("run_request"));
+    }
+}
+
+/// Recognises rust's panic headline, `thread 'NAME' panicked at FILE:LINE:COL:`, and returns the
+/// location. The message is on the line after it. Used on engine and kernel stderr alike.
+pub fn panic_location(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("thread '")?;
+    let (_, location) = rest.split_once("' panicked at ")?;
+    Some(location.trim_end().trim_end_matches(':'))
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::panic_location;
+
+    #[test]
+    fn the_panic_headline_gives_its_location() {
+        assert_eq!(
+            panic_location("thread '<unnamed>' panicked at src/lib.rs:40:1:"),
+            Some("src/lib.rs:40:1")
+        );
+        assert_eq!(panic_location("thread 'main' has overflowed its stack"), None);
+        assert_eq!(panic_location("warning: unused"), None);
+    }
+}

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real rustpx kernel started from its installed kernelspec.
+
+The kernelspec is installed into the test venv by tests/run.sh (`rustpx install --sys-prefix`),
+so these tests drive exactly what a Jupyter user would start, over real ZeroMQ sockets.
+"""
+import os
+import queue
+import time
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+KERNEL_NAME = os.environ.get("RUSTPX_KERNEL_NAME", "rustpx")
+# evcxr compiles every cell with rustc; on a loaded 2-core machine a first cell can take a while.
+CELL_TIMEOUT = float(os.environ.get("RUSTPX_TEST_CELL_TIMEOUT", "120"))
+
+
+class Kernel:
+    """A started kernel and a blocking client, with helpers that collect a cell's iopub output."""
+
+    def __init__(self):
+        self.km, self.kc = start_new_kernel(kernel_name=KERNEL_NAME, startup_timeout=120)
+
+    def execute(self, code, timeout=CELL_TIMEOUT, stop_on_error=True):
+        """Runs `code`; returns (reply content, [(arrival time, iopub msg)]) up to its idle."""
+        msg_id = self.kc.execute(code, stop_on_error=stop_on_error)
+        return self.collect(msg_id, timeout)
+
+    def collect(self, msg_id, timeout=CELL_TIMEOUT):
+        outputs = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no idle for {msg_id} within {timeout}s; got {outputs}"
+            try:
+                msg = self.kc.get_iopub_msg(timeout=remaining)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            outputs.append((time.monotonic(), msg))
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        return reply["content"], [m for _, m in outputs], [t for t, _ in outputs]
+
+    def shutdown(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def stream_text(msgs, name="stdout"):
+    return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
+
+def of_type(msgs, msg_type):
+    return [m for m in msgs if m["msg_type"] == msg_type]
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = Kernel()
+    yield k
+    k.shutdown()

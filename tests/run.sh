@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of rustpx: formatting and lints, the Rust unit tests, then the integration
+# suites that drive the real kernel binary through a real Jupyter client.
+#
+#   bash tests/run.sh            # everything
+#   bash tests/run.sh -k panic   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo build --release (first build of evcxr: tens of minutes on 2 cores)"
+cargo build --release --workspace --all-targets
+step "cargo clippy"
+cargo clippy --release --workspace --all-targets -- -D warnings
+step "cargo test (unit tests)"
+cargo test --release --workspace
+step "install the kernelspec into the test venv"
+"$RUSTPX_BIN" install --sys-prefix
+step "pytest (integration: real kernel, real engines, jupyter_client)"
+python -m pytest tests -v --durations=15 "$@"

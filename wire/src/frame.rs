@@ -1,0 +1,180 @@
+//! `<IDS|MSG>` framing: between a list of ZeroMQ frames and a [`WireMessage`].
+
+use bytes::Bytes;
+use serde_json::Value;
+use zeromq::ZmqMessage;
+
+use crate::{Signer, WireError, WireMessage};
+
+/// The frame that separates routing identities from the message.
+pub const DELIMITER: &[u8] = b"<IDS|MSG>";
+
+/// Serialises `message` into frames, signing it with `signer`.
+pub fn encode(message: &WireMessage, signer: &Signer) -> ZmqMessage {
+    // Serialising these JSON values cannot fail: they are already `Value`s or plain structs.
+    let header = serde_json::to_vec(&message.header).unwrap_or_default();
+    let parent = match &message.parent_header {
+        Some(parent) => serde_json::to_vec(parent).unwrap_or_default(),
+        None => b"{}".to_vec(),
+    };
+    let metadata = serde_json::to_vec(&message.metadata).unwrap_or_default();
+    let content = serde_json::to_vec(&message.content).unwrap_or_default();
+    let signature = signer.sign(&[&header, &parent, &metadata, &content]);
+
+    let mut frames: Vec<Bytes> = message.identities.clone();
+    frames.push(Bytes::from_static(DELIMITER));
+    frames.push(Bytes::from(signature));
+    frames.push(Bytes::from(header));
+    frames.push(Bytes::from(parent));
+    frames.push(Bytes::from(metadata));
+    frames.push(Bytes::from(content));
+    frames.extend(message.buffers.iter().cloned());
+    // A vector with at least the delimiter is never empty, so this conversion cannot fail.
+    ZmqMessage::try_from(frames).unwrap_or_else(|_| ZmqMessage::from(Bytes::new()))
+}
+
+/// Splits frames into a message, verifying the signature before any JSON is parsed.
+pub fn decode(frames: ZmqMessage, signer: &Signer) -> Result<WireMessage, WireError> {
+    let frames = frames.into_vec();
+    decode_frames(frames, signer)
+}
+
+fn decode_frames(mut frames: Vec<Bytes>, signer: &Signer) -> Result<WireMessage, WireError> {
+    let delimiter = frames
+        .iter()
+        .position(|f| f.as_ref() == DELIMITER)
+        .ok_or(WireError::MissingDelimiter(frames.len()))?;
+    let after = frames.len() - delimiter - 1;
+    if after < 5 {
+        return Err(WireError::TooFewFrames(after));
+    }
+    let mut rest = frames.split_off(delimiter + 1);
+    frames.pop(); // the delimiter
+    let identities = frames;
+    let buffers = rest.split_off(5);
+    let [signature, header, parent, metadata, content]: [Bytes; 5] = rest
+        .try_into()
+        .map_err(|v: Vec<Bytes>| WireError::TooFewFrames(v.len()))?;
+
+    // Buffers are not signed, as the specification says.
+    signer.verify(&[&header, &parent, &metadata, &content], &signature)?;
+
+    let header = serde_json::from_slice(&header).map_err(|source| WireError::BadJson {
+        part: "header",
+        source,
+    })?;
+    let parent_value: Value =
+        serde_json::from_slice(&parent).map_err(|source| WireError::BadJson {
+            part: "parent header",
+            source,
+        })?;
+    // An empty object means "no parent".
+    let parent_header = match &parent_value {
+        Value::Object(map) if map.is_empty() => None,
+        _ => Some(
+            serde_json::from_value(parent_value).map_err(|source| WireError::BadJson {
+                part: "parent header",
+                source,
+            })?,
+        ),
+    };
+    let metadata = serde_json::from_slice(&metadata).map_err(|source| WireError::BadJson {
+        part: "metadata",
+        source,
+    })?;
+    let content = serde_json::from_slice(&content).map_err(|source| WireError::BadJson {
+        part: "content",
+        source,
+    })?;
+    Ok(WireMessage {
+        identities,
+        header,
+        parent_header,
+        metadata,
+        content,
+        buffers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn signer() -> Signer {
+        Signer::new("hmac-sha256", "test-key").unwrap()
+    }
+
+    #[test]
+    fn a_message_survives_encode_then_decode() {
+        let mut message = WireMessage::new("execute_request", "s1", json!({"code": "1+1"}));
+        message.identities = vec![Bytes::from_static(b"client-a")];
+        message.buffers = vec![Bytes::from_static(b"raw")];
+        let decoded = decode(encode(&message, &signer()), &signer()).unwrap();
+        assert_eq!(decoded.identities, message.identities);
+        assert_eq!(decoded.header.msg_id, message.header.msg_id);
+        assert_eq!(decoded.content, json!({"code": "1+1"}));
+        assert!(decoded.parent_header.is_none());
+        assert_eq!(decoded.buffers, message.buffers);
+    }
+
+    #[test]
+    fn a_reply_carries_its_parent_and_identities() {
+        let mut request = WireMessage::new("kernel_info_request", "s1", json!({}));
+        request.identities = vec![Bytes::from_static(b"peer")];
+        let reply = WireMessage::reply_to(&request, "kernel_info_reply", json!({}));
+        let decoded = decode(encode(&reply, &signer()), &signer()).unwrap();
+        assert_eq!(decoded.parent_id(), request.header.msg_id);
+        assert_eq!(decoded.identities, request.identities);
+        assert_eq!(decoded.header.session, "s1");
+    }
+
+    #[test]
+    fn a_message_signed_with_another_key_is_refused() {
+        let message = WireMessage::new("x", "s", json!({}));
+        let other = Signer::new("hmac-sha256", "wrong").unwrap();
+        assert!(matches!(
+            decode(encode(&message, &other), &signer()),
+            Err(WireError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn a_tampered_content_frame_is_refused() {
+        let message = WireMessage::new("x", "s", json!({"a": 1}));
+        let mut frames = encode(&message, &signer()).into_vec();
+        let last = frames.len() - 1;
+        frames[last] = Bytes::from_static(b"{\"a\":2}");
+        assert!(matches!(
+            decode_frames(frames, &signer()),
+            Err(WireError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn malformed_frame_sets_are_refused_with_a_reason() {
+        let no_delim = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+        assert!(matches!(
+            decode_frames(no_delim, &signer()),
+            Err(WireError::MissingDelimiter(2))
+        ));
+        let short = vec![Bytes::from_static(DELIMITER), Bytes::from_static(b"sig")];
+        assert!(matches!(
+            decode_frames(short, &signer()),
+            Err(WireError::TooFewFrames(1))
+        ));
+        let unsigned = Signer::new("hmac-sha256", "").unwrap();
+        let bad_json = vec![
+            Bytes::from_static(DELIMITER),
+            Bytes::new(),
+            Bytes::from_static(b"not json"),
+            Bytes::from_static(b"{}"),
+            Bytes::from_static(b"{}"),
+            Bytes::from_static(b"{}"),
+        ];
+        assert!(matches!(
+            decode_frames(bad_json, &unsigned),
+            Err(WireError::BadJson { part: "header", .. })
+        ));
+    }
+}

@@ -1,0 +1,20 @@
+//! The wire layer of rustpx, shared by the kernel's Jupyter front end and the engine link.
+//!
+//! It knows how a Jupyter message is split into ZeroMQ frames (`<IDS|MSG>` framing) and how each
+//! message is signed with HMAC-SHA256, and nothing about what the messages mean. Keeping signing
+//! and framing in one crate means there is exactly one place where a signature is checked, so the
+//! kernel and the engines cannot disagree on what a valid message is.
+
+mod error;
+mod frame;
+mod message;
+mod signing;
+
+pub use error::WireError;
+pub use frame::{decode, encode, DELIMITER};
+pub use message::{new_header, WireMessage};
+pub use signing::Signer;
+
+/// Typed Jupyter messages, re-exported so that users of the wire layer agree on one version.
+pub use jupyter_protocol;
+pub use zeromq;
