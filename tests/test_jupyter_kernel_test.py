@@ -15,6 +15,8 @@ class RustpxKernelTests(jkt.KernelTests):
     complete_code_samples = ["1 + 1", "fn f() { }", "let x = vec![1, 2];"]
     incomplete_code_samples = ["fn f() {", "let v = vec![1,"]
     invalid_code_samples = ["1 + 1)"]
+    code_generate_error = 'let wrong: i32 = "text";'
+    code_inspect_sample = "Vec"
     code_execute_result = [{"code": "6 * 7", "result": "42"}, {"code": '"hi"', "result": '"hi"'}]
 
     @classmethod

@@ -44,6 +44,9 @@ struct Cli {
     parent_pid: Option<u32>,
 }
 
+/// Our own crate at info, dependencies at warn.
+const DEFAULT_LOG_FILTER: &str = "warn,rustpx_engine=info";
+
 fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli) {
@@ -76,7 +79,7 @@ fn run(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUSTPX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::sync::Mutex::new(log))
         .with_ansi(false)

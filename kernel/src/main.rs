@@ -50,6 +50,9 @@ impl ScopeArgs {
     }
 }
 
+/// Our own crates at info; everything else (rust-analyzer is very chatty) at warn.
+const DEFAULT_LOG_FILTER: &str = "warn,rustpx=info,rustpx_kernel=info";
+
 fn main() -> Result<()> {
     // When evcxr re-executes this binary as its runtime, this call never returns.
     evcxr::runtime_hook();
@@ -77,7 +80,7 @@ fn run_kernel(connection_file: PathBuf) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUSTPX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -189,11 +189,12 @@ mod tests {
     }
 }
 
-/// Recognises rust's panic headline, `thread 'NAME' panicked at FILE:LINE:COL:`, and returns the
-/// location. The message is on the line after it. Used on engine and kernel stderr alike.
+/// Recognises rust's panic headline, `thread 'NAME' panicked at FILE:LINE:COL:` (since Rust
+/// 1.89 with the thread id: `thread 'NAME' (ID) panicked at …`), and returns the location. The
+/// message is on the line after it. Used on engine and kernel stderr alike.
 pub fn panic_location(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("thread '")?;
-    let (_, location) = rest.split_once("' panicked at ")?;
+    let (_, location) = rest.split_once(" panicked at ")?;
     Some(location.trim_end().trim_end_matches(':'))
 }
 
@@ -206,6 +207,10 @@ mod panic_tests {
         assert_eq!(
             panic_location("thread '<unnamed>' panicked at src/lib.rs:40:1:"),
             Some("src/lib.rs:40:1")
+        );
+        assert_eq!(
+            panic_location("thread '<unnamed>' (9803) panicked at src/lib.rs:98:1:"),
+            Some("src/lib.rs:98:1")
         );
         assert_eq!(panic_location("thread 'main' has overflowed its stack"), None);
         assert_eq!(panic_location("warning: unused"), None);
