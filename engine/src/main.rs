@@ -116,7 +116,8 @@ fn run(cli: Cli) -> Result<()> {
             match result {
                 Ok(()) => std::process::exit(0),
                 Err(error) => {
-                    tracing::error!("{error:#}");
+                    // The usual end of a local engine: the kernel went away.
+                    tracing::info!("engine link ended: {error:#}");
                     std::process::exit(3);
                 }
             }

@@ -8,3 +8,4 @@ pub mod evaluator;
 pub mod frontend;
 pub mod install;
 pub mod is_complete;
+pub mod px;

@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use crate::frontend::Publisher;
+pub use diagnostics::render as render_compile_error;
 use output_pump::{OutputPump, PanicReport};
 
 /// What a finished execution reports in its `execute_reply`.

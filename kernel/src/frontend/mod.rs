@@ -105,7 +105,7 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
     publisher.publish_orphan("status", json!({"execution_state": "starting"}));
     tokio::spawn(heartbeat(hb));
 
-    let session = Arc::new(Mutex::new(Session::new(publisher.clone())));
+    let session = Arc::new(Mutex::new(Session::new(publisher.clone()).await));
     let control_session = shell::ControlHandle::new(&session).await;
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(1);
     tokio::spawn(control_loop(

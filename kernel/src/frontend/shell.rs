@@ -7,23 +7,73 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::{kernel_info, Publisher};
-use crate::evaluator::{Evaluator, Interrupter, Outcome};
+use crate::evaluator::{ErrorReport, Evaluator, Interrupter, Outcome};
 use crate::is_complete::{self, Completeness};
+use crate::px::magics::{self, Magic, PxOptions};
+use crate::px::{PxInterrupter, PxService};
 
-/// The state of one kernel session: the execution counter and the Rust context.
+/// The state of one kernel session: the execution counter, the Rust context and the engines.
 pub struct Session {
     publisher: Publisher,
     evaluator: Evaluator,
+    px: PxService,
     execution_count: u32,
 }
 
 impl Session {
-    pub fn new(publisher: Publisher) -> Session {
+    pub async fn new(publisher: Publisher) -> Session {
         let evaluator = Evaluator::spawn(publisher.clone());
+        let px = PxService::start(publisher.clone()).await;
         Session {
             publisher,
             evaluator,
+            px,
             execution_count: 0,
+        }
+    }
+
+    /// Stops the engines before the kernel exits.
+    pub fn shutdown(&self) {
+        self.px.shutdown();
+    }
+
+    /// Routes a cell: a magic to the px service, plain Rust to the evaluator (or to the engines
+    /// while `%autopx` is on).
+    async fn run_cell(&mut self, request: &WireMessage, code: &str, count: u32) -> Outcome {
+        match magics::parse_cell(code) {
+            Err(error) => {
+                let report = ErrorReport {
+                    ename: "UsageError".into(),
+                    evalue: error.0.clone(),
+                    traceback: vec![format!("UsageError: {}", error.0)],
+                };
+                self.publisher.publish(
+                    request,
+                    "error",
+                    json!({"ename": report.ename, "evalue": report.evalue, "traceback": report.traceback}),
+                );
+                Outcome::Error(report)
+            }
+            Ok(Some(Magic::Px { options, code })) if options.local => {
+                let outcome = self
+                    .px
+                    .run(request, Magic::Px { options, code: code.clone() }, count)
+                    .await;
+                let local = self.evaluator.execute(request, &code, count).await;
+                match outcome {
+                    Outcome::Ok => local,
+                    error => error,
+                }
+            }
+            Ok(Some(magic)) => self.px.run(request, magic, count).await,
+            Ok(None) if self.px.autopx() => {
+                let magic = Magic::Px {
+                    options: PxOptions::default(),
+                    code: code.to_owned(),
+                };
+                self.px.run(request, magic, count).await
+            }
+            Ok(None) => self.evaluator.execute(request, code, count).await,
         }
     }
 
@@ -45,7 +95,10 @@ impl Session {
                 return None;
             }
             "comm_msg" | "comm_close" => return None,
-            "shutdown_request" => shutdown_reply(&request.content),
+            "shutdown_request" => {
+                self.shutdown();
+                shutdown_reply(&request.content)
+            }
             other => {
                 tracing::warn!("shell: unknown message type {other:?} dropped");
                 return None;
@@ -78,7 +131,7 @@ impl Session {
         if code.trim().is_empty() {
             return ok_reply(count);
         }
-        match self.evaluator.execute(request, &code, count).await {
+        match self.run_cell(request, &code, count).await {
             Outcome::Ok => ok_reply(count),
             Outcome::Error(report) => json!({
                 "status": "error",
@@ -117,13 +170,19 @@ impl Session {
 #[derive(Clone)]
 pub struct ControlHandle {
     interrupter: Interrupter,
+    px: PxInterrupter,
+    stop_engines: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl ControlHandle {
     pub async fn new(session: &Arc<Mutex<Session>>) -> ControlHandle {
-        let session = session.lock().await;
+        let guard = session.lock().await;
+        let px = guard.px.interrupter();
+        let stopper = px.clone();
         ControlHandle {
-            interrupter: session.evaluator.interrupter.clone(),
+            interrupter: guard.evaluator.interrupter.clone(),
+            px,
+            stop_engines: Arc::new(move || stopper.stop_engines()),
         }
     }
 
@@ -131,11 +190,15 @@ impl ControlHandle {
         let content = match request.msg_type() {
             "kernel_info_request" => kernel_info::content(),
             "interrupt_request" => {
-                let interrupted = self.interrupter.interrupt();
-                tracing::info!("interrupt request (a plain cell was running: {interrupted})");
+                let plain = self.interrupter.interrupt();
+                let px = self.px.interrupt();
+                tracing::info!("interrupt request (plain cell running: {plain}, %px cell running: {px})");
                 json!({"status": "ok"})
             }
-            "shutdown_request" => shutdown_reply(&request.content),
+            "shutdown_request" => {
+                (self.stop_engines)();
+                shutdown_reply(&request.content)
+            }
             other => {
                 tracing::warn!("control: unknown message type {other:?} dropped");
                 return None;

@@ -1,0 +1,345 @@
+//! The px compiler: one evcxr context compiling each `%px` cell once per group of engines.
+//!
+//! It runs on its own thread (evcxr is synchronous) and takes cells in submission order, so every
+//! engine sees cells in the order they were run. Its evcxr child is the [bridge](super::bridge):
+//! while a group's cell is being evaluated, the bridge sends the compiled object to exactly that
+//! group's engines.
+
+use std::collections::BTreeMap;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+
+use evcxr::{EvalContext, EvalContextOutputs};
+use rustpx_protocol::EngineId;
+
+use super::bridge::{self, Dispatch};
+use super::groups::Groups;
+use super::hub::{Hub, RunEnd};
+use super::records::EngineError;
+use crate::evaluator::render_compile_error;
+
+/// evcxr's markers, as the bridge answers them.
+const EXECUTION_COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
+const PANIC_NOTIFICATION: &str = "EVCXR_PANIC_NOTIFICATION";
+const USER_ERROR: &str = "EVCXR_ERROR_OCCURRED";
+const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
+
+/// A `%px` cell to compile and run on `engines`.
+pub struct CompileJob {
+    pub cell_id: String,
+    pub code: String,
+    pub engines: Vec<EngineId>,
+}
+
+/// The engines a `LOAD_AND_RUN` goes to right now.
+#[derive(Clone)]
+struct Current {
+    cell_id: String,
+    engines: Vec<EngineId>,
+}
+
+/// The front end's handle: submit cells; they run in order.
+#[derive(Clone)]
+pub struct Compiler {
+    jobs: std_mpsc::Sender<CompileJob>,
+}
+
+impl Compiler {
+    /// Starts the compiler thread: its evcxr context comes up in the background.
+    pub fn start(hub: Arc<Mutex<Hub>>) -> Compiler {
+        let (jobs, receiver) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("px-compiler".into())
+            .spawn(move || run(receiver, hub))
+            .ok();
+        Compiler { jobs }
+    }
+
+    pub fn submit(&self, job: CompileJob) -> bool {
+        self.jobs.send(job).is_ok()
+    }
+}
+
+fn lock(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
+    hub.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one compiled object on the current engines and combines their outcomes into the markers
+/// evcxr expects: a panic anywhere drops the cell's new variables from the group's state.
+fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dispatch {
+    Arc::new(move |so_path: &str, fn_name: &str| {
+        let target = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(target) = target else {
+            // evcxr's own start-up and warm-up cells: nothing to run them on.
+            return vec![EXECUTION_COMPLETE.to_owned()];
+        };
+        let waits: Vec<std_mpsc::Receiver<RunEnd>> = {
+            let mut hub = lock(&hub);
+            target
+                .engines
+                .iter()
+                .map(|&engine| hub.start_run(&target.cell_id, engine, so_path, fn_name))
+                .collect()
+        };
+        let mut panicked = false;
+        let mut user_error = false;
+        let mut changed: Vec<String> = Vec::new();
+        for wait in waits {
+            match wait.recv() {
+                Ok(RunEnd::Finished(reply)) => {
+                    match reply.status {
+                        rustpx_protocol::RunStatus::Panic { .. } => panicked = true,
+                        rustpx_protocol::RunStatus::UserError => user_error = true,
+                        _ => {}
+                    }
+                    for name in reply.changed_type {
+                        if !changed.contains(&name) {
+                            changed.push(name);
+                        }
+                    }
+                }
+                // A dead engine leaves its group at the next cell; the others' results stand.
+                Ok(RunEnd::Died(_)) | Err(_) => {}
+            }
+        }
+        let mut lines = Vec::new();
+        if panicked {
+            lines.push(PANIC_NOTIFICATION.to_owned());
+        }
+        if user_error {
+            lines.push(USER_ERROR.to_owned());
+        }
+        lines.extend(changed.into_iter().map(|n| format!("{CHANGED_TYPE}{n}")));
+        lines.push(EXECUTION_COMPLETE.to_owned());
+        lines
+    })
+}
+
+fn start_context(
+    hub: &Arc<Mutex<Hub>>,
+    current: &Arc<Mutex<Option<Current>>>,
+) -> Result<(EvalContext, EvalContextOutputs), String> {
+    let spec = bridge::serve(dispatcher(hub.clone(), current.clone()))
+        .map_err(|e| format!("cannot open the px bridge socket: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut command = std::process::Command::new(exe);
+    command.env(bridge::BRIDGE_ENV, spec);
+    let (mut context, outputs) =
+        EvalContext::with_subprocess_command(command).map_err(|e| e.to_string())?;
+    // Move rust-analyzer's first analysis off the user's first `let` (see evcxr-notes.md).
+    let snapshot = context.state();
+    if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
+        tracing::debug!("px warm-up cell failed (harmless): {error}");
+    }
+    context
+        .eval_with_state("", snapshot)
+        .map_err(|e| e.to_string())?;
+    Ok((context, outputs))
+}
+
+/// The bridge writes only markers to stdout and nothing to stderr; drain both anyway so evcxr
+/// never waits on a full channel.
+fn drain(outputs: EvalContextOutputs) {
+    let EvalContextOutputs { stdout, stderr } = outputs;
+    std::thread::spawn(move || {
+        for line in stdout {
+            tracing::debug!("px context stdout: {line}");
+        }
+    });
+    std::thread::spawn(move || {
+        for line in stderr {
+            tracing::debug!("px context stderr: {line}");
+        }
+    });
+}
+
+fn run(jobs: std_mpsc::Receiver<CompileJob>, hub: Arc<Mutex<Hub>>) {
+    let current: Arc<Mutex<Option<Current>>> = Arc::default();
+    let started = std::time::Instant::now();
+    let context = start_context(&hub, &current);
+    let (mut context, outputs) = match context {
+        Ok(ready) => {
+            tracing::info!("px compiler ready in {:?}", started.elapsed());
+            ready
+        }
+        Err(error) => {
+            tracing::error!("the px compiler could not start: {error}");
+            for job in jobs {
+                fail_all(&hub, &job, &format!("the px compiler could not start: {error}"));
+            }
+            return;
+        }
+    };
+    drain(outputs);
+    // evcxr does not export the name of its state type, so the evcxr calls live in this closure,
+    // where the type is inferred, and the bookkeeping stays generic.
+    let mut groups = Groups::new(context.state());
+    for job in jobs {
+        compile_and_run(&mut groups, &hub, &current, &job, |code, mut state, deps| {
+            for (name, config) in deps {
+                state
+                    .add_dep(name, config)
+                    .map_err(|e| evcxr::Error::Message(format!(":dep {name} = {config}: {e}")))?;
+            }
+            context.eval_with_state(code, state)?;
+            let names = context
+                .variables_and_types()
+                .map(|(name, _)| name.to_owned())
+                .collect();
+            Ok((context.state(), names))
+        });
+        lock(&hub).finish_cell(&job.cell_id);
+    }
+}
+
+fn fail_all(hub: &Arc<Mutex<Hub>>, job: &CompileJob, message: &str) {
+    let mut hub = lock(hub);
+    for &engine in &job.engines {
+        hub.finish_engine(
+            &job.cell_id,
+            engine,
+            Some(EngineError {
+                ename: "KernelError".into(),
+                evalue: message.to_owned(),
+                traceback: vec![],
+            }),
+        );
+    }
+    hub.finish_cell(&job.cell_id);
+}
+
+/// Splits `:dep` lines (evcxr's dependency command) from the Rust code.
+fn split_dependencies(code: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let mut deps = Vec::new();
+    let mut rust = Vec::new();
+    for line in code.lines() {
+        let trimmed = line.trim();
+        if let Some(spec) = trimmed.strip_prefix(":dep ") {
+            let spec = spec.trim();
+            let (name, config) = match spec.split_once('=') {
+                Some((name, config)) => (name.trim().to_owned(), config.trim().to_owned()),
+                None => (spec.to_owned(), "\"*\"".to_owned()),
+            };
+            deps.push((name, config));
+        } else if trimmed.starts_with(':') {
+            return Err(format!(
+                "`{trimmed}`: only the :dep command works in %px cells; other evcxr commands act on the kernel's own context, so run them in a plain cell"
+            ));
+        } else {
+            rust.push(line);
+        }
+    }
+    Ok((rust.join("\n"), deps))
+}
+
+/// The new state of a group and the variables it holds, or why the cell failed.
+type Evaluated<S> = Result<(S, Vec<String>), evcxr::Error>;
+
+fn compile_and_run<S: Clone>(
+    groups: &mut Groups<S>,
+    hub: &Arc<Mutex<Hub>>,
+    current: &Arc<Mutex<Option<Current>>>,
+    job: &CompileJob,
+    mut evaluate: impl FnMut(&str, S, &[(String, String)]) -> Evaluated<S>,
+) {
+    let live: BTreeMap<EngineId, u64> = lock(hub).live_incarnations();
+    groups.sync(&live);
+    let targets: Vec<EngineId> = job
+        .engines
+        .iter()
+        .copied()
+        .filter(|id| live.contains_key(id))
+        .collect();
+    {
+        let mut hub = lock(hub);
+        for &gone in job.engines.iter().filter(|id| !live.contains_key(id)) {
+            hub.finish_engine(
+                &job.cell_id,
+                gone,
+                Some(EngineError {
+                    ename: "EngineError".into(),
+                    evalue: format!("Engine {gone} is not running"),
+                    traceback: vec![format!(
+                        "EngineError: Engine {gone} is not running; restart it with `%engines restart {gone}`"
+                    )],
+                }),
+            );
+        }
+    }
+    let (code, deps) = match split_dependencies(&job.code) {
+        Ok(split) => split,
+        Err(message) => {
+            let mut hub = lock(hub);
+            for &engine in &targets {
+                hub.finish_engine(
+                    &job.cell_id,
+                    engine,
+                    Some(EngineError {
+                        ename: "UsageError".into(),
+                        evalue: message.clone(),
+                        traceback: vec![],
+                    }),
+                );
+            }
+            return;
+        }
+    };
+    for index in groups.partition(&targets) {
+        let members: Vec<EngineId> = groups.group(index).members.keys().copied().collect();
+        let state = groups.group(index).state.clone();
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Current {
+            cell_id: job.cell_id.clone(),
+            engines: members.clone(),
+        });
+        let result = evaluate(&code, state, &deps);
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let error = match result {
+            Ok((state, names)) => {
+                groups.advance(index, state);
+                let mut hub = lock(hub);
+                for &engine in &members {
+                    hub.set_variables(engine, names.clone());
+                }
+                None
+            }
+            Err(evcxr::Error::CompilationErrors(errors)) => Some(EngineError {
+                ename: "CompilationError".into(),
+                evalue: errors
+                    .first()
+                    .map(|e| e.message())
+                    .unwrap_or_else(|| "compilation failed".into()),
+                traceback: errors
+                    .iter()
+                    .map(|e| render_compile_error(e, &code))
+                    .collect(),
+            }),
+            Err(other) => Some(EngineError {
+                ename: "Error".into(),
+                evalue: other.to_string(),
+                traceback: vec![],
+            }),
+        };
+        let mut hub = lock(hub);
+        for &engine in &members {
+            hub.finish_engine(&job.cell_id, engine, error.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dep_lines_are_split_from_code() {
+        let (code, deps) = split_dependencies(":dep itoa = \"1\"\n:dep rand\nlet x = 1;").unwrap();
+        assert_eq!(code, "let x = 1;");
+        assert_eq!(
+            deps,
+            vec![
+                ("itoa".to_owned(), "\"1\"".to_owned()),
+                ("rand".to_owned(), "\"*\"".to_owned())
+            ]
+        );
+        assert!(split_dependencies(":vars").unwrap_err().contains("only the :dep"));
+    }
+}

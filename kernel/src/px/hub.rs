@@ -1,0 +1,621 @@
+//! The hub: which engines exist, what each is running, and every cell's results.
+//!
+//! No sockets here: the link task feeds it decoded messages and takes what it wants sent from
+//! its outbox, the pool tells it when a process exits, and a timer asks it to check heartbeats.
+//! That keeps the rules (registration, death, bookkeeping of runs) testable on their own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use rustpx_protocol::{
+    from_wire, to_wire, DisplayOutput, EngineId, Heartbeat, LinkMessage, RegisterReply,
+    RegisterRequest, RunReply, RunRequest, RunStatus, ShutdownRequest, StreamOutput,
+};
+use rustpx_wire::WireMessage;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::records::{CellRecord, EngineError, TaskState};
+
+/// An engine that has not been heard from for this long is declared dead.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A message for one engine, by its ZeroMQ identity.
+pub type Outgoing = (Bytes, WireMessage);
+
+/// What happened to one run, for the compiler thread waiting on it.
+#[derive(Debug, Clone)]
+pub enum RunEnd {
+    Finished(RunReply),
+    /// The engine is gone; the text says why.
+    Died(String),
+}
+
+/// Something a watcher of a cell wants to know as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellEvent {
+    /// New text on an engine's stream (the record holds the full text).
+    Stream { engine: EngineId, name: String },
+    Display { engine: EngineId, index: usize },
+    /// An engine's part finished (its record says how).
+    EngineDone { engine: EngineId },
+    /// Every engine finished.
+    CellDone,
+}
+
+/// Whether an engine can take work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineState {
+    Idle,
+    Busy,
+    Dead(String),
+}
+
+/// One registered engine.
+#[derive(Debug, Clone)]
+pub struct EngineEntry {
+    pub id: EngineId,
+    /// Distinguishes the processes that have held this id over time (restarts).
+    pub incarnation: u64,
+    pub identity: Bytes,
+    pub pid: u32,
+    pub hostname: String,
+    pub state: EngineState,
+    pub last_seen: Instant,
+    /// Runs sent and not finished.
+    pub queue: usize,
+}
+
+impl EngineEntry {
+    pub fn alive(&self) -> bool {
+        !matches!(self.state, EngineState::Dead(_))
+    }
+}
+
+struct PendingRun {
+    cell_id: String,
+    engine: EngineId,
+    incarnation: u64,
+    done: std_mpsc::Sender<RunEnd>,
+}
+
+/// The hub's whole state.
+pub struct Hub {
+    session: String,
+    engines: BTreeMap<EngineId, EngineEntry>,
+    next_incarnation: u64,
+    runs: HashMap<String, PendingRun>,
+    cells: HashMap<String, CellRecord>,
+    observers: HashMap<String, UnboundedSender<CellEvent>>,
+    /// The variables each engine holds, as the compiler last knew them (for "variables lost").
+    variables: HashMap<EngineId, Vec<String>>,
+    /// Engines we signalled on purpose (interrupt): their death is expected.
+    interrupted: HashMap<EngineId, u64>,
+    outbox: UnboundedSender<Outgoing>,
+}
+
+impl Hub {
+    pub fn new(outbox: UnboundedSender<Outgoing>) -> Hub {
+        Hub {
+            session: uuid::Uuid::new_v4().to_string(),
+            engines: BTreeMap::new(),
+            next_incarnation: 1,
+            runs: HashMap::new(),
+            cells: HashMap::new(),
+            observers: HashMap::new(),
+            variables: HashMap::new(),
+            interrupted: HashMap::new(),
+            outbox,
+        }
+    }
+
+    fn send<M: LinkMessage>(&self, identity: &Bytes, message: &M) {
+        let _ = self
+            .outbox
+            .send((identity.clone(), to_wire(&self.session, message)));
+    }
+
+    /// Sorted ids of the engines that are alive.
+    pub fn live_ids(&self) -> Vec<EngineId> {
+        self.engines
+            .values()
+            .filter(|e| e.alive())
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// Live engines with their incarnations, for the compiler's group bookkeeping.
+    pub fn live_incarnations(&self) -> BTreeMap<EngineId, u64> {
+        self.engines
+            .values()
+            .filter(|e| e.alive())
+            .map(|e| (e.id, e.incarnation))
+            .collect()
+    }
+
+    pub fn engines(&self) -> impl Iterator<Item = &EngineEntry> {
+        self.engines.values()
+    }
+
+    pub fn engine(&self, id: EngineId) -> Option<&EngineEntry> {
+        self.engines.get(&id)
+    }
+
+    /// Dispatches one message from an engine.
+    pub fn receive(&mut self, identity: Bytes, message: &WireMessage) {
+        let sender = self.engine_by_identity(&identity);
+        if let Some(id) = sender {
+            if let Some(engine) = self.engines.get_mut(&id) {
+                engine.last_seen = Instant::now();
+            }
+        }
+        let result = match message.msg_type() {
+            RegisterRequest::MSG_TYPE => from_wire(message).map(|r| self.register(identity, r)),
+            Heartbeat::MSG_TYPE => {
+                if sender.is_some() {
+                    self.send(&identity, &Heartbeat {});
+                }
+                Ok(())
+            }
+            StreamOutput::MSG_TYPE => from_wire(message).map(|s| self.stream(s)),
+            DisplayOutput::MSG_TYPE => from_wire(message).map(|d| self.display(d)),
+            RunReply::MSG_TYPE => from_wire(message).map(|r| self.run_reply(r)),
+            other => {
+                tracing::warn!("hub: dropped an unknown message type {other:?}");
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!("hub: dropped a message: {error}");
+        }
+    }
+
+    fn engine_by_identity(&self, identity: &Bytes) -> Option<EngineId> {
+        self.engines
+            .values()
+            .find(|e| e.alive() && &e.identity == identity)
+            .map(|e| e.id)
+    }
+
+    fn register(&mut self, identity: Bytes, request: RegisterRequest) {
+        let taken = |id: &EngineId| self.engines.get(id).is_some_and(|e| e.alive());
+        let id = match request.requested_id {
+            Some(id) if !taken(&id) => id,
+            _ => (0..).find(|id| !taken(id)).unwrap_or(0),
+        };
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        tracing::info!(
+            "engine {id} registered (pid {} on {}, incarnation {incarnation})",
+            request.pid,
+            request.hostname
+        );
+        self.engines.insert(
+            id,
+            EngineEntry {
+                id,
+                incarnation,
+                identity: identity.clone(),
+                pid: request.pid,
+                hostname: request.hostname,
+                state: EngineState::Idle,
+                last_seen: Instant::now(),
+                queue: 0,
+            },
+        );
+        self.variables.remove(&id);
+        self.send(
+            &identity,
+            &RegisterReply {
+                engine_id: Some(id),
+                refused: None,
+            },
+        );
+    }
+
+    /// Sends a run to an engine; the receiver answers when it finished or the engine died.
+    pub fn start_run(
+        &mut self,
+        cell_id: &str,
+        engine: EngineId,
+        so_path: &str,
+        fn_name: &str,
+    ) -> std_mpsc::Receiver<RunEnd> {
+        let (done, receiver) = std_mpsc::channel();
+        let Some(entry) = self.engines.get_mut(&engine).filter(|e| e.alive()) else {
+            let _ = done.send(RunEnd::Died(format!("engine {engine} is not running")));
+            return receiver;
+        };
+        entry.queue += 1;
+        entry.state = EngineState::Busy;
+        let identity = entry.identity.clone();
+        let incarnation = entry.incarnation;
+        let run_id = uuid::Uuid::new_v4().to_string();
+        if let Some(record) = self
+            .cells
+            .get_mut(cell_id)
+            .and_then(|c| c.engines.get_mut(&engine))
+        {
+            record.state = TaskState::Running;
+            record.started.get_or_insert_with(Utc::now);
+        }
+        self.runs.insert(
+            run_id.clone(),
+            PendingRun {
+                cell_id: cell_id.to_owned(),
+                engine,
+                incarnation,
+                done,
+            },
+        );
+        self.send(
+            &identity,
+            &RunRequest {
+                run_id,
+                cell_id: cell_id.to_owned(),
+                so_path: so_path.to_owned(),
+                fn_name: fn_name.to_owned(),
+            },
+        );
+        receiver
+    }
+
+    fn notify(&self, cell_id: &str, event: CellEvent) {
+        if let Some(observer) = self.observers.get(cell_id) {
+            let _ = observer.send(event);
+        }
+    }
+
+    fn stream(&mut self, output: StreamOutput) {
+        let Some(run) = self.runs.get(&output.run_id) else {
+            tracing::debug!("hub: output for an unknown run dropped");
+            return;
+        };
+        let (cell_id, engine) = (run.cell_id.clone(), run.engine);
+        if let Some(record) = self
+            .cells
+            .get_mut(&cell_id)
+            .and_then(|c| c.engines.get_mut(&engine))
+        {
+            match output.name.as_str() {
+                "stderr" => record.stderr.push_str(&output.text),
+                _ => record.stdout.push_str(&output.text),
+            }
+        }
+        self.notify(
+            &cell_id,
+            CellEvent::Stream {
+                engine,
+                name: output.name,
+            },
+        );
+    }
+
+    fn display(&mut self, output: DisplayOutput) {
+        let Some(run) = self.runs.get(&output.run_id) else {
+            return;
+        };
+        let (cell_id, engine) = (run.cell_id.clone(), run.engine);
+        let mut index = 0;
+        if let Some(record) = self
+            .cells
+            .get_mut(&cell_id)
+            .and_then(|c| c.engines.get_mut(&engine))
+        {
+            record.displays.push(output.data);
+            index = record.displays.len() - 1;
+        }
+        self.notify(&cell_id, CellEvent::Display { engine, index });
+    }
+
+    fn run_reply(&mut self, reply: RunReply) {
+        let Some(run) = self.runs.remove(&reply.run_id) else {
+            tracing::debug!("hub: reply for an unknown run dropped");
+            return;
+        };
+        if let Some(entry) = self.engines.get_mut(&run.engine) {
+            entry.queue = entry.queue.saturating_sub(1);
+            if entry.queue == 0 && entry.alive() {
+                entry.state = EngineState::Idle;
+            }
+        }
+        let failed = if let Some(record) = self
+            .cells
+            .get_mut(&run.cell_id)
+            .and_then(|c| c.engines.get_mut(&run.engine))
+        {
+            record.execution_count = Some(reply.execution_count);
+            if reply.value.is_some() {
+                record.value = reply.value.clone();
+            }
+            record.started = parse_time(&reply.started).or(record.started);
+            record.completed = parse_time(&reply.completed);
+            let error = match &reply.status {
+                RunStatus::Ok => None,
+                RunStatus::Panic { message, location } => Some(EngineError {
+                    ename: "Panic".into(),
+                    evalue: message.clone(),
+                    traceback: vec![
+                        format!("panicked at {location}: {message}"),
+                        "Variables this cell defined were not kept on this engine.".into(),
+                    ],
+                }),
+                RunStatus::UserError => {
+                    let last = record
+                        .stderr
+                        .lines()
+                        .last()
+                        .unwrap_or("the cell returned an error through `?`")
+                        .to_owned();
+                    Some(EngineError {
+                        ename: "Error".into(),
+                        evalue: last.clone(),
+                        traceback: vec![format!("Error: {last}")],
+                    })
+                }
+                RunStatus::LoadFailed { message } => Some(EngineError {
+                    ename: "LoadError".into(),
+                    evalue: message.clone(),
+                    traceback: vec![],
+                }),
+            };
+            let failed = error.is_some();
+            if failed {
+                record.finish(error);
+            }
+            failed
+        } else {
+            false
+        };
+        if failed {
+            self.notify(&run.cell_id, CellEvent::EngineDone { engine: run.engine });
+        }
+        let _ = run.done.send(RunEnd::Finished(reply));
+    }
+
+    /// The engine process `id` (that incarnation, or any if `None`) is gone.
+    pub fn engine_gone(&mut self, id: EngineId, incarnation: Option<u64>, reason: &str) {
+        let Some(entry) = self.engines.get_mut(&id) else {
+            return;
+        };
+        if incarnation.is_some_and(|i| i != entry.incarnation) || !entry.alive() {
+            return;
+        }
+        tracing::warn!("engine {id} is gone: {reason}");
+        entry.state = EngineState::Dead(reason.to_owned());
+        entry.queue = 0;
+        let incarnation = entry.incarnation;
+        let lost: Vec<String> = self.variables.remove(&id).unwrap_or_default();
+        let runs: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.engine == id && r.incarnation == incarnation)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for run_id in runs {
+            let Some(run) = self.runs.remove(&run_id) else {
+                continue;
+            };
+            if let Some(record) = self
+                .cells
+                .get_mut(&run.cell_id)
+                .and_then(|c| c.engines.get_mut(&id))
+            {
+                let lost_text = if lost.is_empty() {
+                    "It held no variables.".to_owned()
+                } else {
+                    format!("Variables lost: {}.", lost.join(", "))
+                };
+                record.finish(Some(EngineError {
+                    ename: "EngineError".into(),
+                    evalue: format!("Engine {id} died while running task '{}'", record.task_id),
+                    traceback: vec![
+                        format!(
+                            "EngineError: Engine {id} died while running task '{}' ({reason})",
+                            record.task_id
+                        ),
+                        format!("{lost_text} Restart it with `%engines restart {id}`."),
+                    ],
+                }));
+            }
+            self.notify(&run.cell_id, CellEvent::EngineDone { engine: id });
+            let _ = run.done.send(RunEnd::Died(reason.to_owned()));
+        }
+    }
+
+    /// Declares engines dead whose heartbeats stopped; returns them (with pids) to be killed.
+    pub fn check_heartbeats(&mut self, now: Instant) -> Vec<(EngineId, u32)> {
+        let silent: Vec<(EngineId, u32, f64)> = self
+            .engines
+            .values()
+            .filter(|e| e.alive() && now.duration_since(e.last_seen) > HEARTBEAT_TIMEOUT)
+            .map(|e| (e.id, e.pid, now.duration_since(e.last_seen).as_secs_f64()))
+            .collect();
+        for (id, _, seconds) in &silent {
+            self.engine_gone(
+                *id,
+                None,
+                &format!("no heartbeat for {seconds:.1} s; the process is hung or stopped"),
+            );
+        }
+        silent.into_iter().map(|(id, pid, _)| (id, pid)).collect()
+    }
+
+    /// Asks an engine to exit.
+    pub fn shutdown_engine(&mut self, id: EngineId) {
+        if let Some(entry) = self.engines.get(&id).filter(|e| e.alive()) {
+            let identity = entry.identity.clone();
+            self.send(&identity, &ShutdownRequest {});
+        }
+    }
+
+    /// Notes that `id` was signalled on purpose (an interrupt), so its death is expected.
+    pub fn mark_interrupted(&mut self, id: EngineId) {
+        if let Some(entry) = self.engines.get(&id) {
+            self.interrupted.insert(id, entry.incarnation);
+        }
+    }
+
+    /// Whether the dead engine `id` died because we interrupted it (and forgets that).
+    pub fn take_interrupted(&mut self, id: EngineId, incarnation: u64) -> bool {
+        self.interrupted.remove(&id) == Some(incarnation)
+    }
+
+    pub fn set_variables(&mut self, id: EngineId, names: Vec<String>) {
+        self.variables.insert(id, names);
+    }
+
+    pub fn variables(&self, id: EngineId) -> Vec<String> {
+        self.variables.get(&id).cloned().unwrap_or_default()
+    }
+
+    // --- the results store ---
+
+    pub fn add_cell(&mut self, cell: CellRecord) {
+        self.cells.insert(cell.cell_id.clone(), cell);
+    }
+
+    pub fn cell(&self, cell_id: &str) -> Option<&CellRecord> {
+        self.cells.get(cell_id)
+    }
+
+    pub fn observe(&mut self, cell_id: &str, observer: UnboundedSender<CellEvent>) {
+        self.observers.insert(cell_id.to_owned(), observer);
+    }
+
+    pub fn unobserve(&mut self, cell_id: &str) {
+        self.observers.remove(cell_id);
+    }
+
+    /// Finishes one engine's part of a cell (compile errors, or success after its runs).
+    pub fn finish_engine(&mut self, cell_id: &str, engine: EngineId, error: Option<EngineError>) {
+        let changed = match self
+            .cells
+            .get_mut(cell_id)
+            .and_then(|c| c.engines.get_mut(&engine))
+        {
+            Some(record) if record.state != TaskState::Done => {
+                record.finish(error);
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.notify(cell_id, CellEvent::EngineDone { engine });
+        }
+    }
+
+    /// Every engine of the cell finished.
+    pub fn finish_cell(&mut self, cell_id: &str) {
+        let engines: Vec<EngineId> = self
+            .cells
+            .get(cell_id)
+            .map(|c| c.engines.keys().copied().collect())
+            .unwrap_or_default();
+        for engine in engines {
+            self.finish_engine(cell_id, engine, None);
+        }
+        self.notify(cell_id, CellEvent::CellDone);
+    }
+}
+
+fn parse_time(text: &str) -> Option<chrono::DateTime<Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    fn register(hub: &mut Hub, who: &'static str, requested: Option<EngineId>) -> EngineId {
+        let message = to_wire(
+            "s",
+            &RegisterRequest {
+                requested_id: requested,
+                pid: 100,
+                hostname: "h".into(),
+                version: "0".into(),
+            },
+        );
+        hub.receive(Bytes::from_static(who.as_bytes()), &message);
+        hub.engines()
+            .find(|e| e.identity == who.as_bytes() && e.alive())
+            .unwrap()
+            .id
+    }
+
+    #[test]
+    fn registration_honours_free_requested_ids() {
+        let (tx, mut rx) = unbounded_channel();
+        let mut hub = Hub::new(tx);
+        assert_eq!(register(&mut hub, "a", Some(3)), 3);
+        assert_eq!(register(&mut hub, "b", Some(3)), 0);
+        assert_eq!(register(&mut hub, "c", None), 1);
+        assert_eq!(hub.live_ids(), vec![0, 1, 3]);
+        let (identity, reply) = rx.try_recv().unwrap();
+        assert_eq!(identity, Bytes::from_static(b"a"));
+        assert_eq!(reply.msg_type(), "register_reply");
+    }
+
+    #[test]
+    fn a_dead_engine_fails_its_runs_and_leaves_all() {
+        let (tx, _rx) = unbounded_channel();
+        let mut hub = Hub::new(tx);
+        let id = register(&mut hub, "a", Some(0));
+        hub.add_cell(CellRecord::new("c1".into(), "x".into(), vec![id], false));
+        hub.set_variables(id, vec!["x".into()]);
+        let done = hub.start_run("c1", id, "/tmp/x.so", "f");
+        hub.engine_gone(id, None, "killed by signal 9 (SIGKILL)");
+        assert!(matches!(done.try_recv(), Ok(RunEnd::Died(_))));
+        let record = &hub.cell("c1").unwrap().engines[&id];
+        let error = record.error.as_ref().unwrap();
+        assert_eq!(error.ename, "EngineError");
+        assert_eq!(error.evalue, "Engine 0 died while running task 'c1_0'");
+        assert!(error.traceback[1].contains("Variables lost: x."));
+        assert!(hub.live_ids().is_empty());
+    }
+
+    #[test]
+    fn silent_engines_are_declared_dead() {
+        let (tx, _rx) = unbounded_channel();
+        let mut hub = Hub::new(tx);
+        register(&mut hub, "a", Some(0));
+        let later = Instant::now() + HEARTBEAT_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(hub.check_heartbeats(later), vec![(0, 100)]);
+        assert!(hub.live_ids().is_empty());
+    }
+
+    #[test]
+    fn a_run_reply_fills_the_record() {
+        let (tx, _rx) = unbounded_channel();
+        let mut hub = Hub::new(tx);
+        let id = register(&mut hub, "a", None);
+        hub.add_cell(CellRecord::new("c".into(), "x".into(), vec![id], false));
+        let done = hub.start_run("c", id, "so", "f");
+        let run_id = hub.runs.keys().next().unwrap().clone();
+        hub.stream(StreamOutput {
+            run_id: run_id.clone(),
+            name: "stdout".into(),
+            text: "hi\n".into(),
+        });
+        hub.run_reply(RunReply {
+            run_id,
+            execution_count: 1,
+            status: RunStatus::Ok,
+            value: Some([("text/plain".to_string(), "3".to_string())].into()),
+            changed_type: vec![],
+            started: "2026-01-01T00:00:00Z".into(),
+            completed: "2026-01-01T00:00:01Z".into(),
+        });
+        assert!(matches!(done.try_recv(), Ok(RunEnd::Finished(_))));
+        let record = &hub.cell("c").unwrap().engines[&id];
+        assert_eq!(record.stdout, "hi\n");
+        assert_eq!(record.execution_count, Some(1));
+        assert_eq!(hub.engine(id).unwrap().state, EngineState::Idle);
+    }
+}

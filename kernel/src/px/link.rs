@@ -1,0 +1,97 @@
+//! The hub's socket: a ROUTER that engines dial, HMAC-verified in both directions.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rustpx_protocol::EngineConnection;
+use rustpx_wire::zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
+use rustpx_wire::{decode, encode, Signer};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::hub::{Hub, Outgoing};
+use super::PxError;
+
+/// How often heartbeats are checked.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Binds the hub on `ip` (loopback unless the user asks otherwise) with a fresh random key and
+/// serves it; returns what engines need to connect.
+pub async fn start(
+    ip: &str,
+    hub: Arc<Mutex<Hub>>,
+    outbox: UnboundedReceiver<Outgoing>,
+    on_silent: impl Fn(u32) + Send + 'static,
+) -> Result<EngineConnection, PxError> {
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let signer = Signer::new("hmac-sha256", &key).map_err(PxError::Wire)?;
+    let mut socket = RouterSocket::new();
+    let endpoint = socket
+        .bind(&format!("tcp://{ip}:0"))
+        .await
+        .map_err(|e| PxError::Bind(format!("tcp://{ip}:0"), e.to_string()))?;
+    let url = endpoint.to_string();
+    tracing::info!("hub listening on {url}");
+    tokio::spawn(serve(socket, signer, hub, outbox, on_silent));
+    Ok(EngineConnection {
+        url,
+        key,
+        signature_scheme: "hmac-sha256".into(),
+    })
+}
+
+fn lock(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
+    hub.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn serve(
+    socket: RouterSocket,
+    signer: Signer,
+    hub: Arc<Mutex<Hub>>,
+    mut outbox: UnboundedReceiver<Outgoing>,
+    on_silent: impl Fn(u32) + Send + 'static,
+) {
+    let (mut sender, mut receiver) = socket.split();
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            frames = receiver.recv() => {
+                let frames = match frames {
+                    Ok(frames) => frames,
+                    Err(error) => {
+                        tracing::warn!("hub: receive failed: {error}");
+                        continue;
+                    }
+                };
+                match decode(frames, &signer) {
+                    Ok(mut message) => {
+                        // A ROUTER puts the peer's identity first.
+                        if message.identities.is_empty() {
+                            tracing::warn!("hub: dropped a message without a peer identity");
+                            continue;
+                        }
+                        let identity: Bytes = message.identities.remove(0);
+                        lock(&hub).receive(identity, &message);
+                    }
+                    Err(error) => tracing::warn!("hub: dropped a message from an engine: {error}"),
+                }
+            }
+            Some((identity, mut message)) = outbox.recv() => {
+                message.identities = vec![identity];
+                if let Err(error) = sender.send(encode(&message, &signer)).await {
+                    tracing::warn!("hub: send of {} failed: {error}", message.msg_type());
+                }
+            }
+            _ = ticker.tick() => {
+                let silent = lock(&hub).check_heartbeats(Instant::now());
+                for (_, pid) in silent {
+                    on_silent(pid);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The parallel magics: `%px`, `%%px`, `%pxresult`, `%pxconfig`, `%autopx`, `%engines`.
+//!
+//! [`PxService`] ties the pieces together for the front end: the [hub](hub) and its
+//! [link](link), the [local pool](pool), the [compiler](compiler) and the [renderer](render).
+//! Magic text is parsed by [`magics`] before anything is sent.
+
+mod bridge;
+mod compiler;
+mod groups;
+mod hub;
+mod link;
+pub mod magics;
+mod pool;
+mod records;
+mod render;
+mod session;
+pub mod targets;
+
+use thiserror::Error;
+
+pub use bridge::run_if_requested as run_bridge_if_requested;
+pub use session::{PxInterrupter, PxService};
+
+/// Why the parallel machinery could not do what was asked.
+#[derive(Debug, Error)]
+pub enum PxError {
+    #[error(transparent)]
+    Wire(rustpx_wire::WireError),
+    #[error("cannot bind the hub to {0}: {1}")]
+    Bind(String, String),
+    #[error("cannot start the engine binary {0}: {1}")]
+    Spawn(String, String),
+    #[error("the engine binary is missing at {0}; build it with `cargo build --release` or set RUSTPX_ENGINE_BIN")]
+    NoEngineBinary(String),
+}

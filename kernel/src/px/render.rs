@@ -1,0 +1,452 @@
+//! Task records to Jupyter outputs, in ipyparallel's exact shapes.
+//!
+//! Pure: records in, outputs out. The shapes are specified in
+//! shared/reference/px-behaviour.md and checked by the tests below and by the integration tests.
+
+use rustpx_protocol::{EngineId, MimeBundle};
+use serde_json::{json, Map, Value};
+
+use super::magics::Grouping;
+use super::records::{CellRecord, EngineError, EngineRecord};
+
+/// How many engine tracebacks a composite error draws.
+pub const TB_LIMIT: usize = 4;
+
+/// One output to publish, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Stream {
+        name: &'static str,
+        text: String,
+    },
+    Display {
+        data: Map<String, Value>,
+        metadata: Map<String, Value>,
+    },
+}
+
+fn text_display(text: &str) -> Output {
+    let mut data = Map::new();
+    data.insert("text/plain".into(), Value::String(text.to_owned()));
+    Output::Display {
+        data,
+        metadata: Map::new(),
+    }
+}
+
+fn engine_metadata(engine: EngineId) -> Map<String, Value> {
+    let mut metadata = Map::new();
+    metadata.insert("engine".into(), json!(engine));
+    metadata
+}
+
+fn bundle_to_data(bundle: &MimeBundle) -> Map<String, Value> {
+    bundle
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect()
+}
+
+/// `[output:N]` before an engine's rich outputs.
+pub fn output_header(engine: EngineId) -> Output {
+    text_display(&format!("[output:{engine}]"))
+}
+
+/// An engine's rich display, tagged with its engine.
+pub fn rich_output(engine: EngineId, bundle: &MimeBundle) -> Output {
+    Output::Display {
+        data: bundle_to_data(bundle),
+        metadata: engine_metadata(engine),
+    }
+}
+
+/// `Out[N:C]: value`, red prefix as ipyparallel draws it; other MIME types pass through.
+pub fn value_output(record: &EngineRecord) -> Option<Output> {
+    let value = record.value.as_ref()?;
+    let mut data = bundle_to_data(value);
+    let count = record.execution_count.unwrap_or(0);
+    let text = value.get("text/plain").cloned().unwrap_or_default();
+    let text = if text.contains('\n') && !text.starts_with('\n') {
+        format!("\n{text}")
+    } else {
+        text
+    };
+    data.insert(
+        "text/plain".into(),
+        Value::String(format!(
+            "\u{1b}[0;31mOut[{}:{count}]: \u{1b}[0m{text}",
+            record.engine
+        )),
+    );
+    Some(Output::Display {
+        data,
+        metadata: engine_metadata(record.engine),
+    })
+}
+
+/// The text of a live stream display: `[stdout:N] ` and everything so far.
+pub fn stream_display_text(engine: EngineId, name: &str, text: &str) -> String {
+    format!("[{name}:{engine}] {text}")
+}
+
+/// The stderr text shown as an engine fails during a streamed run.
+pub fn streamed_failure(record: &EngineRecord) -> String {
+    let Some(error) = &record.error else {
+        return String::new();
+    };
+    let mut lines = vec![format!("[{}:execute]:", record.engine)];
+    lines.extend(error_lines(error));
+    lines.join("\n") + "\n"
+}
+
+fn error_lines(error: &EngineError) -> Vec<String> {
+    let mut lines: Vec<String> = error
+        .traceback
+        .iter()
+        .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    if lines.is_empty() {
+        lines.push(format!("{}: {}", error.ename, error.evalue));
+    }
+    lines
+}
+
+/// Re-prints streams the way ipyparallel's `_display_stream` does: a header only when it changes,
+/// a newline inserted when the previous text did not end with one.
+#[derive(Default)]
+struct StreamPrinter {
+    outputs: Vec<Output>,
+    last_prefix: String,
+    trailing_newline: bool,
+}
+
+impl StreamPrinter {
+    fn new() -> Self {
+        StreamPrinter {
+            trailing_newline: true,
+            ..Default::default()
+        }
+    }
+
+    fn print(&mut self, name: &'static str, text: &str, prefix: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let mut prefix = prefix.to_owned();
+        if !prefix.is_empty() {
+            if prefix == self.last_prefix {
+                prefix.clear();
+            } else {
+                self.last_prefix = prefix.clone();
+            }
+        }
+        let pre = if !prefix.is_empty() && !self.trailing_newline {
+            "\n"
+        } else {
+            ""
+        };
+        let sep = if prefix.is_empty() { "" } else { "\n" };
+        self.trailing_newline = text.ends_with('\n');
+        let chunk = format!("{pre}{prefix}{sep}{text}");
+        match self.outputs.last_mut() {
+            Some(Output::Stream { name: last, text }) if *last == name => text.push_str(&chunk),
+            _ => self.outputs.push(Output::Stream {
+                name,
+                text: chunk,
+            }),
+        }
+    }
+
+    fn push(&mut self, output: Output) {
+        self.outputs.push(output);
+    }
+}
+
+/// Everything a finished (or partly finished) cell shows when not streamed: `%pxresult`,
+/// `--no-stream`. Errors are not included; see [`final_error`].
+pub fn non_streamed(cell: &CellRecord, grouping: Grouping) -> Vec<Output> {
+    let mut out = StreamPrinter::new();
+    if cell.single {
+        if let Some(record) = cell.in_order().next() {
+            out.print("stdout", &record.stdout, "");
+            out.print("stderr", &record.stderr, "");
+            for display in &record.displays {
+                out.push(rich_output(record.engine, display));
+            }
+            if let Some(value) = value_output(record) {
+                out.push(value);
+            }
+        }
+        return out.outputs;
+    }
+    let records: Vec<&EngineRecord> = cell.in_order().collect();
+    match grouping {
+        Grouping::Engine => {
+            for record in &records {
+                out.print("stdout", &record.stdout, &format!("[stdout:{}] ", record.engine));
+                out.print("stderr", &record.stderr, &format!("[stderr:{}] ", record.engine));
+                if !record.displays.is_empty() || record.value.is_some() {
+                    out.push(output_header(record.engine));
+                }
+                for display in &record.displays {
+                    out.push(rich_output(record.engine, display));
+                }
+                if let Some(value) = value_output(record) {
+                    out.push(value);
+                }
+            }
+        }
+        Grouping::Type | Grouping::Order => {
+            for record in &records {
+                out.print("stdout", &record.stdout, &format!("[stdout:{}] ", record.engine));
+            }
+            for record in &records {
+                out.print("stderr", &record.stderr, &format!("[stderr:{}] ", record.engine));
+            }
+            if grouping == Grouping::Order {
+                let most = records.iter().map(|r| r.displays.len()).max().unwrap_or(0);
+                for i in 0..most {
+                    // Better than ipyparallel: engines with fewer displays still show theirs.
+                    for record in records.iter().filter(|r| r.displays.len() > i) {
+                        out.push(output_header(record.engine));
+                        out.push(rich_output(record.engine, &record.displays[i]));
+                    }
+                }
+            } else {
+                for record in &records {
+                    if !record.displays.is_empty() {
+                        out.push(output_header(record.engine));
+                    }
+                    for display in &record.displays {
+                        out.push(rich_output(record.engine, display));
+                    }
+                }
+            }
+            for record in &records {
+                if let Some(value) = value_output(record) {
+                    out.push(value);
+                }
+            }
+        }
+    }
+    out.outputs
+}
+
+/// The values of a streamed cell, shown at the end (streams were shown live).
+pub fn streamed_values(cell: &CellRecord) -> Vec<Output> {
+    cell.in_order().filter_map(value_output).collect()
+}
+
+/// The error a finished cell ends with when not streamed: the engine's own for a single-int
+/// target, else a `CompositeError`.
+pub fn final_error(cell: &CellRecord) -> Option<EngineError> {
+    let failures = cell.failures();
+    if failures.is_empty() {
+        return None;
+    }
+    if cell.single {
+        return failures[0].error.clone();
+    }
+    let mut evalue = String::from("one or more exceptions raised in: %px");
+    for record in &failures {
+        if let Some(error) = &record.error {
+            evalue.push_str(&format!(
+                "\n[{}:execute]{}: {}",
+                record.engine, error.ename, error.evalue
+            ));
+        }
+    }
+    let mut traceback = Vec::new();
+    for record in failures.iter().take(TB_LIMIT) {
+        if let Some(error) = &record.error {
+            traceback.push(format!("[{}:execute]:", record.engine));
+            traceback.extend(error_lines(error));
+            traceback.push(String::new());
+        }
+    }
+    if failures.len() > TB_LIMIT {
+        traceback.push(format!(
+            "... {} more exceptions ...",
+            failures.len() - TB_LIMIT
+        ));
+    }
+    Some(EngineError {
+        ename: "CompositeError".into(),
+        evalue,
+        traceback,
+    })
+}
+
+/// The error a streamed cell ends with: its failures were already shown as they happened.
+pub fn already_displayed(cell: &CellRecord) -> Option<EngineError> {
+    let count = cell.failures().len();
+    if count == 0 {
+        return None;
+    }
+    if cell.single {
+        return final_error(cell);
+    }
+    // Better than ipyparallel's "1 errors".
+    let text = if count == 1 {
+        "1 error".to_owned()
+    } else {
+        format!("{count} errors")
+    };
+    Some(EngineError {
+        ename: "AlreadyDisplayedError".into(),
+        evalue: text.clone(),
+        traceback: vec![text],
+    })
+}
+
+/// `%px: k/n tasks` with an HTML bar, for the progress display.
+pub fn progress(label: &str, done: usize, total: usize, elapsed: f64) -> Map<String, Value> {
+    let percent = if total == 0 { 100.0 } else { 100.0 * done as f64 / total as f64 };
+    let text = format!("{label}: {done}/{total} tasks ({elapsed:.1} s)");
+    let html = format!(
+        "<div style=\"font-family:monospace\"><progress value=\"{done}\" max=\"{total}\" style=\"width:20em\"></progress> {label}: {done}/{total} tasks ({elapsed:.1} s, {percent:.0}%)</div>"
+    );
+    let mut data = Map::new();
+    data.insert("text/plain".into(), Value::String(text));
+    data.insert("text/html".into(), Value::String(html));
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::px::records::CellRecord;
+
+    fn cell(targets: Vec<EngineId>, single: bool) -> CellRecord {
+        CellRecord::new("cell".into(), "code".into(), targets, single)
+    }
+
+    fn stream_texts(outputs: &[Output]) -> Vec<(&'static str, String)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Stream { name, text } => Some((*name, text.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn plain(output: &Output) -> String {
+        match output {
+            Output::Display { data, .. } => data["text/plain"].as_str().unwrap().to_owned(),
+            Output::Stream { text, .. } => text.clone(),
+        }
+    }
+
+    #[test]
+    fn non_streamed_stdout_blocks_are_contiguous() {
+        let mut c = cell(vec![0, 1], false);
+        c.engines.get_mut(&0).unwrap().stdout = "0\n".into();
+        c.engines.get_mut(&1).unwrap().stdout = "1\n".into();
+        let out = non_streamed(&c, Grouping::Type);
+        assert_eq!(
+            stream_texts(&out),
+            vec![("stdout", "[stdout:0] \n0\n[stdout:1] \n1\n".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_missing_trailing_newline_gets_one_before_the_next_header() {
+        let mut c = cell(vec![0, 1], false);
+        c.engines.get_mut(&0).unwrap().stdout = "a".into();
+        c.engines.get_mut(&1).unwrap().stdout = "b\n".into();
+        let out = non_streamed(&c, Grouping::Type);
+        assert_eq!(stream_texts(&out)[0].1, "[stdout:0] \na\n[stdout:1] \nb\n");
+    }
+
+    #[test]
+    fn grouping_by_engine_interleaves_streams_and_values() {
+        let mut c = cell(vec![1, 0], false);
+        for (id, r) in c.engines.iter_mut() {
+            r.stdout = format!("out{id}\n");
+            r.stderr = format!("err{id}\n");
+            r.value = Some(MimeBundle::from([("text/plain".into(), id.to_string())]));
+            r.execution_count = Some(3);
+        }
+        let out = non_streamed(&c, Grouping::Engine);
+        let shown: Vec<String> = out.iter().map(plain).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "[stdout:1] \nout1\n",
+                "[stderr:1] \nerr1\n",
+                "[output:1]",
+                "\u{1b}[0;31mOut[1:3]: \u{1b}[0m1",
+                "[stdout:0] \nout0\n",
+                "[stderr:0] \nerr0\n",
+                "[output:0]",
+                "\u{1b}[0;31mOut[0:3]: \u{1b}[0m0",
+            ]
+        );
+    }
+
+    #[test]
+    fn grouping_by_order_shows_every_display() {
+        let mut c = cell(vec![0, 1], false);
+        let b = |s: &str| MimeBundle::from([("text/plain".into(), s.to_owned())]);
+        c.engines.get_mut(&0).unwrap().displays = vec![b("a0"), b("a1")];
+        c.engines.get_mut(&1).unwrap().displays = vec![b("b0")];
+        let shown: Vec<String> = non_streamed(&c, Grouping::Order).iter().map(plain).collect();
+        assert_eq!(shown, vec!["[output:0]", "a0", "[output:1]", "b0", "[output:0]", "a1"]);
+    }
+
+    #[test]
+    fn a_single_target_drops_headers() {
+        let mut c = cell(vec![1], true);
+        let r = c.engines.get_mut(&1).unwrap();
+        r.stdout = "x\n".into();
+        r.value = Some(MimeBundle::from([("text/plain".into(), "1\n2".into())]));
+        r.execution_count = Some(2);
+        let shown: Vec<String> = non_streamed(&c, Grouping::Type).iter().map(plain).collect();
+        assert_eq!(shown, vec!["x\n", "\u{1b}[0;31mOut[1:2]: \u{1b}[0m\n1\n2"]);
+    }
+
+    fn failing(c: &mut CellRecord, id: EngineId) {
+        c.engines.get_mut(&id).unwrap().finish(Some(EngineError {
+            ename: "Panic".into(),
+            evalue: format!("boom {id}"),
+            traceback: vec![format!("panicked at src/lib.rs:1:1: boom {id}")],
+        }));
+    }
+
+    #[test]
+    fn composite_error_shape_and_tb_limit() {
+        let mut c = cell((0..6).collect(), false);
+        for id in 0..6 {
+            failing(&mut c, id);
+        }
+        let e = final_error(&c).unwrap();
+        assert_eq!(e.ename, "CompositeError");
+        assert!(e.evalue.starts_with("one or more exceptions raised in: %px\n[0:execute]Panic: boom 0\n"));
+        assert_eq!(e.evalue.lines().count(), 7);
+        assert_eq!(e.traceback[0], "[0:execute]:");
+        assert_eq!(e.traceback[1], "panicked at src/lib.rs:1:1: boom 0");
+        assert_eq!(e.traceback[2], "");
+        assert_eq!(e.traceback.last().unwrap(), "... 2 more exceptions ...");
+        assert_eq!(e.traceback.len(), 4 * 3 + 1);
+    }
+
+    #[test]
+    fn streamed_errors_end_in_a_count() {
+        let mut c = cell(vec![0, 1, 2], false);
+        failing(&mut c, 1);
+        assert_eq!(already_displayed(&c).unwrap().traceback, vec!["1 error"]);
+        failing(&mut c, 2);
+        let e = already_displayed(&c).unwrap();
+        assert_eq!((e.ename.as_str(), e.evalue.as_str()), ("AlreadyDisplayedError", "2 errors"));
+        assert!(streamed_failure(&c.engines[&1]).starts_with("[1:execute]:\npanicked at"));
+    }
+
+    #[test]
+    fn a_single_target_raises_the_engines_own_error() {
+        let mut c = cell(vec![2], true);
+        failing(&mut c, 2);
+        assert_eq!(final_error(&c).unwrap().ename, "Panic");
+        assert_eq!(already_displayed(&c).unwrap().ename, "Panic");
+    }
+}
