@@ -44,6 +44,9 @@ struct Cli {
     parent_pid: Option<u32>,
 }
 
+/// Where a cell finds its engine's id.
+const ENGINE_ID_ENV: &str = "RUSTPX_ENGINE_ID";
+
 /// Our own crate at info, dependencies at warn.
 const DEFAULT_LOG_FILTER: &str = "warn,rustpx_engine=info";
 
@@ -125,6 +128,9 @@ fn run(cli: Cli) -> Result<()> {
         .context("cannot start the link thread")?;
 
     let engine_id = registered.recv().context("the link ended before registering")?;
+    // Cells read their engine's id from here (`std::env::var("RUSTPX_ENGINE_ID")`). Set on the
+    // main thread before any cell runs, so nothing reads the environment concurrently.
+    std::env::set_var(ENGINE_ID_ENV, engine_id.to_string());
     tracing::debug!("engine {engine_id} ready");
     serve_runs(&capture, runs, &outgoing_tx, &session);
     Ok(())

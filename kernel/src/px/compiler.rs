@@ -34,7 +34,9 @@ pub struct CompileJob {
 #[derive(Clone)]
 struct Current {
     cell_id: String,
-    engines: Vec<EngineId>,
+    /// Engines with the incarnation the group's state belongs to: a restarted engine with the
+    /// same id must not receive this code.
+    engines: Vec<(EngineId, u64)>,
 }
 
 /// The front end's handle: submit cells; they run in order.
@@ -77,7 +79,9 @@ fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dis
             target
                 .engines
                 .iter()
-                .map(|&engine| hub.start_run(&target.cell_id, engine, so_path, fn_name))
+                .map(|&(engine, incarnation)| {
+                    hub.start_run(&target.cell_id, engine, incarnation, so_path, fn_name)
+                })
                 .collect()
         };
         let mut panicked = false;
@@ -285,10 +289,16 @@ fn compile_and_run<S: Clone>(
     };
     for index in groups.partition(&targets) {
         let members: Vec<EngineId> = groups.group(index).members.keys().copied().collect();
+        let pinned: Vec<(EngineId, u64)> = groups
+            .group(index)
+            .members
+            .iter()
+            .map(|(id, incarnation)| (*id, *incarnation))
+            .collect();
         let state = groups.group(index).state.clone();
         *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Current {
             cell_id: job.cell_id.clone(),
-            engines: members.clone(),
+            engines: pinned,
         });
         let result = evaluate(&code, state, &deps);
         *current.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -215,23 +215,42 @@ impl Hub {
         );
     }
 
-    /// Sends a run to an engine; the receiver answers when it finished or the engine died.
+    /// Sends a run to the process `incarnation` of engine `engine` (code is compiled for the
+    /// state of one process: a restarted engine with the same id must not get it). The receiver
+    /// answers when the run finished or the engine died.
     pub fn start_run(
         &mut self,
         cell_id: &str,
         engine: EngineId,
+        incarnation: u64,
         so_path: &str,
         fn_name: &str,
     ) -> std_mpsc::Receiver<RunEnd> {
         let (done, receiver) = std_mpsc::channel();
-        let Some(entry) = self.engines.get_mut(&engine).filter(|e| e.alive()) else {
-            let _ = done.send(RunEnd::Died(format!("engine {engine} is not running")));
+        let Some(entry) = self
+            .engines
+            .get_mut(&engine)
+            .filter(|e| e.alive() && e.incarnation == incarnation)
+        else {
+            let why = format!("engine {engine} restarted or stopped before this cell reached it");
+            if let Some(record) = self
+                .cells
+                .get_mut(cell_id)
+                .and_then(|c| c.engines.get_mut(&engine))
+            {
+                record.finish(Some(EngineError {
+                    ename: "EngineError".into(),
+                    evalue: format!("Engine {engine} was restarted before task '{}' ran", record.task_id),
+                    traceback: vec![format!("EngineError: {why}; the cell did not run there")],
+                }));
+            }
+            self.notify(cell_id, CellEvent::EngineDone { engine });
+            let _ = done.send(RunEnd::Died(why));
             return receiver;
         };
         entry.queue += 1;
         entry.state = EngineState::Busy;
         let identity = entry.identity.clone();
-        let incarnation = entry.incarnation;
         let run_id = uuid::Uuid::new_v4().to_string();
         if let Some(record) = self
             .cells
@@ -569,7 +588,8 @@ mod tests {
         let id = register(&mut hub, "a", Some(0));
         hub.add_cell(CellRecord::new("c1".into(), "x".into(), vec![id], false));
         hub.set_variables(id, vec!["x".into()]);
-        let done = hub.start_run("c1", id, "/tmp/x.so", "f");
+        let incarnation = hub.engine(id).unwrap().incarnation;
+        let done = hub.start_run("c1", id, incarnation, "/tmp/x.so", "f");
         hub.engine_gone(id, None, "killed by signal 9 (SIGKILL)");
         assert!(matches!(done.try_recv(), Ok(RunEnd::Died(_))));
         let record = &hub.cell("c1").unwrap().engines[&id];
@@ -578,6 +598,22 @@ mod tests {
         assert_eq!(error.evalue, "Engine 0 died while running task 'c1_0'");
         assert!(error.traceback[1].contains("Variables lost: x."));
         assert!(hub.live_ids().is_empty());
+    }
+
+    #[test]
+    fn a_restarted_engine_never_gets_code_compiled_for_its_predecessor() {
+        let (tx, mut rx) = unbounded_channel();
+        let mut hub = Hub::new(tx);
+        let id = register(&mut hub, "old", Some(0));
+        let old = hub.engine(id).unwrap().incarnation;
+        hub.engine_gone(id, None, "interrupted");
+        register(&mut hub, "new", Some(0));
+        hub.add_cell(CellRecord::new("c".into(), "x".into(), vec![0], false));
+        while rx.try_recv().is_ok() {}
+        let done = hub.start_run("c", 0, old, "so", "f");
+        assert!(matches!(done.try_recv(), Ok(RunEnd::Died(_))));
+        assert!(rx.try_recv().is_err(), "a run request was sent to the new process");
+        assert_eq!(hub.cell("c").unwrap().engines[&0].error.as_ref().unwrap().ename, "EngineError");
     }
 
     #[test]
@@ -596,7 +632,8 @@ mod tests {
         let mut hub = Hub::new(tx);
         let id = register(&mut hub, "a", None);
         hub.add_cell(CellRecord::new("c".into(), "x".into(), vec![id], false));
-        let done = hub.start_run("c", id, "so", "f");
+        let incarnation = hub.engine(id).unwrap().incarnation;
+        let done = hub.start_run("c", id, incarnation, "so", "f");
         let run_id = hub.runs.keys().next().unwrap().clone();
         hub.stream(StreamOutput {
             run_id: run_id.clone(),
