@@ -349,7 +349,13 @@ mod tests {
         let sink_seen = seen.clone();
         let sink: StreamSink = Arc::new(move |o| sink_seen.lock().unwrap().push(o));
         let (tx, rx) = mpsc::channel();
-        let r = StreamReader::new(name, "\u{1}END".into(), Arc::new(Mutex::new("run-1".into())), sink, tx);
+        let r = StreamReader::new(
+            name,
+            "\u{1}END".into(),
+            Arc::new(Mutex::new("run-1".into())),
+            sink,
+            tx,
+        );
         (r, seen, rx)
     }
 
@@ -365,12 +371,23 @@ mod tests {
         let (mut r, seen, done) = reader("stdout");
         feed(
             &mut r,
-            &["hello", "EVCXR_BEGIN_CONTENT text/plain", "42", "EVCXR_END_CONTENT", "\u{1}END"],
+            &[
+                "hello",
+                "EVCXR_BEGIN_CONTENT text/plain",
+                "42",
+                "EVCXR_END_CONTENT",
+                "\u{1}END",
+            ],
         );
         assert_eq!(seen.lock().unwrap()[0].text, "hello\n");
         assert_eq!(seen.lock().unwrap()[0].run_id, "run-1");
-        let Done::Stdout(report) = done.recv().unwrap() else { panic!() };
-        assert_eq!(report.value, Some(MimeBundle::from([("text/plain".into(), "42".into())])));
+        let Done::Stdout(report) = done.recv().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            report.value,
+            Some(MimeBundle::from([("text/plain".into(), "42".into())]))
+        );
         assert!(report.displays.is_empty());
     }
 
@@ -379,9 +396,17 @@ mod tests {
         let (mut r, _, done) = reader("stdout");
         feed(
             &mut r,
-            &["EVCXR_BEGIN_CONTENT text/html", "<b>x</b>", "EVCXR_END_CONTENT", "after", "\u{1}END"],
+            &[
+                "EVCXR_BEGIN_CONTENT text/html",
+                "<b>x</b>",
+                "EVCXR_END_CONTENT",
+                "after",
+                "\u{1}END",
+            ],
         );
-        let Done::Stdout(report) = done.recv().unwrap() else { panic!() };
+        let Done::Stdout(report) = done.recv().unwrap() else {
+            panic!()
+        };
         assert_eq!(report.displays.len(), 1);
         assert_eq!(report.value, None);
     }
@@ -391,10 +416,16 @@ mod tests {
         let (mut r, seen, done) = reader("stdout");
         feed(
             &mut r,
-            &["EVCXR_PANIC_NOTIFICATION", "EVCXR_VARIABLE_CHANGED_TYPE:x", "partial\u{1}END"],
+            &[
+                "EVCXR_PANIC_NOTIFICATION",
+                "EVCXR_VARIABLE_CHANGED_TYPE:x",
+                "partial\u{1}END",
+            ],
         );
         assert_eq!(seen.lock().unwrap()[0].text, "partial");
-        let Done::Stdout(report) = done.recv().unwrap() else { panic!() };
+        let Done::Stdout(report) = done.recv().unwrap() else {
+            panic!()
+        };
         assert!(report.panicked);
         assert_eq!(report.changed_type, vec!["x".to_string()]);
     }
@@ -404,10 +435,16 @@ mod tests {
         let (mut r, seen, done) = reader("stderr");
         feed(
             &mut r,
-            &["thread '<unnamed>' panicked at src/lib.rs:3:1:", "boom", "\u{1}END"],
+            &[
+                "thread '<unnamed>' panicked at src/lib.rs:3:1:",
+                "boom",
+                "\u{1}END",
+            ],
         );
         assert!(seen.lock().unwrap()[0].text.contains("boom"));
-        let Done::Stderr(report) = done.recv().unwrap() else { panic!() };
+        let Done::Stderr(report) = done.recv().unwrap() else {
+            panic!()
+        };
         assert_eq!(report.panic, Some(("src/lib.rs:3:1".into(), "boom".into())));
     }
 }

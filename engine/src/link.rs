@@ -83,7 +83,10 @@ pub async fn serve(
         (None, None) => bail!("the hub's registration reply has no engine id"),
     };
     let _ = registered.send(engine_id);
-    tracing::info!("registered with the hub at {} as engine {engine_id}", connection.url);
+    tracing::info!(
+        "registered with the hub at {} as engine {engine_id}",
+        connection.url
+    );
 
     let (mut send_half, mut recv_half) = socket.split();
     let heartbeat = to_wire(&session, &Heartbeat {});

@@ -101,7 +101,10 @@ fn run(cli: Cli) -> Result<()> {
     std::thread::Builder::new()
         .name("link".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     tracing::error!("cannot start the link runtime: {error}");
@@ -127,7 +130,9 @@ fn run(cli: Cli) -> Result<()> {
         })
         .context("cannot start the link thread")?;
 
-    let engine_id = registered.recv().context("the link ended before registering")?;
+    let engine_id = registered
+        .recv()
+        .context("the link ended before registering")?;
     // Cells read their engine's id from here (`std::env::var("RUSTPX_ENGINE_ID")`). Set on the
     // main thread before any cell runs, so nothing reads the environment concurrently.
     std::env::set_var(ENGINE_ID_ENV, engine_id.to_string());

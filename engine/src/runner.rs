@@ -29,8 +29,8 @@ impl Runner {
     pub fn run(&mut self, so_path: &str, fn_name: &str) -> Result<(), String> {
         // SAFETY: the object was compiled by the kernel's evcxr for this engine's state; loading
         // it runs no code beyond its initialisers, which evcxr's generated crates do not define.
-        let library = unsafe { Library::new(so_path) }
-            .map_err(|e| format!("cannot load {so_path}: {e}"))?;
+        let library =
+            unsafe { Library::new(so_path) }.map_err(|e| format!("cannot load {so_path}: {e}"))?;
         {
             // SAFETY: evcxr declares every cell function with exactly this signature.
             let cell: Symbol<CellFn> = unsafe { library.get(fn_name.as_bytes()) }

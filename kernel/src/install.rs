@@ -146,7 +146,10 @@ mod tests {
         assert!(dir.join("logo-64x64.png").exists());
         uninstall(&scope).unwrap();
         assert!(!dir.exists());
-        assert!(matches!(uninstall(&scope), Err(InstallError::NotInstalled(_))));
+        assert!(matches!(
+            uninstall(&scope),
+            Err(InstallError::NotInstalled(_))
+        ));
         let _ = std::fs::remove_dir_all(prefix);
     }
 

@@ -9,7 +9,9 @@
 pub enum Completeness {
     Complete,
     /// Still open; the indent a continuation line should start with.
-    Incomplete { indent: String },
+    Incomplete {
+        indent: String,
+    },
     Invalid,
 }
 
@@ -99,7 +101,10 @@ mod tests {
                 indent: "    ".into()
             }
         );
-        assert!(matches!(check("let s = \"abc"), Completeness::Incomplete { .. }));
+        assert!(matches!(
+            check("let s = \"abc"),
+            Completeness::Incomplete { .. }
+        ));
         assert!(matches!(check("/* open"), Completeness::Incomplete { .. }));
     }
 

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use rustpx_kernel::{frontend, install};
 
 #[derive(Parser)]
-#[command(name = "rustpx", version, about = "A Jupyter kernel for Rust with ipyparallel's parallel magics")]
+#[command(
+    name = "rustpx",
+    version,
+    about = "A Jupyter kernel for Rust with ipyparallel's parallel magics"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,10 @@ fn main() -> Result<()> {
                 .and_then(|p| p.canonicalize())
                 .context("cannot find the path of the rustpx binary")?;
             let dir = install::install(&args.scope(), &binary)?;
-            println!("Installed the \"Rust (parallel)\" kernelspec in {}", dir.display());
+            println!(
+                "Installed the \"Rust (parallel)\" kernelspec in {}",
+                dir.display()
+            );
             println!("It runs {}", binary.display());
             Ok(())
         }

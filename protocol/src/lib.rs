@@ -103,11 +103,16 @@ link_message!(DisplayOutput, "display_data");
 pub enum RunStatus {
     Ok,
     /// The cell panicked; evcxr's generated code caught it, the engine lives on.
-    Panic { message: String, location: String },
+    Panic {
+        message: String,
+        location: String,
+    },
     /// A `?` in the cell returned an error early (the error text went to stderr).
     UserError,
     /// The engine could not load or call the compiled object.
-    LoadFailed { message: String },
+    LoadFailed {
+        message: String,
+    },
 }
 
 /// Engine to hub: the run finished.
@@ -212,7 +217,10 @@ mod panic_tests {
             panic_location("thread '<unnamed>' (9803) panicked at src/lib.rs:98:1:"),
             Some("src/lib.rs:98:1")
         );
-        assert_eq!(panic_location("thread 'main' has overflowed its stack"), None);
+        assert_eq!(
+            panic_location("thread 'main' has overflowed its stack"),
+            None
+        );
         assert_eq!(panic_location("warning: unused"), None);
     }
 }

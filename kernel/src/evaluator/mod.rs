@@ -48,7 +48,7 @@ pub struct CompletionList {
 /// Work for the evaluator thread.
 enum Job {
     Execute {
-        request: WireMessage,
+        request: Box<WireMessage>,
         code: String,
         execution_count: u32,
         reply: oneshot::Sender<Outcome>,
@@ -75,11 +75,7 @@ pub struct Interrupter {
 impl Interrupter {
     /// Interrupts the running plain cell, if there is one. Returns whether one was running.
     pub fn interrupt(&self) -> bool {
-        let running = self
-            .child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let running = self.child.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match running {
             Some(child) => {
                 self.requested.store(true, Ordering::SeqCst);
@@ -124,10 +120,15 @@ impl Evaluator {
     }
 
     /// Runs a plain cell: its output goes to iopub under `request`, the outcome comes back.
-    pub async fn execute(&self, request: &WireMessage, code: &str, execution_count: u32) -> Outcome {
+    pub async fn execute(
+        &self,
+        request: &WireMessage,
+        code: &str,
+        execution_count: u32,
+    ) -> Outcome {
         let (reply, answer) = oneshot::channel();
         let job = Job::Execute {
-            request: request.clone(),
+            request: Box::new(request.clone()),
             code: code.to_owned(),
             execution_count,
             reply,
@@ -135,7 +136,9 @@ impl Evaluator {
         if self.jobs.send(job).is_err() {
             return Outcome::Error(evaluator_gone());
         }
-        answer.await.unwrap_or_else(|_| Outcome::Error(evaluator_gone()))
+        answer
+            .await
+            .unwrap_or_else(|_| Outcome::Error(evaluator_gone()))
     }
 
     pub async fn complete(&self, code: &str, cursor_pos: usize) -> CompletionList {
@@ -219,10 +222,24 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
                 publish_error(&publisher, &request, &report);
                 let _ = reply.send(Outcome::Error(report));
             }
-            (Ok((context, _)), Job::Complete { code, cursor_pos, reply }) => {
+            (
+                Ok((context, _)),
+                Job::Complete {
+                    code,
+                    cursor_pos,
+                    reply,
+                },
+            ) => {
                 let _ = reply.send(complete(context, &code, cursor_pos));
             }
-            (Ok((context, _)), Job::Inspect { code, cursor_pos, reply }) => {
+            (
+                Ok((context, _)),
+                Job::Inspect {
+                    code,
+                    cursor_pos,
+                    reply,
+                },
+            ) => {
                 let _ = reply.send(inspect(context, &code, cursor_pos));
             }
             (Err(_), Job::Complete { reply, .. }) => {
@@ -308,13 +325,13 @@ fn execute(
                 lost_sentence("The Rust process was restarted", &lost)
             )],
         })
-        .map(|r| {
-            tracing::info!("plain cell interrupted ({message})");
-            r
-        }),
+        .inspect(|_| tracing::info!("plain cell interrupted ({message})")),
         Err(evcxr::Error::SubprocessTerminated(message)) => Some(ErrorReport {
             ename: "SubprocessTerminated".into(),
-            evalue: format!("{message}. {}", lost_sentence("The Rust process was restarted", &lost)),
+            evalue: format!(
+                "{message}. {}",
+                lost_sentence("The Rust process was restarted", &lost)
+            ),
             traceback: vec![],
         }),
         Err(other) => Some(ErrorReport {
@@ -352,10 +369,7 @@ fn panic_report(panic: &PanicReport, lost: &[String]) -> ErrorReport {
         evalue: message.clone(),
         traceback: vec![
             format!("panicked at {}: {message}", panic.location),
-            lost_sentence(
-                "Variables defined by this cell were not kept",
-                lost,
-            ),
+            lost_sentence("Variables defined by this cell were not kept", lost),
         ],
     }
 }
@@ -417,7 +431,11 @@ fn complete(context: &mut CommandContext, code: &str, cursor_pos: usize) -> Comp
     }
 }
 
-fn inspect(context: &mut CommandContext, code: &str, cursor_pos: usize) -> Option<Map<String, Value>> {
+fn inspect(
+    context: &mut CommandContext,
+    code: &str,
+    cursor_pos: usize,
+) -> Option<Map<String, Value>> {
     let position = byte_offset(code, cursor_pos);
     let (text, markdown) = context.hover_at(code, position).ok()?;
     if text == "No documentation found" || text.is_empty() {

@@ -159,7 +159,9 @@ fn note_panic(state: &mut StreamState, line: &str) {
 
 fn lock(state: &Mutex<StreamState>) -> MutexGuard<'_, StreamState> {
     // A poisoned lock only means a pump thread panicked mid-publish; the state is still usable.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -169,7 +171,10 @@ mod tests {
     #[test]
     fn a_panic_headline_and_message_are_recognised() {
         let mut state = StreamState::default();
-        note_panic(&mut state, "thread '<unnamed>' panicked at src/lib.rs:40:1:");
+        note_panic(
+            &mut state,
+            "thread '<unnamed>' panicked at src/lib.rs:40:1:",
+        );
         note_panic(&mut state, "boom");
         note_panic(&mut state, "note: run with `RUST_BACKTRACE=1`");
         assert_eq!(

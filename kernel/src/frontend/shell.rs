@@ -57,7 +57,14 @@ impl Session {
             Ok(Some(Magic::Px { options, code })) if options.local => {
                 let outcome = self
                     .px
-                    .run(request, Magic::Px { options, code: code.clone() }, count)
+                    .run(
+                        request,
+                        Magic::Px {
+                            options,
+                            code: code.clone(),
+                        },
+                        count,
+                    )
                     .await;
                 let local = self.evaluator.execute(request, &code, count).await;
                 match outcome {
@@ -89,9 +96,16 @@ impl Session {
             "comm_info_request" => json!({"status": "ok", "comms": {}}),
             "comm_open" => {
                 // No comm targets are registered: close it at once, as the protocol asks.
-                let comm_id = request.content.get("comm_id").cloned().unwrap_or(Value::Null);
-                self.publisher
-                    .publish(request, "comm_close", json!({"comm_id": comm_id, "data": {}}));
+                let comm_id = request
+                    .content
+                    .get("comm_id")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                self.publisher.publish(
+                    request,
+                    "comm_close",
+                    json!({"comm_id": comm_id, "data": {}}),
+                );
                 return None;
             }
             "comm_msg" | "comm_close" => return None,
@@ -192,7 +206,9 @@ impl ControlHandle {
             "interrupt_request" => {
                 let plain = self.interrupter.interrupt();
                 let px = self.px.interrupt();
-                tracing::info!("interrupt request (plain cell running: {plain}, %px cell running: {px})");
+                tracing::info!(
+                    "interrupt request (plain cell running: {plain}, %px cell running: {px})"
+                );
                 json!({"status": "ok"})
             }
             "shutdown_request" => {
@@ -215,7 +231,9 @@ impl ControlHandle {
 fn reply_type(request_type: &str) -> String {
     format!(
         "{}_reply",
-        request_type.strip_suffix("_request").unwrap_or(request_type)
+        request_type
+            .strip_suffix("_request")
+            .unwrap_or(request_type)
     )
 }
 
@@ -237,7 +255,10 @@ fn is_complete_reply(content: &Value) -> Value {
 }
 
 fn flag(content: &Value, name: &str, default: bool) -> bool {
-    content.get(name).and_then(Value::as_bool).unwrap_or(default)
+    content
+        .get(name)
+        .and_then(Value::as_bool)
+        .unwrap_or(default)
 }
 
 fn cursor_pos(content: &Value, code: &str) -> usize {

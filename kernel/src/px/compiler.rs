@@ -102,7 +102,8 @@ fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dis
                     }
                 }
                 // A dead engine leaves its group at the next cell; the others' results stand.
-                Ok(RunEnd::Died(_)) | Err(_) => {}
+                Ok(RunEnd::Died(why)) => tracing::debug!("a run ended without a reply: {why}"),
+                Err(_) => tracing::debug!("a run was dropped by the hub"),
             }
         }
         let mut lines = Vec::new();
@@ -168,7 +169,11 @@ fn run(jobs: std_mpsc::Receiver<CompileJob>, hub: Arc<Mutex<Hub>>) {
         Err(error) => {
             tracing::error!("the px compiler could not start: {error}");
             for job in jobs {
-                fail_all(&hub, &job, &format!("the px compiler could not start: {error}"));
+                fail_all(
+                    &hub,
+                    &job,
+                    &format!("the px compiler could not start: {error}"),
+                );
             }
             return;
         }
@@ -176,21 +181,31 @@ fn run(jobs: std_mpsc::Receiver<CompileJob>, hub: Arc<Mutex<Hub>>) {
     drain(outputs);
     // evcxr does not export the name of its state type, so the evcxr calls live in this closure,
     // where the type is inferred, and the bookkeeping stays generic.
-    let mut groups = Groups::new(context.state());
+    let mut groups = Groups::new((context.state(), Signature::default()));
     for job in jobs {
-        compile_and_run(&mut groups, &hub, &current, &job, |code, mut state, deps| {
-            for (name, config) in deps {
-                state
-                    .add_dep(name, config)
-                    .map_err(|e| evcxr::Error::Message(format!(":dep {name} = {config}: {e}")))?;
-            }
-            context.eval_with_state(code, state)?;
-            let names = context
-                .variables_and_types()
-                .map(|(name, _)| name.to_owned())
-                .collect();
-            Ok((context.state(), names))
-        });
+        compile_and_run(
+            &mut groups,
+            &hub,
+            &current,
+            &job,
+            |code, mut state, deps| {
+                for (name, config) in deps {
+                    state.add_dep(name, config).map_err(|e| {
+                        evcxr::Error::Message(format!(":dep {name} = {config}: {e}"))
+                    })?;
+                }
+                context.eval_with_state(code, state)?;
+                let mut variables: Vec<(String, String)> = context
+                    .variables_and_types()
+                    .map(|(name, ty)| (name.to_owned(), ty.to_owned()))
+                    .collect();
+                variables.sort();
+                let mut items: Vec<String> =
+                    context.defined_item_names().map(str::to_owned).collect();
+                items.sort();
+                Ok((context.state(), Signature { variables, items }))
+            },
+        );
         lock(&hub).finish_cell(&job.cell_id);
     }
 }
@@ -235,11 +250,42 @@ fn split_dependencies(code: &str) -> Result<(String, Vec<(String, String)>), Str
     Ok((rust.join("\n"), deps))
 }
 
-/// The new state of a group and the variables it holds, or why the cell failed.
-type Evaluated<S> = Result<(S, Vec<String>), evcxr::Error>;
+/// What later cells compile against, as far as evcxr shows it: variables with their types, and
+/// the names of defined items.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signature {
+    pub variables: Vec<(String, String)>,
+    pub items: Vec<String>,
+}
+
+/// The new state of a group and its signature, or why the cell failed.
+type Evaluated<S> = Result<(S, Signature), evcxr::Error>;
+
+/// Whether `code` may define or replace an item (function, type, import, …): such a cell can
+/// change the state even when every name stays the same.
+fn may_define_items(code: &str) -> bool {
+    const ITEM_WORDS: [&str; 14] = [
+        "fn",
+        "struct",
+        "enum",
+        "union",
+        "impl",
+        "trait",
+        "use",
+        "mod",
+        "type",
+        "const",
+        "static",
+        "macro_rules",
+        "extern",
+        "#",
+    ];
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '#'))
+        .any(|word| ITEM_WORDS.contains(&word) || word.starts_with('#'))
+}
 
 fn compile_and_run<S: Clone>(
-    groups: &mut Groups<S>,
+    groups: &mut Groups<(S, Signature)>,
     hub: &Arc<Mutex<Hub>>,
     current: &Arc<Mutex<Option<Current>>>,
     job: &CompileJob,
@@ -287,7 +333,15 @@ fn compile_and_run<S: Clone>(
             return;
         }
     };
-    for index in groups.partition(&targets) {
+    let parts = groups.partition(&targets);
+    tracing::debug!(
+        "cell {}: {} engines in {} of {} groups",
+        job.cell_id,
+        targets.len(),
+        parts.len(),
+        groups.len()
+    );
+    for index in parts {
         let members: Vec<EngineId> = groups.group(index).members.keys().copied().collect();
         let pinned: Vec<(EngineId, u64)> = groups
             .group(index)
@@ -295,7 +349,7 @@ fn compile_and_run<S: Clone>(
             .iter()
             .map(|(id, incarnation)| (*id, *incarnation))
             .collect();
-        let state = groups.group(index).state.clone();
+        let (state, before) = groups.group(index).state.clone();
         *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Current {
             cell_id: job.cell_id.clone(),
             engines: pinned,
@@ -303,8 +357,10 @@ fn compile_and_run<S: Clone>(
         let result = evaluate(&code, state, &deps);
         *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let error = match result {
-            Ok((state, names)) => {
-                groups.advance(index, state);
+            Ok((state, after)) => {
+                let changed = after != before || !deps.is_empty() || may_define_items(&code);
+                let names: Vec<String> = after.variables.iter().map(|(n, _)| n.clone()).collect();
+                groups.advance(index, (state, after), changed);
                 let mut hub = lock(hub);
                 for &engine in &members {
                     hub.set_variables(engine, names.clone());
@@ -340,6 +396,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn item_definitions_are_recognised() {
+        assert!(may_define_items("fn f() {}"));
+        assert!(may_define_items("struct P { x: u8 }"));
+        assert!(may_define_items("use std::fmt;"));
+        assert!(may_define_items("#[derive(Debug)] struct A;"));
+        assert!(!may_define_items("println!(\"{}\", x + 1);"));
+        assert!(!may_define_items("let function = 3; x.fnord()"));
+    }
+
+    #[test]
     fn dep_lines_are_split_from_code() {
         let (code, deps) = split_dependencies(":dep itoa = \"1\"\n:dep rand\nlet x = 1;").unwrap();
         assert_eq!(code, "let x = 1;");
@@ -350,6 +416,8 @@ mod tests {
                 ("rand".to_owned(), "\"*\"".to_owned())
             ]
         );
-        assert!(split_dependencies(":vars").unwrap_err().contains("only the :dep"));
+        assert!(split_dependencies(":vars")
+            .unwrap_err()
+            .contains("only the :dep"));
     }
 }

@@ -109,22 +109,21 @@ impl<S: Clone> Groups<S> {
         &self.groups[index]
     }
 
-    /// The group's cell ran: it now has `state`, a lineage of its own.
-    pub fn advance(&mut self, index: usize, state: S) {
-        let lineage = self.next_lineage;
-        self.next_lineage += 1;
+    /// The group's cell ran and left it in `state`. If the cell `changed` what later cells
+    /// compile against, the group gets a lineage of its own; if not (statements that defined
+    /// nothing), it keeps its lineage and merges back with the engines that did not run it.
+    pub fn advance(&mut self, index: usize, state: S, changed: bool) {
         let group = &mut self.groups[index];
         group.state = state;
-        group.lineage = lineage;
+        if changed {
+            group.lineage = self.next_lineage;
+            self.next_lineage += 1;
+        }
     }
 
     /// How many groups there are now (a diagnostic).
     pub fn len(&self) -> usize {
         self.groups.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
     }
 }
 
@@ -155,7 +154,7 @@ mod tests {
         let parts = g.partition(&[0, 1]);
         assert_eq!(parts.len(), 1);
         assert_eq!(members(&g, parts[0]), vec![0, 1]);
-        g.advance(parts[0], "with x");
+        g.advance(parts[0], "with x", true);
         g.sync(&live(&[(0, 1), (1, 2), (2, 3), (3, 4)]));
         assert_eq!(g.len(), 2);
         // A cell on all engines now compiles once per group.
@@ -176,11 +175,21 @@ mod tests {
     }
 
     #[test]
+    fn a_subset_cell_that_defines_nothing_does_not_diverge() {
+        let mut g = Groups::new("fresh");
+        g.sync(&live(&[(0, 1), (1, 2), (2, 3)]));
+        let parts = g.partition(&[1]);
+        g.advance(parts[0], "fresh after a println", false);
+        g.sync(&live(&[(0, 1), (1, 2), (2, 3)]));
+        assert_eq!(g.len(), 1);
+    }
+
+    #[test]
     fn a_restarted_engine_is_fresh_again() {
         let mut g = Groups::new("fresh");
         g.sync(&live(&[(0, 1), (1, 2)]));
         let all = g.partition(&[0, 1]);
-        g.advance(all[0], "with x");
+        g.advance(all[0], "with x", true);
         // Engine 1 restarted: a new incarnation.
         g.sync(&live(&[(0, 1), (1, 7)]));
         assert_eq!(g.len(), 2);

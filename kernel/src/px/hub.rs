@@ -37,10 +37,18 @@ pub enum RunEnd {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CellEvent {
     /// New text on an engine's stream (the record holds the full text).
-    Stream { engine: EngineId, name: String },
-    Display { engine: EngineId, index: usize },
+    Stream {
+        engine: EngineId,
+        name: String,
+    },
+    Display {
+        engine: EngineId,
+        index: usize,
+    },
     /// An engine's part finished (its record says how).
-    EngineDone { engine: EngineId },
+    EngineDone {
+        engine: EngineId,
+    },
     /// Every engine finished.
     CellDone,
 }
@@ -175,7 +183,7 @@ impl Hub {
     fn engine_by_identity(&self, identity: &Bytes) -> Option<EngineId> {
         self.engines
             .values()
-            .find(|e| e.alive() && &e.identity == identity)
+            .find(|e| e.alive() && e.identity == identity)
             .map(|e| e.id)
     }
 
@@ -240,7 +248,10 @@ impl Hub {
             {
                 record.finish(Some(EngineError {
                     ename: "EngineError".into(),
-                    evalue: format!("Engine {engine} was restarted before task '{}' ran", record.task_id),
+                    evalue: format!(
+                        "Engine {engine} was restarted before task '{}' ran",
+                        record.task_id
+                    ),
                     traceback: vec![format!("EngineError: {why}; the cell did not run there")],
                 }));
             }
@@ -612,8 +623,18 @@ mod tests {
         while rx.try_recv().is_ok() {}
         let done = hub.start_run("c", 0, old, "so", "f");
         assert!(matches!(done.try_recv(), Ok(RunEnd::Died(_))));
-        assert!(rx.try_recv().is_err(), "a run request was sent to the new process");
-        assert_eq!(hub.cell("c").unwrap().engines[&0].error.as_ref().unwrap().ename, "EngineError");
+        assert!(
+            rx.try_recv().is_err(),
+            "a run request was sent to the new process"
+        );
+        assert_eq!(
+            hub.cell("c").unwrap().engines[&0]
+                .error
+                .as_ref()
+                .unwrap()
+                .ename,
+            "EngineError"
+        );
     }
 
     #[test]

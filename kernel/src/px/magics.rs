@@ -158,7 +158,9 @@ fn split_args(args: &str) -> Result<Vec<String>, UsageError> {
         }
     }
     if quote.is_some() {
-        return Err(UsageError("unterminated quote in the magic's arguments".into()));
+        return Err(UsageError(
+            "unterminated quote in the magic's arguments".into(),
+        ));
     }
     if has_token {
         out.push(current);
@@ -190,7 +192,9 @@ impl<'a> Args<'a> {
                 self.index += 1;
                 Ok(v)
             }
-            _ => Err(UsageError(format!("argument {display}: expected one argument"))),
+            _ => Err(UsageError(format!(
+                "argument {display}: expected one argument"
+            ))),
         }
     }
 }
@@ -272,12 +276,9 @@ fn exec_option(
         "--no-stream" => options.stream = Some(false),
         "--verbose" => options.verbose = Some(true),
         "--no-verbose" => options.verbose = Some(false),
-        "--progress-after" => {
-            options.progress_after = Some(seconds(&value("--progress-after")?)?)
-        }
+        "--progress-after" => options.progress_after = Some(seconds(&value("--progress-after")?)?),
         "--signal-on-interrupt" => {
-            options.signal_on_interrupt =
-                Some(signal_number(&value("--signal-on-interrupt")?)?)
+            options.signal_on_interrupt = Some(signal_number(&value("--signal-on-interrupt")?)?)
         }
         _ => return Ok(false),
     }
@@ -414,7 +415,11 @@ fn parse_engines(items: &[String]) -> Result<EnginesCommand, UsageError> {
                         }
                         n = Some(count);
                     }
-                    _ => return Err(UsageError(format!("unrecognized arguments: {arg}\n{usage}"))),
+                    _ => {
+                        return Err(UsageError(format!(
+                            "unrecognized arguments: {arg}\n{usage}"
+                        )))
+                    }
                 }
             }
             Ok(EnginesCommand::Start { n })
@@ -432,7 +437,9 @@ fn parse_engines(items: &[String]) -> Result<EnginesCommand, UsageError> {
         Some("restart") => {
             let ids = ids(&items[1..], "restart")?;
             if ids.is_empty() {
-                return Err(UsageError(format!("%engines restart needs engine ids\n{usage}")));
+                return Err(UsageError(format!(
+                    "%engines restart needs engine ids\n{usage}"
+                )));
             }
             Ok(EnginesCommand::Restart { ids })
         }
@@ -483,9 +490,22 @@ mod tests {
         assert_eq!(o.out.as_deref(), Some("res"));
         assert_eq!(o.exec.progress_after, Some(0.0));
         assert_eq!(o.exec.signal_on_interrupt, Some(15));
-        assert_eq!(px("%%px --targets=::2\nx").exec.targets.unwrap().to_string(), "::2");
-        assert_eq!(px("%%px --progress-after -1\nx").exec.progress_after, Some(-1.0));
-        assert_eq!(px("%%px -r --local --verbose\nx").group_outputs, Some(Grouping::Order));
+        assert_eq!(
+            px("%%px --targets=::2\nx")
+                .exec
+                .targets
+                .unwrap()
+                .to_string(),
+            "::2"
+        );
+        assert_eq!(
+            px("%%px --progress-after -1\nx").exec.progress_after,
+            Some(-1.0)
+        );
+        assert_eq!(
+            px("%%px -r --local --verbose\nx").group_outputs,
+            Some(Grouping::Order)
+        );
     }
 
     #[test]
@@ -502,9 +522,18 @@ mod tests {
             parse_cell("%%px --bogus\nx").unwrap_err().0,
             "unrecognized arguments: --bogus"
         );
-        assert!(parse_cell("%%px --signal-on-interrupt SIGFOO\nx").unwrap_err().0.contains("--signal-on-interrupt"));
-        assert!(parse_cell("%nosuchmagic").unwrap_err().0.contains("not found"));
-        assert!(parse_cell("%%px --progress-after soon\nx").unwrap_err().0.contains("invalid float"));
+        assert!(parse_cell("%%px --signal-on-interrupt SIGFOO\nx")
+            .unwrap_err()
+            .0
+            .contains("--signal-on-interrupt"));
+        assert!(parse_cell("%nosuchmagic")
+            .unwrap_err()
+            .0
+            .contains("not found"));
+        assert!(parse_cell("%%px --progress-after soon\nx")
+            .unwrap_err()
+            .0
+            .contains("invalid float"));
     }
 
     #[test]
@@ -518,15 +547,34 @@ mod tests {
                 status: true
             })
         );
-        let Magic::PxConfig(c) = parse_cell("%pxconfig -t all --no-stream --progress-after 5").unwrap().unwrap() else { panic!() };
+        let Magic::PxConfig(c) = parse_cell("%pxconfig -t all --no-stream --progress-after 5")
+            .unwrap()
+            .unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(c.targets, Some(Targets::All));
         assert_eq!(c.stream, Some(false));
         assert!(parse_cell("%pxconfig --local").is_err());
         assert_eq!(parse_cell("%autopx").unwrap().unwrap(), Magic::AutoPx);
-        assert_eq!(parse_cell("%engines").unwrap().unwrap(), Magic::Engines(EnginesCommand::List));
-        assert_eq!(parse_cell("%engines start -n 3").unwrap().unwrap(), Magic::Engines(EnginesCommand::Start { n: Some(3) }));
-        assert_eq!(parse_cell("%engines stop 1,2").unwrap().unwrap(), Magic::Engines(EnginesCommand::Stop { ids: Some(vec![1, 2]) }));
-        assert_eq!(parse_cell("%engines restart 2").unwrap().unwrap(), Magic::Engines(EnginesCommand::Restart { ids: vec![2] }));
+        assert_eq!(
+            parse_cell("%engines").unwrap().unwrap(),
+            Magic::Engines(EnginesCommand::List)
+        );
+        assert_eq!(
+            parse_cell("%engines start -n 3").unwrap().unwrap(),
+            Magic::Engines(EnginesCommand::Start { n: Some(3) })
+        );
+        assert_eq!(
+            parse_cell("%engines stop 1,2").unwrap().unwrap(),
+            Magic::Engines(EnginesCommand::Stop {
+                ids: Some(vec![1, 2])
+            })
+        );
+        assert_eq!(
+            parse_cell("%engines restart 2").unwrap().unwrap(),
+            Magic::Engines(EnginesCommand::Restart { ids: vec![2] })
+        );
         assert!(parse_cell("%engines restart").is_err());
         assert!(parse_cell("%engines start -n 0").is_err());
     }

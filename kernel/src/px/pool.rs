@@ -100,9 +100,9 @@ impl LocalPool {
             .stderr(Stdio::inherit())
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = command.spawn().map_err(|e| {
-            PxError::Spawn(self.engine_binary.display().to_string(), e.to_string())
-        })?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| PxError::Spawn(self.engine_binary.display().to_string(), e.to_string()))?;
         let pid = child.id().unwrap_or(0);
         self.state().processes.insert(id, pid);
         let pool = self.clone();
@@ -192,7 +192,10 @@ mod tests {
     fn exits_are_described_in_words() {
         let status = Command::new("sh").args(["-c", "exit 3"]).status().unwrap();
         assert_eq!(describe_exit(status), "exited with status 3");
-        let status = Command::new("sh").args(["-c", "kill -SEGV $$"]).status().unwrap();
+        let status = Command::new("sh")
+            .args(["-c", "kill -SEGV $$"])
+            .status()
+            .unwrap();
         assert_eq!(
             describe_exit(status),
             "killed by signal 11 (SIGSEGV: segmentation fault)"

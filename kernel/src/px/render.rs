@@ -63,6 +63,10 @@ pub fn rich_output(engine: EngineId, bundle: &MimeBundle) -> Output {
 /// `Out[N:C]: value`, red prefix as ipyparallel draws it; other MIME types pass through.
 pub fn value_output(record: &EngineRecord) -> Option<Output> {
     let value = record.value.as_ref()?;
+    // `()` is Rust's "no value" (Python's None, which ipyparallel does not show either).
+    if value.len() == 1 && value.get("text/plain").is_some_and(|t| t == "()") {
+        return None;
+    }
     let mut data = bundle_to_data(value);
     let count = record.execution_count.unwrap_or(0);
     let text = value.get("text/plain").cloned().unwrap_or_default();
@@ -150,10 +154,7 @@ impl StreamPrinter {
         let chunk = format!("{pre}{prefix}{sep}{text}");
         match self.outputs.last_mut() {
             Some(Output::Stream { name: last, text }) if *last == name => text.push_str(&chunk),
-            _ => self.outputs.push(Output::Stream {
-                name,
-                text: chunk,
-            }),
+            _ => self.outputs.push(Output::Stream { name, text: chunk }),
         }
     }
 
@@ -183,8 +184,16 @@ pub fn non_streamed(cell: &CellRecord, grouping: Grouping) -> Vec<Output> {
     match grouping {
         Grouping::Engine => {
             for record in &records {
-                out.print("stdout", &record.stdout, &format!("[stdout:{}] ", record.engine));
-                out.print("stderr", &record.stderr, &format!("[stderr:{}] ", record.engine));
+                out.print(
+                    "stdout",
+                    &record.stdout,
+                    &format!("[stdout:{}] ", record.engine),
+                );
+                out.print(
+                    "stderr",
+                    &record.stderr,
+                    &format!("[stderr:{}] ", record.engine),
+                );
                 if !record.displays.is_empty() || record.value.is_some() {
                     out.push(output_header(record.engine));
                 }
@@ -198,10 +207,18 @@ pub fn non_streamed(cell: &CellRecord, grouping: Grouping) -> Vec<Output> {
         }
         Grouping::Type | Grouping::Order => {
             for record in &records {
-                out.print("stdout", &record.stdout, &format!("[stdout:{}] ", record.engine));
+                out.print(
+                    "stdout",
+                    &record.stdout,
+                    &format!("[stdout:{}] ", record.engine),
+                );
             }
             for record in &records {
-                out.print("stderr", &record.stderr, &format!("[stderr:{}] ", record.engine));
+                out.print(
+                    "stderr",
+                    &record.stderr,
+                    &format!("[stderr:{}] ", record.engine),
+                );
             }
             if grouping == Grouping::Order {
                 let most = records.iter().map(|r| r.displays.len()).max().unwrap_or(0);
@@ -301,7 +318,11 @@ pub fn already_displayed(cell: &CellRecord) -> Option<EngineError> {
 
 /// `%px: k/n tasks` with an HTML bar, for the progress display.
 pub fn progress(label: &str, done: usize, total: usize, elapsed: f64) -> Map<String, Value> {
-    let percent = if total == 0 { 100.0 } else { 100.0 * done as f64 / total as f64 };
+    let percent = if total == 0 {
+        100.0
+    } else {
+        100.0 * done as f64 / total as f64
+    };
     let text = format!("{label}: {done}/{total} tasks ({elapsed:.1} s)");
     let html = format!(
         "<div style=\"font-family:monospace\"><progress value=\"{done}\" max=\"{total}\" style=\"width:20em\"></progress> {label}: {done}/{total} tasks ({elapsed:.1} s, {percent:.0}%)</div>"
@@ -391,8 +412,22 @@ mod tests {
         let b = |s: &str| MimeBundle::from([("text/plain".into(), s.to_owned())]);
         c.engines.get_mut(&0).unwrap().displays = vec![b("a0"), b("a1")];
         c.engines.get_mut(&1).unwrap().displays = vec![b("b0")];
-        let shown: Vec<String> = non_streamed(&c, Grouping::Order).iter().map(plain).collect();
-        assert_eq!(shown, vec!["[output:0]", "a0", "[output:1]", "b0", "[output:0]", "a1"]);
+        let shown: Vec<String> = non_streamed(&c, Grouping::Order)
+            .iter()
+            .map(plain)
+            .collect();
+        assert_eq!(
+            shown,
+            vec!["[output:0]", "a0", "[output:1]", "b0", "[output:0]", "a1"]
+        );
+    }
+
+    #[test]
+    fn a_unit_value_is_not_shown() {
+        let mut c = cell(vec![0], false);
+        let r = c.engines.get_mut(&0).unwrap();
+        r.value = Some(MimeBundle::from([("text/plain".into(), "()".into())]));
+        assert!(value_output(r).is_none());
     }
 
     #[test]
@@ -422,7 +457,9 @@ mod tests {
         }
         let e = final_error(&c).unwrap();
         assert_eq!(e.ename, "CompositeError");
-        assert!(e.evalue.starts_with("one or more exceptions raised in: %px\n[0:execute]Panic: boom 0\n"));
+        assert!(e
+            .evalue
+            .starts_with("one or more exceptions raised in: %px\n[0:execute]Panic: boom 0\n"));
         assert_eq!(e.evalue.lines().count(), 7);
         assert_eq!(e.traceback[0], "[0:execute]:");
         assert_eq!(e.traceback[1], "panicked at src/lib.rs:1:1: boom 0");
@@ -438,7 +475,10 @@ mod tests {
         assert_eq!(already_displayed(&c).unwrap().traceback, vec!["1 error"]);
         failing(&mut c, 2);
         let e = already_displayed(&c).unwrap();
-        assert_eq!((e.ename.as_str(), e.evalue.as_str()), ("AlreadyDisplayedError", "2 errors"));
+        assert_eq!(
+            (e.ename.as_str(), e.evalue.as_str()),
+            ("AlreadyDisplayedError", "2 errors")
+        );
         assert!(streamed_failure(&c.engines[&1]).starts_with("[1:execute]:\npanicked at"));
     }
 

@@ -52,12 +52,17 @@ impl Config {
     /// This cell's settings: the persistent ones, overridden by the cell's own options.
     fn with(&self, options: &ExecOptions) -> Config {
         Config {
-            targets: options.targets.clone().unwrap_or_else(|| self.targets.clone()),
+            targets: options
+                .targets
+                .clone()
+                .unwrap_or_else(|| self.targets.clone()),
             block: options.block.unwrap_or(self.block),
             stream: options.stream.unwrap_or(self.stream),
             verbose: options.verbose.unwrap_or(self.verbose),
             progress_after: options.progress_after.unwrap_or(self.progress_after),
-            signal_on_interrupt: options.signal_on_interrupt.unwrap_or(self.signal_on_interrupt),
+            signal_on_interrupt: options
+                .signal_on_interrupt
+                .unwrap_or(self.signal_on_interrupt),
         }
     }
 
@@ -304,12 +309,22 @@ impl PxService {
         })
     }
 
-    fn display(&self, request: &WireMessage, data: Map<String, Value>, display_id: Option<&str>, update: bool) {
+    fn display(
+        &self,
+        request: &WireMessage,
+        data: Map<String, Value>,
+        display_id: Option<&str>,
+        update: bool,
+    ) {
         let mut content = json!({"data": data, "metadata": {}});
         if let Some(id) = display_id {
             content["transient"] = json!({ "display_id": id });
         }
-        let msg_type = if update { "update_display_data" } else { "display_data" };
+        let msg_type = if update {
+            "update_display_data"
+        } else {
+            "display_data"
+        };
         self.publisher.publish(request, msg_type, content);
     }
 
@@ -344,14 +359,20 @@ impl PxService {
     }
 
     /// Starts `n` engines with the next free ids and waits for them, showing progress.
-    async fn start_engines(&self, request: &WireMessage, n: u32) -> Result<Vec<EngineId>, ErrorReport> {
+    async fn start_engines(
+        &self,
+        request: &WireMessage,
+        n: u32,
+    ) -> Result<Vec<EngineId>, ErrorReport> {
         let m = self.machinery()?;
         let mut ids = Vec::new();
         {
             let hub = lock(&m.hub);
             let mut candidate = 0;
             while ids.len() < n as usize {
-                if !hub.engine(candidate).is_some_and(|e| e.alive()) && m.pool.pid(candidate).is_none() {
+                if !hub.engine(candidate).is_some_and(|e| e.alive())
+                    && m.pool.pid(candidate).is_none()
+                {
                     ids.push(candidate);
                 }
                 candidate += 1;
@@ -364,12 +385,18 @@ impl PxService {
                 traceback: vec![],
             })?;
         }
-        self.wait_registered(request, &ids, &format!("starting {n} engines")).await?;
+        self.wait_registered(request, &ids, &format!("starting {n} engines"))
+            .await?;
         Ok(ids)
     }
 
     /// Waits until `ids` are registered (alive), with a progress display that updates in place.
-    async fn wait_registered(&self, request: &WireMessage, ids: &[EngineId], label: &str) -> Result<(), ErrorReport> {
+    async fn wait_registered(
+        &self,
+        request: &WireMessage,
+        ids: &[EngineId],
+        label: &str,
+    ) -> Result<(), ErrorReport> {
         let m = self.machinery()?;
         let display_id = format!("{}-engines", request.header.msg_id);
         let started = Instant::now();
@@ -414,7 +441,13 @@ impl PxService {
         }
     }
 
-    async fn px(&mut self, request: &WireMessage, options: &PxOptions, code: &str, count: u32) -> Result<(), ErrorReport> {
+    async fn px(
+        &mut self,
+        request: &WireMessage,
+        options: &PxOptions,
+        code: &str,
+        count: u32,
+    ) -> Result<(), ErrorReport> {
         let config = self.config.with(&options.exec);
         let live = self.ensure_engines(request).await?;
         let engines = targets::resolve(&config.targets, &live).map_err(|missing| ErrorReport {
@@ -473,7 +506,9 @@ impl PxService {
             interrupted: Vec::new(),
             stop_waiting: false,
         });
-        let waited = self.wait_streaming(request, &cell_id, &config, &mut events).await;
+        let waited = self
+            .wait_streaming(request, &cell_id, &config, &mut events)
+            .await;
         lock(&hub).unobserve(&cell_id);
         let active = lock(&self.active).take();
         if waited == Waited::StoppedWaiting {
@@ -490,7 +525,9 @@ impl PxService {
         let grouping = options.group_outputs.unwrap_or_default();
         let interrupted = active.map(|a| a.interrupted).unwrap_or_default();
         if !interrupted.is_empty() {
-            return self.after_interrupt(request, &cell, &config, grouping, &interrupted).await;
+            return self
+                .after_interrupt(request, &cell, &config, grouping, &interrupted)
+                .await;
         }
         let error = if config.stream {
             self.publish_outputs(request, render::streamed_values(&cell));
@@ -530,7 +567,9 @@ impl PxService {
             } else {
                 format!("variables lost: {}", variables.join(", "))
             };
-            text.push_str(&format!("[{engine}:execute] interrupted; engine {engine} was restarted ({lost})\n"));
+            text.push_str(&format!(
+                "[{engine}:execute] interrupted; engine {engine} was restarted ({lost})\n"
+            ));
         }
         self.publisher
             .publish(request, "stream", json!({"name": "stderr", "text": text}));
@@ -571,7 +610,11 @@ impl PxService {
             match &event {
                 CellEvent::Stream { engine, name } if config.stream && *engine != u32::MAX => {
                     if let Some(record) = cell.engines.get(engine) {
-                        let text = if name == "stderr" { &record.stderr } else { &record.stdout };
+                        let text = if name == "stderr" {
+                            &record.stderr
+                        } else {
+                            &record.stdout
+                        };
                         let display_id = format!("{}-{name}", record.task_id);
                         let mut data = Map::new();
                         data.insert(
@@ -583,18 +626,28 @@ impl PxService {
                     }
                 }
                 CellEvent::Display { engine, index } if config.stream => {
-                    if let Some(bundle) = cell.engines.get(engine).and_then(|r| r.displays.get(*index)) {
+                    if let Some(bundle) = cell
+                        .engines
+                        .get(engine)
+                        .and_then(|r| r.displays.get(*index))
+                    {
                         self.publish_outputs(
                             request,
-                            vec![render::output_header(*engine), render::rich_output(*engine, bundle)],
+                            vec![
+                                render::output_header(*engine),
+                                render::rich_output(*engine, bundle),
+                            ],
                         );
                     }
                 }
                 CellEvent::EngineDone { engine } if config.stream => {
                     if let Some(record) = cell.engines.get(engine).filter(|r| r.error.is_some()) {
                         let text = render::streamed_failure(record);
-                        self.publisher
-                            .publish(request, "stream", json!({"name": "stderr", "text": text}));
+                        self.publisher.publish(
+                            request,
+                            "stream",
+                            json!({"name": "stderr", "text": text}),
+                        );
                     }
                 }
                 CellEvent::CellDone => {
@@ -623,17 +676,20 @@ impl PxService {
         }
     }
 
-    async fn pxresult(&mut self, request: &WireMessage, options: &ResultOptions) -> Result<(), ErrorReport> {
+    async fn pxresult(
+        &mut self,
+        request: &WireMessage,
+        options: &ResultOptions,
+    ) -> Result<(), ErrorReport> {
         let cell_id = match &options.name {
-            Some(name) => self
-                .named
-                .get(name)
-                .cloned()
-                .ok_or_else(|| usage(format!("no %px result is named {name}; name one with `%%px -o {name}`")))?,
-            None => self
-                .last
-                .clone()
-                .ok_or_else(|| usage("%pxresult recalls last %px result, which has not yet been used."))?,
+            Some(name) => self.named.get(name).cloned().ok_or_else(|| {
+                usage(format!(
+                    "no %px result is named {name}; name one with `%%px -o {name}`"
+                ))
+            })?,
+            None => self.last.clone().ok_or_else(|| {
+                usage("%pxresult recalls last %px result, which has not yet been used.")
+            })?,
         };
         if options.status {
             let cell = lock(&self.machinery()?.hub).cell(&cell_id).cloned();
@@ -649,14 +705,21 @@ impl PxService {
             self.named.insert(name.clone(), cell_id);
             return Ok(());
         }
-        self.publish_outputs(request, render::non_streamed(&cell, options.group_outputs.unwrap_or_default()));
+        self.publish_outputs(
+            request,
+            render::non_streamed(&cell, options.group_outputs.unwrap_or_default()),
+        );
         match render::final_error(&cell) {
             Some(error) => Err(to_report(error)),
             None => Ok(()),
         }
     }
 
-    async fn engines(&mut self, request: &WireMessage, command: EnginesCommand) -> Result<(), ErrorReport> {
+    async fn engines(
+        &mut self,
+        request: &WireMessage,
+        command: EnginesCommand,
+    ) -> Result<(), ErrorReport> {
         match command {
             EnginesCommand::List => {
                 self.display(request, self.engine_table()?, None, false);
@@ -717,8 +780,11 @@ impl PxService {
                 }
                 self.wait_registered(request, &ids, &format!("restarting {} engines", ids.len()))
                     .await?;
-                self.publisher
-                    .publish(request, "stream", json!({"name": "stdout", "text": report}));
+                self.publisher.publish(
+                    request,
+                    "stream",
+                    json!({"name": "stdout", "text": report}),
+                );
                 Ok(())
             }
         }
@@ -738,15 +804,20 @@ impl PxService {
     }
 
     fn say(&self, request: &WireMessage, text: &str) {
-        self.publisher
-            .publish(request, "stream", json!({"name": "stdout", "text": format!("{text}\n")}));
+        self.publisher.publish(
+            request,
+            "stream",
+            json!({"name": "stdout", "text": format!("{text}\n")}),
+        );
     }
 
     fn engine_table(&self) -> Result<Map<String, Value>, ErrorReport> {
         let m = self.machinery()?;
         let hub = lock(&m.hub);
         let mut text = String::new();
-        let mut html = String::from("<table><tr><th>id</th><th>host</th><th>pid</th><th>state</th><th>queue</th></tr>");
+        let mut html = String::from(
+            "<table><tr><th>id</th><th>host</th><th>pid</th><th>state</th><th>queue</th></tr>",
+        );
         let mut any = false;
         for engine in hub.engines() {
             any = true;
@@ -766,7 +837,10 @@ impl PxService {
         }
         html.push_str("</table>");
         let text = if any {
-            format!("{:>3}  {:<16} {:>8}  {:<5}  {}\n{text}", "id", "host", "pid", "queue", "state")
+            format!(
+                "{:>3}  {:<16} {:>8}  {:<5}  {}\n{text}",
+                "id", "host", "pid", "queue", "state"
+            )
         } else {
             format!(
                 "No engines are running. The first %px starts {} local engines (RUSTPX_ENGINES), or use %engines start -n N.\n",
@@ -837,7 +911,10 @@ impl Progress {
 }
 
 fn join(ids: &[EngineId]) -> String {
-    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `RUSTPX_ENGINES`, else the number of CPUs.
@@ -859,8 +936,9 @@ fn status_view(cell: &CellRecord) -> Map<String, Value> {
         t.map(|t| t.format("%H:%M:%S%.3f").to_string())
             .unwrap_or_else(|| "-".into())
     };
+    let first_line = cell.code.lines().next().unwrap_or("");
     let mut text = format!(
-        "ready: {}\nelapsed: {:.3} s\nprogress: {}/{}\nserial_time: {:.3} s\nwall_time: {:.3} s\n",
+        "code: {first_line}\nready: {}\nelapsed: {:.3} s\nprogress: {}/{}\nserial_time: {:.3} s\nwall_time: {:.3} s\n",
         cell.is_done(),
         cell.wall_time(),
         cell.done_count(),

@@ -123,7 +123,12 @@ fn check(ids: &[EngineId], live: &[EngineId]) -> Result<Vec<EngineId>, NoSuchEng
 }
 
 /// Python's `seq[start:stop:step]`.
-fn slice(seq: &[EngineId], start: Option<i64>, stop: Option<i64>, step: Option<i64>) -> Vec<EngineId> {
+fn slice(
+    seq: &[EngineId],
+    start: Option<i64>,
+    stop: Option<i64>,
+    step: Option<i64>,
+) -> Vec<EngineId> {
     let len = seq.len() as i64;
     let step = step.unwrap_or(1);
     let clamp = |v: i64, low: i64, high: i64| v.max(low).min(high);

@@ -1,0 +1,149 @@
+"""Writes notebooks/01-tour.ipynb: the getting-started tour of rustpx.
+
+Each code cell may carry `metadata.rustpx.expect`: strings its outputs must contain when the
+notebook runs (tests/test_notebooks.py checks them). Cells that end in an error on purpose carry
+the `raises-exception` tag, which nbclient honours.
+
+    python scripts/make_tour.py
+"""
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+cells = []
+
+
+def md(text):
+    cells.append(new_markdown_cell(text.strip()))
+
+
+def code(source, expect=(), raises=False):
+    cell = new_code_cell(source.strip())
+    if expect:
+        cell.metadata["rustpx"] = {"expect": list(expect)}
+    if raises:
+        cell.metadata["tags"] = ["raises-exception"]
+    cells.append(cell)
+
+
+md("""
+# A tour of rustpx
+
+rustpx is a Jupyter kernel for Rust with ipyparallel's parallel magics. Plain cells run in the
+kernel's own Rust context; `%px` and `%%px` cells run on a pool of **engines**: separate processes,
+each with its own variables. The kernel compiles each `%px` cell once and every engine runs it.
+
+This tour follows the IPython Cookbook's recipe on distributing code across cores and the
+direct-interface tutorial, in Rust.
+""")
+
+md("## The kernel's own context\nA plain cell is ordinary Rust, evaluated by evcxr:")
+code("""
+let greeting = "hello from the kernel";
+greeting.len()
+""", expect=["21"])
+
+md("""
+## Engines
+The first `%px` starts a local pool (one engine per CPU, or `RUSTPX_ENGINES`). Each engine knows
+its id from `RUSTPX_ENGINE_ID`:
+""")
+code("""
+%px println!("engine {} runs as process {}", std::env::var("RUSTPX_ENGINE_ID").unwrap(), std::process::id());
+""", expect=["[stdout:0] engine 0 runs as process", "[stdout:1] engine 1 runs as process"])
+
+code("%engines", expect=["pid", "idle"])
+
+md("Every engine has its own variables. Define one on all engines, then use it:")
+code("""
+%%px
+let id: u64 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();
+let square = id * id;
+""")
+code("%px square", expect=["Out[0:", "Out[1:"])
+
+md("## Choosing engines with `-t`\nA list, a slice, or one id:")
+code("""
+%%px -t 1,2
+println!("only engines 1 and 2: id = {id}");
+""", expect=["[stdout:1] only engines 1 and 2: id = 1", "[stdout:2] only engines 1 and 2: id = 2"])
+code("""
+%%px -t ::2
+println!("even engines: {id}");
+""", expect=["[stdout:0] even engines: 0", "[stdout:2] even engines: 2"])
+
+md("""
+## Non-blocking execution: `-a` and `%pxresult`
+With `-a` the cell returns at once with a pending result; `%pxresult` waits for it and shows it.
+""")
+code("""
+%%px -a
+std::thread::sleep(std::time::Duration::from_millis(500 * (id + 1)));
+println!("engine {id} woke up");
+id * 100
+""", expect=["<AsyncResult(%px): pending>"])
+code("%pxresult", expect=["[stdout:0] \nengine 0 woke up", "Out[3:"])
+
+md("""
+## A real parallel computation: estimating π
+Each engine throws its own share of random darts (a small xorshift generator, seeded by the engine
+id, so every engine gets different numbers) and counts how many land inside the unit circle.
+""")
+code("""
+%%px
+fn estimate_pi(seed: u64, darts: u64) -> (u64, f64) {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut hits = 0;
+    for _ in 0..darts {
+        let (x, y) = (next(), next());
+        if x * x + y * y <= 1.0 {
+            hits += 1;
+        }
+    }
+    (hits, 4.0 * hits as f64 / darts as f64)
+}
+let (hits, estimate) = estimate_pi(id + 1, 2_000_000);
+println!("engine {id}: {hits} hits, pi ~ {estimate:.4}");
+""", expect=["[stdout:0] engine 0:", "pi ~ 3.14"])
+code("%px hits", expect=["Out[0:", "Out[3:"])
+
+md("""
+## Errors
+A panic on some engines is reported per engine (`[N:execute]`); the others' output is still shown.
+""")
+code("""
+%%px
+println!("engine {id} starts");
+if id % 2 == 1 {
+    panic!("engine {id} does not like odd numbers");
+}
+""", expect=["[1:execute]:", "does not like odd numbers", "2 errors"], raises=True)
+
+md("Without streaming, the failures come together as a `CompositeError`:")
+code("""
+%%px --no-stream
+if id == 0 { panic!("only engine 0 fails"); }
+id
+""", expect=["CompositeError", "[0:execute]Panic: only engine 0 fails", "Out[1:"], raises=True)
+
+md("A compile error is reported the way rustc shows it, for each engine:")
+code("%px let wrong: u32 = \"text\";", expect=["mismatched types"], raises=True)
+
+md("The engines are still fine, and still hold their variables:")
+code("%px id + 1", expect=["Out[0:", "1"])
+
+if __name__ == "__main__":
+    notebook = new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": {"name": "rustpx", "display_name": "Rust (parallel)", "language": "rust"},
+            "language_info": {"name": "rust", "file_extension": ".rs", "mimetype": "text/rust"},
+        },
+    )
+    nbformat.write(notebook, "notebooks/01-tour.ipynb")
+    print(f"wrote notebooks/01-tour.ipynb ({len(cells)} cells)")
