@@ -267,6 +267,22 @@ def test_divergent_engines_get_a_clean_compile_error_not_a_crash(px):
     assert sorted(values(msgs)) == [0, 1, 2, 3]
 
 
+def test_a_cached_compile_is_never_reused_for_a_diverged_engine(px):
+    """Re-running a cell reuses its compiled object only on engines whose state it was built for."""
+    px.execute("%px let shared = 1;")
+    for _ in range(2):  # compiled, then re-run from the cache
+        reply, msgs, _ = px.execute("%px shared + 1")
+        assert {v for _, v in values(msgs).values()} == {"2"}
+    reply, _, _ = px.execute('%%px -t 0\nlet shared = String::from("now a string");')
+    assert reply["status"] == "ok"
+    reply, msgs, _ = px.execute("%px shared + 1")
+    assert reply["evalue"] == "1 error"
+    assert "[0:execute]:" in stream_text(msgs, "stderr")
+    assert {k: v for k, (_, v) in values(msgs).items()} == {1: "2", 2: "2", 3: "2"}
+    reply, msgs, _ = px.execute("%px shared.clone()")
+    assert values(msgs)[0][1] == '"now a string"'
+
+
 def test_a_panic_keeps_the_engines_usable(px):
     px.execute("%px let kept = 3;")
     reply, _, _ = px.execute('%px let lost = 1; panic!("p");')

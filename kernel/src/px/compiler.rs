@@ -37,6 +37,64 @@ struct Current {
     /// Engines with the incarnation the group's state belongs to: a restarted engine with the
     /// same id must not receive this code.
     engines: Vec<(EngineId, u64)>,
+    /// The compiled objects sent, in order (a cell can need more than one run).
+    sent: Vec<(String, String)>,
+    /// No engine panicked, returned an error through `?` or lost a variable to a type change.
+    clean: bool,
+}
+
+/// What the engines of one run reported, combined.
+#[derive(Default)]
+struct RunSummary {
+    panicked: bool,
+    user_error: bool,
+    changed: Vec<String>,
+}
+
+impl RunSummary {
+    fn clean(&self) -> bool {
+        !self.panicked && !self.user_error && self.changed.is_empty()
+    }
+}
+
+/// Runs one compiled object on `engines` (each pinned to its process) and waits for all of them.
+fn run_on_engines(
+    hub: &Mutex<Hub>,
+    cell_id: &str,
+    engines: &[(EngineId, u64)],
+    so_path: &str,
+    fn_name: &str,
+) -> RunSummary {
+    let waits: Vec<std_mpsc::Receiver<RunEnd>> = {
+        let mut hub = lock(hub);
+        engines
+            .iter()
+            .map(|&(engine, incarnation)| {
+                hub.start_run(cell_id, engine, incarnation, so_path, fn_name)
+            })
+            .collect()
+    };
+    let mut summary = RunSummary::default();
+    for wait in waits {
+        match wait.recv() {
+            Ok(RunEnd::Finished(reply)) => {
+                match reply.status {
+                    rustpx_protocol::RunStatus::Panic { .. } => summary.panicked = true,
+                    rustpx_protocol::RunStatus::UserError => summary.user_error = true,
+                    _ => {}
+                }
+                for name in reply.changed_type {
+                    if !summary.changed.contains(&name) {
+                        summary.changed.push(name);
+                    }
+                }
+            }
+            // A dead engine leaves its group at the next cell; the others' results stand.
+            Ok(RunEnd::Died(why)) => tracing::debug!("a run ended without a reply: {why}"),
+            Err(_) => tracing::debug!("a run was dropped by the hub"),
+        }
+    }
+    summary
 }
 
 /// The front end's handle: submit cells; they run in order.
@@ -69,51 +127,33 @@ fn lock(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
 /// evcxr expects: a panic anywhere drops the cell's new variables from the group's state.
 fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dispatch {
     Arc::new(move |so_path: &str, fn_name: &str| {
-        let target = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(target) = target else {
+        let target = current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| (c.cell_id.clone(), c.engines.clone()));
+        let Some((cell_id, engines)) = target else {
             // evcxr's own start-up and warm-up cells: nothing to run them on.
             return vec![EXECUTION_COMPLETE.to_owned()];
         };
-        let waits: Vec<std_mpsc::Receiver<RunEnd>> = {
-            let mut hub = lock(&hub);
-            target
-                .engines
-                .iter()
-                .map(|&(engine, incarnation)| {
-                    hub.start_run(&target.cell_id, engine, incarnation, so_path, fn_name)
-                })
-                .collect()
-        };
-        let mut panicked = false;
-        let mut user_error = false;
-        let mut changed: Vec<String> = Vec::new();
-        for wait in waits {
-            match wait.recv() {
-                Ok(RunEnd::Finished(reply)) => {
-                    match reply.status {
-                        rustpx_protocol::RunStatus::Panic { .. } => panicked = true,
-                        rustpx_protocol::RunStatus::UserError => user_error = true,
-                        _ => {}
-                    }
-                    for name in reply.changed_type {
-                        if !changed.contains(&name) {
-                            changed.push(name);
-                        }
-                    }
-                }
-                // A dead engine leaves its group at the next cell; the others' results stand.
-                Ok(RunEnd::Died(why)) => tracing::debug!("a run ended without a reply: {why}"),
-                Err(_) => tracing::debug!("a run was dropped by the hub"),
-            }
+        let summary = run_on_engines(&hub, &cell_id, &engines, so_path, fn_name);
+        if let Some(current) = current.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            current.sent.push((so_path.to_owned(), fn_name.to_owned()));
+            current.clean &= summary.clean();
         }
         let mut lines = Vec::new();
-        if panicked {
+        if summary.panicked {
             lines.push(PANIC_NOTIFICATION.to_owned());
         }
-        if user_error {
+        if summary.user_error {
             lines.push(USER_ERROR.to_owned());
         }
-        lines.extend(changed.into_iter().map(|n| format!("{CHANGED_TYPE}{n}")));
+        lines.extend(
+            summary
+                .changed
+                .into_iter()
+                .map(|n| format!("{CHANGED_TYPE}{n}")),
+        );
         lines.push(EXECUTION_COMPLETE.to_owned());
         lines
     })
@@ -182,9 +222,11 @@ fn run(jobs: std_mpsc::Receiver<CompileJob>, hub: Arc<Mutex<Hub>>) {
     // evcxr does not export the name of its state type, so the evcxr calls live in this closure,
     // where the type is inferred, and the bookkeeping stays generic.
     let mut groups = Groups::new((context.state(), Signature::default()));
+    let mut cache = CompiledCache::default();
     for job in jobs {
         compile_and_run(
             &mut groups,
+            &mut cache,
             &hub,
             &current,
             &job,
@@ -284,8 +326,40 @@ fn may_define_items(code: &str) -> bool {
         .any(|word| ITEM_WORDS.contains(&word) || word.starts_with('#'))
 }
 
+/// Compiled cells that can run again without compiling: (group lineage, code) to the objects
+/// that were sent. Only cells that cannot change the state (no `let`, no items, no `:dep`, state
+/// unchanged, every engine clean) are kept, so a re-run needs no state bookkeeping either.
+#[derive(Default)]
+pub struct CompiledCache {
+    entries: std::collections::HashMap<(u64, String), Vec<(String, String)>>,
+}
+
+/// How many compiled cells the cache keeps before it starts over.
+const CACHE_LIMIT: usize = 512;
+
+impl CompiledCache {
+    fn get(&self, lineage: u64, code: &str) -> Option<&Vec<(String, String)>> {
+        self.entries.get(&(lineage, code.to_owned()))
+    }
+
+    fn insert(&mut self, lineage: u64, code: &str, sent: Vec<(String, String)>) {
+        if self.entries.len() >= CACHE_LIMIT {
+            self.entries.clear();
+        }
+        self.entries.insert((lineage, code.to_owned()), sent);
+    }
+}
+
+/// Whether a cell might bind a variable (`let`, or a `for`/`match` pattern does not matter: only
+/// `let` bindings outlive the cell in evcxr).
+fn may_bind_variables(code: &str) -> bool {
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|word| word == "let")
+}
+
 fn compile_and_run<S: Clone>(
     groups: &mut Groups<(S, Signature)>,
+    cache: &mut CompiledCache,
     hub: &Arc<Mutex<Hub>>,
     current: &Arc<Mutex<Option<Current>>>,
     job: &CompileJob,
@@ -349,16 +423,36 @@ fn compile_and_run<S: Clone>(
             .iter()
             .map(|(id, incarnation)| (*id, *incarnation))
             .collect();
+        let lineage = groups.group(index).lineage;
+        if deps.is_empty() {
+            if let Some(sent) = cache.get(lineage, &code) {
+                for (so_path, fn_name) in sent {
+                    run_on_engines(hub, &job.cell_id, &pinned, so_path, fn_name);
+                }
+                let mut hub = lock(hub);
+                for &engine in &members {
+                    hub.finish_engine(&job.cell_id, engine, None);
+                }
+                continue;
+            }
+        }
         let (state, before) = groups.group(index).state.clone();
         *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Current {
             cell_id: job.cell_id.clone(),
             engines: pinned,
+            sent: Vec::new(),
+            clean: true,
         });
         let result = evaluate(&code, state, &deps);
-        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let ran = current.lock().unwrap_or_else(|p| p.into_inner()).take();
         let error = match result {
             Ok((state, after)) => {
                 let changed = after != before || !deps.is_empty() || may_define_items(&code);
+                if let Some(ran) = ran.filter(|r| r.clean && !r.sent.is_empty()) {
+                    if !changed && !may_bind_variables(&code) {
+                        cache.insert(lineage, &code, ran.sent);
+                    }
+                }
                 let names: Vec<String> = after.variables.iter().map(|(n, _)| n.clone()).collect();
                 groups.advance(index, (state, after), changed);
                 let mut hub = lock(hub);
@@ -394,6 +488,15 @@ fn compile_and_run<S: Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn let_bindings_are_recognised() {
+        assert!(may_bind_variables("let x = 1;"));
+        assert!(may_bind_variables("if true { let y = 2; }"));
+        assert!(!may_bind_variables("outlet.len() + 1"));
+        // Conservative: the word inside a string literal counts too (no caching, still correct).
+        assert!(may_bind_variables("println!(\"let me\")"));
+    }
 
     #[test]
     fn item_definitions_are_recognised() {

@@ -1,0 +1,231 @@
+"""rustpx against its baselines, measured in one run on this machine.
+
+Every time is a full round trip through a real Jupyter client: execute_request sent until the
+cell's `idle` arrives. Medians over --runs repetitions. See bench/run.sh for the one command.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+from jupyter_client.manager import start_new_kernel
+
+# Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
+# so that every run really compiles (the cached path is measured separately).
+CELLS = {
+    "value 1+1": "1 + 1",
+    "let v = vec![1u64; 10];": "let v = vec![1u64; 10];",
+    'println!("hi")': 'println!("hi");',
+}
+ENGINE_COUNTS = [1, 2, 4, 8]
+
+
+def load():
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+class Timed:
+    def __init__(self, kernel_name, env=None):
+        if env:
+            os.environ.update(env)
+        started = time.monotonic()
+        self.km, self.kc = start_new_kernel(kernel_name=kernel_name, startup_timeout=120)
+        self.ready_after = time.monotonic() - started
+        self.started = started
+
+    def run(self, code, timeout=300):
+        """Seconds from sending the cell to its idle; fails loudly if the cell failed."""
+        start = time.monotonic()
+        msg_id = self.kc.execute(code)
+        status = None
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "error":
+                status = msg["content"]["ename"] + ": " + msg["content"]["evalue"]
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        elapsed = time.monotonic() - start
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"cell failed: {code!r}: {status}")
+        return elapsed
+
+    def outputs(self, code, timeout=300):
+        msg_id = self.kc.execute(code)
+        texts = []
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            content = msg["content"]
+            if msg["msg_type"] == "stream":
+                texts.append(content["text"])
+            elif msg["msg_type"] in ("display_data", "execute_result"):
+                texts.append(content["data"].get("text/plain", ""))
+            if msg["msg_type"] == "status" and content["execution_state"] == "idle":
+                break
+        self.kc.get_shell_msg(timeout=timeout)
+        return "\n".join(texts)
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def median_ms(samples):
+    return round(statistics.median(samples) * 1000, 2)
+
+
+def rss_mb(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def engine_pids(kernel):
+    table = kernel.outputs("%engines")
+    return [int(m.group(1)) for m in re.finditer(r"^\s*\d+\s+\S+\s+(\d+)\s", table, re.M)]
+
+
+def bench_rustpx(runs, results):
+    for n in ENGINE_COUNTS:
+        print(f"rustpx with {n} engines ...", flush=True)
+        k = Timed("rustpx", {"RUSTPX_ENGINES": str(n)})
+        try:
+            first = k.run("%px 0")
+            results[f"rustpx first %px incl. pool start, n={n}"] = round(first + 0, 3)
+            k.run("%px let warm = 1;")
+            for label, cell in CELLS.items():
+                samples = [k.run(f"%px {cell} // run {i}") for i in range(runs)]
+                results[f"%px {label}, n={n}"] = median_ms(samples)
+            if n == 4:
+                k.run("%px 1 + 1")
+                samples = [k.run("%px 1 + 1") for _ in range(max(runs, 20))]
+                results["%px re-run of a compiled cell, n=4"] = median_ms(samples)
+                pids = engine_pids(k)
+                sizes = [s for s in (rss_mb(p) for p in pids) if s]
+                results["idle engine RSS MB (median), n=4"] = round(statistics.median(sizes), 1) if sizes else None
+                kernel_pid = k.km.provisioner.process.pid if hasattr(k.km, "provisioner") else None
+                if kernel_pid:
+                    results["kernel RSS MB, n=4"] = round(rss_mb(kernel_pid) or 0, 1)
+        finally:
+            k.close()
+    # Cold start: a fresh kernel, time until 4 engines answer, and the first %px let after it.
+    print("rustpx cold start ...", flush=True)
+    k = Timed("rustpx", {"RUSTPX_ENGINES": "4"})
+    try:
+        pool = k.run("%px 0")
+        results["start 4 engines until ready for %px (s)"] = round(time.monotonic() - k.started, 3)
+        results["first %px let after start (ms)"] = round(k.run("%px let first = vec![1, 2, 3];") * 1000, 1)
+        del pool
+    finally:
+        k.close()
+
+
+def bench_plain(runs, results):
+    print("plain cells (the kernel's own evcxr context) ...", flush=True)
+    k = Timed("rustpx")
+    try:
+        first = k.run("0")
+        results["start one evcxr context until a cell ran (s)"] = round(time.monotonic() - k.started, 3)
+        del first
+        k.run("let warm = 1;")
+        for label, cell in CELLS.items():
+            samples = [k.run(f"{cell} // run {i}") for i in range(runs)]
+            results[f"plain {label}"] = median_ms(samples)
+    finally:
+        k.close()
+
+
+def bench_ipyparallel(runs, results):
+    print("ipyparallel %px on 4 engines ...", flush=True)
+    k = Timed("python3")
+    try:
+        k.run(
+            "import ipyparallel as ipp\n"
+            "cluster = ipp.Cluster(n=4, log_level=40)\n"
+            "rc = cluster.start_and_connect_sync()\n"
+            "rc.wait_for_engines(4, timeout=120)\n"
+            "rc[:].activate()",
+            timeout=300,
+        )
+        k.run("%px 1 + 1")
+        samples = [k.run("%px 1 + 1") for _ in range(max(runs, 20))]
+        results["ipyparallel %px 1+1, n=4"] = median_ms(samples)
+        samples = [k.run("%px print('hi')") for _ in range(max(runs, 20))]
+        results["ipyparallel %px print, n=4"] = median_ms(samples)
+        k.run("cluster.stop_cluster_sync()", timeout=120)
+    finally:
+        k.close()
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return None
+    return round(a / b, 2)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--json", default="bench/results/latest.json")
+    parser.add_argument("--skip-ipyparallel", action="store_true")
+    args = parser.parse_args()
+    load_before = load()
+    results = {}
+    bench_plain(args.runs, results)
+    bench_rustpx(args.runs, results)
+    if not args.skip_ipyparallel:
+        bench_ipyparallel(args.runs, results)
+    load_after = load()
+
+    ratios = {}
+    for label in CELLS:
+        ratios[f"%px {label} n=4 / plain"] = ratio(results.get(f"%px {label}, n=4"), results.get(f"plain {label}"))
+        ratios[f"%px {label} n=8 / n=1"] = ratio(results.get(f"%px {label}, n=8"), results.get(f"%px {label}, n=1"))
+    ratios["re-run of compiled cell, rustpx / ipyparallel"] = ratio(
+        results.get("%px re-run of a compiled cell, n=4"), results.get("ipyparallel %px 1+1, n=4"))
+    ratios["pool of 4 start / one evcxr context start"] = ratio(
+        results.get("start 4 engines until ready for %px (s)"), results.get("start one evcxr context until a cell ran (s)"))
+
+    width = max(len(k) for k in list(results) + list(ratios))
+    print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}, load before {load_before}, after {load_after}")
+    print(f"medians of {args.runs} runs (ms unless marked s or MB)\n")
+    for key, value in results.items():
+        print(f"  {key:<{width}}  {value}")
+    print("\nratios")
+    targets = {"n=4 / plain": 1.3, "n=8 / n=1": 1.5, "pool of 4": 1.5}
+    for key, value in ratios.items():
+        target = next((t for k, t in targets.items() if k in key), None)
+        verdict = "" if target is None or value is None else ("  (target <= %.1f: %s)" % (target, "met" if value <= target else "NOT met"))
+        print(f"  {key:<{width}}  {value}{verdict}")
+    rerun = results.get("%px re-run of a compiled cell, n=4")
+    if rerun is not None:
+        print(f"  {'re-run of a compiled cell under 10 ms':<{width}}  {'met' if rerun < 10 else 'NOT met'} ({rerun} ms)")
+    first_let = results.get("first %px let after start (ms)")
+    if first_let is not None:
+        print(f"  {'first %px let under 1 s':<{width}}  {'met' if first_let < 1000 else 'NOT met'} ({first_let} ms)")
+    rss = results.get("idle engine RSS MB (median), n=4")
+    if rss is not None:
+        print(f"  {'idle engine under 30 MB':<{width}}  {'met' if rss < 30 else 'NOT met'} ({rss} MB)")
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"results": results, "ratios": ratios, "runs": args.runs, "load_before": load_before,
+                   "load_after": load_after, "cores": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                  f, indent=2)
+    print(f"\nwritten {args.json}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The benchmark: builds rustpx, installs ipyparallel from PyPI into the venv, measures both on this
+# machine in one run, and prints a table of medians and ratios (also written as JSON).
+#
+#   bash bench/run.sh                 # full run (about 10 minutes on 2 cores)
+#   bash bench/run.sh --runs 5        # fewer repetitions
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+step "cargo build --release"
+cargo build --release --workspace
+"$RUSTPX_BIN" install --sys-prefix >/dev/null
+if ! python -c "import ipyparallel, ipykernel" 2>/dev/null; then
+  step "install ipyparallel and ipykernel from PyPI (the baseline)"
+  pip install --quiet --disable-pip-version-check ipyparallel ipykernel
+fi
+python -m ipykernel install --sys-prefix --name python3 >/dev/null
+mkdir -p bench/results
+RUSTPX_LOG=error python bench/run.py --json bench/results/latest.json "$@"
