@@ -6,6 +6,7 @@
 
 mod bridge;
 mod compiler;
+mod connection_file;
 mod groups;
 mod hub;
 mod link;

@@ -56,6 +56,8 @@ pub fn signal(pid: u32, signal: i32) {
 
 #[derive(Default)]
 struct PoolState {
+    /// Files to delete at shutdown (the engine connection file holds the key).
+    remove_at_shutdown: Vec<PathBuf>,
     /// Engine id to the pid of the process started for it.
     processes: HashMap<EngineId, u32>,
     /// Engines that exited before they registered, with why: shown when a start times out.
@@ -160,11 +162,20 @@ impl LocalPool {
         self.state().processes.get(&id).copied()
     }
 
-    /// Kills every engine process at once (kernel shutdown).
+    /// Kills every engine process at once and removes private files (kernel shutdown).
     pub fn kill_all(&self) {
-        for pid in self.state().processes.values() {
+        let mut state = self.state();
+        for pid in state.processes.values() {
             signal(*pid, libc::SIGKILL);
         }
+        for path in state.remove_at_shutdown.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Deletes `path` when the kernel shuts down.
+    pub fn remove_on_shutdown(&self, path: PathBuf) {
+        self.state().remove_at_shutdown.push(path);
     }
 }
 

@@ -170,6 +170,8 @@ struct Machinery {
     pool: LocalPool,
     compiler: Compiler,
     connection: EngineConnection,
+    /// Where `rustpx-engine --connect FILE` finds the hub (None if it could not be written).
+    connection_file: Option<std::path::PathBuf>,
 }
 
 /// The kernel session's parallel side.
@@ -232,11 +234,22 @@ impl PxService {
         .await?;
         let pool = LocalPool::new(connection.clone(), hub.clone())?;
         let compiler = Compiler::start(hub.clone());
+        let connection_file = match super::connection_file::write(&connection) {
+            Ok(path) => {
+                pool.remove_on_shutdown(path.clone());
+                Some(path)
+            }
+            Err(error) => {
+                tracing::warn!("cannot write the engine connection file: {error}");
+                None
+            }
+        };
         Ok(Machinery {
             hub,
             pool,
             compiler,
             connection,
+            connection_file,
         })
     }
 
@@ -836,20 +849,27 @@ impl PxService {
             ));
         }
         html.push_str("</table>");
+        let file = m
+            .connection_file
+            .as_ref()
+            .map(|p| format!("; more engines: rustpx-engine --connect {}", p.display()))
+            .unwrap_or_default();
+        let footer = format!("hub: {}{file}\n", m.connection.url);
         let text = if any {
             format!(
-                "{:>3}  {:<16} {:>8}  {:<5}  {}\n{text}",
+                "{:>3}  {:<16} {:>8}  {:<5}  {}\n{text}{footer}",
                 "id", "host", "pid", "queue", "state"
             )
         } else {
             format!(
-                "No engines are running. The first %px starts {} local engines (RUSTPX_ENGINES), or use %engines start -n N.\n",
+                "No engines are running. The first %px starts {} local engines (RUSTPX_ENGINES), or use %engines start -n N.\n{footer}",
                 default_engine_count()
             )
         };
         let mut data = Map::new();
         data.insert("text/plain".into(), Value::String(text));
         if any {
+            html.push_str(&format!("<p><code>{}</code></p>", footer.trim_end()));
             data.insert("text/html".into(), Value::String(html));
         }
         Ok(data)

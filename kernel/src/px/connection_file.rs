@@ -1,0 +1,60 @@
+//! The engine connection file: what `rustpx-engine --connect FILE` reads to join this kernel's
+//! pool. It holds the pool's key, so it is created with mode 0600 and removed at shutdown.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use rustpx_protocol::EngineConnection;
+
+/// Jupyter's runtime directory: `$JUPYTER_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/jupyter`, else
+/// `~/.local/share/jupyter/runtime`.
+fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("JUPYTER_RUNTIME_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("jupyter");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/share/jupyter/runtime")
+}
+
+/// Writes the file for this kernel process; returns its path.
+pub fn write(connection: &EngineConnection) -> std::io::Result<PathBuf> {
+    let dir = runtime_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("rustpx-engines-{}.json", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(serde_json::to_string_pretty(connection)?.as_bytes())?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_file_is_private_to_its_owner() {
+        let dir = std::env::temp_dir().join(format!("rustpx-conn-{}", std::process::id()));
+        std::env::set_var("JUPYTER_RUNTIME_DIR", &dir);
+        let connection = EngineConnection {
+            url: "tcp://127.0.0.1:1".into(),
+            key: "k".into(),
+            signature_scheme: "hmac-sha256".into(),
+        };
+        let path = write(&connection).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let back: EngineConnection =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back, connection);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
