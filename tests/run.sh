@@ -8,6 +8,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
+# The browser and terminal tests need Debian's chromium and tmux, and playwright-core from npm
+# (pointed at that chromium: no browser download).
+if ! command -v chromium >/dev/null || ! command -v tmux >/dev/null; then
+  step "apt-get install chromium tmux"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "chromium and tmux are missing; install them with: sudo apt-get install chromium tmux" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tmux fonts-dejavu-core >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  step "npm ci (playwright-core)"
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo build --release (first build of evcxr: tens of minutes on 2 cores)"

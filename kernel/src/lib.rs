@@ -8,4 +8,5 @@ pub mod evaluator;
 pub mod frontend;
 pub mod install;
 pub mod is_complete;
+pub mod paths;
 pub mod px;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rustpx_kernel::{frontend, install};
+use rustpx_kernel::{frontend, install, paths};
+use tracing_subscriber::Layer;
 
 #[derive(Parser)]
 #[command(
@@ -85,14 +86,51 @@ fn main() -> Result<()> {
     }
 }
 
-fn run_kernel(connection_file: PathBuf) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUSTPX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+/// Logs to stderr (Jupyter shows it in its server log) and to a file in Jupyter's runtime
+/// directory, which engines append to as well, so one file says why an engine did not start.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("RUSTPX_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER))
+    };
+    let path = paths::log_file();
+    let file = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .and_then(Result::ok)
+        .and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .ok()
+        });
+    let file_layer = file.map(|file| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .with_filter(filter())
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter()),
         )
-        .with_writer(std::io::stderr)
+        .with(file_layer)
         .init();
+    std::env::set_var(paths::LOG_FILE_ENV, &path);
+    tracing::info!(
+        "rustpx {} logging to {}",
+        env!("CARGO_PKG_VERSION"),
+        path.display()
+    );
+}
+
+fn run_kernel(connection_file: PathBuf) -> Result<()> {
+    init_logging();
     let connection = frontend::read_connection_file(&connection_file)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(frontend::serve(connection))?;

@@ -7,22 +7,9 @@ use std::path::PathBuf;
 
 use rustpx_protocol::EngineConnection;
 
-/// Jupyter's runtime directory: `$JUPYTER_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/jupyter`, else
-/// `~/.local/share/jupyter/runtime`.
-fn runtime_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("JUPYTER_RUNTIME_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(dir).join("jupyter");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".local/share/jupyter/runtime")
-}
-
 /// Writes the file for this kernel process; returns its path.
 pub fn write(connection: &EngineConnection) -> std::io::Result<PathBuf> {
-    let dir = runtime_dir();
+    let dir = crate::paths::runtime_dir();
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("rustpx-engines-{}.json", std::process::id()));
     let mut file = std::fs::OpenOptions::new()

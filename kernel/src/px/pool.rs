@@ -99,7 +99,7 @@ impl LocalPool {
             .env(CONNECTION_ENV, json)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(engine_log())
             .process_group(0)
             .kill_on_drop(false);
         let mut child = command
@@ -177,6 +177,20 @@ impl LocalPool {
     pub fn remove_on_shutdown(&self, path: PathBuf) {
         self.state().remove_at_shutdown.push(path);
     }
+}
+
+/// Engines log to the kernel's log file when there is one, else to the kernel's stderr.
+fn engine_log() -> Stdio {
+    std::env::var_os(crate::paths::LOG_FILE_ENV)
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map(Stdio::from)
+        .unwrap_or_else(Stdio::inherit)
 }
 
 /// `rustpx-engine` beside the kernel binary, or `$RUSTPX_ENGINE_BIN`.

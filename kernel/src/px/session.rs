@@ -446,7 +446,8 @@ impl PxService {
                     ename: "EngineStartError".into(),
                     evalue: format!("{label} failed: {why}"),
                     traceback: vec![format!(
-                        "EngineStartError: {label} failed: {why}. The kernel log (the Jupyter server's output, RUSTPX_LOG=debug for more) says why."
+                        "EngineStartError: {label} failed: {why}. The kernel log {} says why (RUSTPX_LOG=debug for more).",
+                        crate::paths::log_file().display()
                     )],
                 });
             }
@@ -654,7 +655,15 @@ impl PxService {
                     }
                 }
                 CellEvent::EngineDone { engine } if config.stream => {
-                    if let Some(record) = cell.engines.get(engine).filter(|r| r.error.is_some()) {
+                    // Engines an interrupt signalled are reported once, with their restart.
+                    let signalled = lock(&self.active)
+                        .as_ref()
+                        .is_some_and(|a| a.interrupted.iter().any(|(id, _)| id == engine));
+                    if let Some(record) = cell
+                        .engines
+                        .get(engine)
+                        .filter(|r| r.error.is_some() && !signalled)
+                    {
                         let text = render::streamed_failure(record);
                         self.publisher.publish(
                             request,
@@ -854,7 +863,11 @@ impl PxService {
             .as_ref()
             .map(|p| format!("; more engines: rustpx-engine --connect {}", p.display()))
             .unwrap_or_default();
-        let footer = format!("hub: {}{file}\n", m.connection.url);
+        let footer = format!(
+            "hub: {}{file}\nlog: {}\n",
+            m.connection.url,
+            crate::paths::log_file().display()
+        );
         let text = if any {
             format!(
                 "{:>3}  {:<16} {:>8}  {:<5}  {}\n{text}{footer}",

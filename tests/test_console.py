@@ -1,0 +1,78 @@
+"""Issue 6: `jupyter console --kernel rustpx` in a real terminal (tmux), as a person types."""
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def tmux(*args):
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=False)
+
+
+def screen(session):
+    return tmux("capture-pane", "-p", "-J", "-S", "-200", "-t", session).stdout
+
+
+def wait_for(session, text, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = screen(session)
+        if text in shown:
+            return shown
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} never appeared; the screen shows:\n{screen(session)}")
+
+
+def send_literal(session, text):
+    """tmux takes a trailing `;` in an argument as its command separator: send those as hex."""
+    for index, part in enumerate(text.split(";")):
+        if index:
+            tmux("send-keys", "-t", session, "-H", "3b")
+        if part:
+            tmux("send-keys", "-t", session, "-l", part)
+
+
+def type_line(session, text):
+    """Types `text` like a person, waits until the terminal echoes it, then presses Enter.
+
+    Keys sent while prompt_toolkit is still taking over the terminal are lost, so a line that
+    does not echo is cleared (Ctrl-U) and typed again.
+    """
+    for _ in range(10):
+        send_literal(session, text)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if text in screen(session):
+                tmux("send-keys", "-t", session, "Enter")
+                return
+            time.sleep(0.2)
+        tmux("send-keys", "-t", session, "C-u")
+    raise AssertionError(f"the terminal never echoed {text!r}:\n{screen(session)}")
+
+
+def test_px_in_jupyter_console():
+    assert shutil.which("tmux"), "tmux is not installed"
+    console = os.path.join(os.path.dirname(sys.executable), "jupyter-console")
+    session = f"rustpx-{secrets.token_hex(4)}"
+    command = f"env RUSTPX_ENGINES=2 RUSTPX_LOG=error {console} --kernel rustpx"
+    assert tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "50", command).returncode == 0
+    try:
+        wait_for(session, "In [1]:")
+        type_line(session, "let x = 40 + 2;")
+        wait_for(session, "In [2]:")
+        type_line(session, "x + 0")
+        wait_for(session, "Out[2]: 42")
+        type_line(session, '%px println!("from the console on engine {}", std::env::var("RUSTPX_ENGINE_ID").unwrap());')
+        wait_for(session, "[stdout:1] from the console on engine 1")
+        shown = wait_for(session, "[stdout:0] from the console on engine 0")
+        assert "starting 2 engines" in shown
+        wait_for(session, "In [4]:")
+    finally:
+        tmux("send-keys", "-t", session, "-l", "exit")
+        tmux("send-keys", "-t", session, "Enter")
+        time.sleep(1)
+        tmux("kill-session", "-t", session)
