@@ -1,4 +1,5 @@
-"""Writes notebooks/01-tour.ipynb: the getting-started tour of rustpx.
+"""Writes the tour notebooks in notebooks/: getting started, errors and recovery, and a real
+parallel computation.
 
 Each code cell may carry `metadata.rustpx.expect`: strings its outputs must contain when the
 notebook runs (tests/test_notebooks.py checks them). Cells that end in an error on purpose carry
@@ -9,7 +10,14 @@ the `raises-exception` tag, which nbclient honours.
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+NOTEBOOKS = {}
 cells = []
+
+
+def notebook(name):
+    """Cells from here on go to notebooks/NAME."""
+    global cells
+    cells = NOTEBOOKS.setdefault(name, [])
 
 
 def md(text):
@@ -25,6 +33,7 @@ def code(source, expect=(), raises=False):
     cells.append(cell)
 
 
+notebook("01-tour.ipynb")
 md("""
 # A tour of rustpx
 
@@ -84,6 +93,20 @@ id * 100
 code("%pxresult", expect=["[stdout:0] \nengine 0 woke up", "Out[3:"])
 
 md("""
+## Next
+[02-errors-and-recovery](02-errors-and-recovery.ipynb) shows what happens when engines fail;
+[03-monte-carlo-pi](03-monte-carlo-pi.ipynb) is a real parallel computation.
+""")
+
+notebook("03-monte-carlo-pi.ipynb")
+md("""
+# Estimating π in parallel
+""")
+code("""
+%%px
+let id: u64 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();
+""")
+md("""
 ## A real parallel computation: estimating π
 Each engine throws its own share of random darts (a small xorshift generator, seeded by the engine
 id, so every engine gets different numbers) and counts how many land inside the unit circle.
@@ -113,6 +136,20 @@ println!("engine {id}: {hits} hits, pi ~ {estimate:.4}");
 code("%px hits", expect=["Out[0:", "Out[3:"])
 
 md("""
+Every engine's estimate differs (different darts); their average is the combined estimate.
+""")
+
+notebook("02-errors-and-recovery.ipynb")
+md("""
+# Errors and recovery
+Engines fail in Rust's ways: compile errors, panics, aborts. rustpx reports each on its engine
+and keeps the others' results.
+""")
+code("""
+%%px
+let id: u64 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();
+""")
+md("""
 ## Errors
 A panic on some engines is reported per engine (`[N:execute]`); the others' output is still shown.
 """)
@@ -137,13 +174,29 @@ code("%px let wrong: u32 = \"text\";", expect=["mismatched types"], raises=True)
 md("The engines are still fine, and still hold their variables:")
 code("%px id + 1", expect=["Out[0:", "1"])
 
+md("""
+## When an engine dies
+An abort (or a segfault, or `std::process::exit`) kills the engine process. Its task fails at once
+with an `EngineError` that says which variables were lost; the other engines are unaffected, and
+the dead engine leaves `all`.
+""")
+code("""
+%%px -t 3
+std::process::abort();
+""", expect=["EngineError", "Engine 3 died while running task", "SIGABRT"], raises=True)
+code("%px id", expect=["Out[0:", "Out[2:"])
+md("`%engines restart` brings it back, fresh:")
+code("%engines restart 3", expect=["engine 3 restarted"])
+code("%px 40 + 2", expect=["Out[3:"])
+
 if __name__ == "__main__":
-    notebook = new_notebook(
-        cells=cells,
-        metadata={
-            "kernelspec": {"name": "rustpx", "display_name": "Rust (parallel)", "language": "rust"},
-            "language_info": {"name": "rust", "file_extension": ".rs", "mimetype": "text/rust"},
-        },
-    )
-    nbformat.write(notebook, "notebooks/01-tour.ipynb")
-    print(f"wrote notebooks/01-tour.ipynb ({len(cells)} cells)")
+    for name, notebook_cells in NOTEBOOKS.items():
+        written = new_notebook(
+            cells=notebook_cells,
+            metadata={
+                "kernelspec": {"name": "rustpx", "display_name": "Rust (parallel)", "language": "rust"},
+                "language_info": {"name": "rust", "file_extension": ".rs", "mimetype": "text/rust"},
+            },
+        )
+        nbformat.write(written, f"notebooks/{name}")
+        print(f"wrote notebooks/{name} ({len(notebook_cells)} cells)")

@@ -98,6 +98,14 @@ def test_dep_and_colon_commands(kernel):
     assert "0.22" in shown
 
 
+def test_dep_brings_in_a_crate(kernel):
+    reply, msgs, _ = kernel.execute(':dep itoa = "1"')
+    assert reply["status"] == "ok", reply
+    reply, msgs, _ = kernel.execute("let mut buffer = itoa::Buffer::new();\nbuffer.format(1234).to_string()")
+    assert reply["status"] == "ok", reply
+    assert of_type(msgs, "execute_result")[0]["content"]["data"]["text/plain"] == '"1234"'
+
+
 def test_the_execution_counter_increments(kernel):
     first, _, _ = kernel.execute("1")
     second, _, _ = kernel.execute("2")

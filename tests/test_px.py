@@ -283,6 +283,27 @@ def test_a_cached_compile_is_never_reused_for_a_diverged_engine(px):
     assert values(msgs)[0][1] == '"now a string"'
 
 
+def test_rich_output_from_engines_is_tagged_with_its_engine(px):
+    html = 'println!("EVCXR_BEGIN_CONTENT text/html\\n<b>engine {id}</b>\\nEVCXR_END_CONTENT");'
+    code = f"{ID}\n{html}\nprintln!(\"after\");"
+    reply, msgs, _ = px.execute("%%px --no-stream -t 0,1\n" + code)
+    assert reply["status"] == "ok", reply
+    shown = [(m["content"]["data"], m["content"]["metadata"]) for m in msgs
+             if m["msg_type"] == "display_data" and "transient" not in m["content"]]
+    assert shown[0][0]["text/plain"] == "[output:0]"
+    assert shown[1] == ({"text/html": "<b>engine 0</b>"}, {"engine": 0})
+    assert shown[2][0]["text/plain"] == "[output:1]"
+    assert shown[3] == ({"text/html": "<b>engine 1</b>"}, {"engine": 1})
+    assert stream_text(msgs) == "[stdout:0] \nafter\n[stdout:1] \nafter\n"
+
+
+def test_local_runs_the_cell_in_the_kernel_too(px):
+    reply, msgs, _ = px.execute('%%px --local -t 0\nprintln!("both places");')
+    assert reply["status"] == "ok"
+    assert "[stdout:0] both places\n" in final_stream_displays(msgs)
+    assert stream_text(msgs) == "both places\n"
+
+
 def test_a_panic_keeps_the_engines_usable(px):
     px.execute("%px let kept = 3;")
     reply, _, _ = px.execute('%px let lost = 1; panic!("p");')

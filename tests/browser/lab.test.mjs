@@ -14,6 +14,9 @@ const ARTIFACTS = process.env.ARTIFACTS ?? "artifacts";
 const CELL_TIMEOUT = 180_000;
 
 async function shot(page, name) {
+  // JupyterLab asks about news once it has loaded; answer so it does not cover the notebook.
+  const noNews = page.getByRole("button", { name: "No", exact: true });
+  if (await noNews.isVisible().catch(() => false)) await noNews.click();
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: `${ARTIFACTS}/${name}.png`, fullPage: false });
 }
@@ -51,9 +54,6 @@ test("a notebook with the Rust (parallel) kernel, in the browser", { timeout: 60
     await page.goto(LAB_URL);
     const card = page.locator('.jp-LauncherCard[data-category="Notebook"][title="Rust (parallel)"]');
     await card.waitFor({ timeout: 120_000 });
-    // JupyterLab asks about news on first start; answer so it does not cover the notebook.
-    const noNews = page.getByRole("button", { name: "No" });
-    if (await noNews.isVisible().catch(() => false)) await noNews.click();
     await shot(page, "01-launcher");
     await card.click();
     await page.locator(".jp-Notebook .jp-Cell .cm-content").first().waitFor({ timeout: 60_000 });
