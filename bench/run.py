@@ -119,6 +119,11 @@ def bench_rustpx(runs, results):
                 kernel_pid = k.km.provisioner.process.pid if hasattr(k.km, "provisioner") else None
                 if kernel_pid:
                     results["kernel RSS MB, n=4"] = round(rss_mb(kernel_pid) or 0, 1)
+                samples = []
+                for _ in range(3):
+                    samples.append(k.run("%engines start -n 4"))
+                    k.run("%engines stop 4,5,6,7")
+                results["start a pool of 4 engines on a running kernel (s)"] = round(statistics.median(samples), 3)
         finally:
             k.close()
     # Cold start: a fresh kernel, time until 4 engines answer, and the first %px let after it.
@@ -126,11 +131,22 @@ def bench_rustpx(runs, results):
     k = Timed("rustpx", {"RUSTPX_ENGINES": "4"})
     try:
         pool = k.run("%px 0")
-        results["start 4 engines until ready for %px (s)"] = round(time.monotonic() - k.started, 3)
+        results["kernel cold start until a first %px ran on 4 engines (s)"] = round(time.monotonic() - k.started, 3)
         results["first %px let after start (ms)"] = round(k.run("%px let first = vec![1, 2, 3];") * 1000, 1)
         del pool
     finally:
         k.close()
+
+
+def bench_solo_evcxr(results):
+    """One evcxr context on its own, created until its first cell ran: the start-up baseline."""
+    print("one evcxr context on its own ...", flush=True)
+    binary = os.environ.get("RUSTPX_BIN", "target/release/rustpx")
+    samples = []
+    for _ in range(3):
+        done = subprocess.run([binary, "measure-evcxr-start"], capture_output=True, text=True, check=True)
+        samples.append(float(done.stdout.strip()))
+    results["start one evcxr context on its own (s)"] = round(statistics.median(samples), 3)
 
 
 def bench_plain(runs, results):
@@ -138,7 +154,7 @@ def bench_plain(runs, results):
     k = Timed("rustpx")
     try:
         first = k.run("0")
-        results["start one evcxr context until a cell ran (s)"] = round(time.monotonic() - k.started, 3)
+        results["kernel start until the first plain cell ran (s)"] = round(time.monotonic() - k.started, 3)
         del first
         k.run("let warm = 1;")
         for label, cell in CELLS.items():
@@ -184,6 +200,7 @@ def main():
     args = parser.parse_args()
     load_before = load()
     results = {}
+    bench_solo_evcxr(results)
     bench_plain(args.runs, results)
     bench_rustpx(args.runs, results)
     if not args.skip_ipyparallel:
@@ -197,7 +214,9 @@ def main():
     ratios["re-run of compiled cell, rustpx / ipyparallel"] = ratio(
         results.get("%px re-run of a compiled cell, n=4"), results.get("ipyparallel %px 1+1, n=4"))
     ratios["pool of 4 start / one evcxr context start"] = ratio(
-        results.get("start 4 engines until ready for %px (s)"), results.get("start one evcxr context until a cell ran (s)"))
+        results.get("start a pool of 4 engines on a running kernel (s)"), results.get("start one evcxr context on its own (s)"))
+    ratios["kernel cold start to first %px (4 engines) / one evcxr context start"] = ratio(
+        results.get("kernel cold start until a first %px ran on 4 engines (s)"), results.get("start one evcxr context on its own (s)"))
 
     width = max(len(k) for k in list(results) + list(ratios))
     print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}, load before {load_before}, after {load_after}")

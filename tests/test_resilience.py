@@ -21,6 +21,8 @@ ENGINE_BIN = os.environ.get("RUSTPX_ENGINE_BIN", str(ROOT / "target/release/rust
 @pytest.fixture(scope="module")
 def px():
     os.environ["RUSTPX_ENGINES"] = "2"
+    # The log checks below read info lines, whatever the caller's RUSTPX_LOG says.
+    os.environ["RUSTPX_LOG"] = "warn,rustpx=info,rustpx_kernel=info,rustpx_engine=info"
     k = Kernel()
     reply, _, _ = k.execute("%px 0")
     assert reply["status"] == "ok"
@@ -127,10 +129,13 @@ def test_an_engine_with_the_wrong_key_is_refused(px, tmp_path):
     blob["key"] = "0" * 64
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps(blob))
-    done = subprocess.run([ENGINE_BIN, "--connect", str(wrong), "--register-timeout", "2"],
+    done = subprocess.run([ENGINE_BIN, "--connect", str(wrong), "--register-timeout", "5"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
-    assert "did not answer registration" in done.stderr and blob["url"] in done.stderr
+    # The hub cannot answer in a key the engine would accept, so the engine times out, naming
+    # the address (and, once connected, that the key may be wrong).
+    assert blob["url"] in done.stderr, done.stderr
+    assert "did not answer registration" in done.stderr or "could not reach the hub" in done.stderr
     _, _, table = footer(px)
     assert len([l for l in table.splitlines() if re.match(r"\s*\d+\s", l)]) == 2
 

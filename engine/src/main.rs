@@ -92,12 +92,21 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     let (runs_tx, runs) = std_mpsc::channel::<RunRequest>();
-    let (registered_tx, registered) = std_mpsc::channel::<EngineId>();
+    let (registered_forward, registered) = std_mpsc::channel::<EngineId>();
     let patience = link::Patience {
         register_timeout: Duration::from_secs_f64(cli.register_timeout.max(0.1)),
         hub_silence: Duration::from_secs_f64(cli.hub_silence.max(1.0)),
     };
     let requested = cli.id;
+    let registered_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let registered_flag = registered_once.clone();
+    let (registered_tx, registered_relay) = std_mpsc::channel::<EngineId>();
+    std::thread::spawn(move || {
+        for id in registered_relay {
+            registered_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = registered_forward.send(id);
+        }
+    });
     std::thread::Builder::new()
         .name("link".into())
         .spawn(move || {
@@ -121,10 +130,15 @@ fn run(cli: Cli) -> Result<()> {
             ));
             match result {
                 Ok(()) => std::process::exit(0),
-                Err(error) => {
+                Err(error) if registered_once.load(std::sync::atomic::Ordering::SeqCst) => {
                     // The usual end of a local engine: the kernel went away.
                     tracing::info!("engine link ended: {error:#}");
                     std::process::exit(3);
+                }
+                Err(error) => {
+                    // Never registered: the user needs to know why (address, key, timeout).
+                    tracing::error!("{error:#}");
+                    std::process::exit(2);
                 }
             }
         })

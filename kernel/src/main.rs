@@ -29,6 +29,10 @@ enum Command {
     Install(ScopeArgs),
     /// Remove the kernelspec.
     Uninstall(ScopeArgs),
+    /// Time one plain evcxr context from creation to its first evaluated cell (the baseline the
+    /// benchmark compares pool start-up with). Prints seconds.
+    #[command(hide = true)]
+    MeasureEvcxrStart,
 }
 
 #[derive(Args)]
@@ -76,6 +80,16 @@ fn main() -> Result<()> {
                 dir.display()
             );
             println!("It runs {}", binary.display());
+            Ok(())
+        }
+        Command::MeasureEvcxrStart => {
+            let started = std::time::Instant::now();
+            let (mut context, _outputs) = evcxr::EvalContext::new()
+                .map_err(|e| anyhow::anyhow!("evcxr could not start: {e}"))?;
+            context
+                .eval("0")
+                .map_err(|e| anyhow::anyhow!("evcxr could not evaluate: {e}"))?;
+            println!("{:.3}", started.elapsed().as_secs_f64());
             Ok(())
         }
         Command::Uninstall(args) => {

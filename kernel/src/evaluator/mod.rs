@@ -47,6 +47,9 @@ pub struct CompletionList {
 
 /// Work for the evaluator thread.
 enum Job {
+    /// Start evcxr now (sent once the px compiler is up, so the two do not compete for the CPU
+    /// at kernel start; the first plain cell starts it too).
+    Start,
     Execute {
         request: Box<WireMessage>,
         code: String,
@@ -119,6 +122,13 @@ impl Evaluator {
         Evaluator { jobs, interrupter }
     }
 
+    /// A handle that tells the evaluator to start its context now (if no cell has yet): when
+    /// called, or when dropped uncalled (the px side failed before it could say it was ready).
+    pub fn starter(&self) -> impl FnOnce() + Send + 'static {
+        let guard = StartOnDrop(self.jobs.clone());
+        move || drop(guard)
+    }
+
     /// Runs a plain cell: its output goes to iopub under `request`, the outcome comes back.
     pub async fn execute(
         &self,
@@ -166,6 +176,15 @@ impl Evaluator {
     }
 }
 
+/// Sends `Job::Start` when dropped.
+struct StartOnDrop(mpsc::Sender<Job>);
+
+impl Drop for StartOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(Job::Start);
+    }
+}
+
 fn evaluator_gone() -> ErrorReport {
     ErrorReport {
         ename: "KernelError".into(),
@@ -174,8 +193,18 @@ fn evaluator_gone() -> ErrorReport {
     }
 }
 
+/// How long the plain context waits for the px compiler before starting anyway.
+const START_AT_THE_LATEST: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The evaluator thread: start evcxr, then serve jobs until the front end goes away.
 fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter) {
+    // Wait for the px compiler to be up (or for a first job): two evcxr contexts starting at once
+    // on a small machine make both slow.
+    let first = match jobs.recv_timeout(START_AT_THE_LATEST) {
+        Ok(Job::Start) | Err(mpsc::RecvTimeoutError::Timeout) => None,
+        Ok(job) => Some(job),
+        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+    };
     let started = std::time::Instant::now();
     let context = match start_context() {
         Ok((context, outputs)) => {
@@ -189,8 +218,9 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
         }
     };
     let mut context = context;
-    for job in jobs {
+    for job in first.into_iter().chain(jobs.iter()) {
         match (&mut context, job) {
+            (_, Job::Start) => {}
             (
                 Ok((context, pump)),
                 Job::Execute {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use jupyter_protocol::{CompleteRequest, ExecuteRequest, InspectRequest, JupyterMessageContent};
 use rustpx_wire::WireMessage;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -23,7 +24,7 @@ pub struct Session {
 impl Session {
     pub async fn new(publisher: Publisher) -> Session {
         let evaluator = Evaluator::spawn(publisher.clone());
-        let px = PxService::start(publisher.clone()).await;
+        let px = PxService::start(publisher.clone(), Box::new(evaluator.starter())).await;
         Session {
             publisher,
             evaluator,
@@ -86,35 +87,42 @@ impl Session {
 
     /// Serves one shell request; `None` for message types we log and drop.
     pub async fn handle_shell(&mut self, request: &WireMessage) -> Option<WireMessage> {
-        let content = match request.msg_type() {
-            "kernel_info_request" => kernel_info::content(),
-            "execute_request" => self.execute(request).await,
-            "is_complete_request" => is_complete_reply(&request.content),
-            "complete_request" => self.complete(&request.content).await,
-            "inspect_request" => self.inspect(&request.content).await,
-            "history_request" => json!({"status": "ok", "history": []}),
-            "comm_info_request" => json!({"status": "ok", "comms": {}}),
-            "comm_open" => {
+        if request.msg_type() == "history_request" {
+            // Answered whatever its shape (jupyter-protocol's type rejects some clients'
+            // requests): rustpx keeps no history.
+            return Some(WireMessage::reply_to(
+                request,
+                "history_reply",
+                json!({"status": "ok", "history": []}),
+            ));
+        }
+        let typed = typed(request)?;
+        let content = match typed {
+            JupyterMessageContent::KernelInfoRequest(_) => kernel_info::content(),
+            JupyterMessageContent::ExecuteRequest(execute) => self.execute(request, execute).await,
+            JupyterMessageContent::IsCompleteRequest(check) => is_complete_reply(&check.code),
+            JupyterMessageContent::CompleteRequest(complete) => self.complete(&complete).await,
+            JupyterMessageContent::InspectRequest(inspect) => self.inspect(&inspect).await,
+            JupyterMessageContent::CommInfoRequest(_) => json!({"status": "ok", "comms": {}}),
+            JupyterMessageContent::CommOpen(open) => {
                 // No comm targets are registered: close it at once, as the protocol asks.
-                let comm_id = request
-                    .content
-                    .get("comm_id")
-                    .cloned()
-                    .unwrap_or(Value::Null);
                 self.publisher.publish(
                     request,
                     "comm_close",
-                    json!({"comm_id": comm_id, "data": {}}),
+                    json!({"comm_id": open.comm_id, "data": {}}),
                 );
                 return None;
             }
-            "comm_msg" | "comm_close" => return None,
-            "shutdown_request" => {
+            JupyterMessageContent::CommMsg(_) | JupyterMessageContent::CommClose(_) => return None,
+            JupyterMessageContent::ShutdownRequest(shutdown) => {
                 self.shutdown();
-                shutdown_reply(&request.content)
+                json!({"status": "ok", "restart": shutdown.restart})
             }
-            other => {
-                tracing::warn!("shell: unknown message type {other:?} dropped");
+            _ => {
+                tracing::warn!(
+                    "shell: unknown message type {:?} dropped",
+                    request.msg_type()
+                );
                 return None;
             }
         };
@@ -122,15 +130,13 @@ impl Session {
         Some(WireMessage::reply_to(request, &reply_type, content))
     }
 
-    async fn execute(&mut self, request: &WireMessage) -> Value {
-        let code = request
-            .content
-            .get("code")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let silent = flag(&request.content, "silent", false);
-        let store_history = flag(&request.content, "store_history", !silent);
+    async fn execute(&mut self, request: &WireMessage, execute: ExecuteRequest) -> Value {
+        let ExecuteRequest {
+            code,
+            silent,
+            store_history,
+            ..
+        } = execute;
         if store_history && !silent {
             self.execution_count += 1;
         }
@@ -157,10 +163,11 @@ impl Session {
         }
     }
 
-    async fn complete(&self, content: &Value) -> Value {
-        let code = content.get("code").and_then(Value::as_str).unwrap_or("");
-        let cursor = cursor_pos(content, code);
-        let list = self.evaluator.complete(code, cursor).await;
+    async fn complete(&self, request: &CompleteRequest) -> Value {
+        let list = self
+            .evaluator
+            .complete(&request.code, request.cursor_pos)
+            .await;
         json!({
             "status": "ok",
             "matches": list.matches,
@@ -170,10 +177,12 @@ impl Session {
         })
     }
 
-    async fn inspect(&self, content: &Value) -> Value {
-        let code = content.get("code").and_then(Value::as_str).unwrap_or("");
-        let cursor = cursor_pos(content, code);
-        match self.evaluator.inspect(code, cursor).await {
+    async fn inspect(&self, request: &InspectRequest) -> Value {
+        match self
+            .evaluator
+            .inspect(&request.code, request.cursor_pos)
+            .await
+        {
             Some(data) => json!({"status": "ok", "found": true, "data": data, "metadata": {}}),
             None => json!({"status": "ok", "found": false, "data": {}, "metadata": {}}),
         }
@@ -201,9 +210,9 @@ impl ControlHandle {
     }
 
     pub async fn handle(&self, request: &WireMessage) -> Option<WireMessage> {
-        let content = match request.msg_type() {
-            "kernel_info_request" => kernel_info::content(),
-            "interrupt_request" => {
+        let content = match typed(request)? {
+            JupyterMessageContent::KernelInfoRequest(_) => kernel_info::content(),
+            JupyterMessageContent::InterruptRequest(_) => {
                 let plain = self.interrupter.interrupt();
                 let px = self.px.interrupt();
                 tracing::info!(
@@ -211,12 +220,15 @@ impl ControlHandle {
                 );
                 json!({"status": "ok"})
             }
-            "shutdown_request" => {
+            JupyterMessageContent::ShutdownRequest(shutdown) => {
                 (self.stop_engines)();
-                shutdown_reply(&request.content)
+                json!({"status": "ok", "restart": shutdown.restart})
             }
-            other => {
-                tracing::warn!("control: unknown message type {other:?} dropped");
+            _ => {
+                tracing::warn!(
+                    "control: unknown message type {:?} dropped",
+                    request.msg_type()
+                );
                 return None;
             }
         };
@@ -241,32 +253,25 @@ fn ok_reply(count: u32) -> Value {
     json!({"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []})
 }
 
-fn shutdown_reply(content: &Value) -> Value {
-    json!({"status": "ok", "restart": flag(content, "restart", false)})
+/// The request's content as jupyter-protocol's typed message; `None` (logged) when it does not
+/// have the shape its type requires.
+fn typed(request: &WireMessage) -> Option<JupyterMessageContent> {
+    match JupyterMessageContent::from_type_and_content(request.msg_type(), request.content.clone())
+    {
+        Ok(content) => Some(content),
+        Err(error) => {
+            tracing::warn!("dropped a malformed {}: {error}", request.msg_type());
+            None
+        }
+    }
 }
 
-fn is_complete_reply(content: &Value) -> Value {
-    let code = content.get("code").and_then(Value::as_str).unwrap_or("");
+fn is_complete_reply(code: &str) -> Value {
     match is_complete::check(code) {
         Completeness::Complete => json!({"status": "complete"}),
         Completeness::Incomplete { indent } => json!({"status": "incomplete", "indent": indent}),
         Completeness::Invalid => json!({"status": "invalid"}),
     }
-}
-
-fn flag(content: &Value, name: &str, default: bool) -> bool {
-    content
-        .get(name)
-        .and_then(Value::as_bool)
-        .unwrap_or(default)
-}
-
-fn cursor_pos(content: &Value, code: &str) -> usize {
-    content
-        .get("cursor_pos")
-        .and_then(Value::as_u64)
-        .map(|p| p as usize)
-        .unwrap_or_else(|| code.chars().count())
 }
 
 #[cfg(test)]

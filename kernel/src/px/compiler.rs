@@ -104,12 +104,13 @@ pub struct Compiler {
 }
 
 impl Compiler {
-    /// Starts the compiler thread: its evcxr context comes up in the background.
-    pub fn start(hub: Arc<Mutex<Hub>>) -> Compiler {
+    /// Starts the compiler thread: its evcxr context comes up in the background, then `ready`
+    /// is called (also when it failed to start).
+    pub fn start(hub: Arc<Mutex<Hub>>, ready: Box<dyn FnOnce() + Send>) -> Compiler {
         let (jobs, receiver) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("px-compiler".into())
-            .spawn(move || run(receiver, hub))
+            .spawn(move || run(receiver, hub, ready))
             .ok();
         Compiler { jobs }
     }
@@ -197,10 +198,15 @@ fn drain(outputs: EvalContextOutputs) {
     });
 }
 
-fn run(jobs: std_mpsc::Receiver<CompileJob>, hub: Arc<Mutex<Hub>>) {
+fn run(
+    jobs: std_mpsc::Receiver<CompileJob>,
+    hub: Arc<Mutex<Hub>>,
+    ready: Box<dyn FnOnce() + Send>,
+) {
     let current: Arc<Mutex<Option<Current>>> = Arc::default();
     let started = std::time::Instant::now();
     let context = start_context(&hub, &current);
+    ready();
     let (mut context, outputs) = match context {
         Ok(ready) => {
             tracing::info!("px compiler ready in {:?}", started.elapsed());

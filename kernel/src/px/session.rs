@@ -206,8 +206,10 @@ fn to_report(error: EngineError) -> ErrorReport {
 impl PxService {
     /// Binds the hub (loopback, fresh key) and starts the compiler in the background. Engines
     /// start at the first `%px`.
-    pub async fn start(publisher: Publisher) -> PxService {
-        let machinery = Self::start_machinery().await.map_err(|e| e.to_string());
+    pub async fn start(publisher: Publisher, ready: Box<dyn FnOnce() + Send>) -> PxService {
+        let machinery = Self::start_machinery(ready)
+            .await
+            .map_err(|e| e.to_string());
         if let Err(error) = &machinery {
             tracing::error!("the parallel magics are unavailable: {error}");
         }
@@ -223,7 +225,7 @@ impl PxService {
         }
     }
 
-    async fn start_machinery() -> Result<Machinery, PxError> {
+    async fn start_machinery(ready: Box<dyn FnOnce() + Send>) -> Result<Machinery, PxError> {
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let hub = Arc::new(Mutex::new(Hub::new(outbox)));
         let ip = std::env::var("RUSTPX_HUB_IP").unwrap_or_else(|_| "127.0.0.1".into());
@@ -233,7 +235,7 @@ impl PxService {
         })
         .await?;
         let pool = LocalPool::new(connection.clone(), hub.clone())?;
-        let compiler = Compiler::start(hub.clone());
+        let compiler = Compiler::start(hub.clone(), ready);
         let connection_file = match super::connection_file::write(&connection) {
             Ok(path) => {
                 pool.remove_on_shutdown(path.clone());
