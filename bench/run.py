@@ -15,6 +15,9 @@ import time
 
 from jupyter_client.manager import start_new_kernel
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from soak import rss_mb  # noqa: E402  (one reader of /proc/PID/status for the project)
+
 # Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
 # so that every run really compiles (the cached path is measured separately).
 CELLS = {
@@ -81,16 +84,6 @@ class Timed:
 
 def median_ms(samples):
     return round(statistics.median(samples) * 1000, 2)
-
-
-def rss_mb(pid):
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def engine_pids(kernel):

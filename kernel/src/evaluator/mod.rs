@@ -19,7 +19,20 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use crate::frontend::Publisher;
-pub use diagnostics::render as render_compile_error;
+/// A compile error as Jupyter shows it: the first message, and each error drawn on `cell`.
+pub fn compile_error_report(errors: &[evcxr::CompilationError], cell: &str) -> ErrorReport {
+    ErrorReport {
+        ename: "CompilationError".into(),
+        evalue: errors
+            .first()
+            .map(|e| e.message())
+            .unwrap_or_else(|| "compilation failed".into()),
+        traceback: errors
+            .iter()
+            .map(|e| diagnostics::render(e, cell))
+            .collect(),
+    }
+}
 use output_pump::{OutputPump, PanicReport};
 
 /// What a finished execution reports in its `execute_reply`.
@@ -336,17 +349,7 @@ fn execute(
                 None
             }
         },
-        Err(evcxr::Error::CompilationErrors(errors)) => Some(ErrorReport {
-            ename: "CompilationError".into(),
-            evalue: errors
-                .first()
-                .map(|e| e.message())
-                .unwrap_or_else(|| "compilation failed".into()),
-            traceback: errors
-                .iter()
-                .map(|e| diagnostics::render(e, code))
-                .collect(),
-        }),
+        Err(evcxr::Error::CompilationErrors(errors)) => Some(compile_error_report(&errors, code)),
         Err(evcxr::Error::SubprocessTerminated(message)) if interrupted => Some(ErrorReport {
             ename: "KeyboardInterrupt".into(),
             evalue: lost_sentence("Interrupted", &lost),

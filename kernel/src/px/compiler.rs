@@ -15,7 +15,7 @@ use super::bridge::{self, Dispatch};
 use super::groups::Groups;
 use super::hub::{Hub, RunEnd};
 use super::records::EngineError;
-use crate::evaluator::render_compile_error;
+use crate::evaluator::compile_error_report;
 
 /// evcxr's markers, as the bridge answers them.
 const EXECUTION_COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
@@ -467,17 +467,9 @@ fn compile_and_run<S: Clone>(
                 }
                 None
             }
-            Err(evcxr::Error::CompilationErrors(errors)) => Some(EngineError {
-                ename: "CompilationError".into(),
-                evalue: errors
-                    .first()
-                    .map(|e| e.message())
-                    .unwrap_or_else(|| "compilation failed".into()),
-                traceback: errors
-                    .iter()
-                    .map(|e| render_compile_error(e, &code))
-                    .collect(),
-            }),
+            Err(evcxr::Error::CompilationErrors(errors)) => {
+                Some(compile_error_report(&errors, &code).into())
+            }
             Err(other) => Some(EngineError {
                 ename: "Error".into(),
                 evalue: other.to_string(),

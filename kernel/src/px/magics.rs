@@ -285,6 +285,37 @@ fn exec_option(
     Ok(true)
 }
 
+/// Handles an output option shared by `%%px` and `%pxresult` (`--group-outputs`, `-e`, `-r`,
+/// `-o/--out`); `false` if `name` is not one of them.
+fn output_option(
+    name: &str,
+    inline: Option<&str>,
+    args: &mut Args,
+    group_outputs: &mut Option<Grouping>,
+    out: &mut Option<String>,
+) -> Result<bool, UsageError> {
+    match name {
+        "--group-outputs" => {
+            let value = match inline {
+                Some(v) => v,
+                None => args.value("--group-outputs")?,
+            };
+            *group_outputs = Some(grouping(value)?);
+        }
+        "-e" => *group_outputs = Some(Grouping::Engine),
+        "-r" => *group_outputs = Some(Grouping::Order),
+        "-o" | "--out" => {
+            let value = match inline {
+                Some(v) => v,
+                None => args.value("-o/--out")?,
+            };
+            *out = Some(identifier(value, "-o/--out")?);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 fn unrecognized(arg: &str) -> UsageError {
     UsageError(format!("unrecognized arguments: {arg}"))
 }
@@ -297,23 +328,16 @@ fn parse_px_options(items: &[String]) -> Result<PxOptions, UsageError> {
         if exec_option(name, inline, &mut args, &mut options.exec)? {
             continue;
         }
+        if output_option(
+            name,
+            inline,
+            &mut args,
+            &mut options.group_outputs,
+            &mut options.out,
+        )? {
+            continue;
+        }
         match name {
-            "--group-outputs" => {
-                let v = match inline {
-                    Some(v) => v,
-                    None => args.value("--group-outputs")?,
-                };
-                options.group_outputs = Some(grouping(v)?);
-            }
-            "-e" => options.group_outputs = Some(Grouping::Engine),
-            "-r" => options.group_outputs = Some(Grouping::Order),
-            "-o" | "--out" => {
-                let v = match inline {
-                    Some(v) => v,
-                    None => args.value("-o/--out")?,
-                };
-                options.out = Some(identifier(v, "-o/--out")?);
-            }
             "--local" => options.local = true,
             _ => return Err(unrecognized(arg)),
         }
@@ -338,23 +362,16 @@ fn parse_result_options(items: &[String]) -> Result<ResultOptions, UsageError> {
     let mut args = Args::new(items);
     while let Some(arg) = args.next() {
         let (name, inline) = split_equals(arg);
+        if output_option(
+            name,
+            inline,
+            &mut args,
+            &mut options.group_outputs,
+            &mut options.out,
+        )? {
+            continue;
+        }
         match name {
-            "--group-outputs" => {
-                let v = match inline {
-                    Some(v) => v,
-                    None => args.value("--group-outputs")?,
-                };
-                options.group_outputs = Some(grouping(v)?);
-            }
-            "-e" => options.group_outputs = Some(Grouping::Engine),
-            "-r" => options.group_outputs = Some(Grouping::Order),
-            "-o" | "--out" => {
-                let v = match inline {
-                    Some(v) => v,
-                    None => args.value("-o/--out")?,
-                };
-                options.out = Some(identifier(v, "-o/--out")?);
-            }
             "--status" => options.status = true,
             positional if !positional.starts_with('-') && options.name.is_none() => {
                 options.name = Some(identifier(positional, "NAME")?);

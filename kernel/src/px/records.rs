@@ -16,6 +16,16 @@ pub struct EngineError {
     pub traceback: Vec<String>,
 }
 
+impl From<crate::evaluator::ErrorReport> for EngineError {
+    fn from(report: crate::evaluator::ErrorReport) -> Self {
+        EngineError {
+            ename: report.ename,
+            evalue: report.evalue,
+            traceback: report.traceback,
+        }
+    }
+}
+
 /// Where one engine's part of a cell stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskState {
