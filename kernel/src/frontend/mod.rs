@@ -116,14 +116,14 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
         shutdown_tx.clone(),
     ));
     tokio::spawn(shell_loop(shell, signer, session, publisher, shutdown_tx));
-    interrupt_on_ctrl_c(&shutdown_rx);
+    ignore_ctrl_c();
     shutdown_rx.recv().await;
     Ok(())
 }
 
 /// A terminal's Ctrl-C reaches the kernel too when `jupyter console` runs in the foreground;
 /// it must not kill the kernel. The control channel carries real interrupts.
-fn interrupt_on_ctrl_c(_shutdown: &mpsc::Receiver<()>) {
+fn ignore_ctrl_c() {
     tokio::spawn(async {
         loop {
             if tokio::signal::ctrl_c().await.is_err() {
@@ -190,7 +190,7 @@ async fn shell_loop(
         }
         publisher.status(&request, "idle");
         if stop {
-            finish(&publisher, &shutdown).await;
+            finish(&shutdown).await;
         }
     }
 }
@@ -215,13 +215,13 @@ async fn control_loop(
         }
         publisher.status(&request, "idle");
         if request.msg_type() == "shutdown_request" {
-            finish(&publisher, &shutdown).await;
+            finish(&shutdown).await;
         }
     }
 }
 
 /// Lets the iopub queue drain, then ends `serve`.
-async fn finish(_publisher: &Publisher, shutdown: &mpsc::Sender<()>) {
+async fn finish(shutdown: &mpsc::Sender<()>) {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let _ = shutdown.send(()).await;
 }
