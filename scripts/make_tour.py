@@ -189,6 +189,20 @@ md("`%engines restart` brings it back, fresh:")
 code("%engines restart 3", expect=["engine 3 restarted"])
 code("%px 40 + 2", expect=["Out[3:"])
 
+md("""
+## Interrupts
+Press the stop button (or *Kernel → Interrupt*) while a `%%px` cell runs, for example
+`%%px` with `loop { std::thread::sleep(std::time::Duration::from_millis(100)); }`. rustpx prints
+`Received Keyboard Interrupt. Sending signal SIGINT to engines...`, signals the engines still
+running the cell (`--signal-on-interrupt` chooses the signal; `0` only stops waiting), shows what
+they had printed, and tells you for each engine which variables it lost while it restarts it.
+The cell ends normally and the next `%px` runs on every engine again.
+
+![Interrupting a %%px cell in JupyterLab](../docs/jupyterlab-interrupt.png)
+
+(This notebook runs unattended in CI, so it does not interrupt itself; the browser test does.)
+""")
+
 if __name__ == "__main__":
     for name, notebook_cells in NOTEBOOKS.items():
         written = new_notebook(
