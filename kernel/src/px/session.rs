@@ -938,7 +938,9 @@ impl Progress {
     }
 
     fn finish(&mut self, px: &PxService, done: usize, total: usize, started: Instant) {
-        if self.shown {
+        // Draw the final state once: a tick may already have shown it.
+        let already_final = self.last.is_some_and(|(shown_done, _)| shown_done == done);
+        if self.shown && !already_final {
             let data = render::progress(self.label, done, total, started.elapsed().as_secs_f64());
             px.display(&self.request, data, Some(&self.display_id()), true);
         }
