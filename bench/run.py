@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 from jupyter_client.manager import start_new_kernel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from conftest import parse_engine_pids  # noqa: E402
 from soak import rss_mb  # noqa: E402  (one reader of /proc/PID/status for the project)
 
 # Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
@@ -87,8 +87,7 @@ def median_ms(samples):
 
 
 def engine_pids(kernel):
-    table = kernel.outputs("%engines")
-    return [int(m.group(1)) for m in re.finditer(r"^\s*\d+\s+\S+\s+(\d+)\s", table, re.M)]
+    return list(parse_engine_pids(kernel.outputs("%engines")).values())
 
 
 def bench_rustpx(runs, results):

@@ -5,6 +5,7 @@ so these tests drive exactly what a Jupyter user would start, over real ZeroMQ s
 """
 import os
 import queue
+import re
 import time
 
 import pytest
@@ -48,6 +49,32 @@ class Kernel:
     def shutdown(self):
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+
+
+ENGINE_ROW = re.compile(r"^\s*(\d+)\s+\S+\s+(\d+)\s", re.M)
+
+
+def parse_engine_pids(table):
+    """Engine id to pid, from the text of `%engines`."""
+    return {int(m.group(1)): int(m.group(2)) for m in ENGINE_ROW.finditer(table)}
+
+
+def running(pid):
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def still_running(pids, timeout=10):
+    """The pids still running after waiting up to `timeout` seconds for them to end."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in pids if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in pids if running(p)]
+    return alive
 
 
 def stream_text(msgs, name="stdout"):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import Kernel, stream_text
+from conftest import Kernel, parse_engine_pids, stream_text
 
 ID = 'let id: u32 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();'
 ARTIFACTS = pathlib.Path(__file__).parent / "artifacts"
@@ -37,7 +37,7 @@ def px():
 def engine_pids(px):
     _, msgs, _ = px.execute("%engines")
     table = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"][0]
-    return {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"^\s*(\d+)\s+\S+\s+(\d+)\s", table, re.M)}
+    return parse_engine_pids(table)
 
 
 def values(msgs):

@@ -1,7 +1,6 @@
 """Issue 2: the kernel itself, driven over real ZeroMQ sockets by jupyter_client."""
 import json
 import time
-import uuid
 
 import zmq
 from jupyter_client.session import Session
