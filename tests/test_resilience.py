@@ -198,3 +198,12 @@ def test_a_killed_kernel_leaves_no_orphan_engines():
         k.kc.stop_channels()
     assert still_running(pids) == [], "orphan engines"
     k.km.cleanup_resources()
+
+
+def test_the_kernel_log_file_has_kernel_and_engine_lines(px):
+    _, _, table = footer(px)
+    found = re.search(r"^log: (\S+)$", table, re.M)
+    assert found, table
+    text = pathlib.Path(found.group(1)).read_text()
+    assert "engine 0 registered" in text  # the kernel's hub
+    assert "registered with the hub at tcp://127.0.0.1:" in text  # an engine's own line
