@@ -128,7 +128,22 @@ pub fn parse_cell(cell: &str) -> Result<Option<Magic>, UsageError> {
             )))
         }
     };
+    if let Magic::Px { code, .. } = &magic {
+        reject_nested_magic(code)?;
+    }
     Ok(Some(magic))
+}
+
+/// Engines run Rust, not magics: `%px %%px` or a `%%px` body that starts with `%` would only
+/// reach the engines as a baffling compile error, so it is a usage error here instead.
+fn reject_nested_magic(code: &str) -> Result<(), UsageError> {
+    let first_line = code.lines().map(str::trim).find(|line| !line.is_empty());
+    match first_line {
+        Some(line) if line.starts_with('%') => Err(UsageError(format!(
+            "`{line}` is a magic, and magics run in the kernel, not on the engines: %px sends Rust code. Run the magic in a cell of its own."
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Splits like a shell: whitespace separates, single or double quotes group.
@@ -539,6 +554,8 @@ mod tests {
             parse_cell("%%px --bogus\nx").unwrap_err().0,
             "unrecognized arguments: --bogus"
         );
+        assert!(parse_cell("%px %%px\n").unwrap_err().0.contains("is a magic"));
+        assert!(parse_cell("%%px -t 0\n\n  %pxresult").unwrap_err().0.contains("`%pxresult` is a magic"));
         assert!(parse_cell("%%px --signal-on-interrupt SIGFOO\nx")
             .unwrap_err()
             .0
