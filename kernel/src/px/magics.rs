@@ -554,8 +554,14 @@ mod tests {
             parse_cell("%%px --bogus\nx").unwrap_err().0,
             "unrecognized arguments: --bogus"
         );
-        assert!(parse_cell("%px %%px\n").unwrap_err().0.contains("is a magic"));
-        assert!(parse_cell("%%px -t 0\n\n  %pxresult").unwrap_err().0.contains("`%pxresult` is a magic"));
+        assert!(parse_cell("%px %%px\n")
+            .unwrap_err()
+            .0
+            .contains("is a magic"));
+        assert!(parse_cell("%%px -t 0\n\n  %pxresult")
+            .unwrap_err()
+            .0
+            .contains("`%pxresult` is a magic"));
         assert!(parse_cell("%%px --signal-on-interrupt SIGFOO\nx")
             .unwrap_err()
             .0
