@@ -4,6 +4,7 @@
 //! crate; [`evaluator`] runs plain cells in the kernel's own evcxr context; [`install`] writes the
 //! kernelspec. Pure helpers such as [`is_complete`] have no I/O at all.
 
+pub mod cell_objects;
 pub mod evaluator;
 pub mod frontend;
 pub mod install;

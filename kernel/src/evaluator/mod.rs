@@ -299,7 +299,10 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
 /// `let`: a hidden `let` on a throwaway state, then the untouched state restored.
 fn start_context() -> Result<(CommandContext, evcxr::EvalContextOutputs), evcxr::Error> {
     let (mut eval_context, outputs) = EvalContext::new()?;
-    let snapshot = eval_context.state();
+    let mut snapshot = eval_context.state();
+    if let Some(flags) = crate::cell_objects::compact_rustflags() {
+        snapshot.set_build_env("RUSTFLAGS", flags);
+    }
     let warm = std::time::Instant::now();
     match eval_context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
         Ok(_) => tracing::debug!("analyser warmed up in {:?}", warm.elapsed()),

@@ -172,7 +172,10 @@ fn start_context(
     let (mut context, outputs) =
         EvalContext::with_subprocess_command(command).map_err(|e| e.to_string())?;
     // Move rust-analyzer's first analysis off the user's first `let` (see evcxr-notes.md).
-    let snapshot = context.state();
+    let mut snapshot = context.state();
+    if let Some(flags) = crate::cell_objects::compact_rustflags() {
+        snapshot.set_build_env("RUSTFLAGS", flags);
+    }
     if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
         tracing::debug!("px warm-up cell failed (harmless): {error}");
     }
