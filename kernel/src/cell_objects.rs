@@ -97,6 +97,9 @@ mod tests {
     #[test]
     fn a_bad_layout_is_refused_by_the_probe() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(!links_with(dir.path(), &["-Clink-arg=-Wl,--no-such-linker-flag"]));
+        assert!(!links_with(
+            dir.path(),
+            &["-Clink-arg=-Wl,--no-such-linker-flag"]
+        ));
     }
 }

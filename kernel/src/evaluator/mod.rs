@@ -79,6 +79,15 @@ enum Job {
         cursor_pos: usize,
         reply: oneshot::Sender<Option<Map<String, Value>>>,
     },
+    /// Code the kernel generated (the data magics): nothing is published, errors come back.
+    Hidden {
+        code: String,
+        reply: oneshot::Sender<Result<(), ErrorReport>>,
+    },
+    /// The context's variables and their types.
+    Variables {
+        reply: oneshot::Sender<Vec<(String, String)>>,
+    },
 }
 
 /// Kills the running cell's child process from outside the evaluator thread.
@@ -189,6 +198,31 @@ impl Evaluator {
     }
 }
 
+impl Evaluator {
+    /// Runs kernel-generated code in the context without publishing anything; a compile error,
+    /// panic or interrupt comes back as the report a cell would have shown.
+    pub async fn run_hidden(&self, code: &str) -> Result<(), ErrorReport> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Hidden {
+            code: code.to_owned(),
+            reply,
+        };
+        if self.jobs.send(job).is_err() {
+            return Err(evaluator_gone());
+        }
+        answer.await.unwrap_or_else(|_| Err(evaluator_gone()))
+    }
+
+    /// The plain context's variables with their types as evcxr spells them.
+    pub async fn variables(&self) -> Vec<(String, String)> {
+        let (reply, answer) = oneshot::channel();
+        if self.jobs.send(Job::Variables { reply }).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+}
+
 /// Sends `Job::Start` when dropped.
 struct StartOnDrop(mpsc::Sender<Job>);
 
@@ -285,6 +319,27 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
             ) => {
                 let _ = reply.send(inspect(context, &code, cursor_pos));
             }
+            (Ok((context, pump)), Job::Hidden { code, reply }) => {
+                let _ = reply.send(evaluate(context, pump, &interrupter, None, &code).map(drop));
+            }
+            (Err(error), Job::Hidden { reply, .. }) => {
+                let _ = reply.send(Err(ErrorReport {
+                    ename: "EvcxrStartError".into(),
+                    evalue: format!("the Rust evaluation context could not start: {error}"),
+                    traceback: vec![],
+                }));
+            }
+            (Ok((context, _)), Job::Variables { reply }) => {
+                let mut variables: Vec<(String, String)> = context
+                    .variables_and_types()
+                    .map(|(name, ty)| (name.to_owned(), ty.to_owned()))
+                    .collect();
+                variables.sort();
+                let _ = reply.send(variables);
+            }
+            (Err(_), Job::Variables { reply }) => {
+                let _ = reply.send(Vec::new());
+            }
             (Err(_), Job::Complete { reply, .. }) => {
                 let _ = reply.send(CompletionList::default());
             }
@@ -331,8 +386,28 @@ fn execute(
     code: &str,
     execution_count: u32,
 ) -> Outcome {
+    match evaluate(context, pump, interrupter, Some(request), code) {
+        Ok(outputs) => {
+            publish_value(publisher, request, execution_count, outputs);
+            Outcome::Ok
+        }
+        Err(report) => {
+            publish_error(publisher, request, &report);
+            Outcome::Error(report)
+        }
+    }
+}
+
+/// Runs `code`; its stdout and stderr stream under `parent` (dropped when `None`).
+fn evaluate(
+    context: &mut CommandContext,
+    pump: &OutputPump,
+    interrupter: &Interrupter,
+    parent: Option<&WireMessage>,
+    code: &str,
+) -> Result<EvalOutputs, ErrorReport> {
     let before = variable_names(context);
-    pump.set_parent(Some(request.clone()));
+    pump.set_parent(parent.cloned());
     interrupter.running(Some(context.process_handle()));
     let result = context.execute(code);
     interrupter.running(None);
@@ -344,25 +419,24 @@ fn execute(
         .cloned()
         .collect();
 
-    let report = match result {
+    match result {
         Ok(outputs) => match panic {
-            Some(panic) => Some(panic_report(&panic, &lost)),
-            None => {
-                publish_value(publisher, request, execution_count, outputs);
-                None
-            }
+            Some(panic) => Err(panic_report(&panic, &lost)),
+            None => Ok(outputs),
         },
-        Err(evcxr::Error::CompilationErrors(errors)) => Some(compile_error_report(&errors, code)),
-        Err(evcxr::Error::SubprocessTerminated(message)) if interrupted => Some(ErrorReport {
-            ename: "KeyboardInterrupt".into(),
-            evalue: lost_sentence("Interrupted", &lost),
-            traceback: vec![format!(
-                "KeyboardInterrupt: the cell was stopped. {}",
-                lost_sentence("The Rust process was restarted", &lost)
-            )],
-        })
-        .inspect(|_| tracing::info!("plain cell interrupted ({message})")),
-        Err(evcxr::Error::SubprocessTerminated(message)) => Some(ErrorReport {
+        Err(evcxr::Error::CompilationErrors(errors)) => Err(compile_error_report(&errors, code)),
+        Err(evcxr::Error::SubprocessTerminated(message)) if interrupted => {
+            tracing::info!("plain cell interrupted ({message})");
+            Err(ErrorReport {
+                ename: "KeyboardInterrupt".into(),
+                evalue: lost_sentence("Interrupted", &lost),
+                traceback: vec![format!(
+                    "KeyboardInterrupt: the cell was stopped. {}",
+                    lost_sentence("The Rust process was restarted", &lost)
+                )],
+            })
+        }
+        Err(evcxr::Error::SubprocessTerminated(message)) => Err(ErrorReport {
             ename: "SubprocessTerminated".into(),
             evalue: format!(
                 "{message}. {}",
@@ -370,18 +444,11 @@ fn execute(
             ),
             traceback: vec![],
         }),
-        Err(other) => Some(ErrorReport {
+        Err(other) => Err(ErrorReport {
             ename: "Error".into(),
             evalue: other.to_string(),
             traceback: vec![],
         }),
-    };
-    match report {
-        None => Outcome::Ok,
-        Some(report) => {
-            publish_error(publisher, request, &report);
-            Outcome::Error(report)
-        }
     }
 }
 

@@ -65,6 +65,7 @@ impl Session {
                             code: code.clone(),
                         },
                         count,
+                        &self.evaluator,
                     )
                     .await;
                 let local = self.evaluator.execute(request, &code, count).await;
@@ -73,13 +74,13 @@ impl Session {
                     error => error,
                 }
             }
-            Ok(Some(magic)) => self.px.run(request, magic, count).await,
+            Ok(Some(magic)) => self.px.run(request, magic, count, &self.evaluator).await,
             Ok(None) if self.px.autopx() => {
                 let magic = Magic::Px {
                     options: PxOptions::default(),
                     code: code.to_owned(),
                 };
-                self.px.run(request, magic, count).await
+                self.px.run(request, magic, count, &self.evaluator).await
             }
             Ok(None) => self.evaluator.execute(request, code, count).await,
         }

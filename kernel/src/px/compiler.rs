@@ -254,7 +254,14 @@ fn run(
                 let mut items: Vec<String> =
                     context.defined_item_names().map(str::to_owned).collect();
                 items.sort();
-                Ok((context.state(), Signature { variables, items }))
+                Ok((
+                    context.state(),
+                    Signature {
+                        variables,
+                        items,
+                        deps: Vec::new(),
+                    },
+                ))
             },
         );
         lock(&hub).finish_cell(&job.cell_id);
@@ -307,6 +314,9 @@ fn split_dependencies(code: &str) -> Result<(String, Vec<(String, String)>), Str
 pub struct Signature {
     pub variables: Vec<(String, String)>,
     pub items: Vec<String>,
+    /// `:dep` lines the group's state already has: repeating one changes nothing, so a cell
+    /// that starts with it can still be cached.
+    pub deps: Vec<(String, String)>,
 }
 
 /// The new state of a group and its signature, or why the cell failed.
@@ -433,7 +443,12 @@ fn compile_and_run<S: Clone>(
             .map(|(id, incarnation)| (*id, *incarnation))
             .collect();
         let lineage = groups.group(index).lineage;
-        if deps.is_empty() {
+        let new_deps: Vec<(String, String)> = deps
+            .iter()
+            .filter(|dep| !groups.group(index).state.1.deps.contains(dep))
+            .cloned()
+            .collect();
+        if new_deps.is_empty() {
             if let Some(sent) = cache.get(lineage, &code) {
                 for (so_path, fn_name) in sent {
                     run_on_engines(hub, &job.cell_id, &pinned, so_path, fn_name);
@@ -452,21 +467,22 @@ fn compile_and_run<S: Clone>(
             sent: Vec::new(),
             clean: true,
         });
-        let result = evaluate(&code, state, &deps);
+        let result = evaluate(&code, state, &new_deps);
         let ran = current.lock().unwrap_or_else(|p| p.into_inner()).take();
         let error = match result {
-            Ok((state, after)) => {
-                let changed = after != before || !deps.is_empty() || may_define_items(&code);
+            Ok((state, mut after)) => {
+                after.deps = before.deps.iter().chain(&new_deps).cloned().collect();
+                let changed = after != before || may_define_items(&code);
                 if let Some(ran) = ran.filter(|r| r.clean && !r.sent.is_empty()) {
                     if !changed && !may_bind_variables(&code) {
                         cache.insert(lineage, &code, ran.sent);
                     }
                 }
-                let names: Vec<String> = after.variables.iter().map(|(n, _)| n.clone()).collect();
+                let variables = after.variables.clone();
                 groups.advance(index, (state, after), changed);
                 let mut hub = lock(hub);
                 for &engine in &members {
-                    hub.set_variables(engine, names.clone());
+                    hub.set_variables(engine, variables.clone());
                 }
                 None
             }

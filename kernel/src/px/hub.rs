@@ -97,8 +97,9 @@ pub struct Hub {
     runs: HashMap<String, PendingRun>,
     cells: HashMap<String, CellRecord>,
     observers: HashMap<String, UnboundedSender<CellEvent>>,
-    /// The variables each engine holds, as the compiler last knew them (for "variables lost").
-    variables: HashMap<EngineId, Vec<String>>,
+    /// The variables each engine holds with their types, as the compiler last knew them (for
+    /// "variables lost", and for the type of a value `%pull` brings back).
+    variables: HashMap<EngineId, Vec<(String, String)>>,
     /// Engines we signalled on purpose (interrupt): their death is expected.
     interrupted: HashMap<EngineId, u64>,
     outbox: UnboundedSender<Outgoing>,
@@ -417,7 +418,13 @@ impl Hub {
         entry.state = EngineState::Dead(reason.to_owned());
         entry.queue = 0;
         let incarnation = entry.incarnation;
-        let lost: Vec<String> = self.variables.remove(&id).unwrap_or_default();
+        let lost: Vec<String> = self
+            .variables
+            .remove(&id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         let runs: Vec<String> = self
             .runs
             .iter()
@@ -493,12 +500,25 @@ impl Hub {
         self.interrupted.remove(&id) == Some(incarnation)
     }
 
-    pub fn set_variables(&mut self, id: EngineId, names: Vec<String>) {
-        self.variables.insert(id, names);
+    pub fn set_variables(&mut self, id: EngineId, variables: Vec<(String, String)>) {
+        self.variables.insert(id, variables);
     }
 
+    /// The names of engine `id`'s variables.
     pub fn variables(&self, id: EngineId) -> Vec<String> {
-        self.variables.get(&id).cloned().unwrap_or_default()
+        self.variables
+            .get(&id)
+            .map(|vars| vars.iter().map(|(name, _)| name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The type of variable `name` on engine `id`, as evcxr spells it.
+    pub fn variable_type(&self, id: EngineId, name: &str) -> Option<String> {
+        self.variables
+            .get(&id)?
+            .iter()
+            .find(|(var, _)| var == name)
+            .map(|(_, ty)| ty.clone())
     }
 
     // --- the results store ---
@@ -598,7 +618,7 @@ mod tests {
         let mut hub = Hub::new(tx);
         let id = register(&mut hub, "a", Some(0));
         hub.add_cell(CellRecord::new("c1".into(), "x".into(), vec![id], false));
-        hub.set_variables(id, vec!["x".into()]);
+        hub.set_variables(id, vec![("x".into(), "i32".into())]);
         let incarnation = hub.engine(id).unwrap().incarnation;
         let done = hub.start_run("c1", id, incarnation, "/tmp/x.so", "f");
         hub.engine_gone(id, None, "killed by signal 9 (SIGKILL)");

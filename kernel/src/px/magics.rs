@@ -69,6 +69,41 @@ pub enum EnginesCommand {
     Restart { ids: Vec<u32> },
 }
 
+/// Which way a data magic moves values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    /// `%push NAMES`: local variables copied to every target.
+    Push,
+    /// `%pull NAME`: one value per target back into a local variable.
+    Pull,
+    /// `%scatter NAME`: a local `Vec` split into one contiguous chunk per target.
+    Scatter,
+    /// `%gather NAME`: the targets' chunks concatenated back into a local `Vec`.
+    Gather,
+}
+
+impl TransferKind {
+    pub fn magic(self) -> &'static str {
+        match self {
+            TransferKind::Push => "%push",
+            TransferKind::Pull => "%pull",
+            TransferKind::Scatter => "%scatter",
+            TransferKind::Gather => "%gather",
+        }
+    }
+}
+
+/// `%push NAMES [-t T]`, `%pull NAME [-t T] [-o LOCAL]`, `%scatter NAME [-t T]`,
+/// `%gather NAME [-t T] [-o LOCAL]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transfer {
+    pub kind: TransferKind,
+    pub names: Vec<String>,
+    pub targets: Option<Targets>,
+    /// The local variable that receives a pull or gather (default: the same name).
+    pub out: Option<String>,
+}
+
 /// A recognised magic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Magic {
@@ -77,6 +112,7 @@ pub enum Magic {
     PxConfig(ExecOptions),
     AutoPx,
     Engines(EnginesCommand),
+    Transfer(Transfer),
 }
 
 /// The magic a cell starts with; `Ok(None)` for a plain Rust cell.
@@ -122,9 +158,13 @@ pub fn parse_cell(cell: &str) -> Result<Option<Magic>, UsageError> {
             Magic::AutoPx
         }
         "engines" => Magic::Engines(parse_engines(&split_args(args)?)?),
+        "push" => Magic::Transfer(parse_transfer(TransferKind::Push, &split_args(args)?)?),
+        "pull" => Magic::Transfer(parse_transfer(TransferKind::Pull, &split_args(args)?)?),
+        "scatter" => Magic::Transfer(parse_transfer(TransferKind::Scatter, &split_args(args)?)?),
+        "gather" => Magic::Transfer(parse_transfer(TransferKind::Gather, &split_args(args)?)?),
         other => {
             return Err(UsageError(format!(
-                "Line magic function `%{other}` not found. rustpx knows %px, %%px, %pxresult, %pxconfig, %autopx and %engines; evcxr commands start with `:` (try :help)."
+                "Line magic function `%{other}` not found. rustpx knows %px, %%px, %pxresult, %pxconfig, %autopx, %engines, %push, %pull, %scatter and %gather; evcxr commands start with `:` (try :help)."
             )))
         }
     };
@@ -397,6 +437,57 @@ fn parse_result_options(items: &[String]) -> Result<ResultOptions, UsageError> {
     Ok(options)
 }
 
+fn parse_transfer(kind: TransferKind, items: &[String]) -> Result<Transfer, UsageError> {
+    let magic = kind.magic();
+    let mut transfer = Transfer {
+        kind,
+        names: Vec::new(),
+        targets: None,
+        out: None,
+    };
+    let mut args = Args::new(items);
+    while let Some(arg) = args.next() {
+        let (name, inline) = split_equals(arg);
+        match name {
+            "-t" | "--targets" => {
+                let value = match inline {
+                    Some(value) => value,
+                    None => args.value("-t/--targets")?,
+                };
+                transfer.targets = Some(targets::parse(value).map_err(|e| UsageError(e.0))?);
+            }
+            "-o" | "--out" if matches!(kind, TransferKind::Pull | TransferKind::Gather) => {
+                let value = match inline {
+                    Some(value) => value,
+                    None => args.value("-o/--out")?,
+                };
+                transfer.out = Some(identifier(value, "-o/--out")?);
+            }
+            positional if !positional.starts_with('-') => {
+                for part in positional.split(',').filter(|p| !p.is_empty()) {
+                    transfer.names.push(identifier(part, "NAME")?);
+                }
+            }
+            _ => return Err(unrecognized(arg)),
+        }
+    }
+    let usage = match kind {
+        TransferKind::Push => "usage: %push NAME [NAME ...] [-t TARGETS]",
+        TransferKind::Pull => "usage: %pull NAME [-t TARGETS] [-o LOCAL]",
+        TransferKind::Scatter => "usage: %scatter NAME [-t TARGETS]",
+        TransferKind::Gather => "usage: %gather NAME [-t TARGETS] [-o LOCAL]",
+    };
+    match (kind, transfer.names.len()) {
+        (_, 0) => Err(UsageError(format!(
+            "{magic} needs a variable name; {usage}"
+        ))),
+        (TransferKind::Push, _) | (_, 1) => Ok(transfer),
+        _ => Err(UsageError(format!(
+            "{magic} moves one variable at a time; {usage}"
+        ))),
+    }
+}
+
 fn identifier(value: &str, display: &str) -> Result<String, UsageError> {
     let ok = value
         .chars()
@@ -562,6 +653,39 @@ mod tests {
             .unwrap_err()
             .0
             .contains("`%pxresult` is a magic"));
+        let push = parse_cell("%push a b,c -t 0,1").unwrap();
+        assert_eq!(
+            push,
+            Some(Magic::Transfer(Transfer {
+                kind: TransferKind::Push,
+                names: vec!["a".into(), "b".into(), "c".into()],
+                targets: Some(targets::parse("0,1").unwrap()),
+                out: None,
+            }))
+        );
+        let Some(Magic::Transfer(pull)) = parse_cell("%pull x -o xs").unwrap() else {
+            panic!("not a transfer");
+        };
+        assert_eq!(
+            (pull.kind, pull.out.as_deref()),
+            (TransferKind::Pull, Some("xs"))
+        );
+        assert!(parse_cell("%push")
+            .unwrap_err()
+            .0
+            .contains("needs a variable name"));
+        assert!(parse_cell("%pull a b")
+            .unwrap_err()
+            .0
+            .contains("one variable at a time"));
+        assert!(parse_cell("%scatter x -o y")
+            .unwrap_err()
+            .0
+            .contains("unrecognized"));
+        assert!(parse_cell("%gather 1x")
+            .unwrap_err()
+            .0
+            .contains("not a valid name"));
         assert!(parse_cell("%%px --signal-on-interrupt SIGFOO\nx")
             .unwrap_err()
             .0

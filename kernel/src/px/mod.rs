@@ -5,6 +5,7 @@
 //! Magic text is parsed by [`magics`] before anything is sent.
 
 mod bridge;
+mod client_crate;
 mod compiler;
 mod connection_file;
 mod groups;
@@ -16,6 +17,7 @@ mod records;
 mod render;
 mod session;
 pub mod targets;
+mod transfer;
 
 use thiserror::Error;
 

@@ -18,8 +18,10 @@ use super::records::{CellRecord, EngineError, TaskState};
 use super::render::{self, Output};
 use super::targets::{self, Targets};
 use super::{link, PxError};
-use crate::evaluator::{ErrorReport, Outcome};
+use crate::evaluator::{ErrorReport, Evaluator, Outcome};
 use crate::frontend::Publisher;
+
+mod data;
 
 /// How long a start of the local pool may take before we say why it did not come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -184,6 +186,10 @@ pub struct PxService {
     named: HashMap<String, String>,
     active: Arc<Mutex<Option<ActiveCell>>>,
     wake: Arc<Notify>,
+    /// Where the data magics' values cross (created on first use, removed at shutdown).
+    transfer_dir: Option<std::path::PathBuf>,
+    /// Whether the client crate has been built in both contexts (for the first-use notice).
+    client_compiled: bool,
 }
 
 fn usage(message: impl Into<String>) -> ErrorReport {
@@ -222,6 +228,8 @@ impl PxService {
             named: HashMap::new(),
             active: Arc::default(),
             wake: Arc::default(),
+            transfer_dir: None,
+            client_compiled: false,
         }
     }
 
@@ -279,10 +287,20 @@ impl PxService {
         if let Ok(m) = &self.machinery {
             m.pool.kill_all();
         }
+        if let Some(dir) = &self.transfer_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
-    /// Runs a magic. `count` is the kernel's execution count of the cell.
-    pub async fn run(&mut self, request: &WireMessage, magic: Magic, count: u32) -> Outcome {
+    /// Runs a magic. `count` is the kernel's execution count of the cell; `evaluator` is the
+    /// kernel's own context, which the data magics read and fill.
+    pub async fn run(
+        &mut self,
+        request: &WireMessage,
+        magic: Magic,
+        count: u32,
+        evaluator: &Evaluator,
+    ) -> Outcome {
         let result = match magic {
             Magic::Px { options, code } => self.px(request, &options, &code, count).await,
             Magic::PxResult(options) => self.pxresult(request, &options).await,
@@ -302,6 +320,7 @@ impl PxService {
                 Ok(())
             }
             Magic::Engines(command) => self.engines(request, command).await,
+            Magic::Transfer(transfer) => self.transfer(request, &transfer, evaluator).await,
         };
         match result {
             Ok(()) => Outcome::Ok,

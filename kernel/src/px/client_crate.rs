@@ -1,0 +1,69 @@
+//! The `rustpx` client crate (`client/` in this repository), embedded in the kernel binary and
+//! written out on first use so that both evcxr contexts can take it as a path dependency: an
+//! installed kernel needs no checkout and no network access for it (serde and bincode still come
+//! from the registry, like any `:dep`).
+
+use std::path::PathBuf;
+
+const CARGO_TOML: &str = include_str!("../../../client/Cargo.toml");
+const LIB_RS: &str = include_str!("../../../client/src/lib.rs");
+
+/// Writes the crate under the user's cache directory (once per version of its source) and
+/// returns evcxr's `:dep` line for it.
+pub fn dep_line() -> std::io::Result<String> {
+    let dir = base_dir().join(format!("client-{:016x}", fingerprint()));
+    if !dir.join("src/lib.rs").is_file() {
+        let partial = dir.with_extension(format!("partial-{}", std::process::id()));
+        std::fs::create_dir_all(partial.join("src"))?;
+        std::fs::write(partial.join("Cargo.toml"), CARGO_TOML)?;
+        std::fs::write(partial.join("src/lib.rs"), LIB_RS)?;
+        if let Err(error) = std::fs::rename(&partial, &dir) {
+            // Another kernel wrote the same version first; its copy is identical.
+            let _ = std::fs::remove_dir_all(&partial);
+            if !dir.join("src/lib.rs").is_file() {
+                return Err(error);
+            }
+        }
+    }
+    Ok(format!(
+        ":dep rustpx = {{ path = {:?} }}",
+        dir.to_string_lossy()
+    ))
+}
+
+fn base_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("rustpx")
+}
+
+/// FNV-1a over the embedded source: a new kernel with a changed client gets a new directory.
+fn fingerprint() -> u64 {
+    CARGO_TOML
+        .bytes()
+        .chain(LIB_RS.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crate_is_written_once_and_named_in_the_dep_line() {
+        let line = dep_line().expect("write the client crate");
+        let path = line
+            .split('"')
+            .nth(1)
+            .expect("a quoted path in the dep line");
+        assert_eq!(
+            std::fs::read_to_string(PathBuf::from(path).join("src/lib.rs")).unwrap(),
+            LIB_RS
+        );
+        assert_eq!(dep_line().unwrap(), line);
+    }
+}
