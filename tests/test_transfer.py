@@ -1,0 +1,156 @@
+"""Issue 7: %push, %pull, %scatter and %gather between the kernel's context and 3 real engines.
+
+One kernel serves the module (the first data magic builds serde and bincode in both contexts,
+which takes a while); the tests run in file order and build on each other's variables.
+"""
+import os
+import re
+
+import pytest
+
+from conftest import Kernel, stream_text
+
+SERDE = ':dep serde = { version = "1", features = ["derive"] }'
+POINT = "#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\npub struct Point { pub x: f64, pub label: String }"
+
+
+@pytest.fixture(scope="module")
+def k():
+    os.environ["RUSTPX_ENGINES"] = "3"
+    kernel = Kernel()
+    yield kernel
+    kernel.shutdown()
+
+
+def ok(k, code):
+    reply, msgs, _ = k.execute(code, timeout=600)
+    assert reply["status"] == "ok", (code, reply, msgs)
+    return msgs
+
+
+def error(k, code):
+    reply, msgs, _ = k.execute(code, timeout=600)
+    assert reply["status"] == "error", (code, msgs)
+    return reply
+
+
+def value(k, code):
+    """The text/plain of a plain cell's execute_result."""
+    msgs = ok(k, code)
+    results = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
+    assert len(results) == 1, msgs
+    return results[0]
+
+
+def engine_values(k, code):
+    msgs = ok(k, code)
+    out = {}
+    for m in msgs:
+        if m["msg_type"] in ("display_data", "execute_result"):
+            text = m["content"]["data"].get("text/plain", "")
+            match = re.match(r"\x1b\[0;31mOut\[(\d+):\d+\]: \x1b\[0m(.*)", text, re.S)
+            if match:
+                out[int(match.group(1))] = match.group(2)
+    return out
+
+
+def test_a_user_struct_defined_on_both_sides_comes_first(k):
+    # Types and serde before values: adding a crate makes evcxr drop values of cell-defined types.
+    ok(k, SERDE)
+    ok(k, POINT)
+    ok(k, "%%px\n" + SERDE + "\n" + POINT)
+
+
+def test_push_copies_integers_strings_and_vectors_to_every_engine(k):
+    ok(k, 'let n: u64 = 42;\nlet s = String::from("grüße");\nlet v: Vec<i32> = vec![3, 1, 2];')
+    msgs = ok(k, "%push n s v")
+    assert re.search(r"pushed n, s, v to engine 0, 1, 2 \(\d+\.\d\d s\)", stream_text(msgs)), msgs
+    assert engine_values(k, "%px n + 1") == {0: "43", 1: "43", 2: "43"}
+    assert engine_values(k, "%px s.clone()") == {i: '"grüße"' for i in range(3)}
+    assert engine_values(k, "%px v.iter().sum::<i32>()") == {i: "6" for i in range(3)}
+
+
+def test_push_with_targets_reaches_only_those_engines(k):
+    ok(k, "let only: u8 = 7;")
+    ok(k, "%push only -t 1")
+    reply, msgs, _ = k.execute("%px only", timeout=600)
+    assert reply["status"] == "error"
+    assert reply["evalue"] == "2 errors", reply
+    assert engine_values(k, "%%px -t 1\nonly") == {1: "7"}
+
+
+def test_a_user_struct_crosses_both_ways(k):
+    ok(k, 'let p = Point { x: 1.5, label: "kernel".into() };')
+    ok(k, "%push p")
+    assert engine_values(k, "%px p.x * 2.0") == {i: "3.0" for i in range(3)}
+    ok(k, '%px let q = Point { x: rustpx::engine_id().unwrap() as f64, label: "engine".into() };')
+    msgs = ok(k, "%pull q -o qs")
+    assert "pulled q from engine 0, 1, 2 into qs: Vec<Point>" in stream_text(msgs)
+    assert value(k, "qs.iter().map(|q| q.x).sum::<f64>()") == "3.0"
+    assert value(k, "qs[2].label.clone()") == '"engine"'
+
+
+def test_pull_from_one_engine_is_a_bare_value(k):
+    ok(k, "%px let e: u32 = rustpx::engine_id().unwrap() * 10;")
+    msgs = ok(k, "%pull e -t 2")
+    assert "into e: u32" in stream_text(msgs)
+    assert value(k, "e") == "20"
+    ok(k, "%pull e -t 0,2 -o es")
+    assert value(k, "es") == "[0, 20]"
+
+
+def test_scatter_splits_in_target_order_and_gather_restores_it(k):
+    ok(k, "let items: Vec<u64> = (0..10).collect();")
+    msgs = ok(k, "%scatter items")
+    assert "scattered items across engine 0, 1, 2" in stream_text(msgs)
+    assert engine_values(k, "%px items.clone()") == {0: "[0, 1, 2, 3]", 1: "[4, 5, 6]", 2: "[7, 8, 9]"}
+    ok(k, "%px let squares: Vec<u64> = items.iter().map(|i| i * i).collect();")
+    ok(k, "%gather squares -o all_squares")
+    assert value(k, "all_squares") == "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"
+    ok(k, "%scatter items -t 2,0")
+    assert engine_values(k, "%%px -t 0,2\nitems.len()") == {2: "5", 0: "5"}
+    ok(k, "%gather items -t 2,0 -o back")
+    assert value(k, "back == items") == "true"
+
+
+def test_pull_without_out_replaces_the_local_variable_with_one_value_per_engine(k):
+    msgs = ok(k, "%pull n")
+    assert "pulled n from engine 0, 1, 2 into n: Vec<u64>" in stream_text(msgs)
+    assert value(k, "n") == "[42, 42, 42]"
+    ok(k, "%pull n")
+    assert value(k, "n.len()") == "3"
+
+
+def test_a_type_without_serde_names_the_type_and_the_trait(k):
+    ok(k, "struct Handle(u8);\nlet h = Handle(1);")
+    reply = error(k, "%push h")
+    assert reply["ename"] == "TransferError"
+    assert "`Handle`" in reply["evalue"] and "serde::Serialize" in reply["evalue"], reply
+    assert "#[derive(serde::Serialize, serde::Deserialize)]" in reply["evalue"]
+    # Nothing was lost: the kernel and the engines keep their values.
+    assert value(k, "n.len()") == "3"
+    assert engine_values(k, "%px n") == {i: "42" for i in range(3)}
+
+
+def test_a_type_missing_on_the_engines_says_where_to_define_it(k):
+    ok(k, "#[derive(serde::Serialize, serde::Deserialize)]\npub struct OnlyHere { pub a: u8 }\nlet o = OnlyHere { a: 1 };")
+    reply = error(k, "%push o")
+    assert "the type `OnlyHere` is not defined on the engines" in reply["evalue"], reply
+    assert "%%px" in reply["evalue"]
+
+
+def test_bad_names_and_missing_variables_are_clear(k):
+    assert error(k, "%push nowhere")["evalue"].startswith("name 'nowhere' is not defined in the kernel's context")
+    assert error(k, "%pull nowhere")["evalue"] == "name 'nowhere' is not defined on engine 0, 1, 2"
+    ok(k, "let scalar = 3u8;")
+    assert "splits a Vec, and `scalar` is a `u8`" in error(k, "%scatter scalar")["evalue"]
+    assert error(k, "%pull a b")["ename"] == "UsageError"
+    assert error(k, "%push 9lives")["evalue"] == "argument NAME: '9lives' is not a valid name (letters, digits and _)"
+
+
+def test_engines_that_disagree_on_a_type_are_named(k):
+    ok(k, "%%px -t 0\nlet mixed: u8 = 1;")
+    ok(k, "%%px -t 1,2\nlet mixed = String::new();")
+    reply = error(k, "%pull mixed")
+    assert "`mixed` has different types on the targets" in reply["evalue"], reply
+    assert "u8 on engine 0" in reply["evalue"] and "String on engine 1, 2" in reply["evalue"]
