@@ -156,6 +156,60 @@ def bench_plain(runs, results):
         k.close()
 
 
+MIB10 = 10 << 20
+
+
+def bench_transfer(runs, results):
+    """%push/%pull of 10 MiB and %scatter/%gather of 1,000,000 u64 on 4 engines, timed per magic
+    through the Jupyter client (the local side of each magic compiles one small cell)."""
+    print("rustpx data magics on 4 engines ...", flush=True)
+    k = Timed("rustpx", {"RUSTPX_ENGINES": "4"})
+    try:
+        k.run("%px 0")
+        k.run("let data: Vec<u8> = vec![7u8; 10 << 20];\nlet big: Vec<u64> = (0..1_000_000).collect();")
+        first = k.run("%push data", timeout=900)
+        results["first data magic incl. building the client crate (s)"] = round(first, 2)
+        cases = {
+            "%push 10 MiB Vec<u8> to 4 engines": "%push data",
+            "%pull 10 MiB Vec<u8> from 4 engines": "%pull data -o pulled",
+            "%scatter 1M u64 on 4 engines": "%scatter big",
+            "%gather 1M u64 from 4 engines": "%gather big -o gathered",
+        }
+        for label, cell in cases.items():
+            k.run(cell, timeout=600)
+            results[label] = median_ms([k.run(cell, timeout=600) for _ in range(runs)])
+    finally:
+        k.close()
+
+
+def bench_ipyparallel_transfer(runs, results):
+    print("ipyparallel push/pull/scatter/gather with numpy on 4 engines ...", flush=True)
+    k = Timed("python3")
+    try:
+        k.run(
+            "import ipyparallel as ipp, numpy as np\n"
+            "cluster = ipp.Cluster(n=4, log_level=40)\n"
+            "rc = cluster.start_and_connect_sync()\n"
+            "rc.wait_for_engines(4, timeout=120)\n"
+            "dview = rc[:]\n"
+            "data = np.full(10 << 20, 7, dtype=np.uint8)\n"
+            "big = np.arange(1_000_000, dtype=np.uint64)",
+            timeout=300,
+        )
+        cases = {
+            "ipyparallel push 10 MiB numpy to 4 engines": "dview.push({'data': data}, block=True)",
+            "ipyparallel pull 10 MiB numpy from 4 engines": "pulled = dview.pull('data', block=True)",
+            "ipyparallel scatter 1M u64 numpy on 4 engines": "dview.scatter('big', big, block=True)",
+            "ipyparallel gather 1M u64 numpy from 4 engines": "gathered = dview.gather('big', block=True)",
+        }
+        for label, cell in cases.items():
+            k.run(cell)
+            results[label] = median_ms([k.run(cell) for _ in range(runs)])
+        k.run("cluster.stop_cluster_sync()", timeout=120)
+    finally:
+        k.close()
+
+
 def bench_ipyparallel(runs, results):
     print("ipyparallel %px on 4 engines ...", flush=True)
     k = Timed("python3")
@@ -189,14 +243,20 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
+    parser.add_argument("--only", choices=["cells", "transfer"], help="run one part of the benchmark")
     args = parser.parse_args()
     load_before = load()
     results = {}
-    bench_solo_evcxr(results)
-    bench_plain(args.runs, results)
-    bench_rustpx(args.runs, results)
-    if not args.skip_ipyparallel:
-        bench_ipyparallel(args.runs, results)
+    if args.only != "transfer":
+        bench_solo_evcxr(results)
+        bench_plain(args.runs, results)
+        bench_rustpx(args.runs, results)
+        if not args.skip_ipyparallel:
+            bench_ipyparallel(args.runs, results)
+    if args.only != "cells":
+        bench_transfer(args.runs, results)
+        if not args.skip_ipyparallel:
+            bench_ipyparallel_transfer(args.runs, results)
     load_after = load()
 
     ratios = {}
@@ -209,6 +269,17 @@ def main():
         results.get("start a pool of 4 engines on a running kernel (s)"), results.get("start one evcxr context on its own (s)"))
     ratios["kernel cold start to first %px (4 engines) / one evcxr context start"] = ratio(
         results.get("kernel cold start until a first %px ran on 4 engines (s)"), results.get("start one evcxr context on its own (s)"))
+
+    for ours, theirs in [("%push 10 MiB Vec<u8> to 4 engines", "ipyparallel push 10 MiB numpy to 4 engines"),
+                         ("%pull 10 MiB Vec<u8> from 4 engines", "ipyparallel pull 10 MiB numpy from 4 engines")]:
+        if results.get(ours):
+            ratios[f"{ours}: aggregate MB/s"] = round(4 * MIB10 / 1e6 / (results[ours] / 1000), 1)
+        if results.get(theirs):
+            ratios[f"{theirs}: aggregate MB/s"] = round(4 * MIB10 / 1e6 / (results[theirs] / 1000), 1)
+        ratios[f"{ours.split(' ')[0]} throughput, rustpx / ipyparallel"] = ratio(results.get(theirs), results.get(ours))
+    for ours, theirs in [("%scatter 1M u64 on 4 engines", "ipyparallel scatter 1M u64 numpy on 4 engines"),
+                         ("%gather 1M u64 from 4 engines", "ipyparallel gather 1M u64 numpy from 4 engines")]:
+        ratios[f"{ours.split(' ')[0]} time, rustpx / ipyparallel"] = ratio(results.get(ours), results.get(theirs))
 
     width = max(len(k) for k in list(results) + list(ratios))
     print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}, load before {load_before}, after {load_after}")

@@ -4,15 +4,16 @@
 #
 #   bash bench/run.sh                 # full run (about 10 minutes on 2 cores)
 #   bash bench/run.sh --runs 5        # fewer repetitions
+#   bash bench/run.sh --only transfer # only %push/%pull/%scatter/%gather against ipyparallel
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 step "cargo build --release"
 cargo build --release --workspace
 "$RUSTPX_BIN" install --sys-prefix >/dev/null
-if ! python -c "import ipyparallel, ipykernel" 2>/dev/null; then
-  step "install ipyparallel and ipykernel from PyPI (the baseline)"
-  pip install --quiet --disable-pip-version-check ipyparallel ipykernel
+if ! python -c "import ipyparallel, ipykernel, numpy" 2>/dev/null; then
+  step "install ipyparallel, ipykernel and numpy from PyPI (the baseline)"
+  pip install --quiet --disable-pip-version-check ipyparallel ipykernel numpy
 fi
 python -m ipykernel install --sys-prefix --name python3 >/dev/null
 mkdir -p bench/results

@@ -203,6 +203,58 @@ The cell ends normally and the next `%px` runs on every engine again.
 (This notebook runs unattended in CI, so it does not interrupt itself; the browser test does.)
 """)
 
+notebook("04-moving-data.ipynb")
+md("""
+# Moving data between the kernel and the engines
+
+`%push`, `%pull`, `%scatter` and `%gather` copy typed values between the kernel's own Rust context
+(plain cells) and the engines. Values cross through serde (bincode), so a type crosses when it
+derives `Serialize` and `Deserialize`, and it must be defined on both sides.
+
+Declare your serde types before you create values of them: the first data magic adds the small
+`rustpx` client crate to both contexts, and evcxr drops values of cell-defined types whenever a
+crate is added (rustpx tells you which if that happens).
+""")
+code(""":dep serde = { version = "1", features = ["derive"] }
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Sample { pub engine: u32, pub mean: f64 }""")
+code("""%%px
+:dep serde = { version = "1", features = ["derive"] }
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Sample { pub engine: u32, pub mean: f64 }""")
+md("""
+## %push: the same value on every engine
+""")
+code("""let scale: f64 = 2.5;
+let label = String::from("run A");""")
+code("%push scale label", expect=["pushed scale, label to engine 0, 1"])
+code('%px format!("{label}: {}", scale * 2.0)', expect=['"run A: 5"'])
+md("""
+## %scatter and %gather: a Vec split into contiguous chunks, one per engine, and back
+Chunk sizes differ by at most one, in target order, as in ipyparallel.
+""")
+code("let xs: Vec<u64> = (1..=10).collect();")
+code("%scatter xs", expect=["scattered xs across engine 0, 1"])
+code("%px xs.clone()", expect=["Out[0:", "[1, 2, 3", "9, 10]"])
+code("%px let scaled: Vec<f64> = xs.iter().map(|&x| x as f64 * scale).collect();")
+code("%gather scaled", expect=["gathered scaled from engine 0, 1", "into scaled: Vec<f64>"])
+code("scaled.iter().sum::<f64>()", expect=["137.5"])
+md("""
+## %pull: one value per engine
+`-o NAME` chooses the local name; with a single-int target (`-t 1`) you get a bare value.
+""")
+code("""%px let sample = Sample { engine: rustpx::engine_id().unwrap(), mean: xs.iter().sum::<u64>() as f64 / xs.len() as f64 };""")
+code("%pull sample -o samples", expect=["into samples: Vec<Sample>"])
+code("samples", expect=["Sample { engine: 0, mean: ", "Sample { engine: 1, mean: "])
+code("%pull sample -t 1 -o last", expect=["into last: Sample"])
+md("""
+## A type that cannot cross
+""")
+code("""struct Handle(std::fs::File);
+let handle = Handle(std::fs::File::open("/dev/null").unwrap());""")
+code("%push handle", expect=["`Handle` cannot leave the kernel's context", "serde::Serialize"], raises=True)
+
+
 if __name__ == "__main__":
     for name, notebook_cells in NOTEBOOKS.items():
         written = new_notebook(

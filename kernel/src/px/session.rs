@@ -188,8 +188,10 @@ pub struct PxService {
     wake: Arc<Notify>,
     /// Where the data magics' values cross (created on first use, removed at shutdown).
     transfer_dir: Option<std::path::PathBuf>,
-    /// Whether the client crate has been built in both contexts (for the first-use notice).
-    client_compiled: bool,
+    /// Where the client crate is already a dependency: the kernel's context, and the engine
+    /// incarnations whose states have it (a restarted engine starts without it).
+    client_local: bool,
+    client_engines: std::collections::HashSet<(EngineId, u64)>,
 }
 
 fn usage(message: impl Into<String>) -> ErrorReport {
@@ -229,7 +231,8 @@ impl PxService {
             active: Arc::default(),
             wake: Arc::default(),
             transfer_dir: None,
-            client_compiled: false,
+            client_local: false,
+            client_engines: Default::default(),
         }
     }
 

@@ -39,6 +39,10 @@ pub struct Request<'a> {
     pub single: bool,
     /// The type of each of `names` on the side the values leave from.
     pub types: &'a [String],
+    /// For push and scatter: whether every target already has each name with that type. The
+    /// engine cell then assigns instead of binding, and the px compiler's cache runs it again
+    /// without compiling; bindings are `let mut` so that the next transfer can assign.
+    pub assign: &'a [bool],
     /// evcxr's `:dep` line for the client crate.
     pub dep: &'a str,
     pub dir: &'a Path,
@@ -62,14 +66,19 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
         TransferKind::Push => {
             let mut local = vec![dep.to_owned()];
             let mut engines = vec![dep.to_owned()];
-            for (name, ty) in request.names.iter().zip(request.types) {
+            for (index, (name, ty)) in request.names.iter().zip(request.types).enumerate() {
+                let bind = if request.assign.get(index).copied().unwrap_or(false) {
+                    format!("{name}")
+                } else {
+                    format!("let mut {name}: {ty}")
+                };
                 local.push(format!(
                     "rustpx::save(&{name}, {}){};",
                     file(name, "push"),
                     fail(name)
                 ));
                 engines.push(format!(
-                    "let {name}: {ty} = rustpx::load({}){};",
+                    "{bind} = rustpx::load({}){};",
                     file(name, "push"),
                     fail(name)
                 ));
@@ -118,6 +127,11 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
                     "%scatter splits a Vec, and `{name}` is a `{ty}`; collect it first, e.g. `let {name}: Vec<_> = {name}.into_iter().collect();`"
                 ))
             })?;
+            let bind = if request.assign.first().copied().unwrap_or(false) {
+                name.to_string()
+            } else {
+                format!("let mut {name}: Vec<{element}>")
+            };
             Ok(Plan {
                 local_before: Some(format!(
                     "{dep}\nrustpx::scatter(&{name}, {}){};",
@@ -125,7 +139,7 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
                     fail(name)
                 )),
                 engines: format!(
-                    "{dep}\nlet {name}: Vec<{element}> = rustpx::load(&rustpx::engine_path({}).unwrap_or_else(|e| panic!(\"{{e}}\"))){};",
+                    "{dep}\n{bind} = rustpx::load(&rustpx::engine_path({}).unwrap_or_else(|e| panic!(\"{{e}}\"))){};",
                     prefix(name, "scatter"),
                     fail(name)
                 ),
@@ -249,6 +263,7 @@ mod tests {
             engines,
             single: false,
             types,
+            assign: &[],
             dep: ":dep rustpx = { path = \"/c\" }",
             dir: Path::new("/t"),
         }
@@ -266,9 +281,14 @@ mod tests {
         );
         assert!(plan
             .engines
-            .contains("let b: Vec<String> = rustpx::load(\"/t/b.push.bin\")"));
+            .contains("let mut b: Vec<String> = rustpx::load(\"/t/b.push.bin\")"));
         assert!(plan.engines.starts_with(":dep rustpx"));
         assert_eq!(plan.local_after, None);
+        let mut again = request(TransferKind::Push, &names, &types, &[0, 1]);
+        again.assign = &[true, false];
+        let engines = super::plan(&again).unwrap().engines;
+        assert!(engines.contains("\na = rustpx::load("), "{engines}");
+        assert!(engines.contains("let mut b: Vec<String> = "), "{engines}");
     }
 
     #[test]
@@ -302,7 +322,7 @@ mod tests {
         let types = vec!["Vec<(u8, String)>".to_owned()];
         let scatter = plan(&request(TransferKind::Scatter, &names, &types, &[0, 1])).unwrap();
         assert!(scatter.engines.contains(
-            "let v: Vec<(u8, String)> = rustpx::load(&rustpx::engine_path(\"/t/v.scatter\")"
+            "let mut v: Vec<(u8, String)> = rustpx::load(&rustpx::engine_path(\"/t/v.scatter\")"
         ));
         let gather = plan(&request(TransferKind::Gather, &names, &types, &[1, 0])).unwrap();
         assert!(gather

@@ -55,7 +55,7 @@ impl PxService {
                 vec![],
             )
         })?;
-        if !self.client_compiled {
+        if !self.client_local {
             self.say(
                 request,
                 &format!(
@@ -66,7 +66,6 @@ impl PxService {
         }
         self.ensure_client(evaluator, &dep, &engines, magic.kind.magic())
             .await?;
-        self.client_compiled = true;
         let types = match magic.kind {
             TransferKind::Push | TransferKind::Scatter => {
                 local_types(evaluator, &magic.names).await?
@@ -75,21 +74,47 @@ impl PxService {
                 vec![self.engine_type(&magic.names[0], &engines)?]
             }
         };
+        let assign: Vec<bool> = match magic.kind {
+            TransferKind::Push | TransferKind::Scatter => magic
+                .names
+                .iter()
+                .zip(&types)
+                .map(|(name, ty)| self.engine_type(name, &engines).ok().as_ref() == Some(ty))
+                .collect(),
+            TransferKind::Pull | TransferKind::Gather => Vec::new(),
+        };
         let out = magic.out.clone().unwrap_or_else(|| magic.names[0].clone());
-        let plan = transfer::plan(&Request {
-            kind: magic.kind,
-            names: &magic.names,
-            out: &out,
-            engines: &engines,
-            single: matches!(chosen, Targets::Single(_)),
-            types: &types,
-            dep: &dep,
-            dir: &dir,
-        })
-        .map_err(|error| usage(error.0))?;
-        let result = self
+        let plan_with = |assign: &[bool]| {
+            transfer::plan(&Request {
+                kind: magic.kind,
+                names: &magic.names,
+                out: &out,
+                engines: &engines,
+                single: matches!(chosen, Targets::Single(_)),
+                types: &types,
+                assign,
+                dep: &dep,
+                dir: &dir,
+            })
+            .map_err(|error| usage(error.0))
+        };
+        let plan = plan_with(&assign)?;
+        let mut result = self
             .run_plan(&plan, magic, &types, &engines, evaluator)
             .await;
+        let immutable = |r: &Result<(), ErrorReport>| {
+            r.as_ref().is_err_and(|e| {
+                e.evalue
+                    .contains("cannot assign twice to immutable variable")
+            })
+        };
+        if assign.contains(&true) && immutable(&result) {
+            // The user bound the name without `mut` on the engines: bind it anew instead.
+            let plan = plan_with(&[])?;
+            result = self
+                .run_plan(&plan, magic, &types, &engines, evaluator)
+                .await;
+        }
         clear_files(&dir, &magic.names);
         result?;
         let single = matches!(chosen, Targets::Single(_));
@@ -110,6 +135,15 @@ impl PxService {
         engines: &[EngineId],
         magic: &str,
     ) -> Result<(), ErrorReport> {
+        let incarnations = self.incarnations(engines)?;
+        let missing: Vec<EngineId> = incarnations
+            .iter()
+            .filter(|pinned| !self.client_engines.contains(pinned))
+            .map(|(id, _)| *id)
+            .collect();
+        if self.client_local && missing.is_empty() {
+            return Ok(());
+        }
         // evcxr only rebuilds when code runs after the `:dep`, so give it a statement.
         let adding = format!("{dep}\n();");
         let local_before = evaluator.variables().await;
@@ -123,8 +157,9 @@ impl PxService {
             )
         })?;
         let local_after = evaluator.variables().await;
-        let engines_before = self.engine_variables(engines)?;
-        self.run_on_targets(&adding, engines)
+        self.client_local = true;
+        let engines_before = self.engine_variables(&missing)?;
+        self.run_on_targets(&adding, &missing)
             .await
             .map_err(|failures| {
                 let (id, error) = &failures[0];
@@ -136,7 +171,12 @@ impl PxService {
                     vec![],
                 )
             })?;
-        let engines_after = self.engine_variables(engines)?;
+        self.client_engines.extend(
+            incarnations
+                .into_iter()
+                .filter(|(id, _)| missing.contains(id)),
+        );
+        let engines_after = self.engine_variables(&missing)?;
         let mut lost: Vec<String> = local_before
             .iter()
             .filter(|var| !local_after.contains(var))
@@ -160,6 +200,15 @@ impl PxService {
             ),
             vec![],
         ))
+    }
+
+    fn incarnations(&self, engines: &[EngineId]) -> Result<Vec<(EngineId, u64)>, ErrorReport> {
+        let m = self.machinery()?;
+        let live = lock(&m.hub).live_incarnations();
+        Ok(engines
+            .iter()
+            .filter_map(|id| live.get(id).map(|incarnation| (*id, *incarnation)))
+            .collect())
     }
 
     fn engine_variables(
