@@ -68,7 +68,7 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
             let mut engines = vec![dep.to_owned()];
             for (index, (name, ty)) in request.names.iter().zip(request.types).enumerate() {
                 let bind = if request.assign.get(index).copied().unwrap_or(false) {
-                    format!("{name}")
+                    name.to_string()
                 } else {
                     format!("let mut {name}: {ty}")
                 };
