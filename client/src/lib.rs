@@ -121,6 +121,218 @@ pub fn chunk_ranges(len: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+/// Writes `items` as chunks of `chunk_size` for the kernel's map scheduler: for each chunk, its
+/// byte length (u64, little-endian) and the bincode of that slice. The kernel hands chunks out
+/// without knowing their type.
+pub fn save_chunks<T: Serialize>(
+    items: &[T],
+    chunk_size: usize,
+    path: &str,
+) -> Result<(), TransferError> {
+    let mut bytes = Vec::new();
+    for chunk in items.chunks(chunk_size.max(1)) {
+        let encoded = bincode::serialize(chunk).map_err(|error| TransferError::Encode {
+            type_name: std::any::type_name::<T>(),
+            error,
+        })?;
+        bytes.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&encoded);
+    }
+    write_atomically(path, &bytes)
+}
+
+/// `%pxmap`'s chunk size when none is given: about four chunks per engine, so a slow engine
+/// leaves little to wait for, and at most 65,536 items so that chunks stream while others run.
+pub fn default_chunk_size(len: usize, engines: usize) -> usize {
+    let parts = engines.max(1) * 4;
+    len.div_ceil(parts).clamp(1, 65_536)
+}
+
+/// Reads the results the kernel gathered from a map, in input order: for each chunk its byte
+/// length and the bincode of a `Vec<Result<R, String>>` (an error names the panic of its item).
+pub fn load_results<R: DeserializeOwned>(
+    path: &str,
+) -> Result<Vec<Result<R, String>>, TransferError> {
+    let bytes = fs::read(path).map_err(|error| TransferError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    let decode_error = |error| TransferError::Decode {
+        path: path.to_owned(),
+        type_name: std::any::type_name::<R>(),
+        error,
+    };
+    let mut results = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 8 {
+        let (len, tail) = rest.split_at(8);
+        let len = u64::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
+        let chunk = tail.get(..len).ok_or_else(|| {
+            decode_error(Box::new(bincode::ErrorKind::Custom(
+                "truncated results".into(),
+            )))
+        })?;
+        results
+            .extend(bincode::deserialize::<Vec<Result<R, String>>>(chunk).map_err(decode_error)?);
+        rest = &tail[len..];
+    }
+    Ok(results)
+}
+
+/// The values of a map that the kernel has checked has no errors.
+pub fn values<R>(results: Vec<Result<R, String>>) -> Vec<R> {
+    results.into_iter().filter_map(Result::ok).collect()
+}
+
+/// An engine's side of a load-balanced map: connects to the kernel's scheduler (address and
+/// token in `server_file`), takes chunks of items as they come, applies `f` to each item, and
+/// sends each chunk's results back, until the scheduler has no more. A panicking item becomes an
+/// error for that item only. The scheduler keeps two chunks in flight per engine, so the next
+/// chunk is already here when one is done.
+pub fn serve_map<A, R, F>(f: F, server_file: &str) -> Result<usize, TransferError>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+    F: Fn(A) -> R,
+{
+    map_worker::serve(f, server_file)
+}
+
+mod map_worker {
+    //! The engine end of the map protocol (the kernel end is `kernel/src/px/map_server.rs`).
+    //!
+    //! Engine to kernel: a hello (`token\n engine id\n result type\n argument type\n`, then
+    //! an empty line), then one result frame per chunk: chunk index (u64), failure count (u32),
+    //! each failure as item index (u64), message length (u32) and message, then the bincode of
+    //! `Vec<Result<R, String>>` with its length (u64). Kernel to engine: chunk frames (tag 0,
+    //! chunk index, first item index, byte length, bytes) and a final tag 1.
+    use super::*;
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::panic::{self, AssertUnwindSafe};
+
+    fn io(path: &str) -> impl Fn(std::io::Error) -> TransferError + '_ {
+        move |error| TransferError::Io {
+            path: path.to_owned(),
+            error,
+        }
+    }
+
+    pub fn serve<A, R, F>(f: F, server_file: &str) -> Result<usize, TransferError>
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> R,
+    {
+        let server = fs::read_to_string(server_file).map_err(io(server_file))?;
+        let mut lines = server.lines();
+        let (address, token) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+        let stream = TcpStream::connect(address).map_err(io(address))?;
+        stream.set_nodelay(true).map_err(io(address))?;
+        let mut writer = stream.try_clone().map_err(io(address))?;
+        let mut reader = BufReader::with_capacity(1 << 16, stream);
+        let hello = format!(
+            "{token}\n{}\n{}\n{}\n\n",
+            engine_id().unwrap_or(u32::MAX),
+            std::any::type_name::<R>(),
+            std::any::type_name::<A>()
+        );
+        writer.write_all(hello.as_bytes()).map_err(io(address))?;
+        // Item panics are results here, not noise on the engine's stderr.
+        let previous_hook = panic::take_hook();
+        panic::set_hook(Box::new(|_| {}));
+        let outcome = work(&f, &mut reader, &mut writer, address);
+        panic::set_hook(previous_hook);
+        outcome
+    }
+
+    fn work<A, R, F>(
+        f: &F,
+        reader: &mut BufReader<TcpStream>,
+        writer: &mut TcpStream,
+        address: &str,
+    ) -> Result<usize, TransferError>
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> R,
+    {
+        let mut items_done = 0;
+        let mut frame = Vec::new();
+        loop {
+            let mut tag = [0u8; 1];
+            if reader.read_exact(&mut tag).is_err() || tag[0] != 0 {
+                return Ok(items_done);
+            }
+            let mut header = [0u8; 24];
+            reader.read_exact(&mut header).map_err(io(address))?;
+            let word = |i: usize| {
+                u64::from_le_bytes(header[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+            };
+            let (chunk_index, first_item, len) = (word(0), word(1), word(2) as usize);
+            frame.resize(len, 0);
+            reader.read_exact(&mut frame).map_err(io(address))?;
+            let results: Vec<Result<R, String>> = match bincode::deserialize::<Vec<A>>(&frame) {
+                Ok(items) => items
+                    .into_iter()
+                    .map(|item| {
+                        panic::catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|payload| {
+                            payload
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| payload.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "the item panicked".into())
+                        })
+                    })
+                    .collect(),
+                Err(error) => {
+                    let count = count_items(&frame);
+                    (0..count)
+                        .map(|_| {
+                            Err(format!(
+                                "the items are not of the function's argument type {} ({error})",
+                                std::any::type_name::<A>()
+                            ))
+                        })
+                        .collect()
+                }
+            };
+            items_done += results.len();
+            let encoded = bincode::serialize(&results).map_err(|error| TransferError::Encode {
+                type_name: std::any::type_name::<R>(),
+                error,
+            })?;
+            let mut out = Vec::with_capacity(encoded.len() + 64);
+            out.extend_from_slice(&chunk_index.to_le_bytes());
+            let failures: Vec<(u64, &String)> = results
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.as_ref().err().map(|e| (first_item + i as u64, e)))
+                .collect();
+            out.extend_from_slice(&(failures.len() as u32).to_le_bytes());
+            for (item, message) in failures {
+                out.extend_from_slice(&item.to_le_bytes());
+                out.extend_from_slice(&(message.len() as u32).to_le_bytes());
+                out.extend_from_slice(message.as_bytes());
+            }
+            out.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
+            out.extend_from_slice(&encoded);
+            writer.write_all(&out).map_err(io(address))?;
+        }
+    }
+
+    /// bincode writes a sequence's length first; used to fail every item of a chunk that does
+    /// not decode as the function's argument type.
+    fn count_items(frame: &[u8]) -> usize {
+        frame
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(|b| u64::from_le_bytes(b) as usize)
+            .unwrap_or(0)
+            .min(frame.len())
+    }
+}
+
 /// The id of the engine running this cell.
 pub fn engine_id() -> Result<u32, TransferError> {
     std::env::var(ENGINE_ID_ENV)

@@ -104,6 +104,22 @@ pub struct Transfer {
     pub out: Option<String>,
 }
 
+/// `%pxmap FUNCTION INPUT [-o OUT] [--chunksize N] [--errors-in-place] [-a] [-t TARGETS]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MapOptions {
+    /// A function defined on the engines (a name or a path).
+    pub function: String,
+    /// A local `Vec` whose items are the arguments.
+    pub input: String,
+    pub out: Option<String>,
+    pub chunk_size: Option<usize>,
+    /// Keep every item's `Result` instead of failing the magic when an item panicked.
+    pub errors_in_place: bool,
+    pub targets: Option<Targets>,
+    /// `-a`: return at once; `%pxresult` collects (and `%pxresult --status` shows progress).
+    pub noblock: bool,
+}
+
 /// A recognised magic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Magic {
@@ -113,6 +129,7 @@ pub enum Magic {
     AutoPx,
     Engines(EnginesCommand),
     Transfer(Transfer),
+    Map(MapOptions),
 }
 
 /// The magic a cell starts with; `Ok(None)` for a plain Rust cell.
@@ -158,13 +175,14 @@ pub fn parse_cell(cell: &str) -> Result<Option<Magic>, UsageError> {
             Magic::AutoPx
         }
         "engines" => Magic::Engines(parse_engines(&split_args(args)?)?),
+        "pxmap" => Magic::Map(parse_map(&split_args(args)?)?),
         "push" => Magic::Transfer(parse_transfer(TransferKind::Push, &split_args(args)?)?),
         "pull" => Magic::Transfer(parse_transfer(TransferKind::Pull, &split_args(args)?)?),
         "scatter" => Magic::Transfer(parse_transfer(TransferKind::Scatter, &split_args(args)?)?),
         "gather" => Magic::Transfer(parse_transfer(TransferKind::Gather, &split_args(args)?)?),
         other => {
             return Err(UsageError(format!(
-                "Line magic function `%{other}` not found. rustpx knows %px, %%px, %pxresult, %pxconfig, %autopx, %engines, %push, %pull, %scatter and %gather; evcxr commands start with `:` (try :help)."
+                "Line magic function `%{other}` not found. rustpx knows %px, %%px, %pxresult, %pxconfig, %autopx, %engines, %push, %pull, %scatter, %gather and %pxmap; evcxr commands start with `:` (try :help)."
             )))
         }
     };
@@ -488,6 +506,59 @@ fn parse_transfer(kind: TransferKind, items: &[String]) -> Result<Transfer, Usag
     }
 }
 
+fn parse_map(items: &[String]) -> Result<MapOptions, UsageError> {
+    let usage =
+        "usage: %pxmap FUNCTION INPUT [-o OUT] [--chunksize N] [--errors-in-place] [-a] [-t TARGETS]";
+    let mut options = MapOptions::default();
+    let mut positional = Vec::new();
+    let mut args = Args::new(items);
+    while let Some(arg) = args.next() {
+        let (name, inline) = split_equals(arg);
+        let mut value = |display: &str| match inline {
+            Some(value) => Ok(value),
+            None => args.value(display),
+        };
+        match name {
+            "-t" | "--targets" => {
+                let text = value("-t/--targets")?;
+                options.targets = Some(targets::parse(text).map_err(|e| UsageError(e.0))?);
+            }
+            "-o" | "--out" => options.out = Some(identifier(value("-o/--out")?, "-o/--out")?),
+            "--chunksize" => {
+                let text = value("--chunksize")?;
+                match text.parse::<usize>() {
+                    Ok(n) if n > 0 => options.chunk_size = Some(n),
+                    _ => {
+                        return Err(UsageError(format!(
+                            "argument --chunksize: '{text}' is not a positive number of items"
+                        )))
+                    }
+                }
+            }
+            "--errors-in-place" => options.errors_in_place = true,
+            "-a" | "--noblock" => options.noblock = true,
+            other if !other.starts_with('-') => positional.push(other.to_owned()),
+            _ => return Err(unrecognized(arg)),
+        }
+    }
+    let [function, input] = positional.as_slice() else {
+        return Err(UsageError(format!(
+            "%pxmap takes a function and a local Vec; {usage}"
+        )));
+    };
+    let path_ok = function
+        .split("::")
+        .all(|part| identifier(part, "FUNCTION").is_ok());
+    if !path_ok {
+        return Err(UsageError(format!(
+            "argument FUNCTION: '{function}' is not a function name or path (define the function with %%px, then name it)"
+        )));
+    }
+    options.function = function.clone();
+    options.input = identifier(input, "INPUT")?;
+    Ok(options)
+}
+
 fn identifier(value: &str, display: &str) -> Result<String, UsageError> {
     let ok = value
         .chars()
@@ -653,6 +724,33 @@ mod tests {
             .unwrap_err()
             .0
             .contains("`%pxresult` is a magic"));
+        let map =
+            parse_cell("%pxmap square xs -o ys --chunksize=10 --errors-in-place -t 0,1").unwrap();
+        assert_eq!(
+            map,
+            Some(Magic::Map(MapOptions {
+                function: "square".into(),
+                input: "xs".into(),
+                out: Some("ys".into()),
+                chunk_size: Some(10),
+                errors_in_place: true,
+                targets: Some(targets::parse("0,1").unwrap()),
+                noblock: false,
+            }))
+        );
+        assert!(parse_cell("%pxmap f")
+            .unwrap_err()
+            .0
+            .contains("takes a function and a local Vec"));
+        assert!(parse_cell("%pxmap a-b xs")
+            .unwrap_err()
+            .0
+            .contains("not a function name"));
+        assert!(parse_cell("%pxmap f xs --chunksize 0")
+            .unwrap_err()
+            .0
+            .contains("positive"));
+        assert!(parse_cell("%pxmap m::f xs").is_ok());
         let push = parse_cell("%push a b,c -t 0,1").unwrap();
         assert_eq!(
             push,

@@ -12,6 +12,7 @@ mod groups;
 mod hub;
 mod link;
 pub mod magics;
+mod map_server;
 mod pool;
 mod records;
 mod render;

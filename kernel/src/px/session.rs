@@ -22,6 +22,7 @@ use crate::evaluator::{ErrorReport, Evaluator, Outcome};
 use crate::frontend::Publisher;
 
 mod data;
+mod map;
 
 /// How long a start of the local pool may take before we say why it did not come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -192,6 +193,11 @@ pub struct PxService {
     /// incarnations whose states have it (a restarted engine starts without it).
     client_local: bool,
     client_engines: std::collections::HashSet<(EngineId, u64)>,
+    /// The load-balanced scheduler, started by the first `%pxmap`.
+    map_server: Option<super::map_server::MapServer>,
+    /// A `%pxmap -a` not collected yet, and whether it is newer than the last `%px`.
+    pending_map: Option<map::PendingMap>,
+    map_is_last: bool,
 }
 
 fn usage(message: impl Into<String>) -> ErrorReport {
@@ -233,6 +239,9 @@ impl PxService {
             transfer_dir: None,
             client_local: false,
             client_engines: Default::default(),
+            map_server: None,
+            pending_map: None,
+            map_is_last: false,
         }
     }
 
@@ -306,7 +315,7 @@ impl PxService {
     ) -> Outcome {
         let result = match magic {
             Magic::Px { options, code } => self.px(request, &options, &code, count).await,
-            Magic::PxResult(options) => self.pxresult(request, &options).await,
+            Magic::PxResult(options) => self.pxresult(request, &options, evaluator).await,
             Magic::PxConfig(options) => {
                 self.config.update(&options);
                 Ok(())
@@ -324,6 +333,7 @@ impl PxService {
             }
             Magic::Engines(command) => self.engines(request, command).await,
             Magic::Transfer(transfer) => self.transfer(request, &transfer, evaluator).await,
+            Magic::Map(options) => self.map(request, &options, count, evaluator).await,
         };
         match result {
             Ok(()) => Outcome::Ok,
@@ -526,6 +536,7 @@ impl PxService {
             });
         }
         self.last = Some(cell_id.clone());
+        self.map_is_last = false;
         if let Some(name) = &options.out {
             self.named.insert(name.clone(), cell_id.clone());
         }
@@ -726,7 +737,20 @@ impl PxService {
         &mut self,
         request: &WireMessage,
         options: &ResultOptions,
+        evaluator: &Evaluator,
     ) -> Result<(), ErrorReport> {
+        if options.name.is_none() && self.map_is_last {
+            if let Some(pending) = self.pending_map.take() {
+                if options.status {
+                    let text = self.map_status(&pending);
+                    self.pending_map = Some(pending);
+                    self.say(request, &text);
+                    return Ok(());
+                }
+                self.map_is_last = false;
+                return self.finish_map(request, pending, evaluator).await;
+            }
+        }
         let cell_id = match &options.name {
             Some(name) => self.named.get(name).cloned().ok_or_else(|| {
                 usage(format!(

@@ -19,7 +19,7 @@ use super::super::transfer::{self, Plan, Request};
 use super::{lock, usage, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
 
-fn transfer_error(evalue: String, traceback: Vec<String>) -> ErrorReport {
+pub(super) fn transfer_error(evalue: String, traceback: Vec<String>) -> ErrorReport {
     ErrorReport {
         ename: "TransferError".into(),
         evalue,
@@ -128,7 +128,7 @@ impl PxService {
     /// Adds the client crate to the kernel's context and to the targets' states (a no-op once
     /// they have it). evcxr rebuilds a context when a crate is added, and drops the variables
     /// whose types a cell defined; if that happens, the user hears which and what to do.
-    async fn ensure_client(
+    pub(super) async fn ensure_client(
         &mut self,
         evaluator: &Evaluator,
         dep: &str,
@@ -397,7 +397,7 @@ impl PxService {
     }
 
     /// The directory values cross through, created on first use.
-    fn transfer_dir(&mut self) -> Result<PathBuf, ErrorReport> {
+    pub(super) fn transfer_dir(&mut self) -> Result<PathBuf, ErrorReport> {
         if let Some(dir) = &self.transfer_dir {
             return Ok(dir.clone());
         }
@@ -431,7 +431,10 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
-async fn local_types(evaluator: &Evaluator, names: &[String]) -> Result<Vec<String>, ErrorReport> {
+pub(super) async fn local_types(
+    evaluator: &Evaluator,
+    names: &[String],
+) -> Result<Vec<String>, ErrorReport> {
     let variables = evaluator.variables().await;
     names
         .iter()

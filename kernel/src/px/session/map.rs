@@ -1,0 +1,445 @@
+//! Running `%pxmap`: a local `Vec` split into chunks, a function defined on the engines applied
+//! to every item by whichever engine is free, the results back in input order.
+//!
+//! Three steps: the kernel's context writes the chunks (one small compiled cell), every target
+//! runs `rustpx::serve_map(FUNCTION, …)` (compiled once per function and group, then cached), which
+//! pulls chunks from [`MapServer`] until none are left, and the kernel's context reads the results
+//! into the output variable with the result type the engines reported.
+
+use std::time::{Duration, Instant};
+
+use rustpx_wire::WireMessage;
+use tokio::sync::mpsc;
+
+use super::super::client_crate;
+use super::super::compiler::CompileJob;
+use super::super::hub::CellEvent;
+use super::super::magics::MapOptions;
+use super::super::map_server::{short_type_name, MapJob, MapServer};
+use super::super::records::CellRecord;
+use super::super::targets;
+use super::super::transfer::vec_element;
+use super::data::{local_types, transfer_error};
+use super::{lock, usage, Progress, PxService};
+use crate::evaluator::{ErrorReport, Evaluator};
+
+/// Failures listed in an error before "and N more".
+const FAILURES_SHOWN: usize = 5;
+
+/// A map whose engines are at work: what finishing it needs.
+pub(super) struct PendingMap {
+    cell_id: String,
+    events: mpsc::UnboundedReceiver<CellEvent>,
+    server: MapServer,
+    options: MapOptions,
+    input_type: String,
+    engines: Vec<u32>,
+    dep: String,
+    dir: std::path::PathBuf,
+    started: Instant,
+    total_items: u64,
+    total_chunks: usize,
+}
+
+impl PxService {
+    pub(super) async fn map(
+        &mut self,
+        request: &WireMessage,
+        options: &MapOptions,
+        count: u32,
+        evaluator: &Evaluator,
+    ) -> Result<(), ErrorReport> {
+        if let Some(pending) = self.pending_map.take() {
+            // One map at a time: the earlier `-a` map is collected first, as %pxresult would.
+            self.map_is_last = false;
+            self.finish_map(request, pending, evaluator).await?;
+        }
+        let started = Instant::now();
+        let chosen = options
+            .targets
+            .clone()
+            .unwrap_or_else(|| self.config.targets.clone());
+        let live = self.ensure_engines(request).await?;
+        let engines = targets::resolve(&chosen, &live)
+            .map_err(|missing| usage(format!("No such engine: {}", missing.0)))?;
+        if engines.is_empty() {
+            return Err(usage(format!("the targets {chosen} select no engine")));
+        }
+        let dir = self.transfer_dir()?;
+        let dep = client_crate::dep_line().map_err(|error| {
+            transfer_error(
+                format!("cannot write the rustpx client crate: {error}"),
+                vec![],
+            )
+        })?;
+        if !self.client_local {
+            self.say(request, "%pxmap: compiling the rustpx client crate with serde and bincode, in the kernel and for the engines (first use only)…");
+        }
+        self.ensure_client(evaluator, &dep, &engines, "%pxmap")
+            .await?;
+        let input = &options.input;
+        let input_type = local_types(evaluator, std::slice::from_ref(input)).await?;
+        if vec_element(&input_type[0]).is_none() {
+            return Err(usage(format!(
+                "%pxmap maps over a Vec, and `{input}` is a `{}`; collect it first, e.g. `let {input}: Vec<_> = {input}.into_iter().collect();`",
+                input_type[0]
+            )));
+        }
+        let server_file = dir.join("map.server");
+        let server = match &self.map_server {
+            Some(server) => server.clone(),
+            None => {
+                let server = MapServer::start(&server_file).await.map_err(|error| {
+                    transfer_error(format!("cannot start the map scheduler: {error}"), vec![])
+                })?;
+                self.map_server = Some(server.clone());
+                server
+            }
+        };
+
+        // 1. The kernel's context writes the chunks.
+        let chunk_file = dir.join(format!("{input}.map.in"));
+        let chunk_size = match options.chunk_size {
+            Some(n) => n.to_string(),
+            None => format!(
+                "rustpx::default_chunk_size({input}.len(), {})",
+                engines.len()
+            ),
+        };
+        evaluator
+            .run_hidden(&format!(
+                "{dep}\nrustpx::save_chunks(&{input}, {chunk_size}, {:?}).unwrap_or_else(|e| panic!(\"%pxmap {input}: {{e}}\"));",
+                chunk_file.to_string_lossy()
+            ))
+            .await?;
+        let bytes = std::fs::read(&chunk_file).map_err(|error| {
+            transfer_error(
+                format!("cannot read the chunks of {input}: {error}"),
+                vec![],
+            )
+        });
+        let _ = std::fs::remove_file(&chunk_file);
+        let job = MapJob::from_chunk_file(&bytes?, options.chunk_size.unwrap_or(1))
+            .map_err(|error| transfer_error(format!("%pxmap {input}: {error}"), vec![]))?;
+        let (total_items, total_chunks) = (job.total_items(), job.total_chunks());
+        *lock(&server.job) = Some(job);
+
+        // 2. The engines serve the map until no chunk is left.
+        let code = format!(
+            "{dep}\nrustpx::serve_map({}, {:?}).unwrap_or_else(|e| panic!(\"%pxmap: {{e}}\"));",
+            options.function,
+            server_file.to_string_lossy()
+        );
+        let (cell_id, events) = self.submit_quietly(&code, &engines)?;
+        let pending = PendingMap {
+            cell_id,
+            events,
+            server,
+            options: options.clone(),
+            input_type: input_type[0].clone(),
+            engines,
+            dep,
+            dir,
+            started,
+            total_items,
+            total_chunks,
+        };
+        if options.noblock {
+            self.publisher.publish(
+                request,
+                "execute_result",
+                serde_json::json!({"execution_count": count, "data": {"text/plain": "<AsyncMapResult(%pxmap): pending>"}, "metadata": {}}),
+            );
+            self.pending_map = Some(pending);
+            self.map_is_last = true;
+            return Ok(());
+        }
+        self.finish_map(request, pending, evaluator).await
+    }
+
+    /// Waits for a map's engines (drawing progress), then reads the results into the kernel's
+    /// context; with `-a` this runs at `%pxresult`.
+    pub(super) async fn finish_map(
+        &mut self,
+        request: &WireMessage,
+        mut pending: PendingMap,
+        evaluator: &Evaluator,
+    ) -> Result<(), ErrorReport> {
+        let engine_failures = self.wait_map(request, &mut pending).await;
+        let PendingMap {
+            server,
+            options,
+            input_type,
+            engines,
+            dep,
+            dir,
+            started,
+            total_items,
+            total_chunks,
+            ..
+        } = pending;
+        let options = &options;
+        let input = &options.input;
+        let Some(job) = lock(&server.job).take() else {
+            return Err(transfer_error("the map was lost".into(), vec![]));
+        };
+        if !job.is_done() {
+            let function = &options.function;
+            let first = engine_failures.first().map(|(id, error)| {
+                if error.contains("cannot find function") || error.contains("cannot find value") {
+                    format!("`{function}` is not defined on engine {id}; define it with a %%px cell first")
+                } else if error.contains("mismatched types")
+                    || error.contains("expected function")
+                    || error.contains("type mismatch")
+                {
+                    format!("`{function}` cannot take the items of `{input}` ({input_type}) on engine {id}: {error}")
+                } else {
+                    format!("engine {id}: {error}")
+                }
+            });
+            return Err(transfer_error(
+                format!(
+                    "%pxmap {function} {input}: {} of {total_items} items done; {}",
+                    job.done_items(),
+                    first.unwrap_or_else(|| "no engine finished its part".into())
+                ),
+                engine_failures
+                    .iter()
+                    .map(|(id, error)| format!("[Engine {id}] {error}"))
+                    .collect(),
+            ));
+        }
+
+        // 3. The kernel's context reads the results in input order.
+        let result_type = short_type_name(job.result_type.as_deref().unwrap_or("()"));
+        let results_file = dir.join(format!("{input}.map.out"));
+        let engines_file = dir.join(format!("{input}.map.engines"));
+        std::fs::write(&results_file, job.results_file().unwrap_or_default()).map_err(|error| {
+            transfer_error(format!("cannot write the map's results: {error}"), vec![])
+        })?;
+        let out = options
+            .out
+            .clone()
+            .unwrap_or_else(|| format!("{input}_mapped"));
+        let path = format!("{:?}", results_file.to_string_lossy());
+        let fail = ".unwrap_or_else(|e| panic!(\"%pxmap results: {e}\"))";
+        let (mut binding, local_type) = if options.errors_in_place {
+            let ty = format!("Vec<Result<{result_type}, String>>");
+            (
+                format!("let {out}: {ty} = rustpx::load_results({path}){fail};"),
+                ty,
+            )
+        } else if job.failures.is_empty() {
+            let ty = format!("Vec<{result_type}>");
+            (
+                format!("let {out}: {ty} = rustpx::values(rustpx::load_results({path}){fail});"),
+                ty,
+            )
+        } else {
+            let _ = std::fs::remove_file(&results_file);
+            return Err(item_failures(&job, &options.function, total_items));
+        };
+        let mut engines_note = String::new();
+        if options.noblock {
+            // The handle's per-item engine ids, as ipyparallel's AsyncMapResult has them.
+            let ids: Vec<u32> = job
+                .item_engines()
+                .into_iter()
+                .map(|e| e.unwrap_or(u32::MAX))
+                .collect();
+            let encoded: Vec<u8> = std::iter::once(ids.len() as u64)
+                .flat_map(u64::to_le_bytes)
+                .chain(ids.iter().flat_map(|id| id.to_le_bytes()))
+                .collect();
+            if std::fs::write(&engines_file, encoded).is_ok() {
+                binding.push_str(&format!(
+                    "\nlet {out}_engines: Vec<u32> = rustpx::load({:?}){fail};",
+                    engines_file.to_string_lossy()
+                ));
+                engines_note = format!(" and {out}_engines: Vec<u32> (the engine of each item)");
+            }
+        }
+        let loaded = evaluator.run_hidden(&format!("{dep}\n{binding}")).await;
+        let _ = std::fs::remove_file(&results_file);
+        let _ = std::fs::remove_file(&engines_file);
+        loaded.map_err(|report| {
+            if report.evalue.contains("cannot find type") {
+                transfer_error(
+                    format!(
+                        "%pxmap: the result type `{result_type}` of {} is not defined in the kernel's context; define it there too (a plain cell with the same definition)",
+                        options.function
+                    ),
+                    report.traceback,
+                )
+            } else {
+                report
+            }
+        })?;
+        let ids: Vec<String> = engines.iter().map(ToString::to_string).collect();
+        let died = if engine_failures.is_empty() {
+            String::new()
+        } else {
+            let lost: Vec<String> = engine_failures
+                .iter()
+                .map(|(id, _)| id.to_string())
+                .collect();
+            format!(
+                "; engine {} stopped and its chunks ran elsewhere",
+                lost.join(", ")
+            )
+        };
+        self.say(
+            request,
+            &format!(
+                "mapped {} over {total_items} items of {input} on engine {} in {total_chunks} chunks ({:.2} s, engines busy {:.2} s{died}) into {out}: {local_type}{engines_note}",
+                options.function,
+                ids.join(", "),
+                started.elapsed().as_secs_f64(),
+                job.serial_seconds
+            ),
+        );
+        Ok(())
+    }
+
+    /// `%pxresult --status` for a pending map: ready, progress, elapsed and serial time, and how
+    /// many items each engine has run so far.
+    pub(super) fn map_status(&self, pending: &PendingMap) -> String {
+        let job = lock(&pending.server.job);
+        let Some(job) = job.as_ref() else {
+            return "%pxmap: no map is running".into();
+        };
+        let mut per_engine: std::collections::BTreeMap<u32, usize> = Default::default();
+        for engine in job.item_engines().into_iter().flatten() {
+            *per_engine.entry(engine).or_default() += 1;
+        }
+        let counts: Vec<String> = per_engine
+            .iter()
+            .map(|(id, n)| format!("engine {id}: {n}"))
+            .collect();
+        format!(
+            "%pxmap {} over {}: ready: {}, progress: {}/{} items, elapsed: {:.2} s, serial_time: {:.2} s, items by engine: {}",
+            pending.options.function,
+            pending.options.input,
+            job.is_done(),
+            job.done_items(),
+            job.total_items(),
+            pending.started.elapsed().as_secs_f64(),
+            job.serial_seconds,
+            if counts.is_empty() { "none yet".into() } else { counts.join(", ") }
+        )
+    }
+
+    /// Submits generated code to `engines` with an observer, without showing anything.
+    fn submit_quietly(
+        &mut self,
+        code: &str,
+        engines: &[u32],
+    ) -> Result<(String, mpsc::UnboundedReceiver<CellEvent>), ErrorReport> {
+        let (hub, compiler) = {
+            let m = self.machinery()?;
+            (m.hub.clone(), m.compiler.clone())
+        };
+        let cell_id = uuid::Uuid::new_v4().simple().to_string();
+        let (observer, events) = mpsc::unbounded_channel();
+        {
+            let mut hub = lock(&hub);
+            hub.add_cell(CellRecord::new(
+                cell_id.clone(),
+                code.to_owned(),
+                engines.to_vec(),
+                false,
+            ));
+            hub.observe(&cell_id, observer);
+        }
+        if !compiler.submit(CompileJob {
+            cell_id: cell_id.clone(),
+            code: code.to_owned(),
+            engines: engines.to_vec(),
+        }) {
+            lock(&hub).unobserve(&cell_id);
+            return Err(transfer_error(
+                "the px compiler has stopped; restart the kernel".into(),
+                vec![],
+            ));
+        }
+        Ok((cell_id, events))
+    }
+
+    /// Waits for the engines' serving cell, drawing progress by items done. Returns the engines
+    /// whose part failed (a compile error, or death mid-map) with their message.
+    async fn wait_map(
+        &mut self,
+        request: &WireMessage,
+        pending: &mut PendingMap,
+    ) -> Vec<(u32, String)> {
+        let hub = match self.machinery() {
+            Ok(m) => m.hub.clone(),
+            Err(report) => return vec![(0, report.evalue)],
+        };
+        let cell_id = pending.cell_id.clone();
+        let mut progress = Progress::new(request, self.config.progress_after, "%pxmap");
+        let server = pending.server.clone();
+        let items_done = || {
+            lock(&server.job)
+                .as_ref()
+                .map(|job| job.done_items() as usize)
+                .unwrap_or(0)
+        };
+        let total = pending.total_items as usize;
+        loop {
+            let done = lock(&hub).cell(&cell_id).is_none_or(CellRecord::is_done);
+            if done {
+                break;
+            }
+            tokio::select! {
+                event = pending.events.recv() => {
+                    if matches!(event, Some(CellEvent::CellDone) | None) {
+                        break;
+                    }
+                }
+                _ = server.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            progress.tick(self, items_done(), total, pending.started);
+        }
+        progress.finish(self, items_done(), total, pending.started);
+        let mut hub = lock(&hub);
+        hub.unobserve(&cell_id);
+        hub.cell(&cell_id)
+            .map(|cell| {
+                cell.failures()
+                    .into_iter()
+                    .filter_map(|record| {
+                        record
+                            .error
+                            .as_ref()
+                            .map(|e| (record.engine, format!("{}: {}", e.ename, e.evalue)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// "3 of 1000 items panicked: item 17 on engine 2: …"; the rest were computed.
+fn item_failures(job: &MapJob, function: &str, total: u64) -> ErrorReport {
+    let mut failures = job.failures.clone();
+    failures.sort_by_key(|f| f.item);
+    let mut lines: Vec<String> = failures
+        .iter()
+        .take(FAILURES_SHOWN)
+        .map(|f| format!("item {} on engine {}: {}", f.item, f.engine, f.message))
+        .collect();
+    if failures.len() > FAILURES_SHOWN {
+        lines.push(format!("and {} more", failures.len() - FAILURES_SHOWN));
+    }
+    ErrorReport {
+        ename: "MapError".into(),
+        evalue: format!(
+            "{} of {total} items panicked in {function}: {}. The other items completed; rerun with --errors-in-place to keep every item's Result.",
+            failures.len(),
+            lines.join("; ")
+        ),
+        traceback: lines,
+    }
+}
