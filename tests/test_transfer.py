@@ -154,3 +154,77 @@ def test_engines_that_disagree_on_a_type_are_named(k):
     reply = error(k, "%pull mixed")
     assert "`mixed` has different types on the targets" in reply["evalue"], reply
     assert "u8 on engine 0" in reply["evalue"] and "String on engine 1, 2" in reply["evalue"]
+
+
+# --- %pxmap: the load-balanced map ---
+
+MAP_FUNCTIONS = """%%px
+fn square(x: u64) -> u64 { x * x }
+fn picky(x: u64) -> u64 { if x % 100 == 7 { panic!("no {x}") } else { x } }
+fn slow(x: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(4)); x + 1 }
+fn to_point(x: u64) -> Point { Point { x: x as f64, label: format!("item {x}") } }"""
+
+
+def test_pxmap_applies_an_engine_function_to_every_item_in_order(k):
+    ok(k, MAP_FUNCTIONS)
+    ok(k, "let xs: Vec<u64> = (0..1000).collect();")
+    msgs = ok(k, "%pxmap square xs -o ys")
+    assert re.search(r"mapped square over 1000 items of xs on engine 0, 1, 2 in \d+ chunks", stream_text(msgs)), msgs
+    assert "into ys: Vec<u64>" in stream_text(msgs)
+    assert value(k, "ys == xs.iter().map(|x| x * x).collect::<Vec<u64>>()") == "true"
+    ok(k, "%pxmap square xs -o ones --chunksize 1 -t 0,2")
+    assert value(k, "ones == ys") == "true"
+
+
+def test_pxmap_results_of_a_user_struct(k):
+    ok(k, "let few: Vec<u64> = vec![3, 1, 2];")
+    msgs = ok(k, "%pxmap to_point few -o points")
+    assert "into points: Vec<Point>" in stream_text(msgs)
+    assert value(k, "points[0].label.clone()") == '"item 3"'
+
+
+def test_a_panicking_item_names_its_index_and_engine_and_the_rest_complete(k):
+    reply = error(k, "%pxmap picky xs -o picked")
+    assert reply["ename"] == "MapError"
+    assert reply["evalue"].startswith("10 of 1000 items panicked in picky: item 7 on engine ")
+    assert ": no 7;" in reply["evalue"] and "--errors-in-place" in reply["evalue"]
+    ok(k, "%pxmap picky xs -o picked --errors-in-place")
+    assert value(k, "picked[7].clone()") == 'Err("no 7")'
+    assert value(k, "picked.iter().filter(|r| r.is_ok()).count()") == "990"
+
+
+def test_pxmap_async_gives_a_handle_with_status_and_engine_ids(k):
+    ok(k, "let work: Vec<u64> = (0..600).collect();")
+    msgs = ok(k, "%pxmap slow work -o done -a --chunksize 20")
+    results = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
+    assert results == ["<AsyncMapResult(%pxmap): pending>"]
+    status = stream_text(ok(k, "%pxresult --status"))
+    assert re.search(r"%pxmap slow over work: ready: (true|false), progress: \d+/600 items, elapsed: [\d.]+ s, serial_time: [\d.]+ s", status), status
+    msgs = ok(k, "%pxresult")
+    assert "into done: Vec<u64> and done_engines: Vec<u32>" in stream_text(msgs)
+    assert value(k, "done.len()") == "600"
+    assert value(k, "done_engines.iter().all(|e| *e < 3)") == "true"
+
+
+def test_pxmap_of_an_unknown_function_says_where_to_define_it(k):
+    reply = error(k, "%pxmap nowhere xs")
+    assert "`nowhere` is not defined on engine" in reply["evalue"] and "%%px" in reply["evalue"], reply
+    assert "%pxmap maps over a Vec" in error(k, "%pxmap square scalar")["evalue"]
+
+
+def test_an_engine_killed_during_a_map_loses_no_item(k):
+    import signal
+    import threading
+    import time
+
+    from conftest import parse_engine_pids
+
+    table = "".join(m["content"]["data"]["text/plain"] for m in ok(k, "%engines") if m["msg_type"] == "display_data")
+    victim = parse_engine_pids(table)[1]
+    ok(k, "let many: Vec<u64> = (0..1500).collect();")
+    threading.Timer(1.5, lambda: os.kill(victim, signal.SIGKILL)).start()
+    started = time.monotonic()
+    msgs = ok(k, "%pxmap slow many -o survived --chunksize 10")
+    assert "engine 1 stopped and its chunks ran elsewhere" in stream_text(msgs), (time.monotonic() - started, msgs)
+    assert value(k, "survived == many.iter().map(|x| x + 1).collect::<Vec<u64>>()") == "true"
+    ok(k, "%engines restart 1")

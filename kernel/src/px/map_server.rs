@@ -274,8 +274,19 @@ impl MapServer {
                 in_flight.insert(index, Instant::now());
             }
             if in_flight.is_empty() {
-                write.write_all(&[1u8]).await?;
-                return Ok(());
+                let finished = lock(&self.job).as_ref().is_none_or(MapJob::is_done);
+                if finished {
+                    write.write_all(&[1u8]).await?;
+                    return Ok(());
+                }
+                // Nothing queued, but another engine still holds chunks: stay, in case it dies
+                // and they come back to the queue.
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(100),
+                    self.changed.notified(),
+                )
+                .await;
+                continue;
             }
             let index = read.read_u64_le().await? as usize;
             let failure_count = read.read_u32_le().await?;
