@@ -178,6 +178,23 @@ def bench_transfer(runs, results):
         for label, cell in cases.items():
             k.run(cell, timeout=600)
             results[label] = median_ms([k.run(cell, timeout=600) for _ in range(runs)])
+        # Load-balanced map of a trivial function. Whole-magic time: it includes the two small
+        # cells the kernel's context compiles (write the items, read the results).
+        k.run("%%px\nfn inc(x: u64) -> u64 { x + 1 }")
+        k.run("let tasks: Vec<u64> = (0..100_000).collect();")
+        for label, cell, items in [
+            ("%pxmap of 1,000,000 u64, default chunks", "%pxmap inc big -o out", 1_000_000),
+            ("%pxmap of 100,000 u64, --chunksize 1", "%pxmap inc tasks -o out1 --chunksize 1", 100_000),
+        ]:
+            k.run(cell, timeout=600)
+            ms = median_ms([k.run(cell, timeout=600) for _ in range(max(3, runs // 2))])
+            results[f"{label}, n=4 (ms)"] = ms
+            results[f"{label}, n=4 (items/s)"] = round(items / (ms / 1000))
+        for size in (1000, 10_000, 62_500, 250_000):
+            cell = f"%pxmap inc big -o out --chunksize {size}"
+            k.run(cell, timeout=600)
+            results[f"%pxmap of 1,000,000 u64, --chunksize {size}, n=4 (ms)"] = median_ms(
+                [k.run(cell, timeout=600) for _ in range(3)])
     finally:
         k.close()
 
@@ -205,6 +222,14 @@ def bench_ipyparallel_transfer(runs, results):
         for label, cell in cases.items():
             k.run(cell)
             results[label] = median_ms([k.run(cell) for _ in range(runs)])
+        k.run("lview = rc.load_balanced_view()\ndef inc(x):\n    return x + 1\nsmall = list(range(10_000))\nmid = list(range(100_000))")
+        for label, cell, items in [
+            ("ipyparallel map of 100,000 ints, chunksize 100", "out = lview.map_sync(inc, mid, chunksize=100)", 100_000),
+            ("ipyparallel map of 10,000 ints, chunksize 1", "out = lview.map_sync(inc, small, chunksize=1)", 10_000),
+        ]:
+            ms = median_ms([k.run(cell, timeout=600) for _ in range(3)])
+            results[f"{label}, n=4 (ms)"] = ms
+            results[f"{label}, n=4 (items/s)"] = round(items / (ms / 1000))
         k.run("cluster.stop_cluster_sync()", timeout=120)
     finally:
         k.close()
@@ -280,6 +305,13 @@ def main():
     for ours, theirs in [("%scatter 1M u64 on 4 engines", "ipyparallel scatter 1M u64 numpy on 4 engines"),
                          ("%gather 1M u64 from 4 engines", "ipyparallel gather 1M u64 numpy from 4 engines")]:
         ratios[f"{ours.split(' ')[0]} time, rustpx / ipyparallel"] = ratio(results.get(ours), results.get(theirs))
+
+    ratios["%pxmap default chunks, items/s: rustpx / ipyparallel (chunksize 100)"] = ratio(
+        results.get("%pxmap of 1,000,000 u64, default chunks, n=4 (items/s)"),
+        results.get("ipyparallel map of 100,000 ints, chunksize 100, n=4 (items/s)"))
+    ratios["%pxmap chunksize 1, tasks/s: rustpx / ipyparallel"] = ratio(
+        results.get("%pxmap of 100,000 u64, --chunksize 1, n=4 (items/s)"),
+        results.get("ipyparallel map of 10,000 ints, chunksize 1, n=4 (items/s)"))
 
     width = max(len(k) for k in list(results) + list(ratios))
     print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}, load before {load_before}, after {load_after}")

@@ -248,6 +248,28 @@ code("%pull sample -o samples", expect=["into samples: Vec<Sample>"])
 code("samples", expect=["Sample { engine: 0, mean: ", "Sample { engine: 1, mean: "])
 code("%pull sample -t 1 -o last", expect=["into last: Sample"])
 md("""
+## %pxmap: a load-balanced map
+A function defined on the engines, applied to every item of a local `Vec` by whichever engine is
+free; the results come back in input order. Each engine compiles its side once per function.
+""")
+code("""%%px
+fn collatz_steps(mut n: u64) -> u32 {
+    let mut steps = 0;
+    while n != 1 { n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 }; steps += 1; }
+    steps
+}""")
+code("let starts: Vec<u64> = (1..=100_000).collect();")
+code("%pxmap collatz_steps starts -o steps", expect=["mapped collatz_steps over 100000 items of starts", "into steps: Vec<u32>"])
+code("steps.iter().max()", expect=["Some(350)"])
+md("""
+With `-a` the map runs in the background: `%pxresult --status` shows its progress and
+`%pxresult` collects it (and the engine of each item). A panicking item fails alone; add
+`--errors-in-place` to keep every item's `Result`.
+""")
+code("%pxmap collatz_steps starts -o steps_async -a", expect=["<AsyncMapResult(%pxmap): pending>"])
+code("%pxresult", expect=["into steps_async: Vec<u32> and steps_async_engines: Vec<u32>"])
+
+md("""
 ## A type that cannot cross
 """)
 code("""struct Handle(std::fs::File);
