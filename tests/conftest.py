@@ -90,3 +90,18 @@ def kernel():
     k = Kernel()
     yield k
     k.shutdown()
+
+
+PX_VALUE = re.compile(r"\x1b\[0;31mOut\[(\d+):\d+\]: \x1b\[0m(.*)", re.S)
+
+
+def px_values(msgs):
+    """Engine id to the text of its `Out[N:C]` value, from a %px cell's outputs."""
+    out = {}
+    for m in msgs:
+        if m["msg_type"] in ("display_data", "execute_result"):
+            found = PX_VALUE.match(m["content"]["data"].get("text/plain", ""))
+            if found:
+                out[int(found.group(1))] = found.group(2)
+    return out
+

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import Kernel, parse_engine_pids, stream_text
+from conftest import Kernel, parse_engine_pids, px_values, stream_text
 
 ID = 'let id: u32 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();'
 ARTIFACTS = pathlib.Path(__file__).parent / "artifacts"
@@ -40,15 +40,7 @@ def engine_pids(px):
     return parse_engine_pids(table)
 
 
-def values(msgs):
-    out = {}
-    for m in msgs:
-        if m["msg_type"] == "display_data":
-            text = m["content"]["data"].get("text/plain", "")
-            found = re.match(r"\x1b\[0;31mOut\[(\d+):\d+\]: \x1b\[0m(.*)", text, re.S)
-            if found:
-                out[int(found.group(1))] = found.group(2)
-    return out
+values = px_values
 
 
 def recover(px):

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import Kernel, stream_text
+from conftest import Kernel, px_values, stream_text
 
 SERDE = ':dep serde = { version = "1", features = ["derive"] }'
 POINT = "#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\npub struct Point { pub x: f64, pub label: String }"
@@ -43,15 +43,7 @@ def value(k, code):
 
 
 def engine_values(k, code):
-    msgs = ok(k, code)
-    out = {}
-    for m in msgs:
-        if m["msg_type"] in ("display_data", "execute_result"):
-            text = m["content"]["data"].get("text/plain", "")
-            match = re.match(r"\x1b\[0;31mOut\[(\d+):\d+\]: \x1b\[0m(.*)", text, re.S)
-            if match:
-                out[int(match.group(1))] = match.group(2)
-    return out
+    return px_values(ok(k, code))
 
 
 def test_a_user_struct_defined_on_both_sides_comes_first(k):

@@ -27,18 +27,29 @@ pub(super) fn transfer_error(evalue: String, traceback: Vec<String>) -> ErrorRep
     }
 }
 
+/// What every data magic and `%pxmap` needs before it runs.
+pub(super) struct Prepared {
+    /// The targets, in target order.
+    pub engines: Vec<EngineId>,
+    /// A single-int target (`-t 1`).
+    pub single: bool,
+    pub dir: PathBuf,
+    /// evcxr's `:dep` line for the client crate.
+    pub dep: String,
+}
+
 impl PxService {
-    /// Runs one data magic; `evaluator` is the kernel's own context.
-    pub(super) async fn transfer(
+    /// Resolves the targets (starting the pool if needed), creates the transfer directory and
+    /// makes sure both contexts have the client crate, saying so the first time.
+    pub(super) async fn prepare_data_magic(
         &mut self,
         request: &WireMessage,
-        magic: &Transfer,
+        targets: Option<&Targets>,
+        magic: &str,
         evaluator: &Evaluator,
-    ) -> Result<(), ErrorReport> {
-        let started = Instant::now();
-        let chosen = magic
-            .targets
-            .clone()
+    ) -> Result<Prepared, ErrorReport> {
+        let chosen = targets
+            .cloned()
             .unwrap_or_else(|| self.config.targets.clone());
         let live = self.ensure_engines(request).await?;
         let engines = targets::resolve(&chosen, &live)
@@ -59,12 +70,39 @@ impl PxService {
             self.say(
                 request,
                 &format!(
-                    "{}: compiling the rustpx client crate with serde and bincode, in the kernel and for the engines (first use only)…",
-                    magic.kind.magic()
+                    "{magic}: compiling the rustpx client crate with serde and bincode, in the kernel and for the engines (first use only)…"
                 ),
             );
         }
-        self.ensure_client(evaluator, &dep, &engines, magic.kind.magic())
+        self.ensure_client(evaluator, &dep, &engines, magic).await?;
+        Ok(Prepared {
+            engines,
+            single: matches!(chosen, Targets::Single(_)),
+            dir,
+            dep,
+        })
+    }
+
+    /// Runs one data magic; `evaluator` is the kernel's own context.
+    pub(super) async fn transfer(
+        &mut self,
+        request: &WireMessage,
+        magic: &Transfer,
+        evaluator: &Evaluator,
+    ) -> Result<(), ErrorReport> {
+        let started = Instant::now();
+        let Prepared {
+            engines,
+            single,
+            dir,
+            dep,
+        } = self
+            .prepare_data_magic(
+                request,
+                magic.targets.as_ref(),
+                magic.kind.magic(),
+                evaluator,
+            )
             .await?;
         let types = match magic.kind {
             TransferKind::Push | TransferKind::Scatter => {
@@ -90,7 +128,7 @@ impl PxService {
                 names: &magic.names,
                 out: &out,
                 engines: &engines,
-                single: matches!(chosen, Targets::Single(_)),
+                single,
                 types: &types,
                 assign,
                 dep: &dep,
@@ -117,7 +155,6 @@ impl PxService {
         }
         clear_files(&dir, &magic.names);
         result?;
-        let single = matches!(chosen, Targets::Single(_));
         self.say(
             request,
             &summary(magic, &out, &types, &engines, single, started),
@@ -285,43 +322,18 @@ impl PxService {
         code: &str,
         engines: &[EngineId],
     ) -> Result<(), Vec<(EngineId, EngineError)>> {
-        let kernel_error = |evalue: String| {
+        let kernel_error = |report: ErrorReport| {
             vec![(
                 engines.first().copied().unwrap_or_default(),
                 EngineError {
-                    ename: "KernelError".into(),
-                    evalue,
+                    ename: report.ename,
+                    evalue: report.evalue,
                     traceback: vec![],
                 },
             )]
         };
-        let (hub, compiler) = match self.machinery() {
-            Ok(m) => (m.hub.clone(), m.compiler.clone()),
-            Err(report) => return Err(kernel_error(report.evalue)),
-        };
-        let cell_id = uuid::Uuid::new_v4().simple().to_string();
-        let (observer, mut events) = mpsc::unbounded_channel();
-        {
-            let mut hub = lock(&hub);
-            hub.add_cell(CellRecord::new(
-                cell_id.clone(),
-                code.to_owned(),
-                engines.to_vec(),
-                false,
-            ));
-            hub.observe(&cell_id, observer);
-        }
-        let submitted = compiler.submit(CompileJob {
-            cell_id: cell_id.clone(),
-            code: code.to_owned(),
-            engines: engines.to_vec(),
-        });
-        if !submitted {
-            lock(&hub).unobserve(&cell_id);
-            return Err(kernel_error(
-                "the px compiler has stopped; restart the kernel".into(),
-            ));
-        }
+        let (cell_id, mut events) = self.submit_quietly(code, engines).map_err(kernel_error)?;
+        let hub = self.machinery().map_err(kernel_error)?.hub.clone();
         loop {
             let done = lock(&hub).cell(&cell_id).is_none_or(CellRecord::is_done);
             if done {
@@ -332,22 +344,65 @@ impl PxService {
                 Some(_) => {}
             }
         }
-        let mut hub = lock(&hub);
-        hub.unobserve(&cell_id);
-        let failures: Vec<(EngineId, EngineError)> = hub
-            .cell(&cell_id)
+        let failures = self.failures_of(&cell_id);
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures)
+        }
+    }
+
+    /// Submits generated code to `engines` with an observer, without showing anything.
+    pub(super) fn submit_quietly(
+        &mut self,
+        code: &str,
+        engines: &[EngineId],
+    ) -> Result<(String, mpsc::UnboundedReceiver<CellEvent>), ErrorReport> {
+        let (hub, compiler) = {
+            let m = self.machinery()?;
+            (m.hub.clone(), m.compiler.clone())
+        };
+        let cell_id = uuid::Uuid::new_v4().simple().to_string();
+        let (observer, events) = mpsc::unbounded_channel();
+        {
+            let mut hub = lock(&hub);
+            hub.add_cell(CellRecord::new(
+                cell_id.clone(),
+                code.to_owned(),
+                engines.to_vec(),
+                false,
+            ));
+            hub.observe(&cell_id, observer);
+        }
+        if !compiler.submit(CompileJob {
+            cell_id: cell_id.clone(),
+            code: code.to_owned(),
+            engines: engines.to_vec(),
+        }) {
+            lock(&hub).unobserve(&cell_id);
+            return Err(transfer_error(
+                "the px compiler has stopped; restart the kernel".into(),
+                vec![],
+            ));
+        }
+        Ok((cell_id, events))
+    }
+
+    /// Stops observing a finished quiet cell and returns the engines whose part failed.
+    pub(super) fn failures_of(&self, cell_id: &str) -> Vec<(EngineId, EngineError)> {
+        let Ok(m) = self.machinery() else {
+            return Vec::new();
+        };
+        let mut hub = lock(&m.hub);
+        hub.unobserve(cell_id);
+        hub.cell(cell_id)
             .map(|cell| {
                 cell.failures()
                     .into_iter()
                     .filter_map(|record| record.error.clone().map(|e| (record.engine, e)))
                     .collect()
             })
-            .unwrap_or_default();
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(failures)
-        }
+            .unwrap_or_default()
     }
 
     /// The type of `name` on the targets; an error if it is missing or differs between them.

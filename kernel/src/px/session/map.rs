@@ -11,15 +11,12 @@ use std::time::{Duration, Instant};
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc;
 
-use super::super::client_crate;
-use super::super::compiler::CompileJob;
 use super::super::hub::CellEvent;
 use super::super::magics::MapOptions;
 use super::super::map_server::{short_type_name, MapJob, MapServer};
 use super::super::records::CellRecord;
-use super::super::targets;
 use super::super::transfer::vec_element;
-use super::data::{local_types, transfer_error};
+use super::data::{local_types, transfer_error, Prepared};
 use super::{lock, usage, Progress, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
 
@@ -55,27 +52,10 @@ impl PxService {
             self.finish_map(request, pending, evaluator).await?;
         }
         let started = Instant::now();
-        let chosen = options
-            .targets
-            .clone()
-            .unwrap_or_else(|| self.config.targets.clone());
-        let live = self.ensure_engines(request).await?;
-        let engines = targets::resolve(&chosen, &live)
-            .map_err(|missing| usage(format!("No such engine: {}", missing.0)))?;
-        if engines.is_empty() {
-            return Err(usage(format!("the targets {chosen} select no engine")));
-        }
-        let dir = self.transfer_dir()?;
-        let dep = client_crate::dep_line().map_err(|error| {
-            transfer_error(
-                format!("cannot write the rustpx client crate: {error}"),
-                vec![],
-            )
-        })?;
-        if !self.client_local {
-            self.say(request, "%pxmap: compiling the rustpx client crate with serde and bincode, in the kernel and for the engines (first use only)…");
-        }
-        self.ensure_client(evaluator, &dep, &engines, "%pxmap")
+        let Prepared {
+            engines, dir, dep, ..
+        } = self
+            .prepare_data_magic(request, options.targets.as_ref(), "%pxmap", evaluator)
             .await?;
         let input = &options.input;
         let input_type = local_types(evaluator, std::slice::from_ref(input)).await?;
@@ -329,42 +309,6 @@ impl PxService {
         )
     }
 
-    /// Submits generated code to `engines` with an observer, without showing anything.
-    fn submit_quietly(
-        &mut self,
-        code: &str,
-        engines: &[u32],
-    ) -> Result<(String, mpsc::UnboundedReceiver<CellEvent>), ErrorReport> {
-        let (hub, compiler) = {
-            let m = self.machinery()?;
-            (m.hub.clone(), m.compiler.clone())
-        };
-        let cell_id = uuid::Uuid::new_v4().simple().to_string();
-        let (observer, events) = mpsc::unbounded_channel();
-        {
-            let mut hub = lock(&hub);
-            hub.add_cell(CellRecord::new(
-                cell_id.clone(),
-                code.to_owned(),
-                engines.to_vec(),
-                false,
-            ));
-            hub.observe(&cell_id, observer);
-        }
-        if !compiler.submit(CompileJob {
-            cell_id: cell_id.clone(),
-            code: code.to_owned(),
-            engines: engines.to_vec(),
-        }) {
-            lock(&hub).unobserve(&cell_id);
-            return Err(transfer_error(
-                "the px compiler has stopped; restart the kernel".into(),
-                vec![],
-            ));
-        }
-        Ok((cell_id, events))
-    }
-
     /// Waits for the engines' serving cell, drawing progress by items done. Returns the engines
     /// whose part failed (a compile error, or death mid-map) with their message.
     async fn wait_map(
@@ -403,21 +347,10 @@ impl PxService {
             progress.tick(self, items_done(), total, pending.started);
         }
         progress.finish(self, items_done(), total, pending.started);
-        let mut hub = lock(&hub);
-        hub.unobserve(&cell_id);
-        hub.cell(&cell_id)
-            .map(|cell| {
-                cell.failures()
-                    .into_iter()
-                    .filter_map(|record| {
-                        record
-                            .error
-                            .as_ref()
-                            .map(|e| (record.engine, format!("{}: {}", e.ename, e.evalue)))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.failures_of(&cell_id)
+            .into_iter()
+            .map(|(engine, e)| (engine, format!("{}: {}", e.ename, e.evalue)))
+            .collect()
     }
 }
 
