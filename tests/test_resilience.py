@@ -190,7 +190,7 @@ def test_a_killed_kernel_leaves_no_orphan_engines():
     k = Kernel()
     try:
         k.execute("%px 0")
-        _, _, table = footer(k)
+        _, key_file, table = footer(k)
         pids = list(parse_engine_pids(table).values())
         assert len(pids) == 2
         k.km.provisioner.process.kill()  # SIGKILL: no shutdown code runs in the kernel
@@ -198,6 +198,13 @@ def test_a_killed_kernel_leaves_no_orphan_engines():
         k.kc.stop_channels()
     assert still_running(pids) == [], "orphan engines"
     k.km.cleanup_resources()
+    # The dead kernel could not remove its key file; the next kernel to start does.
+    assert key_file.exists()
+    again = Kernel()
+    try:
+        assert not key_file.exists(), "a dead kernel's engine connection file survived the next start"
+    finally:
+        again.shutdown()
 
 
 def test_the_kernel_log_file_has_kernel_and_engine_lines(px):

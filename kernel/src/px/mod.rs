@@ -17,6 +17,7 @@ mod pool;
 mod records;
 mod render;
 mod session;
+mod stale_files;
 pub mod targets;
 mod transfer;
 

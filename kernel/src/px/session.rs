@@ -256,6 +256,7 @@ impl PxService {
         .await?;
         let pool = LocalPool::new(connection.clone(), hub.clone())?;
         let compiler = Compiler::start(hub.clone(), ready);
+        super::stale_files::sweep(&crate::paths::runtime_dir(), &data::transfer_base());
         let connection_file = match super::connection_file::write(&connection) {
             Ok(path) => {
                 pool.remove_on_shutdown(path.clone());

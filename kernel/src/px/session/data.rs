@@ -456,12 +456,7 @@ impl PxService {
         if let Some(dir) = &self.transfer_dir {
             return Ok(dir.clone());
         }
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!(
+        let dir = transfer_base().join(format!(
             "rustpx-transfer-{}-{}",
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -477,6 +472,15 @@ impl PxService {
         })?;
         self.transfer_dir = Some(dir.clone());
         Ok(dir)
+    }
+}
+
+/// Where transfer directories live: shared memory when the machine has it.
+pub(super) fn transfer_base() -> PathBuf {
+    if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
     }
 }
 
