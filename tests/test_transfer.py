@@ -204,6 +204,23 @@ def test_pxmap_of_an_unknown_function_says_where_to_define_it(k):
     assert "%pxmap maps over a Vec" in error(k, "%pxmap square scalar")["evalue"]
 
 
+def test_an_interrupt_stops_a_map_and_the_engines_keep_their_variables(k):
+    import threading
+    import time
+
+    ok(k, "let long: Vec<u64> = (0..30_000).collect();")  # 30,000 x 4 ms on 3 engines: 40 s
+    threading.Timer(2.5, k.km.interrupt_kernel).start()
+    started = time.monotonic()
+    reply, msgs, _ = k.execute("%pxmap slow long -o never --chunksize 10", timeout=600)
+    took = time.monotonic() - started
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert re.match(r"%pxmap slow long interrupted after \d+ of 30000 items; never was not bound", reply["evalue"]), reply
+    assert "Stopping %pxmap" in stream_text(msgs, "stderr")
+    assert took < 20, f"the map went on for {took:.1f} s after the interrupt"
+    assert engine_values(k, "%px p.x") == {i: "1.5" for i in range(3)}
+    assert error(k, "never")["ename"] == "CompilationError"
+
+
 def test_an_engine_killed_during_a_map_loses_no_item(k):
     import signal
     import threading

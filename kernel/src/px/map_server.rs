@@ -46,6 +46,8 @@ pub struct MapJob {
     done_chunks: usize,
     /// Items of each chunk (for per-item engine ids).
     chunk_lengths: Vec<u64>,
+    /// Stopped by an interrupt: nothing more goes out.
+    pub interrupted: bool,
 }
 
 impl MapJob {
@@ -119,7 +121,16 @@ impl MapJob {
         Some(bytes)
     }
 
+    /// No more chunks go out; what engines hold still comes back.
+    pub fn stop(&mut self) {
+        self.queue.clear();
+        self.interrupted = true;
+    }
+
     fn next_chunk(&mut self) -> Option<(usize, u64, Vec<u8>)> {
+        if self.interrupted {
+            return None;
+        }
         let index = self.queue.pop_front()?;
         Some((index, self.first_items[index], self.chunks[index].clone()))
     }
@@ -194,6 +205,14 @@ impl MapServer {
             }
         });
         Ok(server)
+    }
+
+    /// Stops the running map (an interrupt).
+    pub fn stop(&self) {
+        if let Some(job) = lock(&self.job).as_mut() {
+            job.stop();
+        }
+        self.changed.notify_waiters();
     }
 
     /// Waits until some chunk finished (or a connection ended).
@@ -274,7 +293,9 @@ impl MapServer {
                 in_flight.insert(index, Instant::now());
             }
             if in_flight.is_empty() {
-                let finished = lock(&self.job).as_ref().is_none_or(MapJob::is_done);
+                let finished = lock(&self.job)
+                    .as_ref()
+                    .is_none_or(|job| job.is_done() || job.interrupted);
                 if finished {
                     write.write_all(&[1u8]).await?;
                     return Ok(());
@@ -361,6 +382,7 @@ mod tests {
         let (second, second_item, _) = job.next_chunk().unwrap();
         assert_eq!((first, first_item, second, second_item), (0, 0, 1, 2));
         job.requeue([second]);
+        assert!(!job.interrupted);
         job.complete(first, 3, vec![(1, "boom".into())], vec![9], 0.5);
         assert_eq!(job.next_chunk().map(|c| c.0), Some(1));
         job.complete(1, 2, vec![], vec![8], 0.25);
@@ -385,6 +407,17 @@ mod tests {
         assert_eq!(job.serial_seconds, 1.0);
         let results = job.results_file().unwrap();
         assert_eq!(results.len(), 3 * 9);
+    }
+
+    #[test]
+    fn a_stopped_job_hands_out_nothing_more() {
+        let mut job = MapJob::from_chunk_file(&chunk_file(&[&[1], &[2], &[3]]), 1).unwrap();
+        let (first, _, _) = job.next_chunk().unwrap();
+        job.stop();
+        assert!(job.next_chunk().is_none());
+        job.requeue([first]);
+        assert!(job.next_chunk().is_none());
+        assert!(!job.is_done());
     }
 
     #[test]

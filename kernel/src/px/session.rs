@@ -89,6 +89,8 @@ struct ActiveCell {
 #[derive(Clone)]
 pub struct PxInterrupter {
     active: Arc<Mutex<Option<ActiveCell>>>,
+    /// The `%pxmap` being waited for, with the request that waits.
+    active_map: Arc<Mutex<Option<(WireMessage, super::map_server::MapServer)>>>,
     wake: Arc<Notify>,
     hub: Option<Arc<Mutex<Hub>>>,
     pool: Option<LocalPool>,
@@ -111,7 +113,7 @@ impl PxInterrupter {
     pub fn interrupt(&self) -> bool {
         let mut active = lock(&self.active);
         let Some(cell) = active.as_mut() else {
-            return false;
+            return self.interrupt_map();
         };
         let (Some(hub), Some(pool)) = (&self.hub, &self.pool) else {
             return false;
@@ -154,6 +156,24 @@ impl PxInterrupter {
     }
 }
 
+impl PxInterrupter {
+    /// Stops a `%pxmap` being waited for: no more chunks go out, each engine finishes the ones it
+    /// holds, and the engines keep their processes and variables.
+    fn interrupt_map(&self) -> bool {
+        let active = lock(&self.active_map);
+        let Some((request, server)) = active.as_ref() else {
+            return false;
+        };
+        self.publisher.publish(
+            request,
+            "stream",
+            json!({"name": "stderr", "text": "Received Keyboard Interrupt. Stopping %pxmap: the engines finish the chunks they hold and stay up.\n"}),
+        );
+        server.stop();
+        true
+    }
+}
+
 fn signal_name(signal: i32) -> String {
     match signal {
         2 => "SIGINT".into(),
@@ -186,6 +206,7 @@ pub struct PxService {
     last: Option<String>,
     named: HashMap<String, String>,
     active: Arc<Mutex<Option<ActiveCell>>>,
+    active_map: Arc<Mutex<Option<(WireMessage, super::map_server::MapServer)>>>,
     wake: Arc<Notify>,
     /// Where the data magics' values cross (created on first use, removed at shutdown).
     transfer_dir: Option<std::path::PathBuf>,
@@ -235,6 +256,7 @@ impl PxService {
             last: None,
             named: HashMap::new(),
             active: Arc::default(),
+            active_map: Arc::default(),
             wake: Arc::default(),
             transfer_dir: None,
             client_local: false,
@@ -283,6 +305,7 @@ impl PxService {
         };
         PxInterrupter {
             active: self.active.clone(),
+            active_map: self.active_map.clone(),
             wake: self.wake.clone(),
             hub,
             pool,

@@ -163,6 +163,18 @@ impl PxService {
         let Some(job) = lock(&server.job).take() else {
             return Err(transfer_error("the map was lost".into(), vec![]));
         };
+        if job.interrupted && !job.is_done() {
+            let out = options.out.as_deref().unwrap_or("the output");
+            return Err(ErrorReport {
+                ename: "KeyboardInterrupt".into(),
+                evalue: format!(
+                    "%pxmap {} {input} interrupted after {} of {total_items} items; {out} was not bound, and the engines kept their variables",
+                    options.function,
+                    job.done_items()
+                ),
+                traceback: vec![],
+            });
+        }
         if !job.is_done() {
             let function = &options.function;
             let first = engine_failures.first().map(|(id, error)| {
@@ -330,6 +342,7 @@ impl PxService {
                 .unwrap_or(0)
         };
         let total = pending.total_items as usize;
+        *lock(&self.active_map) = Some((request.clone(), server.clone()));
         loop {
             let done = lock(&hub).cell(&cell_id).is_none_or(CellRecord::is_done);
             if done {
@@ -346,6 +359,7 @@ impl PxService {
             }
             progress.tick(self, items_done(), total, pending.started);
         }
+        *lock(&self.active_map) = None;
         progress.finish(self, items_done(), total, pending.started);
         self.failures_of(&cell_id)
             .into_iter()
