@@ -316,16 +316,22 @@ pub fn already_displayed(cell: &CellRecord) -> Option<EngineError> {
     })
 }
 
-/// `%px: k/n tasks` with an HTML bar, for the progress display.
-pub fn progress(label: &str, done: usize, total: usize, elapsed: f64) -> Map<String, Value> {
+/// `%px: k/n tasks` (or `items` for a map) with an HTML bar, for the progress display.
+pub fn progress(
+    label: &str,
+    unit: &str,
+    done: usize,
+    total: usize,
+    elapsed: f64,
+) -> Map<String, Value> {
     let percent = if total == 0 {
         100.0
     } else {
         100.0 * done as f64 / total as f64
     };
-    let text = format!("{label}: {done}/{total} tasks ({elapsed:.1} s)");
+    let text = format!("{label}: {done}/{total} {unit} ({elapsed:.1} s)");
     let html = format!(
-        "<div style=\"font-family:monospace\"><progress value=\"{done}\" max=\"{total}\" style=\"width:20em\"></progress> {label}: {done}/{total} tasks ({elapsed:.1} s, {percent:.0}%)</div>"
+        "<div style=\"font-family:monospace\"><progress value=\"{done}\" max=\"{total}\" style=\"width:20em\"></progress> {label}: {done}/{total} {unit} ({elapsed:.1} s, {percent:.0}%)</div>"
     );
     let mut data = Map::new();
     data.insert("text/plain".into(), Value::String(text));

@@ -972,6 +972,8 @@ struct Progress {
     request: WireMessage,
     after: f64,
     label: &'static str,
+    /// What is counted: `tasks` (engines) or `items` (a map).
+    unit: &'static str,
     shown: bool,
     last: Option<(usize, u64)>,
 }
@@ -982,9 +984,15 @@ impl Progress {
             request: request.clone(),
             after,
             label,
+            unit: "tasks",
             shown: false,
             last: None,
         }
+    }
+
+    fn counting(mut self, unit: &'static str) -> Self {
+        self.unit = unit;
+        self
     }
 
     fn display_id(&self) -> String {
@@ -1002,7 +1010,7 @@ impl Progress {
             return;
         }
         self.last = Some(key);
-        let data = render::progress(self.label, done, total, elapsed);
+        let data = render::progress(self.label, self.unit, done, total, elapsed);
         px.display(&self.request, data, Some(&self.display_id()), self.shown);
         self.shown = true;
     }
@@ -1011,7 +1019,13 @@ impl Progress {
         // Draw the final state once: a tick may already have shown it.
         let already_final = self.last.is_some_and(|(shown_done, _)| shown_done == done);
         if self.shown && !already_final {
-            let data = render::progress(self.label, done, total, started.elapsed().as_secs_f64());
+            let data = render::progress(
+                self.label,
+                self.unit,
+                done,
+                total,
+                started.elapsed().as_secs_f64(),
+            );
             px.display(&self.request, data, Some(&self.display_id()), true);
         }
     }

@@ -333,7 +333,8 @@ impl PxService {
             Err(report) => return vec![(0, report.evalue)],
         };
         let cell_id = pending.cell_id.clone();
-        let mut progress = Progress::new(request, self.config.progress_after, "%pxmap");
+        let mut progress =
+            Progress::new(request, self.config.progress_after, "%pxmap").counting("items");
         let server = pending.server.clone();
         let items_done = || {
             lock(&server.job)
