@@ -137,6 +137,8 @@ def test_bad_names_and_missing_variables_are_clear(k):
     ok(k, "let scalar = 3u8;")
     assert "splits a Vec, and `scalar` is a `u8`" in error(k, "%scatter scalar")["evalue"]
     assert error(k, "%pull a b")["ename"] == "UsageError"
+    ok(k, 'let borrowed = "text";')
+    assert "`borrowed` is a reference" in error(k, "%push borrowed")["evalue"]
     assert error(k, "%push 9lives")["evalue"] == "argument NAME: '9lives' is not a valid name (letters, digits and _)"
 
 

@@ -51,6 +51,13 @@ pub struct Request<'a> {
 pub fn plan(request: &Request) -> Result<Plan, PlanError> {
     let dep = request.dep;
     let magic = request.kind.magic();
+    for (name, ty) in request.names.iter().zip(request.types) {
+        if ty.trim_start().starts_with('&') {
+            return Err(PlanError(format!(
+                "{magic} {name}: `{name}` is a reference (`{ty}`), and a reference cannot cross to another process; move an owned copy instead, e.g. `let {name}_owned = {name}.to_owned();`"
+            )));
+        }
+    }
     let file = |name: &str, what: &str| path_literal(request.dir, &format!("{name}.{what}.bin"));
     let prefix = |name: &str, what: &str| path_literal(request.dir, &format!("{name}.{what}"));
     let per_engine = |name: &str, what: &str| -> String {
@@ -332,6 +339,15 @@ mod tests {
         let not_vec = vec!["String".to_owned()];
         let error = plan(&request(TransferKind::Scatter, &names, &not_vec, &[0])).unwrap_err();
         assert!(error.0.contains("splits a Vec"), "{}", error.0);
+    }
+
+    #[test]
+    fn references_are_refused_with_the_owned_alternative() {
+        let names = vec!["s".to_owned()];
+        let types = vec!["&str".to_owned()];
+        let error = plan(&request(TransferKind::Push, &names, &types, &[0])).unwrap_err();
+        assert!(error.0.contains("is a reference (`&str`)"), "{}", error.0);
+        assert!(error.0.contains("s.to_owned()"), "{}", error.0);
     }
 
     #[test]
