@@ -14,6 +14,7 @@ use rustpx_protocol::EngineId;
 use super::bridge::{self, Dispatch};
 use super::groups::Groups;
 use super::hub::{Hub, RunEnd};
+use super::lock;
 use super::records::EngineError;
 use crate::evaluator::compile_error_report;
 
@@ -120,17 +121,11 @@ impl Compiler {
     }
 }
 
-fn lock(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
-    hub.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Runs one compiled object on the current engines and combines their outcomes into the markers
 /// evcxr expects: a panic anywhere drops the cell's new variables from the group's state.
 fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dispatch {
     Arc::new(move |so_path: &str, fn_name: &str| {
-        let target = current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let target = lock(&current)
             .as_ref()
             .map(|c| (c.cell_id.clone(), c.engines.clone()));
         let Some((cell_id, engines)) = target else {
@@ -138,7 +133,7 @@ fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dis
             return vec![EXECUTION_COMPLETE.to_owned()];
         };
         let summary = run_on_engines(&hub, &cell_id, &engines, so_path, fn_name);
-        if let Some(current) = current.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(current) = lock(&current).as_mut() {
             current.sent.push((so_path.to_owned(), fn_name.to_owned()));
             current.clean &= summary.clean();
         }
@@ -461,14 +456,14 @@ fn compile_and_run<S: Clone>(
             }
         }
         let (state, before) = groups.group(index).state.clone();
-        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Current {
+        *lock(current) = Some(Current {
             cell_id: job.cell_id.clone(),
             engines: pinned,
             sent: Vec::new(),
             clean: true,
         });
         let result = evaluate(&code, state, &new_deps);
-        let ran = current.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let ran = lock(current).take();
         let error = match result {
             Ok((state, mut after)) => {
                 after.deps = before.deps.iter().chain(&new_deps).cloned().collect();

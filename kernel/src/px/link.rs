@@ -10,7 +10,7 @@ use rustpx_wire::{decode, encode, Signer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::hub::{Hub, Outgoing};
-use super::PxError;
+use super::{lock, PxError};
 
 /// How often heartbeats are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -42,10 +42,6 @@ pub async fn start(
         key,
         signature_scheme: "hmac-sha256".into(),
     })
-}
-
-fn lock(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
-    hub.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn serve(

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rustpx_protocol::EngineId;
+
+use super::lock;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -51,8 +53,9 @@ pub struct MapJob {
 }
 
 impl MapJob {
-    /// A job over chunks as `rustpx::save_chunks` wrote them (length-prefixed bincode).
-    pub fn from_chunk_file(bytes: &[u8], chunk_size: usize) -> Result<MapJob, String> {
+    /// A job over chunks as `rustpx::save_chunks` wrote them (length-prefixed bincode, whose
+    /// first eight bytes are the chunk's item count).
+    pub fn from_chunk_file(bytes: &[u8]) -> Result<MapJob, String> {
         let mut job = MapJob::default();
         let mut rest = bytes;
         let mut first_item = 0u64;
@@ -66,7 +69,7 @@ impl MapJob {
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
-                .unwrap_or(chunk_size as u64);
+                .ok_or("a chunk without its item count")?;
             job.chunks.push(chunk.to_vec());
             job.first_items.push(first_item);
             job.chunk_lengths.push(items);
@@ -174,10 +177,6 @@ pub struct MapServer {
     changed: Arc<tokio::sync::Notify>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl MapServer {
     /// Binds 127.0.0.1 on a free port and writes `address\ntoken` to `server_file` (mode 0600 in
     /// the private transfer directory), which the engine cells read.
@@ -213,11 +212,6 @@ impl MapServer {
             job.stop();
         }
         self.changed.notify_waiters();
-    }
-
-    /// Waits until some chunk finished (or a connection ended).
-    pub async fn changed(&self) {
-        self.changed.notified().await;
     }
 
     async fn serve(&self, stream: TcpStream, token: &str) -> std::io::Result<()> {
@@ -376,7 +370,7 @@ mod tests {
 
     #[test]
     fn chunks_are_handed_out_once_and_requeued_when_an_engine_drops() {
-        let mut job = MapJob::from_chunk_file(&chunk_file(&[&[1, 2], &[3, 4], &[5]]), 2).unwrap();
+        let mut job = MapJob::from_chunk_file(&chunk_file(&[&[1, 2], &[3, 4], &[5]])).unwrap();
         assert_eq!((job.total_chunks(), job.total_items()), (3, 5));
         let (first, first_item, _) = job.next_chunk().unwrap();
         let (second, second_item, _) = job.next_chunk().unwrap();
@@ -411,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_stopped_job_hands_out_nothing_more() {
-        let mut job = MapJob::from_chunk_file(&chunk_file(&[&[1], &[2], &[3]]), 1).unwrap();
+        let mut job = MapJob::from_chunk_file(&chunk_file(&[&[1], &[2], &[3]])).unwrap();
         let (first, _, _) = job.next_chunk().unwrap();
         job.stop();
         assert!(job.next_chunk().is_none());
@@ -424,7 +418,7 @@ mod tests {
     fn a_truncated_chunk_file_is_an_error() {
         let mut bytes = chunk_file(&[&[1, 2]]);
         bytes.pop();
-        assert!(MapJob::from_chunk_file(&bytes, 2).is_err());
+        assert!(MapJob::from_chunk_file(&bytes).is_err());
     }
 
     #[test]

@@ -23,6 +23,12 @@ mod transfer;
 
 use thiserror::Error;
 
+/// Locks a mutex shared by the px parts. A poisoned lock only means a thread panicked while
+/// holding it; the registry, pool and scheduler states stay usable, so their users go on.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub use bridge::run_if_requested as run_bridge_if_requested;
 pub use session::{PxInterrupter, PxService};
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use rustpx_protocol::{EngineConnection, EngineId, CONNECTION_ENV};
 
 use super::hub::Hub;
-use super::PxError;
+use super::{lock, PxError};
 
 /// Why an engine process ended, in words.
 pub fn describe_exit(status: ExitStatus) -> String {
@@ -84,7 +84,7 @@ impl LocalPool {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Starts the engine process for `id`; it registers with the hub by itself.
@@ -125,7 +125,7 @@ impl LocalPool {
                 state.processes.remove(&id);
             }
         }
-        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hub = lock(&self.hub);
         let registered = hub
             .engines()
             .find(|e| e.pid == pid && e.alive())

@@ -17,7 +17,7 @@ use super::pool::{self, LocalPool};
 use super::records::{CellRecord, EngineError, TaskState};
 use super::render::{self, Output};
 use super::targets::{self, Targets};
-use super::{link, PxError};
+use super::{link, lock, PxError};
 use crate::evaluator::{ErrorReport, Evaluator, Outcome};
 use crate::frontend::Publisher;
 
@@ -95,10 +95,6 @@ pub struct PxInterrupter {
     hub: Option<Arc<Mutex<Hub>>>,
     pool: Option<LocalPool>,
     publisher: Publisher,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl PxInterrupter {
