@@ -648,6 +648,11 @@ fn parse_engines(items: &[String]) -> Result<EnginesCommand, UsageError> {
 mod tests {
     use super::*;
 
+    /// The usage error `cell` must give.
+    fn usage(cell: &str) -> String {
+        parse_cell(cell).expect_err(cell).0
+    }
+
     fn px(cell: &str) -> PxOptions {
         match parse_cell(cell).unwrap().unwrap() {
             Magic::Px { options, .. } => options,
@@ -705,25 +710,23 @@ mod tests {
     #[test]
     fn usage_errors_name_the_option_and_the_choices() {
         assert_eq!(
-            parse_cell("%%px --group-outputs bogus\nx").unwrap_err().0,
+            usage("%%px --group-outputs bogus\nx"),
             "argument --group-outputs: invalid choice: 'bogus' (choose from 'engine', 'order', 'type')"
         );
         assert_eq!(
-            parse_cell("%%px -t\nx").unwrap_err().0,
+            usage("%%px -t\nx"),
             "argument -t/--targets: expected one argument"
         );
-        assert_eq!(
-            parse_cell("%%px --bogus\nx").unwrap_err().0,
-            "unrecognized arguments: --bogus"
-        );
-        assert!(parse_cell("%px %%px\n")
-            .unwrap_err()
-            .0
-            .contains("is a magic"));
-        assert!(parse_cell("%%px -t 0\n\n  %pxresult")
-            .unwrap_err()
-            .0
-            .contains("`%pxresult` is a magic"));
+        assert_eq!(usage("%%px --bogus\nx"), "unrecognized arguments: --bogus");
+        assert!(usage("%px %%px\n").contains("is a magic"));
+        assert!(usage("%%px -t 0\n\n  %pxresult").contains("`%pxresult` is a magic"));
+        assert!(usage("%%px --signal-on-interrupt SIGFOO\nx").contains("--signal-on-interrupt"));
+        assert!(usage("%nosuchmagic").contains("not found"));
+        assert!(usage("%%px --progress-after soon\nx").contains("invalid float"));
+    }
+
+    #[test]
+    fn data_magics_and_pxmap_take_names_targets_and_their_options() {
         let map =
             parse_cell("%pxmap square xs -o ys --chunksize=10 --errors-in-place -t 0,1").unwrap();
         assert_eq!(
@@ -738,18 +741,9 @@ mod tests {
                 noblock: false,
             }))
         );
-        assert!(parse_cell("%pxmap f")
-            .unwrap_err()
-            .0
-            .contains("takes a function and a local Vec"));
-        assert!(parse_cell("%pxmap a-b xs")
-            .unwrap_err()
-            .0
-            .contains("not a function name"));
-        assert!(parse_cell("%pxmap f xs --chunksize 0")
-            .unwrap_err()
-            .0
-            .contains("positive"));
+        assert!(usage("%pxmap f").contains("takes a function and a local Vec"));
+        assert!(usage("%pxmap a-b xs").contains("not a function name"));
+        assert!(usage("%pxmap f xs --chunksize 0").contains("positive"));
         assert!(parse_cell("%pxmap m::f xs").is_ok());
         let push = parse_cell("%push a b,c -t 0,1").unwrap();
         assert_eq!(
@@ -768,34 +762,10 @@ mod tests {
             (pull.kind, pull.out.as_deref()),
             (TransferKind::Pull, Some("xs"))
         );
-        assert!(parse_cell("%push")
-            .unwrap_err()
-            .0
-            .contains("needs a variable name"));
-        assert!(parse_cell("%pull a b")
-            .unwrap_err()
-            .0
-            .contains("one variable at a time"));
-        assert!(parse_cell("%scatter x -o y")
-            .unwrap_err()
-            .0
-            .contains("unrecognized"));
-        assert!(parse_cell("%gather 1x")
-            .unwrap_err()
-            .0
-            .contains("not a valid name"));
-        assert!(parse_cell("%%px --signal-on-interrupt SIGFOO\nx")
-            .unwrap_err()
-            .0
-            .contains("--signal-on-interrupt"));
-        assert!(parse_cell("%nosuchmagic")
-            .unwrap_err()
-            .0
-            .contains("not found"));
-        assert!(parse_cell("%%px --progress-after soon\nx")
-            .unwrap_err()
-            .0
-            .contains("invalid float"));
+        assert!(usage("%push").contains("needs a variable name"));
+        assert!(usage("%pull a b").contains("one variable at a time"));
+        assert!(usage("%scatter x -o y").contains("unrecognized"));
+        assert!(usage("%gather 1x").contains("not a valid name"));
     }
 
     #[test]
