@@ -194,6 +194,9 @@ def test_a_killed_kernel_leaves_no_orphan_engines():
         pids = list(parse_engine_pids(table).values())
         assert len(pids) == 2
         k.km.provisioner.process.kill()  # SIGKILL: no shutdown code runs in the kernel
+        # Until the killed process has exited, its pid is live and its files are not stale; wait
+        # for the exit, as Jupyter's server reaps its kernels.
+        k.km.provisioner.process.wait(timeout=60)
     finally:
         k.kc.stop_channels()
     assert still_running(pids) == [], "orphan engines"

@@ -107,7 +107,7 @@ fn run(cli: Cli) -> Result<()> {
             let _ = registered_forward.send(id);
         }
     });
-    std::thread::Builder::new()
+    let link_thread = std::thread::Builder::new()
         .name("link".into())
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -144,9 +144,12 @@ fn run(cli: Cli) -> Result<()> {
         })
         .context("cannot start the link thread")?;
 
-    let engine_id = registered
-        .recv()
-        .context("the link ended before registering")?;
+    let Ok(engine_id) = registered.recv() else {
+        // The link ended before registering. Its thread says why on the real stderr and exits;
+        // returning here instead would race it and print into the captured stderr, unseen.
+        let _ = link_thread.join();
+        anyhow::bail!("the link ended before registering");
+    };
     // Cells read their engine's id from here (`std::env::var("RUSTPX_ENGINE_ID")`). Set on the
     // main thread before any cell runs, so nothing reads the environment concurrently.
     std::env::set_var(ENGINE_ID_ENV, engine_id.to_string());
