@@ -7,9 +7,17 @@
 //!
 //! A type crosses when it implements serde's `Serialize` (to leave) and `Deserialize` (to
 //! arrive); the compiler names the type and the missing trait otherwise.
+//!
+//! Vectors and slices of fixed-size numbers (`u8` to `u64`, `i8` to `i64`, `usize`, `isize`,
+//! `f32`, `f64`) skip serde: their bincode encoding is their length followed by their
+//! little-endian memory, so they are written and read with one copy. This matters because the
+//! generic code of a cell is compiled unoptimised, where serde walks a 10 MiB `Vec<u8>` byte by
+//! byte; the files stay plain bincode either way.
 
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -60,16 +68,22 @@ impl fmt::Display for TransferError {
 impl std::error::Error for TransferError {}
 
 /// Writes `value` to `path`, replacing the file atomically so a reader never sees half a value.
-pub fn save<T: Serialize + ?Sized>(value: &T, path: &str) -> Result<(), TransferError> {
+pub fn save<T: Serialize + ?Sized + 'static>(value: &T, path: &str) -> Result<(), TransferError> {
+    if let Some((count, memory)) = numbers::as_bytes(value) {
+        return write_atomically(path, &[&(count as u64).to_le_bytes(), memory]);
+    }
     let bytes = bincode::serialize(value).map_err(|error| TransferError::Encode {
         type_name: std::any::type_name::<T>(),
         error,
     })?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &[&bytes])
 }
 
 /// Reads the value of type `T` that [`save`] wrote to `path`.
-pub fn load<T: DeserializeOwned>(path: &str) -> Result<T, TransferError> {
+pub fn load<T: DeserializeOwned + 'static>(path: &str) -> Result<T, TransferError> {
+    if let Some(numbers) = numbers::read::<T>(path) {
+        return numbers;
+    }
     let bytes = fs::read(path).map_err(|error| TransferError::Io {
         path: path.to_owned(),
         error,
@@ -81,14 +95,114 @@ pub fn load<T: DeserializeOwned>(path: &str) -> Result<T, TransferError> {
     })
 }
 
+mod numbers {
+    //! The one-copy path for vectors and slices of fixed-size numbers (see the crate's docs).
+    use super::*;
+
+    /// The element count and memory of `value` if it is a `Vec` or slice of numbers.
+    pub fn as_bytes<T: ?Sized + 'static>(value: &T) -> Option<(usize, &[u8])> {
+        macro_rules! try_number {
+            ($($number:ty),*) => {$(
+                if TypeId::of::<T>() == TypeId::of::<Vec<$number>>() {
+                    // SAFETY: `T` is `Vec<$number>`: the type ids are equal.
+                    let vector = unsafe { &*(value as *const T).cast::<Vec<$number>>() };
+                    return Some((vector.len(), memory_of(vector.as_slice())));
+                }
+                if TypeId::of::<T>() == TypeId::of::<[$number]>() {
+                    let count = std::mem::size_of_val(value) / std::mem::size_of::<$number>();
+                    // SAFETY: `T` is `[$number]`, so `value` points at `count` numbers.
+                    let slice = unsafe {
+                        std::slice::from_raw_parts((value as *const T).cast::<$number>(), count)
+                    };
+                    return Some((count, memory_of(slice)));
+                }
+            )*};
+        }
+        if cfg!(target_endian = "little") {
+            try_number!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+            if std::mem::size_of::<usize>() == 8 {
+                // bincode writes usize and isize as 64-bit integers.
+                try_number!(usize, isize);
+            }
+        }
+        None
+    }
+
+    /// Reads `path` as a `T` if `T` is a `Vec` of numbers: `None` for any other type.
+    pub fn read<T: 'static>(path: &str) -> Option<Result<T, TransferError>> {
+        macro_rules! try_number {
+            ($($number:ty),*) => {$(
+                if TypeId::of::<T>() == TypeId::of::<Vec<$number>>() {
+                    let vector = read_vec::<$number>(path, std::any::type_name::<T>());
+                    return vector.map(|v| (Box::new(v) as Box<dyn Any>).downcast::<T>().ok().map(|b| *b)).transpose();
+                }
+            )*};
+        }
+        if cfg!(target_endian = "little") {
+            try_number!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+            if std::mem::size_of::<usize>() == 8 {
+                try_number!(usize, isize);
+            }
+        }
+        None
+    }
+
+    /// The bytes of a slice of numbers (no padding, every bit pattern valid).
+    fn memory_of<N: Copy>(numbers: &[N]) -> &[u8] {
+        // SAFETY: numbers are plain bytes; the length is the slice's size in bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                numbers.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(numbers),
+            )
+        }
+    }
+
+    fn read_vec<N: Copy + Default>(
+        path: &str,
+        type_name: &'static str,
+    ) -> Result<Vec<N>, TransferError> {
+        let io = |error| TransferError::Io {
+            path: path.to_owned(),
+            error,
+        };
+        let mut file = fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut header = [0u8; 8];
+        file.read_exact(&mut header).map_err(io)?;
+        let count = u64::from_le_bytes(header);
+        let width = std::mem::size_of::<N>() as u64;
+        if count.checked_mul(width).and_then(|n| n.checked_add(8)) != Some(file_len) {
+            return Err(TransferError::Decode {
+                path: path.to_owned(),
+                type_name,
+                error: Box::new(bincode::ErrorKind::Custom(format!(
+                    "{count} items of {width} bytes do not fill {file_len} bytes"
+                ))),
+            });
+        }
+        // `vec![0; n]` of numbers asks the allocator for zeroed pages, which costs nothing.
+        let mut numbers = vec![N::default(); count as usize];
+        // SAFETY: as in `memory_of`, and every bit pattern is a valid number.
+        let memory = unsafe {
+            std::slice::from_raw_parts_mut(
+                numbers.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of_val(numbers.as_slice()),
+            )
+        };
+        file.read_exact(memory).map_err(io)?;
+        Ok(numbers)
+    }
+}
+
 /// One value from each path, in order (`%pull` on several engines).
-pub fn collect<T: DeserializeOwned>(paths: &[&str]) -> Result<Vec<T>, TransferError> {
+pub fn collect<T: DeserializeOwned + 'static>(paths: &[&str]) -> Result<Vec<T>, TransferError> {
     paths.iter().map(|path| load(path)).collect()
 }
 
 /// Splits `items` into one contiguous chunk per path, in order; chunk sizes differ by at most
 /// one and the first chunks take the remainder, as ipyparallel's scatter does.
-pub fn scatter<T: Serialize>(items: &[T], paths: &[&str]) -> Result<(), TransferError> {
+pub fn scatter<T: Serialize + 'static>(items: &[T], paths: &[&str]) -> Result<(), TransferError> {
     for (path, range) in paths.iter().zip(chunk_ranges(items.len(), paths.len())) {
         save(&items[range], path)?;
     }
@@ -96,10 +210,11 @@ pub fn scatter<T: Serialize>(items: &[T], paths: &[&str]) -> Result<(), Transfer
 }
 
 /// The chunks that [`scatter`] wrote (or engines saved), concatenated in path order.
-pub fn concat<T: DeserializeOwned>(paths: &[&str]) -> Result<Vec<T>, TransferError> {
+pub fn concat<T: DeserializeOwned + 'static>(paths: &[&str]) -> Result<Vec<T>, TransferError> {
     let mut all = Vec::new();
     for path in paths {
-        all.extend(load::<Vec<T>>(path)?);
+        let mut chunk = load::<Vec<T>>(path)?;
+        all.append(&mut chunk);
     }
     Ok(all)
 }
@@ -138,7 +253,7 @@ pub fn save_chunks<T: Serialize>(
         bytes.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&encoded);
     }
-    write_atomically(path, &bytes)
+    write_atomically(path, &[&bytes])
 }
 
 /// `%pxmap`'s chunk size when none is given. Measured (bench/run.py, 1,000,000 u64 on 4 engines,
@@ -348,13 +463,17 @@ pub fn engine_path(prefix: &str) -> Result<String, TransferError> {
     Ok(format!("{prefix}.{}.bin", engine_id()?))
 }
 
-fn write_atomically(path: &str, bytes: &[u8]) -> Result<(), TransferError> {
+fn write_atomically(path: &str, parts: &[&[u8]]) -> Result<(), TransferError> {
     let io = |error| TransferError::Io {
         path: path.to_owned(),
         error,
     };
     let partial = format!("{path}.partial-{}", std::process::id());
-    fs::write(&partial, bytes).map_err(io)?;
+    let mut file = fs::File::create(&partial).map_err(io)?;
+    for part in parts {
+        file.write_all(part).map_err(io)?;
+    }
+    drop(file);
     fs::rename(&partial, Path::new(path)).map_err(io)
 }
 
@@ -410,6 +529,46 @@ mod tests {
         };
         save(&point, &path).unwrap();
         assert_eq!(load::<Point>(&path).unwrap(), point);
+    }
+
+    #[test]
+    fn vectors_of_numbers_take_the_one_copy_path_and_stay_bincode() {
+        let (_guard, dir) = dir();
+        let path = format!("{dir}/n.bin");
+        let bytes: Vec<u8> = (0..=255).cycle().take(100_003).collect();
+        save(&bytes, &path).unwrap();
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            bincode::serialize(&bytes).unwrap()
+        );
+        assert_eq!(load::<Vec<u8>>(&path).unwrap(), bytes);
+        let floats = vec![1.5f64, -0.0, f64::MAX, 3.25];
+        fs::write(&path, bincode::serialize(&floats).unwrap()).unwrap();
+        assert_eq!(load::<Vec<f64>>(&path).unwrap(), floats);
+        let sizes: Vec<usize> = vec![usize::MAX, 0, 7];
+        save(&sizes[1..], &path).unwrap();
+        assert_eq!(
+            bincode::deserialize::<Vec<usize>>(&fs::read(&path).unwrap()).unwrap(),
+            [0, 7]
+        );
+        let empty: Vec<i32> = Vec::new();
+        save(&empty, &path).unwrap();
+        assert_eq!(load::<Vec<i32>>(&path).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_truncated_vector_of_numbers_is_a_decode_error_not_a_short_vector() {
+        let (_guard, dir) = dir();
+        let path = format!("{dir}/n.bin");
+        let mut bytes = bincode::serialize(&vec![1u64, 2, 3]).unwrap();
+        bytes.pop();
+        fs::write(&path, bytes).unwrap();
+        let error = load::<Vec<u64>>(&path).unwrap_err().to_string();
+        assert!(error.contains("is not a alloc::vec::Vec<u64>"), "{error}");
+        assert!(
+            error.contains("3 items of 8 bytes do not fill 31 bytes"),
+            "{error}"
+        );
     }
 
     #[test]
