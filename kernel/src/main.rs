@@ -63,9 +63,10 @@ impl ScopeArgs {
 const DEFAULT_LOG_FILTER: &str = "warn,rustpx=info,rustpx_kernel=info";
 
 fn main() -> Result<()> {
-    // When the px context starts this binary as its bridge to the engines, or evcxr re-executes
-    // it as its runtime, these calls never return.
+    // When the px context starts this binary as its bridge to the engines, or the plain context
+    // (or evcxr itself) as its runtime, these calls never return.
     rustpx_kernel::px::run_bridge_if_requested();
+    rustpx_kernel::evaluator::runtime::run_if_requested();
     evcxr::runtime_hook();
     let cli = Cli::parse();
     match cli.command {

@@ -7,6 +7,8 @@
 
 mod diagnostics;
 mod output_pump;
+mod rerun;
+pub mod runtime;
 
 use std::collections::BTreeSet;
 use std::process::Child;
@@ -34,6 +36,7 @@ pub fn compile_error_report(errors: &[evcxr::CompilationError], cell: &str) -> E
     }
 }
 use output_pump::{OutputPump, PanicReport};
+use rerun::{RerunError, Rerunner};
 
 /// What a finished execution reports in its `execute_reply`.
 #[derive(Debug, Clone)]
@@ -82,6 +85,7 @@ enum Job {
     /// Code the kernel generated (the data magics): nothing is published, errors come back.
     Hidden {
         code: String,
+        reusable: bool,
         reply: oneshot::Sender<Result<(), ErrorReport>>,
     },
     /// The context's variables and their types.
@@ -202,9 +206,20 @@ impl Evaluator {
     /// Runs kernel-generated code in the context without publishing anything; a compile error,
     /// panic or interrupt comes back as the report a cell would have shown.
     pub async fn run_hidden(&self, code: &str) -> Result<(), ErrorReport> {
+        self.hidden(code, false).await
+    }
+
+    /// As [`Evaluator::run_hidden`], for a generated cell that may run again from its compiled
+    /// object while its text and the context's variables are unchanged (see [`rerun`]).
+    pub async fn run_generated(&self, code: &str) -> Result<(), ErrorReport> {
+        self.hidden(code, true).await
+    }
+
+    async fn hidden(&self, code: &str, reusable: bool) -> Result<(), ErrorReport> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Hidden {
             code: code.to_owned(),
+            reusable,
             reply,
         };
         if self.jobs.send(job).is_err() {
@@ -254,10 +269,10 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
     };
     let started = std::time::Instant::now();
     let context = match start_context() {
-        Ok((context, outputs)) => {
+        Ok((context, outputs, rerunner)) => {
             tracing::info!("evcxr ready in {:?}", started.elapsed());
             let pump = OutputPump::start(outputs.stdout, outputs.stderr, publisher.clone());
-            Ok((context, pump))
+            Ok((context, pump, rerunner))
         }
         Err(error) => {
             tracing::error!("evcxr could not start: {error}");
@@ -269,7 +284,7 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
         match (&mut context, job) {
             (_, Job::Start) => {}
             (
-                Ok((context, pump)),
+                Ok((context, pump, _)),
                 Job::Execute {
                     request,
                     code,
@@ -300,7 +315,7 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
                 let _ = reply.send(Outcome::Error(report));
             }
             (
-                Ok((context, _)),
+                Ok((context, _, _)),
                 Job::Complete {
                     code,
                     cursor_pos,
@@ -310,7 +325,7 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
                 let _ = reply.send(complete(context, &code, cursor_pos));
             }
             (
-                Ok((context, _)),
+                Ok((context, _, _)),
                 Job::Inspect {
                     code,
                     cursor_pos,
@@ -319,8 +334,21 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
             ) => {
                 let _ = reply.send(inspect(context, &code, cursor_pos));
             }
-            (Ok((context, pump)), Job::Hidden { code, reply }) => {
-                let _ = reply.send(evaluate(context, pump, &interrupter, None, &code).map(drop));
+            (
+                Ok((context, pump, rerunner)),
+                Job::Hidden {
+                    code,
+                    reusable,
+                    reply,
+                },
+            ) => {
+                let outcome = match rerunner {
+                    Some(rerunner) if reusable => {
+                        run_reusable(context, pump, &interrupter, rerunner, &code)
+                    }
+                    _ => evaluate(context, pump, &interrupter, None, &code).map(drop),
+                };
+                let _ = reply.send(outcome);
             }
             (Err(error), Job::Hidden { reply, .. }) => {
                 let _ = reply.send(Err(ErrorReport {
@@ -329,13 +357,8 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
                     traceback: vec![],
                 }));
             }
-            (Ok((context, _)), Job::Variables { reply }) => {
-                let mut variables: Vec<(String, String)> = context
-                    .variables_and_types()
-                    .map(|(name, ty)| (name.to_owned(), ty.to_owned()))
-                    .collect();
-                variables.sort();
-                let _ = reply.send(variables);
+            (Ok((context, _, _)), Job::Variables { reply }) => {
+                let _ = reply.send(variables_and_types(context));
             }
             (Err(_), Job::Variables { reply }) => {
                 let _ = reply.send(Vec::new());
@@ -350,10 +373,27 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
     }
 }
 
+/// The context, its outputs, and the side door to its child for re-running generated cells.
+type Started = (CommandContext, evcxr::EvalContextOutputs, Option<Rerunner>);
+
 /// Creates the context and moves rust-analyzer's first analysis of std off the user's first
-/// `let`: a hidden `let` on a throwaway state, then the untouched state restored.
-fn start_context() -> Result<(CommandContext, evcxr::EvalContextOutputs), evcxr::Error> {
-    let (mut eval_context, outputs) = EvalContext::new()?;
+/// `let`: a hidden `let` on a throwaway state, then the untouched state restored. The child is
+/// this binary as [`runtime`], unless its listener cannot be opened (then evcxr's own).
+fn start_context() -> Result<Started, evcxr::Error> {
+    let (rerunner, (mut eval_context, outputs)) = match Rerunner::bind() {
+        Ok((rerunner, spec)) => {
+            let mut command = std::process::Command::new(std::env::current_exe()?);
+            command.env(runtime::RUNTIME_ENV, spec);
+            (
+                Some(rerunner),
+                EvalContext::with_subprocess_command(command)?,
+            )
+        }
+        Err(error) => {
+            tracing::warn!("generated cells will always compile: no re-run listener ({error})");
+            (None, EvalContext::new()?)
+        }
+    };
     let mut snapshot = eval_context.state();
     if let Some(flags) = crate::cell_objects::compact_rustflags() {
         snapshot.set_build_env("RUSTFLAGS", flags);
@@ -367,7 +407,76 @@ fn start_context() -> Result<(CommandContext, evcxr::EvalContextOutputs), evcxr:
     // The warm-up printed nothing, but drain anything evcxr may have queued.
     while outputs.stdout.try_recv().is_ok() {}
     while outputs.stderr.try_recv().is_ok() {}
-    Ok((CommandContext::with_eval_context(eval_context), outputs))
+    Ok((
+        CommandContext::with_eval_context(eval_context),
+        outputs,
+        rerunner,
+    ))
+}
+
+fn variables_and_types(context: &CommandContext) -> Vec<(String, String)> {
+    let mut variables: Vec<(String, String)> = context
+        .variables_and_types()
+        .map(|(name, ty)| (name.to_owned(), ty.to_owned()))
+        .collect();
+    variables.sort();
+    variables
+}
+
+/// Runs a generated cell from its compiled object when the variables are as they were when it
+/// compiled, else through evcxr; a compiled cell that left the variables as they were is kept
+/// for next time (one that defined a variable is not: evcxr must learn of the variable).
+fn run_reusable(
+    context: &mut CommandContext,
+    pump: &OutputPump,
+    interrupter: &Interrupter,
+    rerunner: &mut Rerunner,
+    code: &str,
+) -> Result<(), ErrorReport> {
+    let variables = variables_and_types(context);
+    if let Some((so, function)) = rerunner.lookup(code, &variables) {
+        pump.set_parent(None);
+        let started = std::time::Instant::now();
+        let outcome = rerunner.run(&so, &function);
+        tracing::debug!("generated cell ran again in {:?}", started.elapsed());
+        match outcome {
+            Ok(()) => {
+                pump.flush();
+                return Ok(());
+            }
+            Err(RerunError::CellFailed(markers)) if markers.contains("PANIC") => {
+                let panic = wait_for_panic(pump).unwrap_or_else(|| PanicReport {
+                    location: String::new(),
+                    message: "the generated cell panicked".into(),
+                });
+                return Err(panic_report(&panic, &[]));
+            }
+            Err(error) => {
+                tracing::info!("compiling a generated cell again: {error}");
+                rerunner.forget(code, &variables);
+            }
+        }
+    }
+    let runs_before = rerunner.last_run().map(|(runs, _, _)| runs);
+    evaluate(context, pump, interrupter, None, code)?;
+    if let (Some(before), Some((after, so, function))) = (runs_before, rerunner.last_run()) {
+        if after == before + 1 && variables_and_types(context) == variables {
+            tracing::debug!("generated cell compiled to {so}, kept for re-runs");
+            rerunner.remember(code, variables, so, function);
+        }
+    }
+    Ok(())
+}
+
+/// The panic a re-run cell reported on stderr, which evcxr relays on its own thread.
+fn wait_for_panic(pump: &OutputPump) -> Option<PanicReport> {
+    for _ in 0..100 {
+        if let Some(panic) = pump.flush() {
+            return Some(panic);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
 }
 
 fn variable_names(context: &CommandContext) -> BTreeSet<String> {

@@ -137,6 +137,11 @@ impl PxService {
             .map_err(|error| usage(error.0))
         };
         let plan = plan_with(&assign)?;
+        tracing::debug!(
+            "{} planned after {:?}",
+            magic.kind.magic(),
+            started.elapsed()
+        );
         let mut result = self
             .run_plan(&plan, magic, &types, &engines, evaluator)
             .await;
@@ -276,7 +281,7 @@ impl PxService {
         };
         if let Some(code) = &plan.local_before {
             evaluator
-                .run_hidden(code)
+                .run_generated(code)
                 .await
                 .map_err(|report| explain(report, false))?;
         }
@@ -309,7 +314,7 @@ impl PxService {
             })?;
         if let Some(code) = &plan.local_after {
             evaluator
-                .run_hidden(code)
+                .run_generated(code)
                 .await
                 .map_err(|report| explain(report, false))?;
         }

@@ -87,7 +87,7 @@ impl PxService {
             ),
         };
         evaluator
-            .run_hidden(&format!(
+            .run_generated(&format!(
                 "{dep}\nrustpx::save_chunks(&{input}, {chunk_size}, {:?}).unwrap_or_else(|e| panic!(\"%pxmap {input}: {{e}}\"));",
                 chunk_file.to_string_lossy()
             ))
@@ -251,7 +251,7 @@ impl PxService {
                 engines_note = format!(" and {out}_engines: Vec<u32> (the engine of each item)");
             }
         }
-        let loaded = evaluator.run_hidden(&format!("{dep}\n{binding}")).await;
+        let loaded = evaluator.run_generated(&format!("{dep}\n{binding}")).await;
         let _ = std::fs::remove_file(&results_file);
         let _ = std::fs::remove_file(&engines_file);
         loaded.map_err(|report| {

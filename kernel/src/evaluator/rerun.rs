@@ -1,0 +1,176 @@
+//! Runs the kernel's generated cells again without compiling them again.
+//!
+//! A data magic's local cell (`rustpx::save(&data, "…")`) is the same text every time it moves
+//! the same variable, yet evcxr compiles every cell it is given: about half a second here, where
+//! the bytes move in milliseconds. evcxr's generated function takes every stored variable by
+//! name and type, checks each one's `TypeId` (a type redefined since is reported, not misread),
+//! runs the cell and stores them back. So when the cell's text and the context's variables
+//! (names and types) are what they were when evcxr compiled it, running the already compiled
+//! function again is what evcxr would do after compiling the same source. The plain context's
+//! child ([`super::runtime`]) runs it on request over a loopback socket.
+//!
+//! Only kernel-generated cells are cached, never the user's.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+/// The markers evcxr's generated code prints when the cell did not simply succeed.
+const NOT_PLAIN_SUCCESS: [&str; 3] = [
+    "EVCXR_PANIC_NOTIFICATION",
+    "EVCXR_VARIABLE_CHANGED_TYPE:",
+    "EVCXR_ERROR_OCCURRED",
+];
+
+/// A cell's text and the variables (name, type) it was compiled against.
+type Key = (String, Vec<(String, String)>);
+
+/// How a re-run ended when it did not simply succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum RerunError {
+    /// No child is connected (it is starting, or it died): compile instead.
+    #[error("the plain context's runtime is not connected")]
+    NotConnected,
+    /// The cell panicked or met a changed variable; the markers it printed are attached.
+    #[error("the cell did not succeed: {0}")]
+    CellFailed(String),
+    #[error("the runtime could not run the cell: {0}")]
+    Refused(String),
+    #[error("talking to the runtime: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The kernel's end of the runtime's side door, and the compiled cells it can run again.
+pub struct Rerunner {
+    listener: TcpListener,
+    token: String,
+    connection: Option<BufReader<TcpStream>>,
+    compiled: HashMap<Key, (String, String)>,
+}
+
+impl Rerunner {
+    /// Listens on loopback; the returned spec goes into the child's environment.
+    pub fn bind() -> std::io::Result<(Rerunner, String)> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let spec = format!("{} {token}", listener.local_addr()?);
+        Ok((
+            Rerunner {
+                listener,
+                token,
+                connection: None,
+                compiled: HashMap::new(),
+            },
+            spec,
+        ))
+    }
+
+    /// The compiled cell for `code` against `variables`, if there is one.
+    pub fn lookup(&self, code: &str, variables: &[(String, String)]) -> Option<(String, String)> {
+        self.compiled
+            .get(&(code.to_owned(), variables.to_vec()))
+            .cloned()
+    }
+
+    /// Forgets a compiled cell that did not run cleanly; the next run compiles it again.
+    pub fn forget(&mut self, code: &str, variables: &[(String, String)]) {
+        self.compiled.remove(&(code.to_owned(), variables.to_vec()));
+    }
+
+    /// How many cells evcxr has run in the child so far, and the last (`None` when the child
+    /// cannot say: it is not connected).
+    pub fn last_run(&mut self) -> Option<(u64, String, String)> {
+        let reply = self.request("LAST").ok()?;
+        let mut words = reply.split(' ');
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("LAST"), Some(runs), Some(so), Some(function)) => {
+                Some((runs.parse().ok()?, so.to_owned(), function.to_owned()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Remembers that `code` against `variables` compiled to `so`'s `function`.
+    pub fn remember(
+        &mut self,
+        code: &str,
+        variables: Vec<(String, String)>,
+        so: String,
+        function: String,
+    ) {
+        self.compiled
+            .insert((code.to_owned(), variables), (so, function));
+    }
+
+    /// Runs a compiled cell again in the child.
+    pub fn run(&mut self, so: &str, function: &str) -> Result<(), RerunError> {
+        let reply = self.request(&format!("RUN {so} {function}"))?;
+        if let Some(reason) = reply.strip_prefix("FAILED ") {
+            return Err(RerunError::Refused(reason.to_owned()));
+        }
+        let length: usize = reply
+            .strip_prefix("DONE ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| RerunError::Refused(format!("unexpected answer {reply:?}")))?;
+        let connection = self.connection.as_mut().ok_or(RerunError::NotConnected)?;
+        let mut stdout = vec![0; length];
+        connection.read_exact(&mut stdout)?;
+        let stdout = String::from_utf8_lossy(&stdout);
+        let markers: Vec<&str> = stdout
+            .lines()
+            .filter(|line| NOT_PLAIN_SUCCESS.iter().any(|m| line.starts_with(m)))
+            .collect();
+        if markers.is_empty() {
+            Ok(())
+        } else {
+            Err(RerunError::CellFailed(markers.join(", ")))
+        }
+    }
+
+    /// Sends one request line and reads the answer line, on the newest connection.
+    fn request(&mut self, line: &str) -> Result<String, RerunError> {
+        self.accept_newest();
+        let connection = self.connection.as_mut().ok_or(RerunError::NotConnected)?;
+        let outcome = (|| {
+            writeln!(connection.get_mut(), "{line}")?;
+            let mut answer = String::new();
+            if connection.read_line(&mut answer)? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            Ok(answer.trim_end().to_owned())
+        })();
+        outcome.map_err(|error| {
+            // The child died or was restarted; its successor connects anew.
+            self.connection = None;
+            RerunError::Io(error)
+        })
+    }
+
+    /// Takes every pending connection that presents the token, keeping the newest: evcxr
+    /// restarts its child after a crash or an interrupt, and the new child dials in.
+    fn accept_newest(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if let Some(connection) = self.verified(stream) {
+                self.connection = Some(connection);
+            }
+        }
+    }
+
+    fn verified(&self, stream: TcpStream) -> Option<BufReader<TcpStream>> {
+        stream.set_nonblocking(false).ok()?;
+        stream.set_nodelay(true).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut token = String::new();
+        reader.read_line(&mut token).ok()?;
+        if token.trim_end() != self.token {
+            tracing::warn!("refused a runtime connection with a wrong token");
+            return None;
+        }
+        // A cell may run for as long as it likes.
+        reader.get_ref().set_read_timeout(None).ok()?;
+        Some(reader)
+    }
+}

@@ -1,0 +1,230 @@
+//! The plain context's child process: evcxr's runtime protocol, plus a side door for re-runs.
+//!
+//! evcxr runs each compiled cell by writing `LOAD_AND_RUN <so> <fn>` to its child's stdin and
+//! reading the child's stdout until `EVCXR_EXECUTION_COMPLETE`. Started with
+//! [`RUNTIME_ENV`]` = "ADDRESS TOKEN"`, this binary speaks that protocol and also serves the
+//! kernel over a loopback socket ([`super::rerun`] is the other end):
+//!
+//! - `LAST` answers `LAST <runs> <so> <fn>`: how many cells evcxr has run here, and the last one.
+//! - `RUN <so> <fn>` runs that object's function again against the same variables and answers
+//!   `DONE <n>` and the `n` bytes the cell wrote to stdout, which are captured because evcxr is
+//!   not reading then (it would take a stray marker for the next cell's), or `FAILED <reason>`.
+//!
+//! One thread holds the variable store and serves both, so a re-run never overlaps a cell; it
+//! reads stdin without buffering, because a running cell reads its own input (evcxr's
+//! `input` requests) from the same descriptor.
+
+use std::ffi::c_void;
+use std::io::{Read, Seek, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use libloading::Library;
+
+/// Set in the child's environment by the evaluator: `ADDRESS TOKEN` of its re-run listener.
+pub const RUNTIME_ENV: &str = "RUSTPX_PLAIN_RUNTIME";
+
+/// What evcxr waits for after each `LOAD_AND_RUN`.
+const EXECUTION_COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
+
+type CellFn = extern "C" fn(*mut c_void) -> *mut c_void;
+
+/// If this process is the plain context's child, serves until evcxr closes stdin, and exits.
+pub fn run_if_requested() {
+    let Ok(spec) = std::env::var(RUNTIME_ENV) else {
+        return;
+    };
+    let code = match serve(&spec) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("rustpx runtime: {error}");
+            99
+        }
+    };
+    std::process::exit(code);
+}
+
+/// The variables (behind evcxr's opaque pointer), every object loaded, and the last cell run.
+struct Cells {
+    store: *mut c_void,
+    loaded: Vec<Library>,
+    runs: u64,
+    last: Option<(String, String)>,
+}
+
+impl Cells {
+    fn run(&mut self, so_path: &str, fn_name: &str) -> Result<(), String> {
+        // SAFETY: evcxr compiled the object for this context's variables; its initialisers
+        // (none in evcxr's generated crates) are all that loading runs.
+        let library =
+            unsafe { Library::new(so_path) }.map_err(|e| format!("cannot load {so_path}: {e}"))?;
+        {
+            // SAFETY: evcxr declares every cell function with exactly this signature.
+            let cell = unsafe { library.get::<CellFn>(fn_name.as_bytes()) }
+                .map_err(|e| format!("no function {fn_name} in {so_path}: {e}"))?;
+            self.store = cell(self.store);
+        }
+        // Values in the store may point into the object: it stays loaded for good.
+        self.loaded.push(library);
+        Ok(())
+    }
+}
+
+fn serve(spec: &str) -> std::io::Result<()> {
+    let (address, token) = spec.split_once(' ').unwrap_or((spec, ""));
+    let mut side = TcpStream::connect(address)?;
+    side.set_nodelay(true)?;
+    writeln!(side, "{token}")?;
+    let mut side_open = true;
+    let mut cells = Cells {
+        store: std::ptr::null_mut(),
+        loaded: Vec::new(),
+        runs: 0,
+        last: None,
+    };
+    loop {
+        let (stdin_ready, side_ready) = wait_readable(0, side_open.then(|| side.as_raw_fd()))?;
+        if stdin_ready {
+            let Some(line) = read_line(0)? else {
+                return Ok(()); // evcxr is done with us
+            };
+            let mut words = line.split(' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("LOAD_AND_RUN"), Some(so), Some(function)) => {
+                    if let Err(error) = cells.run(so, function) {
+                        eprintln!("{error}");
+                    }
+                    cells.runs += 1;
+                    cells.last = Some((so.to_owned(), function.to_owned()));
+                    let mut stdout = std::io::stdout().lock();
+                    writeln!(stdout, "{EXECUTION_COMPLETE}")?;
+                    stdout.flush()?;
+                }
+                _ => eprintln!("rustpx runtime: unrecognised instruction {line:?}"),
+            }
+        }
+        if side_ready {
+            match read_line(side.as_raw_fd())? {
+                Some(request) => answer(&mut cells, &request, &mut side)?,
+                // The kernel went away; evcxr still owns us until it closes stdin.
+                None => side_open = false,
+            }
+        }
+    }
+}
+
+fn answer(cells: &mut Cells, request: &str, side: &mut TcpStream) -> std::io::Result<()> {
+    let mut words = request.split(' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("LAST"), None, None) => {
+            let (so, function) = cells
+                .last
+                .clone()
+                .unwrap_or_else(|| ("-".into(), "-".into()));
+            writeln!(side, "LAST {} {so} {function}", cells.runs)
+        }
+        (Some("RUN"), Some(so), Some(function)) => {
+            match run_capturing_stdout(cells, so, function) {
+                Ok(stdout) => {
+                    writeln!(side, "DONE {}", stdout.len())?;
+                    side.write_all(&stdout)
+                }
+                Err(error) => writeln!(side, "FAILED {}", error.replace('\n', " ")),
+            }
+        }
+        _ => writeln!(side, "FAILED unknown request {request:?}"),
+    }
+}
+
+/// Runs a cell with file descriptor 1 pointed at a memory file, and returns what it wrote.
+fn run_capturing_stdout(cells: &mut Cells, so: &str, function: &str) -> Result<Vec<u8>, String> {
+    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain descriptor calls; every descriptor made here is owned and closed below.
+    let capture = unsafe { libc::memfd_create(c"rustpx-rerun".as_ptr(), libc::MFD_CLOEXEC) };
+    if capture < 0 {
+        return Err(os("memfd_create"));
+    }
+    // SAFETY: `capture` was just created and is owned by nobody else.
+    let capture = unsafe { OwnedFd::from_raw_fd(capture) };
+    // SAFETY: duplicating our own stdout.
+    let saved = unsafe { libc::dup(1) };
+    if saved < 0 {
+        return Err(os("dup"));
+    }
+    // SAFETY: as above.
+    let saved = unsafe { OwnedFd::from_raw_fd(saved) };
+    let _ = std::io::stdout().flush();
+    // SAFETY: both descriptors are open.
+    if unsafe { libc::dup2(capture.as_raw_fd(), 1) } < 0 {
+        return Err(os("dup2"));
+    }
+    let outcome = cells.run(so, function);
+    // SAFETY: both descriptors are open; this puts evcxr's pipe back.
+    let restored = unsafe { libc::dup2(saved.as_raw_fd(), 1) };
+    if restored < 0 {
+        // Without its stdout evcxr cannot run another cell; let it see the process end.
+        eprintln!("rustpx runtime: {}", os("cannot restore stdout"));
+        std::process::exit(98);
+    }
+    outcome?;
+    let mut file = std::fs::File::from(capture);
+    let mut captured = Vec::new();
+    file.rewind()
+        .and_then(|_| file.read_to_end(&mut captured))
+        .map_err(|e| format!("reading the captured output: {e}"))?;
+    Ok(captured)
+}
+
+/// Waits until stdin or the side socket (when open) has something to read.
+fn wait_readable(stdin: RawFd, side: Option<RawFd>) -> std::io::Result<(bool, bool)> {
+    let mut fds = vec![libc::pollfd {
+        fd: stdin,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    if let Some(fd) = side {
+        fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    loop {
+        // SAFETY: `fds` is a valid array of `fds.len()` entries for the whole call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready >= 0 {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    let readable =
+        |entry: &libc::pollfd| entry.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+    Ok((readable(&fds[0]), fds.get(1).is_some_and(readable)))
+}
+
+/// One line from `fd`, read a byte at a time so nothing past the newline is consumed; `None`
+/// at end of file.
+fn read_line(fd: RawFd) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into `byte`.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        match n {
+            1 if byte == b'\n' => break,
+            1 => line.push(byte),
+            0 if line.is_empty() => return Ok(None),
+            0 => break,
+            _ => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(Some(String::from_utf8_lossy(&line).into_owned()))
+}
