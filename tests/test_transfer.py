@@ -15,11 +15,24 @@ POINT = "#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)
 
 
 @pytest.fixture(scope="module")
-def k():
+def k(tmp_path_factory):
     os.environ["RUSTPX_ENGINES"] = "3"
-    kernel = Kernel()
+    # The kernel's log (in its runtime directory) says when a generated cell ran again.
+    runtime_dir = tmp_path_factory.mktemp("transfer-runtime")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime_dir)
+    os.environ["RUSTPX_LOG"] = "warn,rustpx_kernel=info,rustpx_kernel::evaluator=debug"
+    try:
+        kernel = Kernel()
+    finally:
+        del os.environ["JUPYTER_RUNTIME_DIR"], os.environ["RUSTPX_LOG"]
+    kernel.log = runtime_dir / f"rustpx-kernel-{kernel.km.provisioner.process.pid}.log"
     yield kernel
     kernel.shutdown()
+
+
+def reruns(k):
+    """How many generated cells the kernel's context has run again from their compiled object."""
+    return k.log.read_text().count("generated cell ran again")
 
 
 def ok(k, code):
@@ -148,6 +161,49 @@ def test_engines_that_disagree_on_a_type_are_named(k):
     reply = error(k, "%pull mixed")
     assert "`mixed` has different types on the targets" in reply["evalue"], reply
     assert "u8 on engine 0" in reply["evalue"] and "String on engine 1, 2" in reply["evalue"]
+
+
+def test_repeated_transfers_run_again_without_compiling_and_move_the_current_values(k):
+    ok(k, "let mut counter: Vec<u64> = vec![0; 4];")
+    before = reruns(k)
+    for round in range(1, 5):
+        ok(k, f"counter[0] = {round};")
+        ok(k, "%push counter")
+        assert engine_values(k, "%px counter[0]") == {i: str(round) for i in range(3)}
+    for round in range(1, 4):
+        ok(k, f"%px counter[1] = {round} * (rustpx::engine_id().unwrap() as u64 + 1);")
+        ok(k, "%pull counter -o counters")
+        assert value(k, "counters.iter().map(|c| c[1]).collect::<Vec<_>>()") == f"[{round}, {2 * round}, {3 * round}]"
+    ok(k, "let spread: Vec<u64> = (0..9).collect();")
+    for _ in range(3):
+        ok(k, "%scatter spread")
+        ok(k, "%px spread.iter_mut().for_each(|x| *x *= 2);")
+        ok(k, "%gather spread -o doubled")
+    assert value(k, "doubled") == "[0, 2, 4, 6, 8, 10, 12, 14, 16]"
+    # The first push and pull compile (the pull also defines `counters`); the rest run again.
+    assert reruns(k) - before >= 6, k.log.read_text()[-3000:]
+
+
+def test_a_type_redefined_since_a_transfer_compiled_moves_as_the_new_type(k):
+    old = "#[derive(serde::Serialize, serde::Deserialize)]\npub struct Shape { pub w: u32 }"
+    new = "#[derive(serde::Serialize, serde::Deserialize)]\npub struct Shape { pub label: String, pub w: u32 }"
+    ok(k, "%%px -t 0\n" + old)
+    ok(k, "%%px -t 1,2\n" + new)
+    ok(k, old + "\nlet shape = Shape { w: 3 };")
+    before = reruns(k)
+    ok(k, "%push shape -t 0")
+    ok(k, "%push shape -t 0")
+    assert reruns(k) == before + 1
+    assert engine_values(k, "%%px -t 0\nshape.w") == {0: "3"}
+    # Same name, same type name, another layout: the kept object must not write the new value
+    # as the old type. evcxr drops a variable whose type was redefined when the next cell runs
+    # (and, if that cell binds the name again, the new binding too), hence `1 + 1` first.
+    ok(k, new)
+    ok(k, "1 + 1")
+    ok(k, 'let shape = Shape { label: "wide".into(), w: 9 };')
+    ok(k, "%push shape -t 1,2")
+    assert engine_values(k, '%%px -t 1,2\nformat!("{} {}", shape.label, shape.w)') == {1: '"wide 9"', 2: '"wide 9"'}
+    assert "compiling a generated cell again" in k.log.read_text()
 
 
 # --- %pxmap: the load-balanced map ---

@@ -145,14 +145,16 @@ impl PxService {
         let mut result = self
             .run_plan(&plan, magic, &types, &engines, evaluator)
             .await;
-        let immutable = |r: &Result<(), ErrorReport>| {
+        let cannot_assign = |r: &Result<(), ErrorReport>| {
             r.as_ref().is_err_and(|e| {
                 e.evalue
                     .contains("cannot assign twice to immutable variable")
+                    || e.evalue.contains("cannot find value `")
             })
         };
-        if assign.contains(&true) && immutable(&result) {
-            // The user bound the name without `mut` on the engines: bind it anew instead.
+        if assign.contains(&true) && cannot_assign(&result) {
+            // The user bound the name without `mut` on the engines, or evcxr dropped it there
+            // because its type was redefined since the hub saw it: bind it anew instead.
             let plan = plan_with(&[])?;
             result = self
                 .run_plan(&plan, magic, &types, &engines, evaluator)
