@@ -5,7 +5,8 @@
 //! kernel's transfer directory. Types come from evcxr: the local context's for what leaves it,
 //! the engines' (as the px compiler last saw them) for what comes back. The engine cells of
 //! `%pull` and `%gather` bind no variable, so after the first run the px compiler's cache runs
-//! them again without compiling.
+//! them again without compiling. The local cells are deterministic in the names, types and
+//! files too, which lets the kernel's context re-run them (`evaluator::rerun`).
 
 use std::path::Path;
 
