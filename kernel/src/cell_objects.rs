@@ -9,13 +9,16 @@
 //! without RELRO): an object of 4 to 8 kB then occupies one or two pages instead of three or
 //! four. Measured with `tests/soak.py` (README): about 9 kB per cell including the loader's own
 //! bookkeeping, against 13 kB for the next layout (two page-aligned segments, code and data).
-//! One codegen unit also halves a cell's read-only data, because evcxr's 16 units each carry
-//! their own copy of std's inlined precondition-check messages.
+//! For engine cells, one codegen unit also halves a cell's read-only data, because evcxr's 16
+//! units each carry their own copy of std's inlined precondition-check messages. The kernel's
+//! own context keeps evcxr's 16: there one unit made a plain `1 + 1` take 405 ms instead of
+//! 230 ms, while `%px` cells stayed within 5 %.
 //!
 //! Write-protected code and RELRO defend a long-lived program against memory corruption turned
 //! into code injection. A notebook cell's object holds code the user asked to run in that very
 //! process, and it can never be unloaded anyway, so that defence buys nothing here; the memory is
-//! what a long session pays for.
+//! what a long session pays for. Where the system forbids writable executable mappings
+//! (systemd's `MemoryDenyWriteExecute`, SELinux `execmem`), that layout is skipped.
 //!
 //! The flags depend on the linker (lld knows `--no-rosegment`, `-N` and
 //! `-z separate-loadable-segments`, GNU ld `-z noseparate-code`), so they are probed once with the
@@ -29,8 +32,12 @@ use std::sync::OnceLock;
 /// evcxr's own flag, which replacing RUSTFLAGS must keep: cells link std dynamically.
 const PREFER_DYNAMIC: &str = "-Cprefer-dynamic";
 
-/// Whatever the linker: one codegen unit, so std's inlined helpers are not copied 16 times.
+/// For engine cells whatever the linker: one codegen unit, so std's inlined helpers are not
+/// copied 16 times.
 const ONE_CODEGEN_UNIT: &str = "-Ccodegen-units=1";
+
+/// The first layout maps its one segment writable and executable.
+const WRITABLE_CODE_LAYOUT: usize = 0;
 
 /// Candidate layouts, best first.
 const LAYOUTS: [&[&str]; 3] = [
@@ -55,27 +62,43 @@ const LAYOUTS: [&[&str]; 3] = [
 /// linker the probe does not know, or to measure another layout without rebuilding.
 pub const CELL_RUSTFLAGS_ENV: &str = "RUSTPX_CELL_RUSTFLAGS";
 
-/// The RUSTFLAGS for compact cell objects, probed once per process. A context takes them with
-/// `state.set_build_env("RUSTFLAGS", flags)` (evcxr's `ContextState` cannot be named here).
-pub fn compact_rustflags() -> Option<&'static str> {
-    static FLAGS: OnceLock<Option<String>> = OnceLock::new();
-    FLAGS
+/// Which context the cells are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellsFor {
+    /// The kernel's own context: latency first.
+    Kernel,
+    /// The px compiler, whose objects every engine keeps: size first.
+    Engines,
+}
+
+/// The RUSTFLAGS for compact cell objects (the layout is probed once per process). A context
+/// takes them with `state.set_build_env("RUSTFLAGS", flags)` (evcxr's `ContextState` cannot be
+/// named here).
+pub fn compact_rustflags(cells_for: CellsFor) -> Option<String> {
+    let layout = probed_layout()?;
+    Some(match cells_for {
+        CellsFor::Kernel => format!("{PREFER_DYNAMIC} {layout}"),
+        CellsFor::Engines => format!("{PREFER_DYNAMIC} {ONE_CODEGEN_UNIT} {layout}"),
+    })
+}
+
+/// The link flags of the best layout this toolchain and system take, or `$RUSTPX_CELL_RUSTFLAGS`.
+fn probed_layout() -> Option<&'static str> {
+    static LAYOUT: OnceLock<Option<String>> = OnceLock::new();
+    LAYOUT
         .get_or_init(|| {
             if let Ok(custom) = std::env::var(CELL_RUSTFLAGS_ENV) {
                 tracing::info!("cell objects link with ${CELL_RUSTFLAGS_ENV}: {custom}");
-                return Some(format!("{PREFER_DYNAMIC} {custom}"));
+                return Some(custom);
             }
             let probe_dir = tempfile::tempdir().ok()?;
+            let writable_code = writable_code_allowed();
             let chosen = LAYOUTS
                 .iter()
-                .find(|layout| links_with(probe_dir.path(), layout))
-                .map(|layout| {
-                    [PREFER_DYNAMIC, ONE_CODEGEN_UNIT]
-                        .into_iter()
-                        .chain(layout.iter().copied())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                });
+                .enumerate()
+                .filter(|(index, _)| *index != WRITABLE_CODE_LAYOUT || writable_code)
+                .find(|(_, layout)| links_with(probe_dir.path(), layout))
+                .map(|(_, layout)| layout.join(" "));
             match &chosen {
                 Some(flags) => tracing::info!("cell objects link with {flags}"),
                 None => tracing::info!("cell objects keep the toolchain's default layout"),
@@ -83,6 +106,29 @@ pub fn compact_rustflags() -> Option<&'static str> {
             chosen
         })
         .as_deref()
+}
+
+/// Whether this process may map memory writable and executable at once, as loading a
+/// one-segment cell object does.
+fn writable_code_allowed() -> bool {
+    const PAGE: usize = 4096;
+    // SAFETY: an anonymous private mapping, unmapped at once; no memory is shared or read.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if page == libc::MAP_FAILED {
+            tracing::info!("writable executable mappings are forbidden here");
+            return false;
+        }
+        libc::munmap(page, PAGE);
+    }
+    true
 }
 
 /// Whether an empty dylib links with `layout` (the probe takes about 0.1 s).
@@ -117,10 +163,12 @@ mod tests {
     /// broke the probe, cells would silently grow back to four segments.
     #[test]
     fn this_toolchain_links_compact_cell_objects() {
-        let flags = compact_rustflags().expect("no compact layout links here");
+        let flags = compact_rustflags(CellsFor::Engines).expect("no compact layout links here");
         assert!(flags.starts_with(PREFER_DYNAMIC), "{flags}");
         assert!(flags.contains(ONE_CODEGEN_UNIT), "{flags}");
         assert!(flags.ends_with(&LAYOUTS[0].join(" ")), "{flags}");
+        let kernel = compact_rustflags(CellsFor::Kernel).expect("same layout");
+        assert!(!kernel.contains(ONE_CODEGEN_UNIT), "{kernel}");
     }
 
     #[test]

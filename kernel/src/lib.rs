@@ -5,6 +5,7 @@
 //! kernelspec. Pure helpers such as [`is_complete`] have no I/O at all.
 
 pub mod cell_objects;
+pub mod cell_text;
 pub mod evaluator;
 pub mod frontend;
 pub mod install;

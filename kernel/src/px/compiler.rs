@@ -168,8 +168,10 @@ fn start_context(
         EvalContext::with_subprocess_command(command).map_err(|e| e.to_string())?;
     // Move rust-analyzer's first analysis off the user's first `let` (see evcxr-notes.md).
     let mut snapshot = context.state();
-    if let Some(flags) = crate::cell_objects::compact_rustflags() {
-        snapshot.set_build_env("RUSTFLAGS", flags);
+    if let Some(flags) =
+        crate::cell_objects::compact_rustflags(crate::cell_objects::CellsFor::Engines)
+    {
+        snapshot.set_build_env("RUSTFLAGS", &flags);
     }
     if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
         tracing::debug!("px warm-up cell failed (harmless): {error}");
@@ -317,29 +319,6 @@ pub struct Signature {
 /// The new state of a group and its signature, or why the cell failed.
 type Evaluated<S> = Result<(S, Signature), evcxr::Error>;
 
-/// Whether `code` may define or replace an item (function, type, import, …): such a cell can
-/// change the state even when every name stays the same.
-fn may_define_items(code: &str) -> bool {
-    const ITEM_WORDS: [&str; 14] = [
-        "fn",
-        "struct",
-        "enum",
-        "union",
-        "impl",
-        "trait",
-        "use",
-        "mod",
-        "type",
-        "const",
-        "static",
-        "macro_rules",
-        "extern",
-        "#",
-    ];
-    code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '#'))
-        .any(|word| ITEM_WORDS.contains(&word) || word.starts_with('#'))
-}
-
 /// Compiled cells that can run again without compiling: (group lineage, code) to the objects
 /// that were sent. Only cells that cannot change the state (no `let`, no items, no `:dep`, state
 /// unchanged, every engine clean) are kept, so a re-run needs no state bookkeeping either.
@@ -467,7 +446,7 @@ fn compile_and_run<S: Clone>(
         let error = match result {
             Ok((state, mut after)) => {
                 after.deps = before.deps.iter().chain(&new_deps).cloned().collect();
-                let changed = after != before || may_define_items(&code);
+                let changed = after != before || crate::cell_text::may_define_items(&code);
                 if let Some(ran) = ran.filter(|r| r.clean && !r.sent.is_empty()) {
                     if !changed && !may_bind_variables(&code) {
                         cache.insert(lineage, &code, ran.sent);
@@ -508,16 +487,6 @@ mod tests {
         assert!(!may_bind_variables("outlet.len() + 1"));
         // Conservative: the word inside a string literal counts too (no caching, still correct).
         assert!(may_bind_variables("println!(\"let me\")"));
-    }
-
-    #[test]
-    fn item_definitions_are_recognised() {
-        assert!(may_define_items("fn f() {}"));
-        assert!(may_define_items("struct P { x: u8 }"));
-        assert!(may_define_items("use std::fmt;"));
-        assert!(may_define_items("#[derive(Debug)] struct A;"));
-        assert!(!may_define_items("println!(\"{}\", x + 1);"));
-        assert!(!may_define_items("let function = 3; x.fnord()"));
     }
 
     #[test]
