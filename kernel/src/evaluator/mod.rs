@@ -20,6 +20,7 @@ use rustpx_wire::WireMessage;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
+use crate::cell_objects::CellsFor;
 use crate::frontend::Publisher;
 /// A compile error as Jupyter shows it: the first message, and each error drawn on `cell`.
 pub fn compile_error_report(errors: &[evcxr::CompilationError], cell: &str) -> ErrorReport {
@@ -284,7 +285,7 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
         match (&mut context, job) {
             (_, Job::Start) => {}
             (
-                Ok((context, pump, _)),
+                Ok((context, pump, rerunner)),
                 Job::Execute {
                     request,
                     code,
@@ -292,6 +293,7 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
                     reply,
                 },
             ) => {
+                forget_compiled_if_changed(rerunner, &code);
                 let outcome = execute(
                     context,
                     pump,
@@ -346,7 +348,10 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
                     Some(rerunner) if reusable => {
                         run_reusable(context, pump, &interrupter, rerunner, &code)
                     }
-                    _ => evaluate(context, pump, &interrupter, None, &code).map(drop),
+                    _ => {
+                        forget_compiled_if_changed(rerunner, &code);
+                        evaluate(context, pump, &interrupter, None, &code).map(drop)
+                    }
                 };
                 let _ = reply.send(outcome);
             }
@@ -395,8 +400,8 @@ fn start_context() -> Result<Started, evcxr::Error> {
         }
     };
     let mut snapshot = eval_context.state();
-    if let Some(flags) = crate::cell_objects::compact_rustflags() {
-        snapshot.set_build_env("RUSTFLAGS", flags);
+    if let Some(flags) = crate::cell_objects::compact_rustflags(CellsFor::Kernel) {
+        snapshot.set_build_env("RUSTFLAGS", &flags);
     }
     let warm = std::time::Instant::now();
     match eval_context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
@@ -412,6 +417,16 @@ fn start_context() -> Result<Started, evcxr::Error> {
         outputs,
         rerunner,
     ))
+}
+
+/// Empties the re-run cache before a cell that may change what cells compile against.
+fn forget_compiled_if_changed(rerunner: &mut Option<Rerunner>, code: &str) {
+    if let Some(rerunner) = rerunner {
+        if crate::cell_text::may_change_compilation(code) {
+            tracing::debug!("a cell may change items or settings: compiled cells forgotten");
+            rerunner.forget_all();
+        }
+    }
 }
 
 fn variables_and_types(context: &CommandContext) -> Vec<(String, String)> {
@@ -437,13 +452,16 @@ fn run_reusable(
     if let Some((so, function)) = rerunner.lookup(code, &variables) {
         pump.set_parent(None);
         let started = std::time::Instant::now();
+        // An interrupt kills the child as during any cell; evcxr restarts it below.
+        interrupter.running(Some(context.process_handle()));
         let outcome = rerunner.run(&so, &function);
+        interrupter.running(None);
         tracing::debug!("generated cell ran again in {:?}", started.elapsed());
         match outcome {
-            Ok(()) => {
-                pump.flush();
-                return Ok(());
-            }
+            Ok(()) => match pump.flush() {
+                None => return Ok(()),
+                Some(panic) => return Err(panic_report(&panic, &[])),
+            },
             Err(RerunError::CellFailed(markers)) if markers.contains("PANIC") => {
                 let panic = wait_for_panic(pump).unwrap_or_else(|| PanicReport {
                     location: String::new(),
@@ -468,15 +486,19 @@ fn run_reusable(
     Ok(())
 }
 
-/// The panic a re-run cell reported on stderr, which evcxr relays on its own thread.
+/// The panic a re-run cell reported on stderr, which evcxr relays on its own thread: the
+/// headline and, if it arrives within a second, the message line after it.
 fn wait_for_panic(pump: &OutputPump) -> Option<PanicReport> {
     for _ in 0..100 {
-        if let Some(panic) = pump.flush() {
-            return Some(panic);
+        if pump
+            .panic_so_far()
+            .is_some_and(|panic| !panic.message.is_empty())
+        {
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    None
+    pump.flush()
 }
 
 fn variable_names(context: &CommandContext) -> BTreeSet<String> {

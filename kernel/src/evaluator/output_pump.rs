@@ -83,6 +83,14 @@ impl OutputPump {
         }
     }
 
+    /// The panic the stderr pump has seen so far, without taking it (a panic's message line
+    /// follows its headline, and may not have been read yet).
+    pub fn panic_so_far(&self) -> Option<PanicReport> {
+        self.streams
+            .iter()
+            .find_map(|stream| lock(&stream.state).panic.clone())
+    }
+
     /// Publishes everything still queued and returns the panic seen during the cell, if any.
     pub fn flush(&self) -> Option<PanicReport> {
         let mut panic = None;

@@ -5,11 +5,15 @@
 //! the bytes move in milliseconds. evcxr's generated function takes every stored variable by
 //! name and type, checks each one's `TypeId` (a type redefined since is reported, not misread),
 //! runs the cell and stores them back. So when the cell's text and the context's variables
-//! (names and types) are what they were when evcxr compiled it, running the already compiled
-//! function again is what evcxr would do after compiling the same source. The plain context's
-//! child ([`super::runtime`]) runs it on request over a loopback socket.
+//! (names and types) are what they were when evcxr compiled it, and no item or setting changed
+//! since, running the already compiled function again is what evcxr would do after compiling
+//! the same source. The plain context's child ([`super::runtime`]) runs it on request over a
+//! loopback socket.
 //!
-//! Only kernel-generated cells are cached, never the user's.
+//! Items are not in the key: a type redefined with other fields can keep its `TypeId` (every
+//! cell is the same crate to rustc), so the evaluator calls [`Rerunner::forget_all`] after any
+//! cell that may define an item or run an evcxr command, and the cache empties itself when the
+//! child restarts. Only kernel-generated cells are cached, never the user's.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -74,6 +78,12 @@ impl Rerunner {
             .cloned()
     }
 
+    /// Forgets every compiled cell: a cell may have changed an item or a setting they were
+    /// compiled with.
+    pub fn forget_all(&mut self) {
+        self.compiled.clear();
+    }
+
     /// Forgets a compiled cell that did not run cleanly; the next run compiles it again.
     pub fn forget(&mut self, code: &str, variables: &[(String, String)]) {
         self.compiled.remove(&(code.to_owned(), variables.to_vec()));
@@ -120,9 +130,9 @@ impl Rerunner {
         let stdout = String::from_utf8_lossy(&stdout);
         let markers: Vec<&str> = stdout
             .lines()
-            .filter(|line| NOT_PLAIN_SUCCESS.iter().any(|m| line.starts_with(m)))
+            .filter(|line| NOT_PLAIN_SUCCESS.iter().any(|m| line.contains(m)))
             .collect();
-        if markers.is_empty() {
+        if markers.is_empty() && !stdout.contains(NOT_PLAIN_SUCCESS[0]) {
             Ok(())
         } else {
             Err(RerunError::CellFailed(markers.join(", ")))
@@ -144,6 +154,7 @@ impl Rerunner {
         outcome.map_err(|error| {
             // The child died or was restarted; its successor connects anew.
             self.connection = None;
+            self.compiled.clear();
             RerunError::Io(error)
         })
     }
@@ -153,7 +164,10 @@ impl Rerunner {
     fn accept_newest(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
             if let Some(connection) = self.verified(stream) {
-                self.connection = Some(connection);
+                if self.connection.replace(connection).is_some() {
+                    // A new child: it has loaded nothing, and evcxr rebuilt its state.
+                    self.compiled.clear();
+                }
             }
         }
     }

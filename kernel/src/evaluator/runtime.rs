@@ -92,7 +92,10 @@ fn serve(spec: &str) -> std::io::Result<()> {
             match (words.next(), words.next(), words.next()) {
                 (Some("LOAD_AND_RUN"), Some(so), Some(function)) => {
                     if let Err(error) = cells.run(so, function) {
+                        // As evcxr's own runtime: end, so evcxr reports the cell as failed and
+                        // restarts us, instead of recording variables that were never stored.
                         eprintln!("{error}");
+                        std::process::exit(99);
                     }
                     cells.runs += 1;
                     cells.last = Some((so.to_owned(), function.to_owned()));
