@@ -99,6 +99,19 @@ mod numbers {
     //! The one-copy path for vectors and slices of fixed-size numbers (see the crate's docs).
     use super::*;
 
+    /// Calls the macro `$each` with every number type whose bincode encoding is its memory here.
+    macro_rules! with_numbers {
+        ($each:ident) => {
+            if cfg!(target_endian = "little") {
+                $each!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+                if std::mem::size_of::<usize>() == 8 {
+                    // bincode writes usize and isize as 64-bit integers.
+                    $each!(usize, isize);
+                }
+            }
+        };
+    }
+
     /// The element count and memory of `value` if it is a `Vec` or slice of numbers.
     pub fn as_bytes<T: ?Sized + 'static>(value: &T) -> Option<(usize, &[u8])> {
         macro_rules! try_number {
@@ -118,13 +131,7 @@ mod numbers {
                 }
             )*};
         }
-        if cfg!(target_endian = "little") {
-            try_number!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
-            if std::mem::size_of::<usize>() == 8 {
-                // bincode writes usize and isize as 64-bit integers.
-                try_number!(usize, isize);
-            }
-        }
+        with_numbers!(try_number);
         None
     }
 
@@ -138,12 +145,7 @@ mod numbers {
                 }
             )*};
         }
-        if cfg!(target_endian = "little") {
-            try_number!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
-            if std::mem::size_of::<usize>() == 8 {
-                try_number!(usize, isize);
-            }
-        }
+        with_numbers!(try_number);
         None
     }
 
