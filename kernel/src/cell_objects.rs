@@ -7,12 +7,11 @@
 //!
 //! The best layout here is one unaligned read-write-execute segment (`-N`, lld's `--omagic`,
 //! without RELRO): an object of 4 to 8 kB then occupies one or two pages instead of three or
-//! four. Measured with `tests/soak.py` (README): about 9 kB per cell including the loader's own
-//! bookkeeping, against 13 kB for the next layout (two page-aligned segments, code and data).
-//! For engine cells, one codegen unit also halves a cell's read-only data, because evcxr's 16
-//! units each carry their own copy of std's inlined precondition-check messages. The kernel's
-//! own context keeps evcxr's 16: there one unit made a plain `1 + 1` take 405 ms instead of
-//! 230 ms, while `%px` cells stayed within 5 %.
+//! four; without a build-id note the headers shrink too, which keeps a typical 3.7 kB cell in
+//! one page. Measured from an engine's smaps over 60 cells: about 9 kB per cell including the
+//! loader's own bookkeeping, against 13 kB for the next layout (two page-aligned segments).
+//! (One codegen unit instead of evcxr's 16 saved nothing more, and made every cell with a
+//! variable in scope about 200 ms slower to compile.)
 //!
 //! Write-protected code and RELRO defend a long-lived program against memory corruption turned
 //! into code injection. A notebook cell's object holds code the user asked to run in that very
@@ -31,10 +30,6 @@ use std::sync::OnceLock;
 
 /// evcxr's own flag, which replacing RUSTFLAGS must keep: cells link std dynamically.
 const PREFER_DYNAMIC: &str = "-Cprefer-dynamic";
-
-/// For engine cells whatever the linker: one codegen unit, so std's inlined helpers are not
-/// copied 16 times.
-const ONE_CODEGEN_UNIT: &str = "-Ccodegen-units=1";
 
 /// The first layout maps its one segment writable and executable.
 const WRITABLE_CODE_LAYOUT: usize = 0;
@@ -62,24 +57,11 @@ const LAYOUTS: [&[&str]; 3] = [
 /// linker the probe does not know, or to measure another layout without rebuilding.
 pub const CELL_RUSTFLAGS_ENV: &str = "RUSTPX_CELL_RUSTFLAGS";
 
-/// Which context the cells are for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CellsFor {
-    /// The kernel's own context: latency first.
-    Kernel,
-    /// The px compiler, whose objects every engine keeps: size first.
-    Engines,
-}
-
 /// The RUSTFLAGS for compact cell objects (the layout is probed once per process). A context
 /// takes them with `state.set_build_env("RUSTFLAGS", flags)` (evcxr's `ContextState` cannot be
 /// named here).
-pub fn compact_rustflags(cells_for: CellsFor) -> Option<String> {
-    let layout = probed_layout()?;
-    Some(match cells_for {
-        CellsFor::Kernel => format!("{PREFER_DYNAMIC} {layout}"),
-        CellsFor::Engines => format!("{PREFER_DYNAMIC} {ONE_CODEGEN_UNIT} {layout}"),
-    })
+pub fn compact_rustflags() -> Option<String> {
+    probed_layout().map(|layout| format!("{PREFER_DYNAMIC} {layout}"))
 }
 
 /// The link flags of the best layout this toolchain and system take, or `$RUSTPX_CELL_RUSTFLAGS`.
@@ -163,12 +145,9 @@ mod tests {
     /// broke the probe, cells would silently grow back to four segments.
     #[test]
     fn this_toolchain_links_compact_cell_objects() {
-        let flags = compact_rustflags(CellsFor::Engines).expect("no compact layout links here");
+        let flags = compact_rustflags().expect("no compact layout links here");
         assert!(flags.starts_with(PREFER_DYNAMIC), "{flags}");
-        assert!(flags.contains(ONE_CODEGEN_UNIT), "{flags}");
         assert!(flags.ends_with(&LAYOUTS[0].join(" ")), "{flags}");
-        let kernel = compact_rustflags(CellsFor::Kernel).expect("same layout");
-        assert!(!kernel.contains(ONE_CODEGEN_UNIT), "{kernel}");
     }
 
     #[test]

@@ -20,7 +20,6 @@ use rustpx_wire::WireMessage;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
-use crate::cell_objects::CellsFor;
 use crate::frontend::Publisher;
 /// A compile error as Jupyter shows it: the first message, and each error drawn on `cell`.
 pub fn compile_error_report(errors: &[evcxr::CompilationError], cell: &str) -> ErrorReport {
@@ -400,7 +399,7 @@ fn start_context() -> Result<Started, evcxr::Error> {
         }
     };
     let mut snapshot = eval_context.state();
-    if let Some(flags) = crate::cell_objects::compact_rustflags(CellsFor::Kernel) {
+    if let Some(flags) = crate::cell_objects::compact_rustflags() {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
     let warm = std::time::Instant::now();

@@ -168,9 +168,7 @@ fn start_context(
         EvalContext::with_subprocess_command(command).map_err(|e| e.to_string())?;
     // Move rust-analyzer's first analysis off the user's first `let` (see evcxr-notes.md).
     let mut snapshot = context.state();
-    if let Some(flags) =
-        crate::cell_objects::compact_rustflags(crate::cell_objects::CellsFor::Engines)
-    {
+    if let Some(flags) = crate::cell_objects::compact_rustflags() {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
     if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
