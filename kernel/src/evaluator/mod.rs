@@ -461,7 +461,7 @@ fn run_reusable(
                 None => return Ok(()),
                 Some(panic) => return Err(panic_report(&panic, &[])),
             },
-            Err(RerunError::CellFailed(markers)) if markers.contains("PANIC") => {
+            Err(RerunError::Panicked) => {
                 let panic = wait_for_panic(pump).unwrap_or_else(|| PanicReport {
                     location: String::new(),
                     message: "the generated cell panicked".into(),

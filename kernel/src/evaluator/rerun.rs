@@ -20,12 +20,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-/// The markers evcxr's generated code prints when the cell did not simply succeed.
-const NOT_PLAIN_SUCCESS: [&str; 3] = [
-    "EVCXR_PANIC_NOTIFICATION",
-    "EVCXR_VARIABLE_CHANGED_TYPE:",
-    "EVCXR_ERROR_OCCURRED",
-];
+/// What evcxr's generated code prints when the cell panicked.
+const PANIC_MARKER: &str = "EVCXR_PANIC_NOTIFICATION";
+
+/// What it prints when a variable's type changed, or user code returned early with `?`.
+const OTHER_FAILURE_MARKERS: [&str; 2] = ["EVCXR_VARIABLE_CHANGED_TYPE:", "EVCXR_ERROR_OCCURRED"];
 
 /// A cell's text and the variables (name, type) it was compiled against.
 type Key = (String, Vec<(String, String)>);
@@ -36,7 +35,10 @@ pub enum RerunError {
     /// No child is connected (it is starting, or it died): compile instead.
     #[error("the plain context's runtime is not connected")]
     NotConnected,
-    /// The cell panicked or met a changed variable; the markers it printed are attached.
+    /// The cell panicked; its message is on the child's stderr.
+    #[error("the cell panicked")]
+    Panicked,
+    /// The cell met a changed variable or returned early; the markers it printed are attached.
     #[error("the cell did not succeed: {0}")]
     CellFailed(String),
     #[error("the runtime could not run the cell: {0}")]
@@ -128,11 +130,14 @@ impl Rerunner {
         let mut stdout = vec![0; length];
         connection.read_exact(&mut stdout)?;
         let stdout = String::from_utf8_lossy(&stdout);
+        if stdout.contains(PANIC_MARKER) {
+            return Err(RerunError::Panicked);
+        }
         let markers: Vec<&str> = stdout
             .lines()
-            .filter(|line| NOT_PLAIN_SUCCESS.iter().any(|m| line.contains(m)))
+            .filter(|line| OTHER_FAILURE_MARKERS.iter().any(|m| line.contains(m)))
             .collect();
-        if markers.is_empty() && !stdout.contains(NOT_PLAIN_SUCCESS[0]) {
+        if markers.is_empty() {
             Ok(())
         } else {
             Err(RerunError::CellFailed(markers.join(", ")))
