@@ -447,8 +447,8 @@ fn run_reusable(
     rerunner: &mut Rerunner,
     code: &str,
 ) -> Result<(), ErrorReport> {
-    let variables = variables_and_types(context);
-    if let Some((so, function)) = rerunner.lookup(code, &variables) {
+    let key: rerun::Key = (code.to_owned(), variables_and_types(context));
+    if let Some((so, function)) = rerunner.lookup(&key) {
         pump.set_parent(None);
         let started = std::time::Instant::now();
         // An interrupt kills the child as during any cell; evcxr restarts it below.
@@ -470,16 +470,16 @@ fn run_reusable(
             }
             Err(error) => {
                 tracing::info!("compiling a generated cell again: {error}");
-                rerunner.forget(code, &variables);
+                rerunner.forget(&key);
             }
         }
     }
     let runs_before = rerunner.last_run().map(|(runs, _, _)| runs);
     evaluate(context, pump, interrupter, None, code)?;
     if let (Some(before), Some((after, so, function))) = (runs_before, rerunner.last_run()) {
-        if after == before + 1 && variables_and_types(context) == variables {
+        if after == before + 1 && variables_and_types(context) == key.1 {
             tracing::debug!("generated cell compiled to {so}, kept for re-runs");
-            rerunner.remember(code, variables, so, function);
+            rerunner.remember(key, so, function);
         }
     }
     Ok(())

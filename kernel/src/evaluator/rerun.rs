@@ -27,7 +27,7 @@ const PANIC_MARKER: &str = "EVCXR_PANIC_NOTIFICATION";
 const OTHER_FAILURE_MARKERS: [&str; 2] = ["EVCXR_VARIABLE_CHANGED_TYPE:", "EVCXR_ERROR_OCCURRED"];
 
 /// A cell's text and the variables (name, type) it was compiled against.
-type Key = (String, Vec<(String, String)>);
+pub type Key = (String, Vec<(String, String)>);
 
 /// How a re-run ended when it did not simply succeed.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +73,9 @@ impl Rerunner {
         ))
     }
 
-    /// The compiled cell for `code` against `variables`, if there is one.
-    pub fn lookup(&self, code: &str, variables: &[(String, String)]) -> Option<(String, String)> {
-        self.compiled
-            .get(&(code.to_owned(), variables.to_vec()))
-            .cloned()
+    /// The compiled cell for `key`, if there is one.
+    pub fn lookup(&self, key: &Key) -> Option<(String, String)> {
+        self.compiled.get(key).cloned()
     }
 
     /// Forgets every compiled cell: a cell may have changed an item or a setting they were
@@ -87,8 +85,8 @@ impl Rerunner {
     }
 
     /// Forgets a compiled cell that did not run cleanly; the next run compiles it again.
-    pub fn forget(&mut self, code: &str, variables: &[(String, String)]) {
-        self.compiled.remove(&(code.to_owned(), variables.to_vec()));
+    pub fn forget(&mut self, key: &Key) {
+        self.compiled.remove(key);
     }
 
     /// How many cells evcxr has run in the child so far, and the last (`None` when the child
@@ -104,16 +102,9 @@ impl Rerunner {
         }
     }
 
-    /// Remembers that `code` against `variables` compiled to `so`'s `function`.
-    pub fn remember(
-        &mut self,
-        code: &str,
-        variables: Vec<(String, String)>,
-        so: String,
-        function: String,
-    ) {
-        self.compiled
-            .insert((code.to_owned(), variables), (so, function));
+    /// Remembers that `key` compiled to `so`'s `function`.
+    pub fn remember(&mut self, key: Key, so: String, function: String) {
+        self.compiled.insert(key, (so, function));
     }
 
     /// Runs a compiled cell again in the child.
