@@ -3,16 +3,20 @@
 //! evcxr hands us one line at a time on two channels. Two threads publish them as `stream`
 //! messages under the parent of the running cell, so output shows live, not at the end. Before a
 //! cell's result and its `idle` go out, [`OutputPump::flush`] makes sure every line taken off the
-//! channels has been published: each thread waits for lines without the lock and only takes
-//! them while holding its stream's lock, so holding both locks means nothing is in flight, and a
-//! flush never waits for a pump thread that is only waiting for output.
+//! channels has been published: each thread only takes lines while holding its stream's lock, so
+//! holding both locks means nothing is in flight.
 
-use crossbeam_channel::{Receiver, Select, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rustpx_wire::WireMessage;
 use serde_json::json;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::frontend::Publisher;
+
+/// How long a pump thread waits for a line before letting a flush in.
+const POLL: Duration = Duration::from_millis(15);
 
 /// A panic seen on the cell's stderr: rust prints `thread '…' panicked at FILE:L:C:` then the
 /// message on the next line.
@@ -108,19 +112,19 @@ impl OutputPump {
     fn run(&self, index: usize) {
         let stream = &self.streams[index];
         loop {
-            let mut ready = Select::new();
-            ready.recv(&stream.lines);
-            ready.ready();
             let mut state = lock(&stream.state);
-            let batch: Vec<String> = match stream.lines.try_recv() {
-                Ok(first) => std::iter::once(first)
-                    .chain(stream.lines.try_iter())
-                    .collect(),
-                // A flush took the lines between `ready` and the lock.
-                Err(TryRecvError::Empty) => continue,
-                Err(TryRecvError::Disconnected) => return,
-            };
-            self.publish(stream.name, &mut state, batch);
+            match stream.lines.recv_timeout(POLL) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    batch.extend(stream.lines.try_iter());
+                    self.publish(stream.name, &mut state, batch);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            drop(state);
+            // Let a flush take the lock between polls.
+            std::thread::yield_now();
         }
     }
 
