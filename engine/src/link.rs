@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rustpx_protocol::{
-    from_wire, to_wire, EngineConnection, EngineId, Heartbeat, LinkMessage, RegisterReply,
-    RegisterRequest, RunRequest, ShutdownRequest,
+    from_wire, to_wire, EngineConnection, EngineId, Heartbeat, LinkMessage, ObjectData,
+    ObjectRequest, Platform, RegisterReply, RegisterRequest, RunRequest, ShutdownRequest,
+    SignalRequest,
 };
 use rustpx_wire::zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend};
 use rustpx_wire::{decode, encode, Signer, WireMessage};
 use tokio::sync::mpsc;
+
+use crate::delivery::{Delivery, PreparedRun};
 
 /// How often the engine says it is alive.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
@@ -26,13 +29,21 @@ pub struct Patience {
     pub hub_silence: Duration,
 }
 
-/// Connects, registers and then serves the link until shutdown; run requests go to `runs`.
+/// Who this engine is, as it tells the hub.
+pub struct Identity {
+    pub requested_id: Option<EngineId>,
+    pub platform: Platform,
+}
+
+/// Connects, registers and then serves the link until shutdown; runs whose objects are on this
+/// host go to `runs`, in the order the hub sent them.
 pub async fn serve(
     connection: EngineConnection,
-    requested_id: Option<EngineId>,
+    identity: Identity,
     patience: Patience,
+    mut delivery: Delivery,
     mut outgoing: mpsc::UnboundedReceiver<WireMessage>,
-    runs: std_mpsc::Sender<RunRequest>,
+    runs: std_mpsc::Sender<PreparedRun>,
     registered: std_mpsc::Sender<EngineId>,
 ) -> Result<()> {
     let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
@@ -58,10 +69,12 @@ pub async fn serve(
         .with_context(|| format!("could not connect to the hub at {}", connection.url))?;
 
     let register = RegisterRequest {
-        requested_id,
+        requested_id: identity.requested_id,
         pid: std::process::id(),
         hostname: hostname(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        platform: identity.platform,
+        shares_files: delivery.shares_files(),
     };
     socket
         .send(encode(&to_wire(&session, &register), &signer))
@@ -83,6 +96,12 @@ pub async fn serve(
         (None, None) => bail!("the hub's registration reply has no engine id"),
     };
     let _ = registered.send(engine_id);
+    if let Some(dir) = delivery.cache_dir() {
+        tracing::info!(
+            "compiled cells are fetched from the hub into {}",
+            dir.display()
+        );
+    }
     tracing::info!(
         "registered with the hub at {} as engine {engine_id}",
         connection.url
@@ -116,11 +135,30 @@ pub async fn serve(
                     Heartbeat::MSG_TYPE => {}
                     RunRequest::MSG_TYPE => match from_wire::<RunRequest>(&message) {
                         Ok(run) => {
-                            if runs.send(run).is_err() {
-                                bail!("the runner thread is gone");
+                            let (ask, ready) = delivery.arrived(run);
+                            if !ask.is_empty() {
+                                tracing::debug!("fetching {} objects from the hub", ask.len());
+                                let request = to_wire(&session, &ObjectRequest { sha256: ask });
+                                send_half.send(encode(&request, &signer)).await?;
                             }
+                            forward(&runs, ready)?;
                         }
                         Err(error) => tracing::warn!("dropped a run request: {error}"),
+                    },
+                    ObjectData::MSG_TYPE => match from_wire::<ObjectData>(&message) {
+                        Ok(data) => {
+                            let bytes = message.buffers.first().map(|b| b.as_ref());
+                            forward(&runs, delivery.object_arrived(&data, bytes))?;
+                        }
+                        Err(error) => tracing::warn!("dropped an object: {error}"),
+                    },
+                    SignalRequest::MSG_TYPE => match from_wire::<SignalRequest>(&message) {
+                        Ok(request) => {
+                            tracing::info!("the hub asks for signal {}", request.signal);
+                            // SAFETY: kill on our own pid has no memory-safety preconditions.
+                            unsafe { libc::kill(libc::getpid(), request.signal) };
+                        }
+                        Err(error) => tracing::warn!("dropped a signal request: {error}"),
                     },
                     ShutdownRequest::MSG_TYPE => {
                         tracing::info!("shutdown requested by the hub");
@@ -131,6 +169,15 @@ pub async fn serve(
             }
         }
     }
+}
+
+fn forward(runs: &std_mpsc::Sender<PreparedRun>, ready: Vec<PreparedRun>) -> Result<()> {
+    for run in ready {
+        if runs.send(run).is_err() {
+            bail!("the runner thread is gone");
+        }
+    }
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -5,7 +5,9 @@
 //! evcxr's runtime does); the link to the hub lives on its own thread.
 
 mod capture;
+mod delivery;
 mod link;
+mod objects;
 mod runner;
 
 use std::path::PathBuf;
@@ -15,24 +17,43 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use rustpx_protocol::{
-    to_wire, DisplayOutput, EngineConnection, EngineId, RunReply, RunRequest, RunStatus,
+    to_wire, DisplayOutput, EngineConnection, EngineId, Platform, RunReply, RunStatus,
     CONNECTION_ENV,
 };
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc;
 
 use capture::{Capture, RunReport, StreamSink};
+use delivery::{Delivery, PreparedRun};
+use objects::ObjectCache;
 use runner::Runner;
 
 #[derive(Parser)]
 #[command(name = "rustpx-engine", version, about = "An engine of a rustpx pool")]
 struct Cli {
-    /// The connection file the kernel wrote; without it, the JSON in $RUSTPX_ENGINE_CONNECTION.
+    /// The connection file the kernel wrote (`-`: its JSON on the first line of stdin, and the
+    /// engine exits when stdin closes, as when the ssh session that started it ends); without
+    /// it, the JSON in $RUSTPX_ENGINE_CONNECTION.
     #[arg(long = "connect", value_name = "FILE")]
     connect: Option<PathBuf>,
-    /// The engine id to ask for (the local pool and MPI ranks use this).
+    /// The engine id to ask for; without it, `--id-base` plus the MPI or Slurm rank if there is
+    /// one ($PMI_RANK, $PMIX_RANK, $OMPI_COMM_WORLD_RANK, $SLURM_PROCID), else the first free id.
     #[arg(long)]
     id: Option<EngineId>,
+    /// Added to the MPI or Slurm rank to make the engine id (a second batch of ranks).
+    #[arg(long, default_value_t = 0)]
+    id_base: EngineId,
+    /// Where objects fetched from the kernel are cached by content hash (default
+    /// ~/.cache/rustpx/objects); engines on one host share it.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Fetch compiled cells over the link even when the kernel's files are readable here.
+    #[arg(long)]
+    fetch_objects: bool,
+    /// Report this platform (`ARCH-OS-GLIBC`, e.g. `aarch64-linux-2.31`) instead of the real one:
+    /// lets a test see the hub refuse a host that cannot load its cells.
+    #[arg(long, hide = true, value_name = "ARCH-OS-GLIBC")]
+    pretend_platform: Option<String>,
     /// Give up when the hub does not answer registration within this many seconds.
     #[arg(long, default_value_t = 30.0)]
     register_timeout: f64,
@@ -58,8 +79,68 @@ fn main() {
     }
 }
 
+/// The rank variables of the launchers that start engines in batches, in the order checked.
+const RANK_VARIABLES: [&str; 4] = [
+    "PMI_RANK",
+    "PMIX_RANK",
+    "OMPI_COMM_WORLD_RANK",
+    "SLURM_PROCID",
+];
+
+/// The id to ask the hub for: `--id`, else the base plus this process's rank in its batch.
+fn requested_id(cli: &Cli) -> Result<Option<EngineId>> {
+    if let Some(id) = cli.id {
+        return Ok(Some(id));
+    }
+    for variable in RANK_VARIABLES {
+        if let Ok(value) = std::env::var(variable) {
+            let rank: EngineId = value
+                .trim()
+                .parse()
+                .with_context(|| format!("${variable} is {value:?}, not a rank"))?;
+            return Ok(Some(cli.id_base + rank));
+        }
+    }
+    Ok(None)
+}
+
+/// This host's platform, or the one `--pretend-platform` names.
+fn reported_platform(pretend: Option<&str>) -> Platform {
+    let Some(text) = pretend else {
+        return Platform::current();
+    };
+    let mut parts = text.splitn(3, '-');
+    Platform {
+        arch: parts.next().unwrap_or_default().to_owned(),
+        os: parts.next().unwrap_or_default().to_owned(),
+        glibc: parts.next().map(str::to_owned),
+    }
+}
+
+/// Reads the connection blob from the first line of stdin, then exits when stdin closes.
+fn connection_from_stdin() -> Result<String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the connection from stdin")?;
+    if line.trim().is_empty() {
+        anyhow::bail!("--connect -: stdin closed before the connection's JSON line");
+    }
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut rest = Vec::new();
+        let _ = std::io::stdin().lock().read_to_end(&mut rest);
+        tracing::info!("stdin closed: the launcher that started this engine is gone; exiting");
+        std::process::exit(0);
+    });
+    Ok(line)
+}
+
 fn read_connection(cli: &Cli) -> Result<EngineConnection> {
     let text = match &cli.connect {
+        Some(path) if path.as_os_str() == "-" => connection_from_stdin()?,
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the connection file {}", path.display()))?,
         None => std::env::var(CONNECTION_ENV).with_context(|| {
@@ -71,6 +152,17 @@ fn read_connection(cli: &Cli) -> Result<EngineConnection> {
 
 fn run(cli: Cli) -> Result<()> {
     let connection = read_connection(&cli)?;
+    let requested = requested_id(&cli)?;
+    let platform = reported_platform(cli.pretend_platform.as_deref());
+    let delivery = if !cli.fetch_objects && objects::shares_kernel_files(&connection) {
+        Delivery::new(None)
+    } else {
+        let dir = cli
+            .cache_dir
+            .clone()
+            .unwrap_or_else(ObjectCache::default_dir);
+        Delivery::new(Some(ObjectCache::new(dir)))
+    };
     let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel::<WireMessage>();
     let session = uuid::Uuid::new_v4().to_string();
     let sink_tx = outgoing_tx.clone();
@@ -91,13 +183,12 @@ fn run(cli: Cli) -> Result<()> {
         watch_parent(parent);
     }
 
-    let (runs_tx, runs) = std_mpsc::channel::<RunRequest>();
+    let (runs_tx, runs) = std_mpsc::channel::<PreparedRun>();
     let (registered_forward, registered) = std_mpsc::channel::<EngineId>();
     let patience = link::Patience {
         register_timeout: Duration::from_secs_f64(cli.register_timeout.max(0.1)),
         hub_silence: Duration::from_secs_f64(cli.hub_silence.max(1.0)),
     };
-    let requested = cli.id;
     let registered_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let registered_flag = registered_once.clone();
     let (registered_tx, registered_relay) = std_mpsc::channel::<EngineId>();
@@ -120,10 +211,15 @@ fn run(cli: Cli) -> Result<()> {
                     std::process::exit(2);
                 }
             };
+            let identity = link::Identity {
+                requested_id: requested,
+                platform,
+            };
             let result = runtime.block_on(link::serve(
                 connection,
-                requested,
+                identity,
                 patience,
+                delivery,
                 outgoing_rx,
                 runs_tx,
                 registered_tx,
@@ -161,21 +257,25 @@ fn run(cli: Cli) -> Result<()> {
 /// Runs cells in arrival order on this (the main) thread.
 fn serve_runs(
     capture: &Capture,
-    runs: std_mpsc::Receiver<RunRequest>,
+    runs: std_mpsc::Receiver<PreparedRun>,
     outgoing: &mpsc::UnboundedSender<WireMessage>,
     session: &str,
 ) {
     let mut runner = Runner::new();
     let mut execution_count = 0u32;
     let mut last_cell = String::new();
-    for run in runs {
+    for prepared in runs {
+        let run = &prepared.request;
         if run.cell_id != last_cell {
             execution_count += 1;
             last_cell = run.cell_id.clone();
         }
         capture.begin(&run.run_id);
         let started = now();
-        let loaded = runner.run(&run.so_path, &run.fn_name);
+        let loaded = match &prepared.error {
+            Some(error) => Err(error.clone()),
+            None => runner.run(&prepared.libraries, &prepared.object, &run.fn_name),
+        };
         let report = capture.finish();
         let completed = now();
         for data in &report.stdout.displays {
@@ -186,7 +286,7 @@ fn serve_runs(
             let _ = outgoing.send(to_wire(session, &display));
         }
         let reply = RunReply {
-            run_id: run.run_id,
+            run_id: run.run_id.clone(),
             execution_count,
             status: status_of(loaded, &report),
             value: report.stdout.value,

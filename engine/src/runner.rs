@@ -7,6 +7,9 @@
 
 use std::ffi::c_void;
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
 use libloading::{Library, Symbol};
 
 type CellFn = extern "C" fn(*mut c_void) -> *mut c_void;
@@ -15,6 +18,7 @@ type CellFn = extern "C" fn(*mut c_void) -> *mut c_void;
 pub struct Runner {
     store: *mut c_void,
     loaded: Vec<Library>,
+    preloaded: HashSet<PathBuf>,
 }
 
 impl Runner {
@@ -22,19 +26,38 @@ impl Runner {
         Runner {
             store: std::ptr::null_mut(),
             loaded: Vec::new(),
+            preloaded: HashSet::new(),
         }
     }
 
-    /// Runs `fn_name` from the shared object at `so_path`.
-    pub fn run(&mut self, so_path: &str, fn_name: &str) -> Result<(), String> {
+    /// Loads `libraries` (by path, once each: later objects that name them by their file name
+    /// find them among the loaded objects), then runs `fn_name` from the object at `so_path`.
+    pub fn run(
+        &mut self,
+        libraries: &[PathBuf],
+        so_path: &Path,
+        fn_name: &str,
+    ) -> Result<(), String> {
+        for library in libraries {
+            if self.preloaded.contains(library) {
+                continue;
+            }
+            // SAFETY: these are the libraries the kernel's cells link (libstd, dependencies),
+            // loaded exactly as the dynamic linker would load them for the cell.
+            let loaded = unsafe { Library::new(library) }
+                .map_err(|e| format!("cannot load {}: {e}", library.display()))?;
+            self.loaded.push(loaded);
+            self.preloaded.insert(library.clone());
+        }
+        let shown = so_path.display();
         // SAFETY: the object was compiled by the kernel's evcxr for this engine's state; loading
         // it runs no code beyond its initialisers, which evcxr's generated crates do not define.
         let library =
-            unsafe { Library::new(so_path) }.map_err(|e| format!("cannot load {so_path}: {e}"))?;
+            unsafe { Library::new(so_path) }.map_err(|e| format!("cannot load {shown}: {e}"))?;
         {
             // SAFETY: evcxr declares every cell function with exactly this signature.
             let cell: Symbol<CellFn> = unsafe { library.get(fn_name.as_bytes()) }
-                .map_err(|e| format!("no function {fn_name} in {so_path}: {e}"))?;
+                .map_err(|e| format!("no function {fn_name} in {shown}: {e}"))?;
             self.store = cell(self.store);
         }
         self.loaded.push(library);

@@ -28,6 +28,78 @@ pub struct EngineConnection {
     /// The pool's HMAC key (fresh and random for every pool).
     pub key: String,
     pub signature_scheme: String,
+    /// Where the kernel wrote this blob as a file. An engine that can read the same key there
+    /// shares the kernel's filesystem and loads compiled cells from the kernel's paths; any
+    /// other engine fetches them over the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_file: Option<String>,
+}
+
+/// What an engine's host can load: compiled cells are native code for one platform.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Platform {
+    /// `std::env::consts::ARCH`, e.g. `x86_64`.
+    pub arch: String,
+    /// `std::env::consts::OS`, e.g. `linux`.
+    pub os: String,
+    /// The C library's version (`gnu_get_libc_version`), when it is glibc.
+    pub glibc: Option<String>,
+}
+
+impl Platform {
+    /// The platform this process runs on, with the C library's version (objects are linked
+    /// against it).
+    pub fn current() -> Platform {
+        #[cfg(target_env = "gnu")]
+        let glibc = {
+            // SAFETY: gnu_get_libc_version returns a pointer to a static NUL-terminated string.
+            let version = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+            Some(version.to_string_lossy().into_owned())
+        };
+        #[cfg(not(target_env = "gnu"))]
+        let glibc = None;
+        Platform {
+            arch: std::env::consts::ARCH.to_owned(),
+            os: std::env::consts::OS.to_owned(),
+            glibc,
+        }
+    }
+
+    /// Why an engine on `self` cannot load objects built on `kernel`, in one line, or `None`.
+    pub fn incompatibility(&self, kernel: &Platform) -> Option<String> {
+        if self.arch != kernel.arch || self.os != kernel.os {
+            return Some(format!(
+                "the engine's host is {}-{}, but cells are compiled for {}-{}",
+                self.arch, self.os, kernel.arch, kernel.os
+            ));
+        }
+        match (&self.glibc, &kernel.glibc) {
+            (Some(engine), Some(needed)) if version_less(engine, needed) => Some(format!(
+                "the engine's host has glibc {engine}, older than the kernel's {needed} that cells are linked against"
+            )),
+            (None, Some(needed)) => Some(format!(
+                "the engine's host has no glibc; cells are linked against glibc {needed}"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Compares dotted version numbers (`2.31` < `2.36`) numerically, part by part.
+fn version_less(a: &str, b: &str) -> bool {
+    let parts = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parts(a) < parts(b)
+}
+
+/// A file a compiled cell needs on the engine's host: the cell's object or a library it links
+/// (libstd, dependencies), named by the hash of its content so that a host caches it once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct ObjectRef {
+    /// The file name the object must have (a library is found by its name).
+    pub name: String,
+    /// SHA-256 of the content, lower-case hex.
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// A message type with a fixed `msg_type` on the link.
@@ -51,6 +123,12 @@ pub struct RegisterRequest {
     pub pid: u32,
     pub hostname: String,
     pub version: String,
+    #[serde(default)]
+    pub platform: Platform,
+    /// Whether the engine reads compiled cells from the kernel's paths (same filesystem) rather
+    /// than fetching them over the link.
+    #[serde(default)]
+    pub shares_files: bool,
 }
 link_message!(RegisterRequest, "register_request");
 
@@ -76,8 +154,37 @@ pub struct RunRequest {
     pub cell_id: String,
     pub so_path: String,
     pub fn_name: String,
+    /// What the run needs on a host that does not share the kernel's files: the libraries the
+    /// cell links first (in load order), the cell's own object last.
+    #[serde(default)]
+    pub objects: Vec<ObjectRef>,
 }
 link_message!(RunRequest, "run_request");
+
+/// Engine to hub: send me these objects (by hash); my host does not have them yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObjectRequest {
+    pub sha256: Vec<String>,
+}
+link_message!(ObjectRequest, "object_request");
+
+/// Hub to engine: one object's bytes, in the message's first buffer (buffers are not signed;
+/// the engine checks them against the signed hash).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObjectData {
+    pub object: ObjectRef,
+    /// Set instead of the bytes when the kernel cannot read the object.
+    pub missing: Option<String>,
+}
+link_message!(ObjectData, "object_data");
+
+/// Hub to engine: raise this signal in yourself (an interrupt of an engine the kernel cannot
+/// signal directly, such as one on another host).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignalRequest {
+    pub signal: i32,
+}
+link_message!(SignalRequest, "signal_request");
 
 /// Engine to hub: text the cell wrote, as it is written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -184,6 +291,43 @@ mod tests {
         assert_eq!(wire.content["status"], "panic");
         let back: RunReply = from_wire(&wire).unwrap();
         assert_eq!(back, reply);
+    }
+
+    #[test]
+    fn platforms_are_refused_for_another_architecture_or_an_older_glibc() {
+        let kernel = Platform {
+            arch: "x86_64".into(),
+            os: "linux".into(),
+            glibc: Some("2.36".into()),
+        };
+        let same = kernel.clone();
+        assert_eq!(same.incompatibility(&kernel), None);
+        let newer = Platform {
+            glibc: Some("2.40".into()),
+            ..kernel.clone()
+        };
+        assert_eq!(newer.incompatibility(&kernel), None);
+        let older = Platform {
+            glibc: Some("2.31".into()),
+            ..kernel.clone()
+        };
+        assert!(older
+            .incompatibility(&kernel)
+            .unwrap()
+            .contains("glibc 2.31"));
+        let arm = Platform {
+            arch: "aarch64".into(),
+            ..kernel.clone()
+        };
+        assert!(arm
+            .incompatibility(&kernel)
+            .unwrap()
+            .contains("aarch64-linux"));
+        let musl = Platform {
+            glibc: None,
+            ..kernel.clone()
+        };
+        assert!(musl.incompatibility(&kernel).is_some());
     }
 
     #[test]
