@@ -35,6 +35,7 @@ mod tests {
             url: "tcp://127.0.0.1:1".into(),
             key: "k".into(),
             signature_scheme: "hmac-sha256".into(),
+            kernel_file: None,
         };
         let path = write(&connection).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 use rustpx_protocol::{
-    from_wire, to_wire, DisplayOutput, EngineId, Heartbeat, LinkMessage, RegisterReply,
-    RegisterRequest, RunReply, RunRequest, RunStatus, ShutdownRequest, StreamOutput,
+    from_wire, to_wire, DisplayOutput, EngineId, Heartbeat, LinkMessage, ObjectData, ObjectRequest,
+    Platform, RegisterReply, RegisterRequest, RunReply, RunRequest, RunStatus, ShutdownRequest,
+    SignalRequest, StreamOutput,
 };
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::records::{CellRecord, EngineError, TaskState};
+use super::shipping::ObjectCatalog;
 
 /// An engine that has not been heard from for this long is declared dead.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +76,9 @@ pub struct EngineEntry {
     pub last_seen: Instant,
     /// Runs sent and not finished.
     pub queue: usize,
+    /// Whether the engine reads compiled cells from the kernel's paths; otherwise they are
+    /// described in each run request and it fetches what its host lacks.
+    pub shares_files: bool,
 }
 
 impl EngineEntry {
@@ -103,6 +108,12 @@ pub struct Hub {
     /// Engines we signalled on purpose (interrupt): their death is expected.
     interrupted: HashMap<EngineId, u64>,
     outbox: UnboundedSender<Outgoing>,
+    /// The objects shipped to engines that do not share the kernel's files.
+    catalog: ObjectCatalog,
+    /// What cells are compiled for: engines on other platforms are refused.
+    platform: Platform,
+    /// Engines refused at registration since the last look, with why.
+    refusals: Vec<String>,
 }
 
 impl Hub {
@@ -117,7 +128,20 @@ impl Hub {
             variables: HashMap::new(),
             interrupted: HashMap::new(),
             outbox,
+            catalog: ObjectCatalog::default(),
+            platform: Platform::current(),
+            refusals: Vec::new(),
         }
+    }
+
+    /// The incarnation the next engine to register gets.
+    pub fn next_incarnation(&self) -> u64 {
+        self.next_incarnation
+    }
+
+    /// Engines refused at registration since the last call, each with its one-line reason.
+    pub fn take_refusals(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.refusals)
     }
 
     fn send<M: LinkMessage>(&self, identity: &Bytes, message: &M) {
@@ -171,6 +195,9 @@ impl Hub {
             StreamOutput::MSG_TYPE => from_wire(message).map(|s| self.stream(s)),
             DisplayOutput::MSG_TYPE => from_wire(message).map(|d| self.display(d)),
             RunReply::MSG_TYPE => from_wire(message).map(|r| self.run_reply(r)),
+            ObjectRequest::MSG_TYPE if sender.is_some() => {
+                from_wire(message).map(|r| self.send_objects(&identity, r))
+            }
             other => {
                 tracing::warn!("hub: dropped an unknown message type {other:?}");
                 Ok(())
@@ -189,6 +216,22 @@ impl Hub {
     }
 
     fn register(&mut self, identity: Bytes, request: RegisterRequest) {
+        if let Some(why) = request.platform.incompatibility(&self.platform) {
+            let text = format!(
+                "refused an engine from {} (pid {}): {why}",
+                request.hostname, request.pid
+            );
+            tracing::warn!("{text}");
+            self.refusals.push(text);
+            self.send(
+                &identity,
+                &RegisterReply {
+                    engine_id: None,
+                    refused: Some(why),
+                },
+            );
+            return;
+        }
         let taken = |id: &EngineId| self.engines.get(id).is_some_and(|e| e.alive());
         let id = match request.requested_id {
             Some(id) if !taken(&id) => id,
@@ -212,6 +255,7 @@ impl Hub {
                 state: EngineState::Idle,
                 last_seen: Instant::now(),
                 queue: 0,
+                shares_files: request.shares_files,
             },
         );
         self.variables.remove(&id);
@@ -263,6 +307,11 @@ impl Hub {
         entry.queue += 1;
         entry.state = EngineState::Busy;
         let identity = entry.identity.clone();
+        let objects = if entry.shares_files {
+            Ok(Vec::new())
+        } else {
+            self.catalog.objects_for(std::path::Path::new(so_path))
+        };
         let run_id = uuid::Uuid::new_v4().to_string();
         if let Some(record) = self
             .cells
@@ -281,16 +330,82 @@ impl Hub {
                 done,
             },
         );
-        self.send(
-            &identity,
-            &RunRequest {
-                run_id,
-                cell_id: cell_id.to_owned(),
-                so_path: so_path.to_owned(),
-                fn_name: fn_name.to_owned(),
-            },
-        );
+        match objects {
+            Ok(objects) => self.send(
+                &identity,
+                &RunRequest {
+                    run_id,
+                    cell_id: cell_id.to_owned(),
+                    so_path: so_path.to_owned(),
+                    fn_name: fn_name.to_owned(),
+                    objects,
+                },
+            ),
+            Err(error) => {
+                // The engine cannot have the cell: fail its run here, as the engine would.
+                tracing::error!("engine {engine} cannot be sent this cell: {error}");
+                let now = Utc::now().to_rfc3339();
+                self.run_reply(RunReply {
+                    run_id,
+                    execution_count: 0,
+                    status: RunStatus::LoadFailed {
+                        message: format!(
+                            "the kernel cannot ship this cell to engine {engine}: {error}"
+                        ),
+                    },
+                    value: None,
+                    changed_type: Vec::new(),
+                    started: now.clone(),
+                    completed: now,
+                });
+            }
+        }
         receiver
+    }
+
+    /// Answers an engine's request for objects its host lacks, one message per object with the
+    /// bytes in its buffer.
+    fn send_objects(&self, identity: &Bytes, request: ObjectRequest) {
+        for sha256 in request.sha256 {
+            let Some(path) = self.catalog.path(&sha256) else {
+                tracing::warn!("hub: an engine asked for an unknown object {sha256}");
+                continue;
+            };
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (bytes, missing) = match std::fs::read(path) {
+                Ok(bytes) => (Some(bytes), None),
+                Err(error) => (None, Some(format!("{}: {error}", path.display()))),
+            };
+            let object = rustpx_protocol::ObjectRef {
+                name,
+                size: bytes.as_ref().map_or(0, |b| b.len() as u64),
+                sha256,
+            };
+            tracing::debug!("hub: sending {} ({} bytes)", object.name, object.size);
+            let mut message = to_wire(&self.session, &ObjectData { object, missing });
+            if let Some(bytes) = bytes {
+                message.buffers.push(Bytes::from(bytes));
+            }
+            let _ = self.outbox.send((identity.clone(), message));
+        }
+    }
+
+    /// Asks engine `id` to raise `signal` in itself (the kernel cannot signal a process on
+    /// another host). Returns whether the engine is alive to be asked.
+    pub fn signal_engine(&mut self, id: EngineId, signal: i32) -> bool {
+        let Some(identity) = self
+            .engines
+            .get(&id)
+            .filter(|e| e.alive())
+            .map(|e| e.identity.clone())
+        else {
+            return false;
+        };
+        self.send(&identity, &SignalRequest { signal });
+        true
     }
 
     fn notify(&self, cell_id: &str, event: CellEvent) {
@@ -590,6 +705,8 @@ mod tests {
                 pid: 100,
                 hostname: "h".into(),
                 version: "0".into(),
+                platform: Platform::current(),
+                shares_files: true,
             },
         );
         hub.receive(Bytes::from_static(who.as_bytes()), &message);
