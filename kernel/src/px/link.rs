@@ -4,24 +4,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rustpx_protocol::EngineConnection;
+use rustpx_protocol::{EngineConnection, EngineId};
 use rustpx_wire::zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
 use rustpx_wire::{decode, encode, Signer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::hub::{Hub, Outgoing};
+use super::hub_address::HubAddress;
 use super::{lock, PxError};
 
 /// How often heartbeats are checked.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Binds the hub on `ip` (loopback unless the user asks otherwise) with a fresh random key and
-/// serves it; returns what engines need to connect.
+/// Binds the hub on `address.bind` (loopback unless the user asks otherwise) with a fresh
+/// random key and serves it; returns what engines need to connect, with `address.location` as
+/// the address they dial.
 pub async fn start(
-    ip: &str,
+    address: &HubAddress,
     hub: Arc<Mutex<Hub>>,
     outbox: UnboundedReceiver<Outgoing>,
-    on_silent: impl Fn(u32) + Send + 'static,
+    on_silent: impl Fn(EngineId, u32) + Send + 'static,
 ) -> Result<EngineConnection, PxError> {
     let key = format!(
         "{}{}",
@@ -30,17 +32,32 @@ pub async fn start(
     );
     let signer = Signer::new("hmac-sha256", &key).map_err(PxError::Wire)?;
     let mut socket = RouterSocket::new();
+    let ip = &address.bind;
     let endpoint = socket
         .bind(&format!("tcp://{ip}:0"))
         .await
         .map_err(|e| PxError::Bind(format!("tcp://{ip}:0"), e.to_string()))?;
-    let url = endpoint.to_string();
-    tracing::info!("hub listening on {url}");
+    let port = match &endpoint {
+        rustpx_wire::zeromq::Endpoint::Tcp(_, port) => *port,
+        other => {
+            return Err(PxError::Bind(
+                other.to_string(),
+                "not a TCP endpoint".into(),
+            ))
+        }
+    };
+    let host = match address.location.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => address.location.clone(),
+    };
+    let url = format!("tcp://{host}:{port}");
+    tracing::info!("hub listening on {endpoint}; engines dial {url}");
     tokio::spawn(serve(socket, signer, hub, outbox, on_silent));
     Ok(EngineConnection {
         url,
         key,
         signature_scheme: "hmac-sha256".into(),
+        kernel_file: None,
     })
 }
 
@@ -49,7 +66,7 @@ async fn serve(
     signer: Signer,
     hub: Arc<Mutex<Hub>>,
     mut outbox: UnboundedReceiver<Outgoing>,
-    on_silent: impl Fn(u32) + Send + 'static,
+    on_silent: impl Fn(EngineId, u32) + Send + 'static,
 ) {
     let (mut sender, mut receiver) = socket.split();
     let mut ticker = tokio::time::interval(TICK);
@@ -84,8 +101,8 @@ async fn serve(
             }
             _ = ticker.tick() => {
                 let silent = lock(&hub).check_heartbeats(Instant::now());
-                for (_, pid) in silent {
-                    on_silent(pid);
+                for (id, pid) in silent {
+                    on_silent(id, pid);
                 }
             }
         }
