@@ -10,5 +10,6 @@ pub mod evaluator;
 pub mod frontend;
 pub mod install;
 pub mod is_complete;
+pub mod launch;
 pub mod paths;
 pub mod px;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+
+mod engines_cli;
 use rustpx_kernel::{frontend, install, paths};
 use tracing_subscriber::Layer;
 
@@ -24,7 +26,19 @@ enum Command {
     Kernel {
         #[arg(short = 'f', long = "connection-file")]
         connection_file: PathBuf,
+        /// The address the engine hub binds (default 127.0.0.1; 0.0.0.0 for every interface).
+        /// Same as $RUSTPX_HUB_IP.
+        #[arg(long)]
+        ip: Option<String>,
+        /// The address engines dial to reach the hub, as other hosts see this one (default: the
+        /// bind address, or this host's first non-loopback address when binding 0.0.0.0). Same
+        /// as $RUSTPX_HUB_LOCATION.
+        #[arg(long)]
+        location: Option<String>,
     },
+    /// Start engines for a running kernel (its engine connection file) with any launcher.
+    #[command(subcommand)]
+    Engines(EnginesCommand),
     /// Install the "Rust (parallel)" kernelspec.
     Install(ScopeArgs),
     /// Remove the kernelspec.
@@ -33,6 +47,12 @@ enum Command {
     /// benchmark compares pool start-up with). Prints seconds.
     #[command(hide = true)]
     MeasureEvcxrStart,
+}
+
+#[derive(Subcommand)]
+enum EnginesCommand {
+    /// Start engines and wait for them (Ctrl-C stops them); --print only shows the commands.
+    Start(engines_cli::EnginesStart),
 }
 
 #[derive(Args)]
@@ -70,7 +90,21 @@ fn main() -> Result<()> {
     evcxr::runtime_hook();
     let cli = Cli::parse();
     match cli.command {
-        Command::Kernel { connection_file } => run_kernel(connection_file),
+        Command::Kernel {
+            connection_file,
+            ip,
+            location,
+        } => {
+            // Read by the hub when it binds; set before any thread starts.
+            if let Some(ip) = ip {
+                std::env::set_var(rustpx_kernel::px::hub_address::IP_ENV, ip);
+            }
+            if let Some(location) = location {
+                std::env::set_var(rustpx_kernel::px::hub_address::LOCATION_ENV, location);
+            }
+            run_kernel(connection_file)
+        }
+        Command::Engines(EnginesCommand::Start(args)) => engines_cli::start(args),
         Command::Install(args) => {
             let binary = std::env::current_exe()
                 .and_then(|p| p.canonicalize())

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use super::targets::{self, Targets};
+use crate::launch::LaunchOptions;
 
 /// How `--group-outputs` orders outputs of several engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,9 +65,19 @@ pub struct ResultOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EnginesCommand {
     List,
-    Start { n: Option<u32> },
-    Stop { ids: Option<Vec<u32>> },
-    Restart { ids: Vec<u32> },
+    /// `start [-n N] [--launcher NAME] [--hosts H:N,...] [--engine PATH] [--launcher-arg A]...
+    /// [--engine-arg A]... [--print]`; `print` shows the commands instead of running them.
+    Start {
+        n: Option<u32>,
+        launch: LaunchOptions,
+        print: bool,
+    },
+    Stop {
+        ids: Option<Vec<u32>>,
+    },
+    Restart {
+        ids: Vec<u32>,
+    },
 }
 
 /// Which way a data magic moves values.
@@ -256,6 +267,16 @@ impl<'a> Args<'a> {
         let item = self.items.get(self.index)?;
         self.index += 1;
         Some(item)
+    }
+
+    /// The next argument whatever it looks like (`--launcher-arg -i`).
+    fn raw_value(&mut self, display: &str) -> Result<&'a str, UsageError> {
+        let item = self
+            .items
+            .get(self.index)
+            .ok_or_else(|| UsageError(format!("argument {display}: expected one argument")))?;
+        self.index += 1;
+        Ok(item)
     }
 
     /// The value of `display` (e.g. `-t/--targets`): the next argument.
@@ -586,38 +607,69 @@ fn ids(items: &[String], what: &str) -> Result<Vec<u32>, UsageError> {
         .collect()
 }
 
+/// The options of `%engines start`, shown with its usage errors.
+const START_USAGE: &str = "%engines start [-n N] [--launcher local|ssh|mpi|slurm] [--hosts HOST:N,...] [--engine PATH] [--launcher-arg ARG]... [--engine-arg ARG]... [--print]";
+
+fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
+    let mut n = None;
+    let mut launch = LaunchOptions::default();
+    let mut print = false;
+    let mut args = Args::new(items);
+    while let Some(arg) = args.next() {
+        let (name, inline) = split_equals(arg);
+        let mut value = |display: &str| -> Result<String, UsageError> {
+            match inline {
+                Some(v) => Ok(v.to_owned()),
+                None => args.value(display).map(str::to_owned),
+            }
+        };
+        match name {
+            "-n" | "--n" => {
+                let v = value("-n")?;
+                let count: u32 = v
+                    .parse()
+                    .map_err(|_| UsageError(format!("argument -n: invalid int value: '{v}'")))?;
+                if count == 0 {
+                    return Err(UsageError("argument -n: start at least 1 engine".into()));
+                }
+                n = Some(count);
+            }
+            "--launcher" => launch.launcher = Some(value("--launcher")?),
+            "--hosts" => {
+                launch.hosts = crate::launch::parse_hosts(&value("--hosts")?)
+                    .map_err(|e| UsageError(e.to_string()))?;
+            }
+            "--engine" => launch.engine = Some(value("--engine")?),
+            "--launcher-arg" | "--engine-arg" => {
+                let v = match inline {
+                    Some(v) => v.to_owned(),
+                    None => args.raw_value(name)?.to_owned(),
+                };
+                if name == "--launcher-arg" {
+                    launch.launcher_args.push(v);
+                } else {
+                    launch.engine_args.push(v);
+                }
+            }
+            "--print" => print = true,
+            _ => return Err(UsageError(format!("unrecognized arguments: {arg}"))),
+        }
+    }
+    if n.is_some() && !launch.hosts.is_empty() {
+        return Err(UsageError(
+            "-n and --hosts both count engines: give the counts in --hosts HOST:N only".into(),
+        ));
+    }
+    crate::launch::launcher_for(&launch).map_err(|e| UsageError(e.to_string()))?;
+    Ok(EnginesCommand::Start { n, launch, print })
+}
+
 fn parse_engines(items: &[String]) -> Result<EnginesCommand, UsageError> {
     let usage = "usage: %engines [list] | start [-n N] | stop [IDS] | restart IDS";
     match items.first().map(String::as_str) {
         None | Some("list") if items.len() <= 1 => Ok(EnginesCommand::List),
-        Some("start") => {
-            let mut n = None;
-            let mut args = Args::new(&items[1..]);
-            while let Some(arg) = args.next() {
-                let (name, inline) = split_equals(arg);
-                match name {
-                    "-n" | "--n" => {
-                        let v = match inline {
-                            Some(v) => v,
-                            None => args.value("-n")?,
-                        };
-                        let count: u32 = v.parse().map_err(|_| {
-                            UsageError(format!("argument -n: invalid int value: '{v}'"))
-                        })?;
-                        if count == 0 {
-                            return Err(UsageError("argument -n: start at least 1 engine".into()));
-                        }
-                        n = Some(count);
-                    }
-                    _ => {
-                        return Err(UsageError(format!(
-                            "unrecognized arguments: {arg}\n{usage}"
-                        )))
-                    }
-                }
-            }
-            Ok(EnginesCommand::Start { n })
-        }
+        Some("start") => parse_engines_start(&items[1..])
+            .map_err(|UsageError(text)| UsageError(format!("{text}\n{usage}\n{START_USAGE}"))),
         Some("stop") => {
             let rest = &items[1..];
             Ok(EnginesCommand::Stop {
@@ -795,7 +847,11 @@ mod tests {
         );
         assert_eq!(
             parse_cell("%engines start -n 3").unwrap().unwrap(),
-            Magic::Engines(EnginesCommand::Start { n: Some(3) })
+            Magic::Engines(EnginesCommand::Start {
+                n: Some(3),
+                launch: LaunchOptions::default(),
+                print: false
+            })
         );
         assert_eq!(
             parse_cell("%engines stop 1,2").unwrap().unwrap(),
@@ -809,6 +865,36 @@ mod tests {
         );
         assert!(parse_cell("%engines restart").is_err());
         assert!(parse_cell("%engines start -n 0").is_err());
+    }
+
+    #[test]
+    fn engines_start_takes_a_launcher_and_its_options() {
+        let parsed = parse_cell(
+            "%engines start --launcher ssh --hosts 10.0.0.2:2,b --launcher-arg -i --launcher-arg '/k/id key' --engine /opt/e --print",
+        )
+        .unwrap()
+        .unwrap();
+        let Magic::Engines(EnginesCommand::Start { n, launch, print }) = parsed else {
+            panic!("not a start: {parsed:?}");
+        };
+        assert_eq!(n, None);
+        assert!(print);
+        assert_eq!(launch.launcher.as_deref(), Some("ssh"));
+        assert_eq!(launch.hosts, vec![("10.0.0.2".into(), 2), ("b".into(), 1)]);
+        assert_eq!(launch.launcher_args, vec!["-i", "/k/id key"]);
+        assert_eq!(launch.engine.as_deref(), Some("/opt/e"));
+        let unknown = parse_cell("%engines start --launcher pbs")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("unknown launcher 'pbs'"), "{unknown}");
+        let both = parse_cell("%engines start -n 2 --launcher ssh --hosts a:2")
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("--hosts HOST:N only"), "{both}");
+        let no_hosts = parse_cell("%engines start --launcher ssh")
+            .unwrap_err()
+            .to_string();
+        assert!(no_hosts.contains("needs --hosts"), "{no_hosts}");
     }
 
     #[test]

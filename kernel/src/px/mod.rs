@@ -10,6 +10,7 @@ mod compiler;
 mod connection_file;
 mod groups;
 mod hub;
+pub mod hub_address;
 mod link;
 pub mod magics;
 mod map_server;
@@ -17,6 +18,7 @@ mod pool;
 mod records;
 mod render;
 mod session;
+mod shipping;
 mod stale_files;
 pub mod targets;
 mod transfer;
@@ -43,4 +45,8 @@ pub enum PxError {
     Spawn(String, String),
     #[error("the engine binary is missing at {0}; build it with `cargo build --release` or set RUSTPX_ENGINE_BIN")]
     NoEngineBinary(String),
+    #[error(transparent)]
+    Launch(crate::launch::LaunchError),
+    #[error("{0}")]
+    HubAddress(String),
 }

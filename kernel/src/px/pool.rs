@@ -1,10 +1,13 @@
-//! The local engine pool: `rustpx-engine` processes started, watched and stopped by the kernel.
+//! The engine pool: the processes launchers started, watched and stopped by the kernel.
 //!
-//! Each engine gets the hub's connection in its environment, its id on the command line and the
-//! kernel's pid, so that it exits when the kernel is gone (no orphans even after `kill -9`).
-//! Engines run in their own process group: a Ctrl-C in the terminal of `jupyter console` is the
-//! kernel's to handle, not theirs. A watcher task per process reports its exit to the hub at
-//! once, so a crash is an `EngineError` within milliseconds rather than after a heartbeat timeout.
+//! A [launcher](crate::launch) says what to run; the pool runs it. A local engine gets the hub's
+//! connection in its environment, its id on the command line and the kernel's pid, so that it
+//! exits when the kernel is gone (no orphans even after `kill -9`); an ssh engine gets the
+//! connection on stdin and exits when that closes. Launched processes run in their own process
+//! group: a Ctrl-C in the terminal of `jupyter console` is the kernel's to handle, not theirs. A
+//! watcher task per process reports its exit to the hub at once, so a crash is an `EngineError`
+//! within milliseconds rather than after a heartbeat timeout; their stderr goes to the kernel's
+//! log, and its last line into the error when an engine never registered.
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -16,6 +19,9 @@ use rustpx_protocol::{EngineConnection, EngineId, CONNECTION_ENV};
 
 use super::hub::Hub;
 use super::{lock, PxError};
+use crate::launch::{
+    ConnectionDelivery, EngineInvocation, LaunchCommand, LaunchOptions, Launcher, LocalLauncher,
+};
 
 /// Why an engine process ended, in words.
 pub fn describe_exit(status: ExitStatus) -> String {
@@ -54,32 +60,49 @@ pub fn signal(pid: u32, signal: i32) {
     }
 }
 
+/// One process a launcher started, and what it was started as.
+#[derive(Clone)]
+struct Launched {
+    pid: u32,
+    launcher: Arc<dyn Launcher>,
+    command: LaunchCommand,
+    engine: EngineInvocation,
+    /// Hub incarnations at or after this one registered after the process started.
+    first_incarnation: u64,
+}
+
 #[derive(Default)]
 struct PoolState {
     /// Files to delete at shutdown (the engine connection file holds the key).
     remove_at_shutdown: Vec<PathBuf>,
-    /// Engine id to the pid of the process started for it.
-    processes: HashMap<EngineId, u32>,
+    /// Engine id to the process started for it (several ids share an mpiexec or srun).
+    processes: HashMap<EngineId, Launched>,
+    /// The stdin of each process that reads its connection there (ssh): kept open, because
+    /// the remote engine exits when it closes.
+    /// Dropping the sender closes that stdin.
+    stdins: HashMap<u32, tokio::sync::oneshot::Sender<()>>,
     /// Engines that exited before they registered, with why: shown when a start times out.
     start_failures: Vec<String>,
 }
 
-/// The local pool; cheap to clone.
+/// The kernel's engine processes, whatever launched them; cheap to clone.
 #[derive(Clone)]
-pub struct LocalPool {
+pub struct EnginePool {
     engine_binary: PathBuf,
     connection: Arc<EngineConnection>,
     hub: Arc<Mutex<Hub>>,
     state: Arc<Mutex<PoolState>>,
+    local: Arc<dyn Launcher>,
 }
 
-impl LocalPool {
-    pub fn new(connection: EngineConnection, hub: Arc<Mutex<Hub>>) -> Result<LocalPool, PxError> {
-        Ok(LocalPool {
+impl EnginePool {
+    pub fn new(connection: EngineConnection, hub: Arc<Mutex<Hub>>) -> Result<EnginePool, PxError> {
+        Ok(EnginePool {
             engine_binary: engine_binary()?,
             connection: Arc::new(connection),
             hub,
             state: Arc::default(),
+            local: Arc::new(LocalLauncher::new(std::process::id())),
         })
     }
 
@@ -87,64 +110,170 @@ impl LocalPool {
         lock(&self.state)
     }
 
-    /// Starts the engine process for `id`; it registers with the hub by itself.
-    pub fn spawn(&self, id: EngineId) -> Result<u32, PxError> {
+    /// The local launcher (`%engines start` without `--launcher`, the first `%px`).
+    pub fn local_launcher(&self) -> Arc<dyn Launcher> {
+        self.local.clone()
+    }
+
+    /// What a launcher runs: this host's engine binary for the local launcher, `--engine` or
+    /// `rustpx-engine` on the engine hosts' `$PATH` for the others.
+    pub fn invocation(&self, launcher: &dyn Launcher, options: &LaunchOptions) -> EngineInvocation {
+        let binary = match &options.engine {
+            Some(path) => PathBuf::from(path),
+            None => launcher.reach().default_binary(&self.engine_binary),
+        };
+        EngineInvocation {
+            binary,
+            extra_args: options.engine_args.clone(),
+        }
+    }
+
+    /// Starts the processes `launcher` wants for engines `ids`; they register with the hub by
+    /// themselves. Returns the commands started.
+    pub fn start(
+        &self,
+        launcher: &Arc<dyn Launcher>,
+        ids: &[EngineId],
+        engine: &EngineInvocation,
+    ) -> Result<Vec<LaunchCommand>, PxError> {
+        launcher.check_ready().map_err(PxError::Launch)?;
+        let commands = launcher.commands(ids, engine).map_err(PxError::Launch)?;
+        for command in &commands {
+            self.spawn(launcher, command, engine)?;
+        }
+        Ok(commands)
+    }
+
+    /// Starts engine `id` again the way it was started last time (a restart, an interrupt);
+    /// an engine the pool did not start comes back as a local one.
+    pub fn restart(&self, id: EngineId) -> Result<(), PxError> {
+        let previous = self.state().processes.get(&id).cloned();
+        let (launcher, engine) = match previous {
+            Some(launched) => (
+                launched.launcher.for_restart(&launched.command),
+                launched.engine,
+            ),
+            None => (
+                self.local.clone(),
+                self.invocation(&*self.local, &LaunchOptions::default()),
+            ),
+        };
+        self.start(&launcher, &[id], &engine).map(|_| ())
+    }
+
+    fn spawn(
+        &self,
+        launcher: &Arc<dyn Launcher>,
+        launch: &LaunchCommand,
+        engine: &EngineInvocation,
+    ) -> Result<(), PxError> {
         let json = serde_json::to_string(&*self.connection).unwrap_or_default();
-        let mut command = tokio::process::Command::new(&self.engine_binary);
+        let mut command = tokio::process::Command::new(&launch.program);
         command
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string())
-            .env(CONNECTION_ENV, json)
-            .stdin(Stdio::null())
+            .args(&launch.args)
             .stdout(Stdio::null())
-            .stderr(engine_log())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        match launch.delivery {
+            ConnectionDelivery::Environment => {
+                command.env(CONNECTION_ENV, &json).stdin(Stdio::null());
+            }
+            ConnectionDelivery::Stdin => {
+                command.stdin(Stdio::piped());
+            }
+        }
         let mut child = command
             .spawn()
-            .map_err(|e| PxError::Spawn(self.engine_binary.display().to_string(), e.to_string()))?;
+            .map_err(|e| PxError::Spawn(launch.program.clone(), e.to_string()))?;
         let pid = child.id().unwrap_or(0);
-        self.state().processes.insert(id, pid);
+        let first_incarnation = lock(&self.hub).next_incarnation();
+        {
+            let mut state = self.state();
+            if let Some(stdin) = child.stdin.take() {
+                state
+                    .stdins
+                    .insert(pid, hand_over_connection(stdin, json, &launch.place));
+            }
+            for id in &launch.ids {
+                state.processes.insert(
+                    *id,
+                    Launched {
+                        pid,
+                        launcher: launcher.clone(),
+                        command: launch.clone(),
+                        engine: engine.clone(),
+                        first_incarnation,
+                    },
+                );
+            }
+        }
+        let last_words = child
+            .stderr
+            .take()
+            .map(|stderr| relay_log(stderr, &launch.place));
         let pool = self.clone();
+        let launch = launch.clone();
         tokio::spawn(async move {
             let reason = match child.wait().await {
                 Ok(status) => describe_exit(status),
                 Err(error) => format!("could not be waited for: {error}"),
             };
-            pool.exited(id, pid, &reason);
+            let last_words = match last_words {
+                Some(task) => task.await.unwrap_or_default(),
+                None => String::new(),
+            };
+            pool.exited(&launch, pid, &reason, &last_words);
         });
-        Ok(pid)
+        Ok(())
     }
 
-    fn exited(&self, id: EngineId, pid: u32, reason: &str) {
+    fn exited(&self, launch: &LaunchCommand, pid: u32, reason: &str, last_words: &str) {
+        let mut started = Vec::new();
         {
             let mut state = self.state();
-            if state.processes.get(&id) == Some(&pid) {
-                state.processes.remove(&id);
-            }
-        }
-        let mut hub = lock(&self.hub);
-        let registered = hub
-            .engines()
-            .find(|e| e.pid == pid && e.alive())
-            .map(|e| (e.id, e.incarnation));
-        match registered {
-            Some((engine, incarnation)) => {
-                hub.engine_gone(engine, Some(incarnation), reason);
-                if hub.take_interrupted(engine, incarnation) {
-                    drop(hub);
-                    tracing::info!("engine {engine} was interrupted; starting it again");
-                    if let Err(error) = self.spawn(engine) {
-                        tracing::error!("could not restart engine {engine}: {error}");
-                    }
+            state.stdins.remove(&pid);
+            for id in &launch.ids {
+                if let Some(launched) = state.processes.get(id).filter(|l| l.pid == pid) {
+                    started.push((*id, launched.first_incarnation, launched.clone()));
+                    state.processes.remove(id);
                 }
             }
-            None => {
-                let was_known = hub.engines().any(|e| e.pid == pid);
-                if !was_known {
-                    let text = format!("engine {id} (pid {pid}) {reason} before registering");
+        }
+        let reason = if launch.place == "localhost" {
+            reason.to_owned()
+        } else {
+            format!("its {} process ({}) {reason}", launch.program, launch.place)
+        };
+        for (id, first_incarnation, launched) in started {
+            let mut hub = lock(&self.hub);
+            let registered = hub
+                .engine(id)
+                .filter(|e| e.alive() && e.incarnation >= first_incarnation)
+                .map(|e| e.incarnation);
+            match registered {
+                Some(incarnation) => {
+                    hub.engine_gone(id, Some(incarnation), &reason);
+                    if hub.take_interrupted(id, incarnation) {
+                        drop(hub);
+                        tracing::info!("engine {id} was interrupted; starting it again");
+                        let again = launched.launcher.for_restart(launch);
+                        if let Err(error) = self.start(&again, &[id], &launched.engine) {
+                            tracing::error!("could not restart engine {id}: {error}");
+                        }
+                    }
+                }
+                None if hub
+                    .engine(id)
+                    .is_some_and(|e| e.incarnation >= first_incarnation) => {}
+                None => {
+                    let mut text = format!(
+                        "engine {id} ({}, pid {pid}) {reason} before registering",
+                        launch.place
+                    );
+                    if !last_words.is_empty() {
+                        text.push_str(&format!(": {last_words}"));
+                    }
                     tracing::error!("{text}");
                     drop(hub);
                     self.state().start_failures.push(text);
@@ -158,15 +287,79 @@ impl LocalPool {
         std::mem::take(&mut self.state().start_failures)
     }
 
+    /// The pid of the process started for engine `id` (an ssh or mpiexec for remote engines).
     pub fn pid(&self, id: EngineId) -> Option<u32> {
-        self.state().processes.get(&id).copied()
+        self.state().processes.get(&id).map(|l| l.pid)
     }
 
-    /// Kills every engine process at once and removes private files (kernel shutdown).
+    /// Whether engine `id` runs as a process of this host that the kernel started itself.
+    fn is_local_process(&self, id: EngineId) -> Option<u32> {
+        self.state()
+            .processes
+            .get(&id)
+            .filter(|l| l.launcher.signals_directly())
+            .map(|l| l.pid)
+    }
+
+    /// Sends `signal` to engine `id`: to its process when it is ours on this host, otherwise
+    /// over the engine link. Returns whether it could be sent.
+    pub fn signal_engine(&self, id: EngineId, signal_number: i32) -> bool {
+        match self.is_local_process(id) {
+            Some(pid) => {
+                signal(pid, signal_number);
+                true
+            }
+            None => lock(&self.hub).signal_engine(id, signal_number),
+        }
+    }
+
+    /// Kills engine `id` now. A remote engine is asked over the link, and the process that
+    /// started it is ended when it started only that engine (ssh), which also closes the
+    /// engine's stdin.
+    pub fn kill_engine(&self, id: EngineId) {
+        if let Some(pid) = self.is_local_process(id) {
+            signal(pid, libc::SIGKILL);
+            return;
+        }
+        lock(&self.hub).signal_engine(id, libc::SIGKILL);
+        let alone = {
+            let state = self.state();
+            state
+                .processes
+                .get(&id)
+                .filter(|l| l.command.ids.len() == 1)
+                .map(|l| l.pid)
+        };
+        if let Some(pid) = alone {
+            signal(pid, libc::SIGTERM);
+        }
+    }
+
+    /// An engine the hub declared dead (no heartbeat): kill its process if it is ours and
+    /// local, so a hung engine does not linger. A remote one exits on its own when the hub is
+    /// silent for too long.
+    pub fn silent(&self, id: EngineId, pid: u32) {
+        if self.is_local_process(id) == Some(pid) {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+
+    /// Kills every engine at once and removes private files (kernel shutdown).
     pub fn kill_all(&self) {
+        let ids: Vec<EngineId> = lock(&self.hub).live_ids();
+        for id in ids {
+            lock(&self.hub).shutdown_engine(id);
+        }
         let mut state = self.state();
-        for pid in state.processes.values() {
-            signal(*pid, libc::SIGKILL);
+        state.stdins.clear();
+        for launched in state.processes.values() {
+            let sig = if launched.launcher.signals_directly() {
+                libc::SIGKILL
+            } else {
+                // mpiexec and srun pass SIGTERM on to their ranks and tasks.
+                libc::SIGTERM
+            };
+            signal(launched.pid, sig);
         }
         for path in state.remove_at_shutdown.drain(..) {
             let _ = std::fs::remove_file(path);
@@ -179,18 +372,59 @@ impl LocalPool {
     }
 }
 
+/// Writes the connection line on `stdin`, then holds it open until the returned sender is
+/// dropped (the engine exits when its stdin closes).
+fn hand_over_connection(
+    mut stdin: tokio::process::ChildStdin,
+    json: String,
+    place: &str,
+) -> tokio::sync::oneshot::Sender<()> {
+    use tokio::io::AsyncWriteExt;
+    let (keep, closed) = tokio::sync::oneshot::channel::<()>();
+    let place = place.to_owned();
+    tokio::spawn(async move {
+        let line = format!("{json}\n");
+        if let Err(error) = stdin.write_all(line.as_bytes()).await {
+            tracing::warn!("could not give the engine on {place} its connection: {error}");
+        }
+        let _ = stdin.flush().await;
+        let _ = closed.await;
+    });
+    keep
+}
+
+/// Copies a launched process's stderr into the kernel's log, each line marked with where it
+/// runs, and returns its last line (why an ssh or mpiexec failed, for the start error).
+fn relay_log(stderr: tokio::process::ChildStderr, place: &str) -> tokio::task::JoinHandle<String> {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let place = place.to_owned();
+    tokio::spawn(async move {
+        let mut log = engine_log();
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut last = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = match &mut log {
+                Some(file) => writeln!(file, "[{place}] {line}"),
+                None => writeln!(std::io::stderr(), "[{place}] {line}"),
+            };
+            if !line.trim().is_empty() {
+                last = line;
+            }
+        }
+        last
+    })
+}
+
 /// Engines log to the kernel's log file when there is one, else to the kernel's stderr.
-fn engine_log() -> Stdio {
-    std::env::var_os(crate::paths::LOG_FILE_ENV)
-        .and_then(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-        })
-        .map(Stdio::from)
-        .unwrap_or_else(Stdio::inherit)
+fn engine_log() -> Option<std::fs::File> {
+    std::env::var_os(crate::paths::LOG_FILE_ENV).and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    })
 }
 
 /// `rustpx-engine` beside the kernel binary, or `$RUSTPX_ENGINE_BIN`.

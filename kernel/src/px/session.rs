@@ -12,14 +12,16 @@ use tokio::sync::{mpsc, Notify};
 
 use super::compiler::{CompileJob, Compiler};
 use super::hub::{CellEvent, EngineState, Hub};
+use super::hub_address::HubAddress;
 use super::magics::{EnginesCommand, ExecOptions, Grouping, Magic, PxOptions, ResultOptions};
-use super::pool::{self, LocalPool};
+use super::pool::EnginePool;
 use super::records::{CellRecord, EngineError, TaskState};
 use super::render::{self, Output};
 use super::targets::{self, Targets};
 use super::{link, lock, PxError};
 use crate::evaluator::{ErrorReport, Evaluator, Outcome};
 use crate::frontend::Publisher;
+use crate::launch::{self, LaunchOptions, Launcher, Reach};
 
 mod data;
 mod map;
@@ -93,7 +95,7 @@ pub struct PxInterrupter {
     active_map: Arc<Mutex<Option<(WireMessage, super::map_server::MapServer)>>>,
     wake: Arc<Notify>,
     hub: Option<Arc<Mutex<Hub>>>,
-    pool: Option<LocalPool>,
+    pool: Option<EnginePool>,
     publisher: Publisher,
 }
 
@@ -127,25 +129,32 @@ impl PxInterrupter {
                 signal_name(cell.signal)
             )}),
         );
-        let mut hub = lock(hub);
-        let running: Vec<EngineId> = hub
-            .cell(&cell.cell_id)
-            .map(|c| {
-                c.engines
-                    .values()
-                    .filter(|r| r.state != TaskState::Done)
-                    .map(|r| r.engine)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let running: Vec<EngineId> = {
+            let mut hub = lock(hub);
+            let running: Vec<EngineId> = hub
+                .cell(&cell.cell_id)
+                .map(|c| {
+                    c.engines
+                        .values()
+                        .filter(|r| r.state != TaskState::Done)
+                        .map(|r| r.engine)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut signalled = Vec::new();
+            for engine in running {
+                if hub.engine(engine).is_some_and(|e| e.alive()) {
+                    let variables = hub.variables(engine);
+                    hub.mark_interrupted(engine);
+                    cell.interrupted.push((engine, variables));
+                    signalled.push(engine);
+                }
+            }
+            signalled
+        };
         for engine in running {
-            let Some(pid) = pool.pid(engine) else {
-                continue;
-            };
-            let variables = hub.variables(engine);
-            hub.mark_interrupted(engine);
-            cell.interrupted.push((engine, variables));
-            pool::signal(pid, cell.signal);
+            // A local engine gets the signal from the kernel; a remote one over its link.
+            pool.signal_engine(engine, cell.signal);
         }
         self.wake.notify_one();
         true
@@ -186,8 +195,9 @@ fn signal_name(signal: i32) -> String {
 /// The parts that exist once the hub is up.
 struct Machinery {
     hub: Arc<Mutex<Hub>>,
-    pool: LocalPool,
+    pool: EnginePool,
     compiler: Compiler,
+    address: HubAddress,
     connection: EngineConnection,
     /// Where `rustpx-engine --connect FILE` finds the hub (None if it could not be written).
     connection_file: Option<std::path::PathBuf>,
@@ -266,18 +276,21 @@ impl PxService {
     async fn start_machinery(ready: Box<dyn FnOnce() + Send>) -> Result<Machinery, PxError> {
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let hub = Arc::new(Mutex::new(Hub::new(outbox)));
-        let ip = std::env::var("RUSTPX_HUB_IP").unwrap_or_else(|_| "127.0.0.1".into());
+        let address = HubAddress::from_environment().map_err(PxError::HubAddress)?;
         // A hung engine (SIGSTOP, deadlock outside user code) is killed once declared dead.
-        let connection = link::start(&ip, hub.clone(), outgoing, |pid| {
-            pool::signal(pid, libc::SIGKILL)
+        let pool_slot: Arc<std::sync::OnceLock<EnginePool>> = Arc::default();
+        let silent_slot = pool_slot.clone();
+        let mut connection = link::start(&address, hub.clone(), outgoing, move |id, pid| {
+            if let Some(pool) = silent_slot.get() {
+                pool.silent(id, pid);
+            }
         })
         .await?;
-        let pool = LocalPool::new(connection.clone(), hub.clone())?;
         let compiler = Compiler::start(hub.clone(), ready);
         super::stale_files::sweep(&crate::paths::runtime_dir(), &data::transfer_base());
         let connection_file = match super::connection_file::write(&connection) {
             Ok(path) => {
-                pool.remove_on_shutdown(path.clone());
+                connection.kernel_file = Some(path.display().to_string());
                 Some(path)
             }
             Err(error) => {
@@ -285,10 +298,16 @@ impl PxService {
                 None
             }
         };
+        let pool = EnginePool::new(connection.clone(), hub.clone())?;
+        if let Some(path) = &connection_file {
+            pool.remove_on_shutdown(path.clone());
+        }
+        let _ = pool_slot.set(pool.clone());
         Ok(Machinery {
             hub,
             pool,
             compiler,
+            address,
             connection,
             connection_file,
         })
@@ -421,40 +440,108 @@ impl PxService {
             return Ok(live);
         }
         let n = default_engine_count();
-        self.start_engines(request, n).await?;
+        let local = m.pool.local_launcher();
+        self.start_engines(request, &local, &LaunchOptions::default(), n)
+            .await?;
         Ok(lock(&m.hub).live_ids())
     }
 
-    /// Starts `n` engines with the next free ids and waits for them, showing progress.
+    /// Starts `n` engines with `launcher` on the first block of free ids and waits for them,
+    /// showing progress.
     async fn start_engines(
         &self,
         request: &WireMessage,
+        launcher: &Arc<dyn Launcher>,
+        options: &LaunchOptions,
         n: u32,
     ) -> Result<Vec<EngineId>, ErrorReport> {
         let m = self.machinery()?;
-        let mut ids = Vec::new();
-        {
-            let hub = lock(&m.hub);
-            let mut candidate = 0;
-            while ids.len() < n as usize {
-                if !hub.engine(candidate).is_some_and(|e| e.alive())
-                    && m.pool.pid(candidate).is_none()
-                {
-                    ids.push(candidate);
-                }
-                candidate += 1;
-            }
+        let start_error = |evalue: String| ErrorReport {
+            ename: "EngineStartError".into(),
+            traceback: vec![format!("EngineStartError: {evalue}")],
+            evalue,
+        };
+        let reachable = m.address.reachable_from_other_hosts();
+        if launcher.reach() == Reach::OtherHosts && !reachable {
+            return Err(start_error(format!(
+                "the {} launcher starts engines that may run on other hosts, but the hub listens on {} and engines would dial {}: start the kernel with RUSTPX_HUB_IP=0.0.0.0 (and RUSTPX_HUB_LOCATION=<this host's address as the engines see it>)",
+                launcher.name(),
+                m.address.bind,
+                m.address.location
+            )));
         }
-        for &id in &ids {
-            m.pool.spawn(id).map_err(|e| ErrorReport {
-                ename: "EngineStartError".into(),
-                evalue: e.to_string(),
-                traceback: vec![],
-            })?;
+        let ids = self.free_ids(n)?;
+        let engine = m.pool.invocation(&**launcher, options);
+        m.pool
+            .start(launcher, &ids, &engine)
+            .map_err(|e| start_error(e.to_string()))?;
+        if launcher.reach() == Reach::MaybeOtherHosts && !reachable {
+            self.say(request, &format!(
+                "note: the hub listens on {} only, so {} ranks on other nodes cannot reach it (start the kernel with RUSTPX_HUB_IP=0.0.0.0 for them)",
+                m.address.bind,
+                launcher.name()
+            ));
         }
-        self.wait_registered(request, &ids, &format!("starting {n} engines"))
+        let place = if launcher.reach() == Reach::ThisHost {
+            String::new()
+        } else {
+            format!(" with the {} launcher", launcher.name())
+        };
+        self.wait_registered(request, &ids, &format!("starting {n} engines{place}"))
             .await?;
         Ok(ids)
+    }
+
+    /// The first `n` consecutive ids that no live engine and no starting process holds
+    /// (mpiexec and srun number their engines from a base).
+    fn free_ids(&self, n: u32) -> Result<Vec<EngineId>, ErrorReport> {
+        let m = self.machinery()?;
+        let hub = lock(&m.hub);
+        let free =
+            |id: EngineId| !hub.engine(id).is_some_and(|e| e.alive()) && m.pool.pid(id).is_none();
+        let mut base = 0;
+        loop {
+            match (base..base + n).find(|id| !free(*id)) {
+                None => return Ok((base..base + n).collect()),
+                Some(taken) => base = taken + 1,
+            }
+        }
+    }
+
+    /// What `%engines start --print` shows: the exact commands the launcher would run.
+    fn print_commands(
+        &self,
+        request: &WireMessage,
+        launcher: &Arc<dyn Launcher>,
+        options: &LaunchOptions,
+        n: u32,
+    ) -> Result<(), ErrorReport> {
+        let m = self.machinery()?;
+        let ids = self.free_ids(n)?;
+        let engine = m.pool.invocation(&**launcher, options);
+        let commands = launcher.commands(&ids, &engine).map_err(|e| ErrorReport {
+            ename: "UsageError".into(),
+            evalue: e.to_string(),
+            traceback: vec![format!("UsageError: {e}")],
+        })?;
+        let file = m
+            .connection_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(not written)".into());
+        let mut text = format!(
+            "The {} launcher would run, for engines {} (CONNECTION_FILE is {file}):\n",
+            launcher.name(),
+            join(&ids)
+        );
+        for command in &commands {
+            text.push_str(&format!("  {}\n", command.shell_line()));
+        }
+        if let Err(why) = launcher.check_ready() {
+            text.push_str(&format!("(It cannot run here now: {why}.)\n"));
+        }
+        self.say(request, text.trim_end());
+        Ok(())
     }
 
     /// Waits until `ids` are registered (alive), with a progress display that updates in place.
@@ -485,7 +572,8 @@ impl PxService {
             if ready == ids.len() {
                 return Ok(());
             }
-            let failures = m.pool.take_start_failures();
+            let mut failures = m.pool.take_start_failures();
+            failures.extend(lock(&m.hub).take_refusals());
             if !failures.is_empty() || started.elapsed() > START_TIMEOUT {
                 let why = if failures.is_empty() {
                     format!(
@@ -815,10 +903,19 @@ impl PxService {
                 self.display(request, self.engine_table()?, None, false);
                 Ok(())
             }
-            EnginesCommand::Start { n } => {
-                let ids = self
-                    .start_engines(request, n.unwrap_or_else(default_engine_count))
-                    .await?;
+            EnginesCommand::Start { n, launch, print } => {
+                let launcher = launch::launcher_for(&launch).map_err(|e| ErrorReport {
+                    ename: "UsageError".into(),
+                    evalue: e.to_string(),
+                    traceback: vec![format!("UsageError: {e}")],
+                })?;
+                let n = n
+                    .or(launcher.default_count())
+                    .unwrap_or_else(default_engine_count);
+                if print {
+                    return self.print_commands(request, &launcher, &launch, n);
+                }
+                let ids = self.start_engines(request, &launcher, &launch, n).await?;
                 self.say(request, &format!("started engines {}", join(&ids)));
                 Ok(())
             }
@@ -834,8 +931,8 @@ impl PxService {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 for id in &ids {
-                    if let Some(pid) = m.pool.pid(*id) {
-                        pool::signal(pid, libc::SIGKILL);
+                    if m.pool.pid(*id).is_some() {
+                        m.pool.kill_engine(*id);
                     }
                     lock(&m.hub).engine_gone(*id, None, "stopped by %engines stop");
                 }
@@ -849,14 +946,17 @@ impl PxService {
                 for &id in &ids {
                     let variables = lock(&m.hub).variables(id);
                     if let Some(pid) = m.pool.pid(id) {
-                        pool::signal(pid, libc::SIGKILL);
+                        m.pool.kill_engine(id);
                         let deadline = Instant::now() + Duration::from_secs(5);
-                        while m.pool.pid(id) == Some(pid) && Instant::now() < deadline {
+                        while m.pool.pid(id) == Some(pid)
+                            && lock(&m.hub).engine(id).is_some_and(|e| e.alive())
+                            && Instant::now() < deadline
+                        {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
                     lock(&m.hub).engine_gone(id, None, "restarted by %engines restart");
-                    m.pool.spawn(id).map_err(|e| ErrorReport {
+                    m.pool.restart(id).map_err(|e| ErrorReport {
                         ename: "EngineStartError".into(),
                         evalue: e.to_string(),
                         traceback: vec![],

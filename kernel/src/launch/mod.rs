@@ -1,0 +1,295 @@
+//! Launchers: how engine processes are started, locally or where the cores are.
+//!
+//! rustpx is not a cluster manager. Every launcher speaks the same contract: the kernel's hub
+//! listens, its connection blob (address, key) reaches the engines, and the launcher starts
+//! copies of `rustpx-engine` that dial in and register. A launcher only says which processes to
+//! start for which engine ids ([`Launcher::commands`]); the pool in the kernel (or `rustpx
+//! engines` on the command line) starts them, watches them, and stops and signals engines.
+//! Keeping the launchers pure makes the exact command each one runs printable and testable.
+//!
+//! - [`LocalLauncher`]: one process per engine on this host (the default).
+//! - [`SshLauncher`]: one `ssh HOST rustpx-engine` per engine, for a `host: n` map.
+//! - [`MpiLauncher`]: one `mpiexec -n N rustpx-engine`; each rank's engine id is its rank.
+//! - [`SlurmLauncher`]: one `srun --ntasks N rustpx-engine` inside an existing allocation.
+
+mod local;
+mod mpi;
+mod slurm;
+mod ssh;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustpx_protocol::{EngineId, CONNECTION_ENV};
+use thiserror::Error;
+
+pub use local::LocalLauncher;
+pub use mpi::MpiLauncher;
+pub use slurm::SlurmLauncher;
+pub use ssh::SshLauncher;
+
+/// Why a launcher cannot start what was asked.
+#[derive(Debug, Error, PartialEq)]
+pub enum LaunchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("the slurm launcher runs srun inside an allocation, and there is none here ($SLURM_JOB_ID is unset): start the kernel inside salloc or sbatch")]
+    NoAllocation,
+}
+
+/// How the connection blob reaches an engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectionDelivery {
+    /// In `$RUSTPX_ENGINE_CONNECTION` (inherited through mpiexec and srun).
+    Environment,
+    /// As the first line of the engine's stdin (`--connect -`): ssh does not forward the
+    /// environment, and a key on a command line is visible to every user of the remote host.
+    Stdin,
+}
+
+/// One process a launcher wants started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchCommand {
+    pub program: String,
+    pub args: Vec<String>,
+    pub delivery: ConnectionDelivery,
+    /// The engines this process starts (several for mpiexec and srun).
+    pub ids: Vec<EngineId>,
+    /// Where the engines run, for messages (`localhost`, an ssh host, `mpiexec`).
+    pub place: String,
+}
+
+impl LaunchCommand {
+    /// The command as a shell line, with how the connection reaches it: what `--print` shows.
+    pub fn shell_line(&self) -> String {
+        let words: Vec<String> = std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|w| shell_quote(w))
+            .collect();
+        match self.delivery {
+            ConnectionDelivery::Environment => {
+                format!(
+                    "{CONNECTION_ENV}=\"$(cat CONNECTION_FILE)\" {}",
+                    words.join(" ")
+                )
+            }
+            ConnectionDelivery::Stdin => format!("{} < CONNECTION_FILE", words.join(" ")),
+        }
+    }
+}
+
+/// Where a launcher's engines run, which decides whether the hub must listen beyond loopback
+/// and which engine binary runs by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// This host: the kernel's own `rustpx-engine`.
+    ThisHost,
+    /// Nodes that usually share this host's filesystem (a cluster): the kernel's own
+    /// `rustpx-engine` path; a loopback hub only works if every rank lands here.
+    MaybeOtherHosts,
+    /// Other hosts: `rustpx-engine` from their `$PATH`, and a hub they can reach.
+    OtherHosts,
+}
+
+impl Reach {
+    /// The engine binary a launcher runs without `--engine`: `local` is this host's binary.
+    pub fn default_binary(self, local: &std::path::Path) -> PathBuf {
+        match self {
+            Reach::OtherHosts => PathBuf::from("rustpx-engine"),
+            Reach::ThisHost | Reach::MaybeOtherHosts => local.to_owned(),
+        }
+    }
+}
+
+/// What every launcher needs to know about the engines it starts.
+#[derive(Debug, Clone)]
+pub struct EngineInvocation {
+    /// The `rustpx-engine` to run: a path on this host for the local launcher, the path (or
+    /// the name on `$PATH`) on the engine hosts for the others.
+    pub binary: PathBuf,
+    /// Extra arguments for every engine (`--fetch-objects`, `--cache-dir DIR`).
+    pub extra_args: Vec<String>,
+}
+
+/// A way to start engines.
+pub trait Launcher: Send + Sync {
+    /// Its name as users choose it (`--launcher NAME`).
+    fn name(&self) -> &'static str;
+
+    /// The processes to start for engines `ids`, which are consecutive and free.
+    fn commands(
+        &self,
+        ids: &[EngineId],
+        engine: &EngineInvocation,
+    ) -> Result<Vec<LaunchCommand>, LaunchError>;
+
+    /// How many engines a start without `-n` makes (the `host: n` map of ssh fixes it).
+    fn default_count(&self) -> Option<u32> {
+        None
+    }
+
+    /// Whether the kernel can signal these engines' processes itself (same host, own pid);
+    /// otherwise an interrupt travels over the engine link.
+    fn signals_directly(&self) -> bool {
+        false
+    }
+
+    /// Where its engines run: always on other hosts (ssh), perhaps (mpiexec, srun: the
+    /// nodes the MPI host file or the allocation names), or here.
+    fn reach(&self) -> Reach {
+        Reach::MaybeOtherHosts
+    }
+
+    /// Whether the launcher can start engines here now (slurm needs an allocation).
+    fn check_ready(&self) -> Result<(), LaunchError> {
+        Ok(())
+    }
+
+    /// The launcher that starts engine `id` again where `command` started it (a restart).
+    fn for_restart(&self, command: &LaunchCommand) -> Arc<dyn Launcher>;
+}
+
+/// The options of `%engines start` and `rustpx engines` that choose and shape a launcher.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaunchOptions {
+    /// `local`, `ssh`, `mpi` or `slurm`; `None` is local.
+    pub launcher: Option<String>,
+    /// `--hosts a:2,b:1` for ssh.
+    pub hosts: Vec<(String, u32)>,
+    /// `--engine PATH`: the engine binary to run (on the engine hosts for remote launchers).
+    pub engine: Option<String>,
+    /// `--launcher-arg ARG`, repeatable: extra arguments for ssh, mpiexec or srun.
+    pub launcher_args: Vec<String>,
+    /// `--engine-arg ARG`, repeatable: extra arguments for every engine.
+    pub engine_args: Vec<String>,
+}
+
+/// The launchers users can name, for messages.
+pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm";
+
+/// Builds the launcher `options` asks for.
+pub fn launcher_for(options: &LaunchOptions) -> Result<Arc<dyn Launcher>, LaunchError> {
+    let name = options.launcher.as_deref().unwrap_or("local");
+    if name != "ssh" && !options.hosts.is_empty() {
+        return Err(LaunchError::Usage(format!(
+            "--hosts is for the ssh launcher, not {name}"
+        )));
+    }
+    if name == "local" && !options.launcher_args.is_empty() {
+        return Err(LaunchError::Usage(
+            "--launcher-arg is for the ssh, mpi and slurm launchers".into(),
+        ));
+    }
+    let args = options.launcher_args.clone();
+    match name {
+        "local" => Ok(Arc::new(LocalLauncher::new(std::process::id()))),
+        "ssh" => Ok(Arc::new(SshLauncher::new(options.hosts.clone(), args)?)),
+        "mpi" | "mpiexec" => Ok(Arc::new(MpiLauncher::new(args))),
+        "slurm" | "srun" => Ok(Arc::new(SlurmLauncher::new(args))),
+        other => Err(LaunchError::Usage(format!(
+            "unknown launcher '{other}': choose one of {LAUNCHER_NAMES}"
+        ))),
+    }
+}
+
+/// Parses `a:2,b,c:3` (a host without a count gets one engine).
+pub fn parse_hosts(text: &str) -> Result<Vec<(String, u32)>, LaunchError> {
+    text.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let part = part.trim();
+            match part.rsplit_once(':') {
+                Some((host, count)) if !host.is_empty() => {
+                    let n: u32 = count.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        LaunchError::Usage(format!(
+                            "--hosts: '{part}' needs a positive engine count after the colon (host:n)"
+                        ))
+                    })?;
+                    Ok((host.to_owned(), n))
+                }
+                _ => Ok((part.to_owned(), 1)),
+            }
+        })
+        .collect()
+}
+
+/// Quotes `word` for a POSIX shell when it needs it.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The engine's own arguments for a batch launcher: the ids are `base + rank`.
+fn batch_engine_args(ids: &[EngineId], engine: &EngineInvocation) -> Vec<String> {
+    let mut args = engine.extra_args.clone();
+    args.push("--id-base".into());
+    args.push(ids.first().copied().unwrap_or(0).to_string());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn invocation() -> EngineInvocation {
+        EngineInvocation {
+            binary: PathBuf::from("/opt/rustpx/rustpx-engine"),
+            extra_args: vec![],
+        }
+    }
+
+    #[test]
+    fn hosts_parse_with_and_without_counts() {
+        assert_eq!(
+            parse_hosts("a:2,b, c:3").unwrap(),
+            vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 3)]
+        );
+        assert!(parse_hosts("a:0").is_err());
+        assert!(parse_hosts("a:x")
+            .unwrap_err()
+            .to_string()
+            .contains("host:n"));
+    }
+
+    #[test]
+    fn an_unknown_launcher_names_the_known_ones() {
+        let options = LaunchOptions {
+            launcher: Some("pbs".into()),
+            ..Default::default()
+        };
+        let error = launcher_for(&options).err().unwrap().to_string();
+        assert!(error.contains("pbs") && error.contains(LAUNCHER_NAMES));
+    }
+
+    #[test]
+    fn hosts_belong_to_ssh_only() {
+        let options = LaunchOptions {
+            launcher: Some("mpi".into()),
+            hosts: vec![("a".into(), 1)],
+            ..Default::default()
+        };
+        assert!(launcher_for(&options).is_err());
+    }
+
+    #[test]
+    fn shell_lines_quote_what_needs_quoting_and_never_show_the_key() {
+        let command = LaunchCommand {
+            program: "ssh".into(),
+            args: vec!["-o".into(), "Opt=a b".into(), "it's".into()],
+            delivery: ConnectionDelivery::Stdin,
+            ids: vec![0],
+            place: "h".into(),
+        };
+        assert_eq!(
+            command.shell_line(),
+            r"ssh -o 'Opt=a b' 'it'\''s' < CONNECTION_FILE"
+        );
+    }
+}
