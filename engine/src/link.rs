@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rustpx_protocol::{
-    from_wire, to_wire, EngineConnection, EngineId, Heartbeat, LinkMessage, ObjectData,
+    from_wire, to_wire, EngineConnection, EngineExit, EngineId, Heartbeat, LinkMessage, ObjectData,
     ObjectRequest, Platform, RegisterReply, RegisterRequest, RunRequest, ShutdownRequest,
     SignalRequest,
 };
@@ -155,6 +155,17 @@ pub async fn serve(
                     SignalRequest::MSG_TYPE => match from_wire::<SignalRequest>(&message) {
                         Ok(request) => {
                             tracing::info!("the hub asks for signal {}", request.signal);
+                            if let Some(reason) = terminating(request.signal) {
+                                // Exit rather than die by the signal: mpiexec ends every rank of
+                                // a job when one is killed by a signal, but lets one exit.
+                                let goodbye = to_wire(&session, &EngineExit { reason });
+                                let _ = send_half.send(encode(&goodbye, &signer)).await;
+                                // The send only queued it: give the socket a moment to write.
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                // SAFETY: _exit ends the process at once, as the signal would;
+                                // the cell thread may be stuck in user code.
+                                unsafe { libc::_exit(128 + request.signal) };
+                            }
                             // SAFETY: kill on our own pid has no memory-safety preconditions.
                             unsafe { libc::kill(libc::getpid(), request.signal) };
                         }
@@ -169,6 +180,19 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Why the engine exits for `signal`, when the signal's default action ends the process.
+fn terminating(signal: i32) -> Option<String> {
+    let name = match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        _ => return None,
+    };
+    Some(format!("ended by {name} from the kernel"))
 }
 
 fn forward(runs: &std_mpsc::Sender<PreparedRun>, ready: Vec<PreparedRun>) -> Result<()> {

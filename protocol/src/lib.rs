@@ -240,6 +240,14 @@ pub struct RunReply {
 }
 link_message!(RunReply, "run_reply");
 
+/// Engine to hub: I am exiting now, and why (a terminating signal request). Lets the hub
+/// report an engine it cannot watch as a process at once, instead of after a heartbeat timeout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineExit {
+    pub reason: String,
+}
+link_message!(EngineExit, "engine_exit");
+
 /// Hub to engine: exit now.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ShutdownRequest {}

@@ -1,7 +1,9 @@
 //! Engines as the ranks of one `mpiexec -n N rustpx-engine`.
 //!
 //! Each rank asks for engine id `base + rank` (the engine reads `$PMI_RANK`, `$PMIX_RANK` or
-//! `$OMPI_COMM_WORLD_RANK`), so `%px -t 3` is rank 3 of the first batch. mpiexec passes the
+//! `$OMPI_COMM_WORLD_RANK`), so `%%px -t 3` is rank 3 of the first batch. mpiexec ends the whole
+//! job when one rank dies by a signal, but not when one exits: so an engine asked to stop or
+//! interrupted over the link exits (status 128 + signal) instead of raising the signal. mpiexec passes the
 //! environment, with the connection blob, to its ranks (MPICH's Hydra does by default; pass
 //! `--launcher-arg -x --launcher-arg RUSTPX_ENGINE_CONNECTION` to Open MPI on other nodes).
 

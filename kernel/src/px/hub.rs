@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 use rustpx_protocol::{
-    from_wire, to_wire, DisplayOutput, EngineId, Heartbeat, LinkMessage, ObjectData, ObjectRequest,
-    Platform, RegisterReply, RegisterRequest, RunReply, RunRequest, RunStatus, ShutdownRequest,
-    SignalRequest, StreamOutput,
+    from_wire, to_wire, DisplayOutput, EngineExit, EngineId, Heartbeat, LinkMessage, ObjectData,
+    ObjectRequest, Platform, RegisterReply, RegisterRequest, RunReply, RunRequest, RunStatus,
+    ShutdownRequest, SignalRequest, StreamOutput,
 };
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc::UnboundedSender;
@@ -114,6 +114,16 @@ pub struct Hub {
     platform: Platform,
     /// Engines refused at registration since the last look, with why.
     refusals: Vec<String>,
+    /// Engines gone without a process exit the pool saw, since the last look.
+    departures: Vec<Departure>,
+}
+
+/// An engine that left: which process of which id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Departure {
+    pub id: EngineId,
+    pub incarnation: u64,
+    pub pid: u32,
 }
 
 impl Hub {
@@ -131,6 +141,7 @@ impl Hub {
             catalog: ObjectCatalog::default(),
             platform: Platform::current(),
             refusals: Vec::new(),
+            departures: Vec::new(),
         }
     }
 
@@ -195,6 +206,11 @@ impl Hub {
             StreamOutput::MSG_TYPE => from_wire(message).map(|s| self.stream(s)),
             DisplayOutput::MSG_TYPE => from_wire(message).map(|d| self.display(d)),
             RunReply::MSG_TYPE => from_wire(message).map(|r| self.run_reply(r)),
+            EngineExit::MSG_TYPE => from_wire::<EngineExit>(message).map(|exit| {
+                if let Some(id) = sender {
+                    self.departed(id, &exit.reason);
+                }
+            }),
             ObjectRequest::MSG_TYPE if sender.is_some() => {
                 from_wire(message).map(|r| self.send_objects(&identity, r))
             }
@@ -586,13 +602,34 @@ impl Hub {
             .map(|e| (e.id, e.pid, now.duration_since(e.last_seen).as_secs_f64()))
             .collect();
         for (id, _, seconds) in &silent {
-            self.engine_gone(
+            self.departed(
                 *id,
-                None,
-                &format!("no heartbeat for {seconds:.1} s; the process is hung or stopped"),
+                &format!(
+                    "no heartbeat for {seconds:.1} s; the process is hung or stopped, or its host is unreachable"
+                ),
             );
         }
         silent.into_iter().map(|(id, pid, _)| (id, pid)).collect()
+    }
+
+    /// Engine `id` said it is exiting: it is gone now, and whoever watches departures (the
+    /// pool, to restart an interrupted engine) hears of it from [`Hub::take_departures`].
+    fn departed(&mut self, id: EngineId, reason: &str) {
+        let Some(entry) = self.engines.get(&id).filter(|e| e.alive()) else {
+            return;
+        };
+        let (incarnation, pid) = (entry.incarnation, entry.pid);
+        self.engine_gone(id, Some(incarnation), reason);
+        self.departures.push(Departure {
+            id,
+            incarnation,
+            pid,
+        });
+    }
+
+    /// Engines that left without the pool seeing a process end (silent or said goodbye).
+    pub fn take_departures(&mut self) -> Vec<Departure> {
+        std::mem::take(&mut self.departures)
     }
 
     /// Asks an engine to exit.

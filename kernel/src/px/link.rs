@@ -4,16 +4,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rustpx_protocol::{EngineConnection, EngineId};
+use rustpx_protocol::EngineConnection;
 use rustpx_wire::zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
 use rustpx_wire::{decode, encode, Signer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::hub::{Hub, Outgoing};
+use super::hub::{Departure, Hub, Outgoing};
 use super::hub_address::HubAddress;
 use super::{lock, PxError};
 
-/// How often heartbeats are checked.
+/// How often heartbeats and departures are checked.
 const TICK: Duration = Duration::from_millis(250);
 
 /// Binds the hub on `address.bind` (loopback unless the user asks otherwise) with a fresh
@@ -23,7 +23,7 @@ pub async fn start(
     address: &HubAddress,
     hub: Arc<Mutex<Hub>>,
     outbox: UnboundedReceiver<Outgoing>,
-    on_silent: impl Fn(EngineId, u32) + Send + 'static,
+    on_departed: impl Fn(Departure) + Send + 'static,
 ) -> Result<EngineConnection, PxError> {
     let key = format!(
         "{}{}",
@@ -52,7 +52,7 @@ pub async fn start(
     };
     let url = format!("tcp://{host}:{port}");
     tracing::info!("hub listening on {endpoint}; engines dial {url}");
-    tokio::spawn(serve(socket, signer, hub, outbox, on_silent));
+    tokio::spawn(serve(socket, signer, hub, outbox, on_departed));
     Ok(EngineConnection {
         url,
         key,
@@ -66,7 +66,7 @@ async fn serve(
     signer: Signer,
     hub: Arc<Mutex<Hub>>,
     mut outbox: UnboundedReceiver<Outgoing>,
-    on_silent: impl Fn(EngineId, u32) + Send + 'static,
+    on_departed: impl Fn(Departure) + Send + 'static,
 ) {
     let (mut sender, mut receiver) = socket.split();
     let mut ticker = tokio::time::interval(TICK);
@@ -100,9 +100,13 @@ async fn serve(
                 }
             }
             _ = ticker.tick() => {
-                let silent = lock(&hub).check_heartbeats(Instant::now());
-                for (id, pid) in silent {
-                    on_silent(id, pid);
+                let departures = {
+                    let mut hub = lock(&hub);
+                    hub.check_heartbeats(Instant::now());
+                    hub.take_departures()
+                };
+                for departure in departures {
+                    on_departed(departure);
                 }
             }
         }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use rustpx_protocol::{EngineConnection, EngineId, CONNECTION_ENV};
 
-use super::hub::Hub;
+use super::hub::{Departure, Hub};
 use super::{lock, PxError};
 use crate::launch::{
     ConnectionDelivery, EngineInvocation, LaunchCommand, LaunchOptions, Launcher, LocalLauncher,
@@ -77,6 +77,9 @@ struct PoolState {
     remove_at_shutdown: Vec<PathBuf>,
     /// Engine id to the process started for it (several ids share an mpiexec or srun).
     processes: HashMap<EngineId, Launched>,
+    /// Engine id to how it was last started, kept after it ends: a restart starts it the same
+    /// way (on the same ssh host, as a rank of a new mpiexec).
+    origins: HashMap<EngineId, Launched>,
     /// The stdin of each process that reads its connection there (ssh): kept open, because
     /// the remote engine exits when it closes.
     /// Dropping the sender closes that stdin.
@@ -147,7 +150,7 @@ impl EnginePool {
     /// Starts engine `id` again the way it was started last time (a restart, an interrupt);
     /// an engine the pool did not start comes back as a local one.
     pub fn restart(&self, id: EngineId) -> Result<(), PxError> {
-        let previous = self.state().processes.get(&id).cloned();
+        let previous = self.state().origins.get(&id).cloned();
         let (launcher, engine) = match previous {
             Some(launched) => (
                 launched.launcher.for_restart(&launched.command),
@@ -195,17 +198,16 @@ impl EnginePool {
                     .stdins
                     .insert(pid, hand_over_connection(stdin, json, &launch.place));
             }
+            let launched = Launched {
+                pid,
+                launcher: launcher.clone(),
+                command: launch.clone(),
+                engine: engine.clone(),
+                first_incarnation,
+            };
             for id in &launch.ids {
-                state.processes.insert(
-                    *id,
-                    Launched {
-                        pid,
-                        launcher: launcher.clone(),
-                        command: launch.clone(),
-                        engine: engine.clone(),
-                        first_incarnation,
-                    },
-                );
+                state.processes.insert(*id, launched.clone());
+                state.origins.insert(*id, launched.clone());
             }
         }
         let last_words = child
@@ -293,7 +295,7 @@ impl EnginePool {
     }
 
     /// Whether engine `id` runs as a process of this host that the kernel started itself.
-    fn is_local_process(&self, id: EngineId) -> Option<u32> {
+    pub fn is_local_process(&self, id: EngineId) -> Option<u32> {
         self.state()
             .processes
             .get(&id)
@@ -335,12 +337,20 @@ impl EnginePool {
         }
     }
 
-    /// An engine the hub declared dead (no heartbeat): kill its process if it is ours and
-    /// local, so a hung engine does not linger. A remote one exits on its own when the hub is
-    /// silent for too long.
-    pub fn silent(&self, id: EngineId, pid: u32) {
-        if self.is_local_process(id) == Some(pid) {
-            signal(pid, libc::SIGKILL);
+    /// An engine left without its process ending here (no heartbeat, or it said it exits):
+    /// kill its process if it is ours and local, so a hung engine does not linger (a remote
+    /// one exits on its own when the hub is silent for too long); start it again if it left
+    /// because of an interrupt.
+    pub fn departed(&self, departure: Departure) {
+        if self.is_local_process(departure.id) == Some(departure.pid) {
+            signal(departure.pid, libc::SIGKILL);
+        }
+        let interrupted = lock(&self.hub).take_interrupted(departure.id, departure.incarnation);
+        if interrupted {
+            tracing::info!("engine {} was interrupted; starting it again", departure.id);
+            if let Err(error) = self.restart(departure.id) {
+                tracing::error!("could not restart engine {}: {error}", departure.id);
+            }
         }
     }
 

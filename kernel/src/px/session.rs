@@ -279,10 +279,10 @@ impl PxService {
         let address = HubAddress::from_environment().map_err(PxError::HubAddress)?;
         // A hung engine (SIGSTOP, deadlock outside user code) is killed once declared dead.
         let pool_slot: Arc<std::sync::OnceLock<EnginePool>> = Arc::default();
-        let silent_slot = pool_slot.clone();
-        let mut connection = link::start(&address, hub.clone(), outgoing, move |id, pid| {
-            if let Some(pool) = silent_slot.get() {
-                pool.silent(id, pid);
+        let departed_slot = pool_slot.clone();
+        let mut connection = link::start(&address, hub.clone(), outgoing, move |departure| {
+            if let Some(pool) = departed_slot.get() {
+                pool.departed(departure);
             }
         })
         .await?;
@@ -472,6 +472,10 @@ impl PxService {
         }
         let ids = self.free_ids(n)?;
         let engine = m.pool.invocation(&**launcher, options);
+        // Failures and refusals from earlier starts (or engines started by hand) are not this
+        // start's.
+        m.pool.take_start_failures();
+        lock(&m.hub).take_refusals();
         m.pool
             .start(launcher, &ids, &engine)
             .map_err(|e| start_error(e.to_string()))?;
@@ -947,10 +951,10 @@ impl PxService {
                     let variables = lock(&m.hub).variables(id);
                     if let Some(pid) = m.pool.pid(id) {
                         m.pool.kill_engine(id);
+                        // A process of ours ends within milliseconds; wait for it so the new
+                        // one cannot race its exit. A remote engine is asked to exit and goes.
                         let deadline = Instant::now() + Duration::from_secs(5);
-                        while m.pool.pid(id) == Some(pid)
-                            && lock(&m.hub).engine(id).is_some_and(|e| e.alive())
-                            && Instant::now() < deadline
+                        while m.pool.is_local_process(id) == Some(pid) && Instant::now() < deadline
                         {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
@@ -1006,7 +1010,7 @@ impl PxService {
         let hub = lock(&m.hub);
         let mut text = String::new();
         let mut html = String::from(
-            "<table><tr><th>id</th><th>host</th><th>pid</th><th>state</th><th>queue</th></tr>",
+            "<table><tr><th>id</th><th>host</th><th>pid</th><th>state</th><th>queue</th><th>cells</th></tr>",
         );
         let mut any = false;
         for engine in hub.engines() {
@@ -1016,13 +1020,15 @@ impl PxService {
                 EngineState::Busy => "busy".to_owned(),
                 EngineState::Dead(why) => format!("dead ({why})"),
             };
+            // Whether the engine reads cells from the kernel's files or has them sent.
+            let cells = if engine.shares_files { "local" } else { "sent" };
             text.push_str(&format!(
-                "{:>3}  {:<16} {:>8}  {:<5}  {}\n",
-                engine.id, engine.hostname, engine.pid, engine.queue, state
+                "{:>3}  {:<16} {:>8}  {:<5}  {:<5}  {}\n",
+                engine.id, engine.hostname, engine.pid, engine.queue, cells, state
             ));
             html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                engine.id, engine.hostname, engine.pid, state, engine.queue
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                engine.id, engine.hostname, engine.pid, state, engine.queue, cells
             ));
         }
         html.push_str("</table>");
@@ -1032,14 +1038,15 @@ impl PxService {
             .map(|p| format!("; more engines: rustpx-engine --connect {}", p.display()))
             .unwrap_or_default();
         let footer = format!(
-            "hub: {}{file}\nlog: {}\n",
+            "hub: {}{file}\nhub bound to: {}\nlog: {}\n",
             m.connection.url,
+            m.address.bind,
             crate::paths::log_file().display()
         );
         let text = if any {
             format!(
-                "{:>3}  {:<16} {:>8}  {:<5}  {}\n{text}{footer}",
-                "id", "host", "pid", "queue", "state"
+                "{:>3}  {:<16} {:>8}  {:<5}  {:<5}  {}\n{text}{footer}",
+                "id", "host", "pid", "queue", "cells", "state"
             )
         } else {
             format!(
