@@ -1,0 +1,308 @@
+"""Issue 8: engines on other hosts, tested with real separate hosts on this machine.
+
+Each "host" is a network namespace with its own address, joined to this one by a veth pair
+(tests/netns.py). Its engines run in a private mount namespace where the Rust toolchain, $HOME
+and /tmp (the kernel's evcxr directories) are hidden, from a directory that holds only the
+`rustpx-engine` binary: they can only run cells whose objects (and libstd) came over the link.
+The kernel's hub binds 0.0.0.0 and tells engines to dial the first host's gateway address.
+
+Also: the ssh launcher against a real sshd inside a namespace, the MPI launcher with Debian's
+mpich, the exact srun command of the slurm launcher, and a host refused for its platform.
+"""
+import glob
+import json
+import os
+import pathlib
+import re
+import subprocess
+import time
+
+import pytest
+
+import netns
+from conftest import Kernel, px_values, stream_text
+
+ENGINE_BIN = pathlib.Path(os.environ.get("RUSTPX_ENGINE_BIN", "")) if os.environ.get("RUSTPX_ENGINE_BIN") else None
+ID = 'let id: u32 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();'
+
+
+def engine_binary():
+    """The rustpx-engine beside the installed kernel binary."""
+    if ENGINE_BIN:
+        return ENGINE_BIN
+    spec = json.load(open(kernelspec_path()))
+    return pathlib.Path(spec["argv"][0]).parent / "rustpx-engine"
+
+
+def kernelspec_path():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return os.path.join(KernelSpecManager().find_kernel_specs()["rustpx"], "kernel.json")
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    netns.require_root_and_netns()
+    with netns.make_hosts(2) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def runtime_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runtime")
+
+
+@pytest.fixture(scope="module")
+def px(hosts, runtime_dir):
+    """A kernel whose hub listens on every interface and is dialled at host 0's gateway."""
+    saved = dict(os.environ)
+    os.environ.update(
+        RUSTPX_HUB_IP="0.0.0.0",
+        RUSTPX_HUB_LOCATION=hosts[0].gateway,
+        JUPYTER_RUNTIME_DIR=str(runtime_dir),
+        RUSTPX_LOG="warn,rustpx=info,rustpx_kernel=debug,rustpx_engine=info",
+    )
+    try:
+        k = Kernel()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    yield k
+    k.shutdown()
+
+
+def connection_blob(runtime_dir):
+    files = glob.glob(str(runtime_dir / "rustpx-engines-*.json"))
+    assert len(files) == 1, files
+    return pathlib.Path(files[0]).read_text()
+
+
+def live_engines(px):
+    _, msgs, _ = px.execute("%engines")
+    table = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"][0]
+    return table
+
+
+IDLE_ROW = re.compile(r"^\s*(\d+)\s+\S+\s+\d+\s+\d+\s+(\w+)\s+idle", re.M)
+
+
+def idle_engines(px):
+    """Engine id to how it gets its cells (`local` or `sent`), for the idle engines."""
+    return {int(m.group(1)): m.group(2) for m in IDLE_ROW.finditer(live_engines(px))}
+
+
+def wait_for_engines(px, ids, timeout=60):
+    """Waits for `ids` to register without a %px (which would start a local pool)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(idle_engines(px)) >= set(ids):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"engines {ids} did not register; %engines says:\n{live_engines(px)}")
+
+
+def start_isolated_engines(host, runtime_dir, ids):
+    """Engines in `host` that see no toolchain and none of the kernel's files."""
+    binary = pathlib.Path(host.install_binary(engine_binary()))
+    blob = connection_blob(runtime_dir)
+    procs = []
+    for engine_id in ids:
+        procs.append(
+            host.popen_isolated(
+                [str(binary), "--id", str(engine_id), "--hub-silence", "20"],
+                bin_dir=str(binary.parent),
+                env={"RUSTPX_ENGINE_CONNECTION": blob, "RUSTPX_LOG": "info"},
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+@pytest.fixture(scope="module")
+def remote_engines(px, hosts, runtime_dir):
+    # The kernel's hub starts with the kernel; wait until its connection file exists.
+    deadline = time.monotonic() + 60
+    while not glob.glob(str(runtime_dir / "rustpx-engines-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    procs = start_isolated_engines(hosts[0], runtime_dir, [0, 1]) + start_isolated_engines(hosts[1], runtime_dir, [2, 3])
+    wait_for_engines(px, [0, 1, 2, 3])
+    assert idle_engines(px) == {0: "sent", 1: "sent", 2: "sent", 3: "sent"}
+    yield procs
+    for proc in procs:
+        proc.kill()
+
+
+def test_isolated_hosts_have_no_toolchain(hosts):
+    binary = pathlib.Path(hosts[0].install_binary(engine_binary()))
+    probe = hosts[0].popen_isolated(
+        ["sh", "-c", "command -v rustc cargo; ls /root/.rustup 2>&1; ls " + str(binary.parent)],
+        bin_dir=str(binary.parent),
+        env={},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = probe.communicate(timeout=30)
+    assert "rustc" not in out.split("\n")[0]
+    assert "No such file" in out
+    assert out.strip().endswith("rustpx-engine")
+
+
+def test_px_runs_across_hosts_from_objects_sent_over_the_link(px, remote_engines, hosts):
+    reply, msgs, _ = px.execute(f"%px {ID} let x = id * 10;")
+    assert reply["status"] == "ok", reply
+    cell = (
+        "%%px\n"
+        'let rustc = std::process::Command::new("rustc").arg("--version").output().is_ok();\n'
+        'let rustup = std::path::Path::new("/root/.rustup").exists();\n'
+        'println!("rustc={rustc} rustup={rustup}");\n'
+        "x + 1"
+    )
+    reply, msgs, _ = px.execute(cell)
+    assert reply["status"] == "ok", reply
+    assert px_values(msgs) == {0: "1", 1: "11", 2: "21", 3: "31"}
+    for m in msgs:
+        if m["msg_type"] == "display_data" and "[stdout:" in m["content"]["data"].get("text/plain", ""):
+            assert "rustc=false rustup=false" in m["content"]["data"]["text/plain"]
+    # Each engine runs on its own host: 0 and 1 on the first, 2 and 3 on the second.
+    reply, msgs, _ = px.execute('%px std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned()')
+    names = {i: f'"{hosts[0].name}"' for i in (0, 1)} | {i: f'"{hosts[1].name}"' for i in (2, 3)}
+    assert px_values(msgs) == names
+
+
+def test_cutting_a_hosts_link_mid_cell_fails_only_its_engines(px, remote_engines, hosts):
+    cell = f"%%px --no-stream\n{ID}\nstd::thread::sleep(std::time::Duration::from_secs(3));\nid * 100"
+    msg_id = px.kc.execute(cell)
+    time.sleep(1.0)
+    hosts[1].cut()
+    try:
+        reply, msgs, _ = px.collect(msg_id, timeout=120)
+    finally:
+        hosts[1].restore()
+    assert reply["status"] == "error"
+    assert reply["ename"] == "CompositeError"
+    assert "[2:execute]EngineError" in reply["evalue"] and "[3:execute]EngineError" in reply["evalue"], reply["evalue"]
+    assert "no heartbeat" in "\n".join(reply["traceback"])
+    assert px_values(msgs) == {0: "0", 1: "100"}
+    # `all` follows the live set: the next cell runs on host 0's engines only.
+    reply, msgs, _ = px.execute("%px 5")
+    assert reply["status"] == "ok"
+    assert px_values(msgs) == {0: "5", 1: "5"}
+
+
+def test_a_host_that_cannot_load_the_cells_is_refused_with_a_reason(px, hosts, runtime_dir):
+    binary = pathlib.Path(hosts[0].install_binary(engine_binary()))
+    proc = hosts[0].popen_isolated(
+        [str(binary), "--pretend-platform", "aarch64-linux-2.36"],
+        bin_dir=str(binary.parent),
+        env={"RUSTPX_ENGINE_CONNECTION": connection_blob(runtime_dir)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "the hub refused this engine: the engine's host is aarch64-linux, but cells are compiled for x86_64-linux" in err
+
+
+@pytest.fixture(scope="module")
+def ssh_host(hosts, tmp_path_factory):
+    key, public = netns.make_ssh_key(tmp_path_factory.mktemp("ssh"))
+    host = hosts[0]
+    host.start_sshd(public)
+    binary = pathlib.Path(host.install_binary(engine_binary()))
+    return host, key, binary
+
+
+def test_ssh_launcher_starts_engines_on_a_real_sshd(px, remote_engines, ssh_host):
+    host, key, binary = ssh_host
+    options = " ".join(f"--launcher-arg {o}" for o in netns.ssh_options(key))
+    line = f"%engines start --launcher ssh --hosts {host.address}:2 --engine {binary} {options}"
+    reply, msgs, _ = px.execute(line + " --print")
+    assert reply["status"] == "ok"
+    printed = stream_text(msgs)
+    assert f"ssh -T -o BatchMode=yes -i {key}" in printed
+    assert re.search(rf"{re.escape(host.address)} -- {re.escape(str(binary))} --id \d+ --connect - < ", printed), printed
+
+    reply, msgs, _ = px.execute(line)
+    assert reply["status"] == "ok", reply
+    started = re.search(r"started engines (\d+), (\d+)", stream_text(msgs))
+    assert started, stream_text(msgs)
+    a, b = started.groups()
+    reply, msgs, _ = px.execute(
+        f"%%px -t {a},{b}\nstd::process::Command::new(\"rustc\").output().is_ok()"
+    )
+    assert px_values(msgs) == {int(a): "false", int(b): "false"}, (reply, stream_text(msgs), [m["content"] for m in msgs if m["msg_type"] == "display_data"])
+    # Stopping them ends the remote processes too (their ssh sessions close).
+    reply, msgs, _ = px.execute(f"%engines stop {a},{b}")
+    assert reply["status"] == "ok"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        left = subprocess.run(["pgrep", "-f", f"{binary} --id ({a}|{b}) --connect"], capture_output=True, text=True).stdout
+        if not left.strip():
+            break
+        time.sleep(0.2)
+    assert not left.strip(), f"remote engines still running: {left}"
+
+
+def test_ssh_failure_says_why(px, ssh_host):
+    host, key, binary = ssh_host
+    reply, msgs, _ = px.execute(
+        f"%engines start --launcher ssh --hosts {host.address}:1 --engine {binary} "
+        "--launcher-arg -o --launcher-arg BatchMode=yes --launcher-arg -o --launcher-arg StrictHostKeyChecking=no "
+        "--launcher-arg -o --launcher-arg UserKnownHostsFile=/dev/null --launcher-arg -i --launcher-arg /nonexistent-key",
+        stop_on_error=False,
+    )
+    assert reply["status"] == "error"
+    assert "EngineStartError" == reply["ename"]
+    assert "before registering" in reply["evalue"] and "Permission denied" in reply["evalue"], reply["evalue"]
+
+
+def test_mpi_launcher_numbers_engines_by_rank(tmp_path):
+    os.environ["RUSTPX_ENGINES"] = "1"
+    saved = os.environ.get("JUPYTER_RUNTIME_DIR")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(tmp_path)
+    k = Kernel()
+    try:
+        reply, msgs, _ = k.execute("%engines start --launcher mpi -n 3")
+        assert reply["status"] == "ok", reply
+        assert "started engines 0, 1, 2" in stream_text(msgs)
+        reply, msgs, _ = k.execute('%px std::env::var("PMI_RANK").unwrap()')
+        assert px_values(msgs) == {0: '"0"', 1: '"1"', 2: '"2"'}
+        reply, msgs, _ = k.execute("%engines stop")
+        assert reply["status"] == "ok"
+        left = subprocess.run(["pgrep", "-f", "mpiexec -n 3"], capture_output=True, text=True).stdout
+        deadline = time.monotonic() + 10
+        while left.strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = subprocess.run(["pgrep", "-f", "mpiexec -n 3"], capture_output=True, text=True).stdout
+        assert not left.strip(), "mpiexec still running after %engines stop"
+    finally:
+        k.shutdown()
+        if saved is None:
+            os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+        else:
+            os.environ["JUPYTER_RUNTIME_DIR"] = saved
+
+
+def test_slurm_launcher_builds_the_exact_srun_command(px, runtime_dir):
+    reply, msgs, _ = px.execute("%engines start --launcher slurm -n 3 --launcher-arg --nodes=2 --print")
+    assert reply["status"] == "ok"
+    text = stream_text(msgs)
+    assert re.search(
+        r'RUSTPX_ENGINE_CONNECTION="\$\(cat CONNECTION_FILE\)" srun --ntasks=3 --kill-on-bad-exit=0 --export=ALL --nodes=2 \S*rustpx-engine --id-base \d+',
+        text,
+    ), text
+    assert "$SLURM_JOB_ID is unset" in text
+    reply, _, _ = px.execute("%engines start --launcher slurm -n 1", stop_on_error=False)
+    assert reply["status"] == "error"
+    assert "salloc or sbatch" in reply["evalue"]
+
+
+def test_the_cli_prints_a_launchers_command(runtime_dir, px):
+    rustpx = pathlib.Path(json.load(open(kernelspec_path()))["argv"][0])
+    conn = glob.glob(str(runtime_dir / "rustpx-engines-*.json"))[0]
+    out = subprocess.run(
+        [str(rustpx), "engines", "start", "--connect", conn, "--launcher", "mpi", "-n", "4", "--print"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert out.strip() == f'RUSTPX_ENGINE_CONNECTION="$(cat {conn})" mpiexec -n 4 {rustpx.parent / "rustpx-engine"} --id-base 0'
