@@ -170,6 +170,18 @@ def test_px_runs_across_hosts_from_objects_sent_over_the_link(px, remote_engines
     assert px_values(msgs) == names
 
 
+def test_data_magics_refuse_engines_on_other_hosts(px, remote_engines):
+    reply, _, _ = px.execute("let v: u64 = 7;")
+    assert reply["status"] == "ok"
+    reply, _, _ = px.execute("%push v", stop_on_error=False)
+    assert reply["status"] == "error"
+    assert reply["ename"] == "TransferError"
+    assert "engines 0, 1, 2, 3 (on other hosts)" in reply["evalue"], reply["evalue"]
+    # Nothing was lost: the engines still answer.
+    reply, msgs, _ = px.execute("%px 2")
+    assert sorted(px_values(msgs)) == [0, 1, 2, 3]
+
+
 def test_cutting_a_hosts_link_mid_cell_fails_only_its_engines(px, remote_engines, hosts):
     cell = f"%%px --no-stream\n{ID}\nstd::thread::sleep(std::time::Duration::from_secs(3));\nid * 100"
     msg_id = px.kc.execute(cell)
@@ -232,6 +244,19 @@ def test_ssh_launcher_starts_engines_on_a_real_sshd(px, remote_engines, ssh_host
         f"%%px -t {a},{b}\nstd::process::Command::new(\"rustc\").output().is_ok()"
     )
     assert px_values(msgs) == {int(a): "false", int(b): "false"}, (reply, stream_text(msgs), [m["content"] for m in msgs if m["msg_type"] == "display_data"])
+    # An interrupt reaches a remote engine over the link; it exits, and the ssh launcher
+    # starts it again on the same host while the other one's result is shown.
+    cell = f"%%px -t {a},{b}\n{ID}\nif id == {a} {{ loop {{ std::hint::spin_loop(); }} }}\nid * 10"
+    msg_id = px.kc.execute(cell)
+    time.sleep(2.0)
+    px.km.interrupt_kernel()
+    reply, msgs, _ = px.collect(msg_id, timeout=120)
+    assert reply["status"] == "ok", reply
+    err = stream_text(msgs, "stderr")
+    assert f"engine {a} was restarted" in err, err
+    assert px_values(msgs) == {int(b): str(int(b) * 10)}
+    reply, msgs, _ = px.execute(f"%%px -t {a},{b}\nstd::fs::read_to_string(\"/proc/sys/kernel/hostname\").unwrap().trim().to_owned()")
+    assert px_values(msgs) == {int(a): f'"{host.name}"', int(b): f'"{host.name}"'}
     # Stopping them ends the remote processes too (their ssh sessions close).
     reply, msgs, _ = px.execute(f"%engines stop {a},{b}")
     assert reply["status"] == "ok"

@@ -147,6 +147,11 @@ impl EnginePool {
         Ok(commands)
     }
 
+    /// Whether this pool ever started engine `id` (and so can start it again).
+    pub fn started_here(&self, id: EngineId) -> bool {
+        self.state().origins.contains_key(&id)
+    }
+
     /// Starts engine `id` again the way it was started last time (a restart, an interrupt);
     /// an engine the pool did not start comes back as a local one.
     pub fn restart(&self, id: EngineId) -> Result<(), PxError> {
@@ -346,7 +351,7 @@ impl EnginePool {
             signal(departure.pid, libc::SIGKILL);
         }
         let interrupted = lock(&self.hub).take_interrupted(departure.id, departure.incarnation);
-        if interrupted {
+        if interrupted && self.started_here(departure.id) {
             tracing::info!("engine {} was interrupted; starting it again", departure.id);
             if let Err(error) = self.restart(departure.id) {
                 tracing::error!("could not restart engine {}: {error}", departure.id);

@@ -721,22 +721,34 @@ impl PxService {
         } else {
             self.publish_outputs(request, render::non_streamed(cell, grouping));
         }
+        let m = self.machinery()?;
         let mut text = String::new();
+        let mut restarting = Vec::new();
         for (engine, variables) in interrupted {
             let lost = if variables.is_empty() {
                 "it held no variables".to_owned()
             } else {
                 format!("variables lost: {}", variables.join(", "))
             };
-            text.push_str(&format!(
-                "[{engine}:execute] interrupted; engine {engine} was restarted ({lost})\n"
-            ));
+            if m.pool.started_here(*engine) {
+                restarting.push(*engine);
+                text.push_str(&format!(
+                    "[{engine}:execute] interrupted; engine {engine} was restarted ({lost})\n"
+                ));
+            } else {
+                text.push_str(&format!(
+                    "[{engine}:execute] interrupted; engine {engine} exited ({lost}). It was started outside this kernel: start it again where it ran (rustpx-engine --connect FILE)\n"
+                ));
+            }
         }
         self.publisher
             .publish(request, "stream", json!({"name": "stderr", "text": text}));
-        let ids: Vec<EngineId> = interrupted.iter().map(|(id, _)| *id).collect();
-        self.wait_registered(request, &ids, &format!("restarting {} engines", ids.len()))
-            .await
+        self.wait_registered(
+            request,
+            &restarting,
+            &format!("restarting {} engines", restarting.len()),
+        )
+        .await
     }
 
     async fn wait_streaming(

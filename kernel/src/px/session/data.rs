@@ -59,6 +59,7 @@ impl PxService {
                 "the targets {chosen} select no engine (live engines: {live:?})"
             )));
         }
+        self.require_shared_files(&engines, magic)?;
         let dir = self.transfer_dir()?;
         let dep = client_crate::dep_line().map_err(|error| {
             transfer_error(
@@ -81,6 +82,35 @@ impl PxService {
             dir,
             dep,
         })
+    }
+
+    /// Data magics and `%pxmap` move values through files in this host's `/dev/shm`, which an
+    /// engine on another host cannot see: refuse them up front, naming the engines, rather than
+    /// fail on each engine with a missing file.
+    fn require_shared_files(&self, engines: &[EngineId], magic: &str) -> Result<(), ErrorReport> {
+        let m = self.machinery()?;
+        let remote: Vec<EngineId> = {
+            let hub = lock(&m.hub);
+            engines
+                .iter()
+                .copied()
+                .filter(|id| hub.engine(*id).is_some_and(|e| !e.shares_files))
+                .collect()
+        };
+        if remote.is_empty() {
+            return Ok(());
+        }
+        let list = remote
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(transfer_error(
+            format!(
+                "{magic} moves values through this host's /dev/shm, which engines {list} (on other hosts) cannot read: target engines on this host with -t, or build the values there with %px"
+            ),
+            vec![],
+        ))
     }
 
     /// Runs one data magic; `evaluator` is the kernel's own context.
