@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 from jupyter_client.manager import start_new_kernel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from conftest import parse_engine_pids  # noqa: E402
+from conftest import parse_engine_pids, still_running  # noqa: E402
 from soak import rss_mb  # noqa: E402  (one reader of /proc/PID/status for the project)
 
 # Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
@@ -26,6 +27,10 @@ CELLS = {
     'println!("hi")': 'println!("hi");',
 }
 ENGINE_COUNTS = [1, 2, 4, 8]
+# The scale case: one large local pool, for rustpx and for ipyparallel (32 Python engines on a
+# 2-core machine take a while to register, hence the long timeouts).
+SCALE_N = 32
+SCALE_TIMEOUT = 900
 
 
 def load():
@@ -40,6 +45,7 @@ class Timed:
         self.km, self.kc = start_new_kernel(kernel_name=kernel_name, startup_timeout=120)
         self.ready_after = time.monotonic() - started
         self.started = started
+        self.children = set()
 
     def run(self, code, timeout=300):
         """Seconds from sending the cell to its idle; fails loudly if the cell failed."""
@@ -77,9 +83,61 @@ class Timed:
         self.kc.get_shell_msg(timeout=timeout)
         return "\n".join(texts)
 
+    def pid(self):
+        return self.km.provisioner.process.pid if hasattr(self.km, "provisioner") else None
+
     def close(self):
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+
+    def note_children(self):
+        """Remembers the processes below the kernel now, for close_and_reap. Call it while the
+        engines run: ipyparallel's per-engine nannies outlive their engine, reparented to init."""
+        pid = self.pid()
+        if pid:
+            self.children.update(descendants(pid))
+
+    def close_and_reap(self, timeout=60):
+        """close(), then makes sure every process the kernel had started (engines, ipyparallel's
+        controller and nannies, which run in sessions of their own) ended: waits up to `timeout` s
+        for them to exit on their own, SIGKILLs the rest. Returns the pids that had to be killed."""
+        self.note_children()
+        pids = sorted(self.children)
+        self.close()
+        left = still_running(pids, timeout)
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        if left:
+            print(f"warning: {len(left)} processes outlived the kernel and were killed: {left}", flush=True)
+        # Orphaned engines are reaped by init; wait for that too, so that `pgrep` right after the
+        # benchmark finds nothing (not even zombies).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.1)
+        return left
+
+
+def descendants(pid):
+    """Every living process below `pid` (children, their children, ...), from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def median_ms(samples):
@@ -108,7 +166,7 @@ def bench_rustpx(runs, results):
                 pids = engine_pids(k)
                 sizes = [s for s in (rss_mb(p) for p in pids) if s]
                 results["idle engine RSS MB (median), n=4"] = round(statistics.median(sizes), 1) if sizes else None
-                kernel_pid = k.km.provisioner.process.pid if hasattr(k.km, "provisioner") else None
+                kernel_pid = k.pid()
                 if kernel_pid:
                     results["kernel RSS MB, n=4"] = round(rss_mb(kernel_pid) or 0, 1)
                 samples = []
@@ -128,6 +186,31 @@ def bench_rustpx(runs, results):
         del pool
     finally:
         k.close()
+
+
+def bench_rustpx_scale(runs, results):
+    """A fresh kernel asked for a pool of SCALE_N engines (`%engines start` waits until they all
+    registered), then %px latency on all of them, as the cells case measures it on 4."""
+    n = SCALE_N
+    print(f"rustpx with {n} engines ...", flush=True)
+    started = time.monotonic()
+    k = Timed("rustpx")
+    try:
+        results[f"rustpx %engines start -n {n} in a fresh kernel until registered (s)"] = round(
+            k.run(f"%engines start -n {n}", timeout=SCALE_TIMEOUT), 3)
+        k.note_children()
+        registered = len(engine_pids(k))
+        if registered != n:
+            raise RuntimeError(f"%engines lists {registered} engines, not {n}")
+        for label, cell in [("a compiled cell", "%px 1 + 1"), ('println!("hi")', '%px println!("hi");')]:
+            k.run(cell, timeout=SCALE_TIMEOUT)  # the first run compiles
+            results[f"%px re-run of {label}, n={n}"] = median_ms([k.run(cell, timeout=SCALE_TIMEOUT) for _ in range(runs)])
+        for label, cell in CELLS.items():
+            samples = [k.run(f"%px {cell} // run {i}", timeout=SCALE_TIMEOUT) for i in range(runs)]
+            results[f"%px {label}, n={n}"] = median_ms(samples)
+    finally:
+        results[f"rustpx processes killed after the kernel's shutdown, n={n}"] = len(k.close_and_reap())
+    print(f"rustpx with {n} engines: {time.monotonic() - started:.1f} s", flush=True)
 
 
 def bench_solo_evcxr(results):
@@ -199,20 +282,27 @@ def bench_transfer(runs, results):
         k.close()
 
 
+def ipp_start(n, timeout=120):
+    """The cell that starts a local ipyparallel cluster of `n` engines and returns once all of
+    them registered (expects `import ipyparallel as ipp`)."""
+    return (f"cluster = ipp.Cluster(n={n}, engine_timeout={timeout}, log_level=40)\n"
+            "rc = cluster.start_and_connect_sync()\n"
+            f"rc.wait_for_engines({n}, timeout={timeout})\n")
+
+
 def bench_ipyparallel_transfer(runs, results):
     print("ipyparallel push/pull/scatter/gather with numpy on 4 engines ...", flush=True)
     k = Timed("python3")
     try:
         k.run(
             "import ipyparallel as ipp, numpy as np\n"
-            "cluster = ipp.Cluster(n=4, log_level=40)\n"
-            "rc = cluster.start_and_connect_sync()\n"
-            "rc.wait_for_engines(4, timeout=120)\n"
+            + ipp_start(4) +
             "dview = rc[:]\n"
             "data = np.full(10 << 20, 7, dtype=np.uint8)\n"
             "big = np.arange(1_000_000, dtype=np.uint64)",
             timeout=300,
         )
+        k.note_children()
         cases = {
             "ipyparallel push 10 MiB numpy to 4 engines": "dview.push({'data': data}, block=True)",
             "ipyparallel pull 10 MiB numpy from 4 engines": "pulled = dview.pull('data', block=True)",
@@ -232,35 +322,45 @@ def bench_ipyparallel_transfer(runs, results):
             results[f"{label}, n=4 (items/s)"] = round(items / (ms / 1000))
         k.run("cluster.stop_cluster_sync()", timeout=120)
     finally:
-        k.close()
+        k.close_and_reap()
 
 
-def bench_ipyparallel(runs, results):
-    print("ipyparallel %px on 4 engines ...", flush=True)
+def bench_ipyparallel(runs, results, n=4):
+    """ipyparallel's %px in an IPython kernel. For the scale case (n=SCALE_N) also the time from
+    ipp.Cluster(n) to all n engines registered, with the import done in an earlier cell."""
+    print(f"ipyparallel %px on {n} engines ...", flush=True)
+    started = time.monotonic()
+    timeout = SCALE_TIMEOUT if n == SCALE_N else 120
+    count = runs if n == SCALE_N else max(runs, 20)
     k = Timed("python3")
     try:
-        k.run(
-            "import ipyparallel as ipp\n"
-            "cluster = ipp.Cluster(n=4, log_level=40)\n"
-            "rc = cluster.start_and_connect_sync()\n"
-            "rc.wait_for_engines(4, timeout=120)\n"
-            "rc[:].activate()",
-            timeout=300,
-        )
-        k.run("%px 1 + 1")
-        samples = [k.run("%px 1 + 1") for _ in range(max(runs, 20))]
-        results["ipyparallel %px 1+1, n=4"] = median_ms(samples)
-        samples = [k.run("%px print('hi')") for _ in range(max(runs, 20))]
-        results["ipyparallel %px print, n=4"] = median_ms(samples)
-        k.run("cluster.stop_cluster_sync()", timeout=120)
+        k.run("import ipyparallel as ipp")
+        start = k.run(ipp_start(n, timeout), timeout=timeout + 300)
+        k.note_children()
+        if n == SCALE_N:
+            results[f"ipyparallel Cluster(n={n}) start until all registered (s)"] = round(start, 3)
+        k.run("rc[:].activate()")
+        k.run("%px 1 + 1", timeout=timeout)
+        samples = [k.run("%px 1 + 1", timeout=timeout) for _ in range(count)]
+        results[f"ipyparallel %px 1+1, n={n}"] = median_ms(samples)
+        samples = [k.run("%px print('hi')", timeout=timeout) for _ in range(count)]
+        results[f"ipyparallel %px print, n={n}"] = median_ms(samples)
     finally:
-        k.close()
+        try:
+            k.run("if 'cluster' in globals(): cluster.stop_cluster_sync()", timeout=timeout)
+        except Exception as e:  # noqa: BLE001  (close_and_reap still ends its processes)
+            print(f"warning: stop_cluster_sync failed: {e!r}", flush=True)
+        left = k.close_and_reap()
+        if n == SCALE_N:
+            results[f"ipyparallel processes killed after the kernel's shutdown, n={n}"] = len(left)
+    if n == SCALE_N:
+        print(f"ipyparallel with {n} engines: {time.monotonic() - started:.1f} s", flush=True)
 
 
-def ratio(a, b):
+def ratio(a, b, digits=2):
     if a is None or b in (None, 0):
         return None
-    return round(a / b, 2)
+    return round(a / b, digits)
 
 
 def main():
@@ -268,20 +368,24 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
-    parser.add_argument("--only", choices=["cells", "transfer"], help="run one part of the benchmark")
+    parser.add_argument("--only", choices=["cells", "transfer", "scale"], help="run one part of the benchmark")
     args = parser.parse_args()
     load_before = load()
     results = {}
-    if args.only != "transfer":
+    if args.only in (None, "cells"):
         bench_solo_evcxr(results)
         bench_plain(args.runs, results)
         bench_rustpx(args.runs, results)
         if not args.skip_ipyparallel:
             bench_ipyparallel(args.runs, results)
-    if args.only != "cells":
+    if args.only in (None, "transfer"):
         bench_transfer(args.runs, results)
         if not args.skip_ipyparallel:
             bench_ipyparallel_transfer(args.runs, results)
+    if args.only in (None, "scale"):
+        bench_rustpx_scale(args.runs, results)
+        if not args.skip_ipyparallel:
+            bench_ipyparallel(args.runs, results, n=SCALE_N)
     load_after = load()
 
     ratios = {}
@@ -312,6 +416,17 @@ def main():
     ratios["%pxmap chunksize 1, tasks/s: rustpx / ipyparallel"] = ratio(
         results.get("%pxmap of 100,000 u64, --chunksize 1, n=4 (items/s)"),
         results.get("ipyparallel map of 10,000 ints, chunksize 1, n=4 (items/s)"))
+
+    n = SCALE_N
+    ratios[f"registration of {n} engines in a fresh kernel, rustpx / ipyparallel"] = ratio(
+        results.get(f"rustpx %engines start -n {n} in a fresh kernel until registered (s)"),
+        results.get(f"ipyparallel Cluster(n={n}) start until all registered (s)"), digits=4)
+    ratios[f"%px 1+1 re-run on {n} engines, rustpx / ipyparallel"] = ratio(
+        results.get(f"%px re-run of a compiled cell, n={n}"), results.get(f"ipyparallel %px 1+1, n={n}"))
+    ratios[f"%px print re-run on {n} engines, rustpx / ipyparallel"] = ratio(
+        results.get(f'%px re-run of println!("hi"), n={n}'), results.get(f"ipyparallel %px print, n={n}"))
+    ratios[f"%px 1+1 re-run, rustpx n={n} / n=4"] = ratio(
+        results.get(f"%px re-run of a compiled cell, n={n}"), results.get("%px re-run of a compiled cell, n=4"))
 
     width = max(len(k) for k in list(results) + list(ratios))
     print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}, load before {load_before}, after {load_after}")
