@@ -279,7 +279,8 @@ def test_ssh_failure_says_why(px, ssh_host):
     )
     assert reply["status"] == "error"
     assert "EngineStartError" == reply["ename"]
-    assert "before registering" in reply["evalue"] and "Permission denied" in reply["evalue"], reply["evalue"]
+    assert f"ssh for {host.address}" in reply["evalue"] and "exited with status 255 before the engine registered" in reply["evalue"], reply["evalue"]
+    assert "Permission denied" in reply["evalue"], reply["evalue"]
 
 
 def test_mpi_launcher_numbers_engines_by_rank(tmp_path):

@@ -247,10 +247,12 @@ impl EnginePool {
                 }
             }
         }
-        let reason = if launch.place == "localhost" {
-            reason.to_owned()
+        let local = launch.place == "localhost";
+        let exit = reason;
+        let reason = if local {
+            exit.to_owned()
         } else {
-            format!("its {} process ({}) {reason}", launch.program, launch.place)
+            format!("its {} process ({}) {exit}", launch.program, launch.place)
         };
         for (id, first_incarnation, launched) in started {
             let mut hub = lock(&self.hub);
@@ -274,10 +276,14 @@ impl EnginePool {
                     .engine(id)
                     .is_some_and(|e| e.incarnation >= first_incarnation) => {}
                 None => {
-                    let mut text = format!(
-                        "engine {id} ({}, pid {pid}) {reason} before registering",
-                        launch.place
-                    );
+                    let mut text = if local {
+                        format!("engine {id} (pid {pid}) {exit} before registering")
+                    } else {
+                        format!(
+                            "engine {id}: {} for {} (pid {pid}) {exit} before the engine registered",
+                            launch.program, launch.place
+                        )
+                    };
                     if !last_words.is_empty() {
                         text.push_str(&format!(": {last_words}"));
                     }
