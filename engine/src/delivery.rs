@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use rustpx_protocol::{ObjectData, RunRequest};
 
 use crate::objects::ObjectCache;
@@ -19,13 +20,15 @@ pub struct PreparedRun {
     pub libraries: Vec<PathBuf>,
     /// Why the objects could not be had; the run is then reported as a load failure.
     pub error: Option<String>,
+    /// The request's `files_in` with their bytes, to write just before the run.
+    pub files_in: Vec<(String, Bytes)>,
 }
 
 /// The runs waiting for their objects, in arrival order.
 pub struct Delivery {
     /// `None` when this engine reads the kernel's own paths.
     cache: Option<ObjectCache>,
-    waiting: VecDeque<RunRequest>,
+    waiting: VecDeque<(RunRequest, Vec<Bytes>)>,
     requested: HashSet<String>,
     failed: HashMap<String, String>,
 }
@@ -51,7 +54,11 @@ impl Delivery {
     }
 
     /// A run arrived: the hashes to ask the hub for now, and the runs that can start.
-    pub fn arrived(&mut self, run: RunRequest) -> (Vec<String>, Vec<PreparedRun>) {
+    pub fn arrived(
+        &mut self,
+        run: RunRequest,
+        buffers: Vec<Bytes>,
+    ) -> (Vec<String>, Vec<PreparedRun>) {
         let mut ask = Vec::new();
         if let Some(cache) = &self.cache {
             for object in &run.objects {
@@ -60,7 +67,7 @@ impl Delivery {
                 }
             }
         }
-        self.waiting.push_back(run);
+        self.waiting.push_back((run, buffers));
         (ask, self.release())
     }
 
@@ -89,8 +96,8 @@ impl Delivery {
 
     fn release(&mut self) -> Vec<PreparedRun> {
         let mut ready = Vec::new();
-        while let Some(run) = self.waiting.front() {
-            match self.prepare(run) {
+        while let Some((run, buffers)) = self.waiting.front() {
+            match self.prepare(run, buffers) {
                 Some(prepared) => {
                     self.waiting.pop_front();
                     ready.push(prepared);
@@ -102,13 +109,20 @@ impl Delivery {
     }
 
     /// The run ready to start, or `None` while an object is still on its way.
-    fn prepare(&self, run: &RunRequest) -> Option<PreparedRun> {
+    fn prepare(&self, run: &RunRequest, buffers: &[Bytes]) -> Option<PreparedRun> {
+        let files_in: Vec<(String, Bytes)> = run
+            .files_in
+            .iter()
+            .cloned()
+            .zip(buffers.iter().cloned())
+            .collect();
         let Some(cache) = &self.cache else {
             return Some(PreparedRun {
                 request: run.clone(),
                 object: PathBuf::from(&run.so_path),
                 libraries: Vec::new(),
                 error: None,
+                files_in,
             });
         };
         let failure = |error: String| PreparedRun {
@@ -116,7 +130,15 @@ impl Delivery {
             object: PathBuf::from(&run.so_path),
             libraries: Vec::new(),
             error: Some(error),
+            files_in: Vec::new(),
         };
+        if files_in.len() != run.files_in.len() {
+            return Some(failure(format!(
+                "the run names {} files but carries {}",
+                run.files_in.len(),
+                files_in.len()
+            )));
+        }
         let Some((cell, libraries)) = run.objects.split_last() else {
             return Some(failure(
                 "the kernel sent no objects, but this engine does not share the kernel's files"
@@ -134,6 +156,7 @@ impl Delivery {
             object: cache.path_of(cell),
             libraries: libraries.iter().map(|o| cache.path_of(o)).collect(),
             error: None,
+            files_in,
         })
     }
 }
@@ -159,6 +182,8 @@ mod tests {
             so_path: "/kernel/libcode_1.so".into(),
             fn_name: "run_user_code_1".into(),
             objects,
+            files_in: vec![],
+            files_out: vec![],
         }
     }
 
@@ -172,7 +197,8 @@ mod tests {
     #[test]
     fn an_engine_sharing_files_runs_the_kernels_path_at_once() {
         let mut delivery = Delivery::new(None);
-        let (ask, ready) = delivery.arrived(run("r1", vec![object(b"cell", "libcode_1.so")]));
+        let (ask, ready) =
+            delivery.arrived(run("r1", vec![object(b"cell", "libcode_1.so")]), vec![]);
         assert!(ask.is_empty());
         assert_eq!(ready[0].object, PathBuf::from("/kernel/libcode_1.so"));
     }
@@ -184,11 +210,12 @@ mod tests {
         let mut delivery = Delivery::new(Some(ObjectCache::new(dir.clone())));
         let std_lib = object(b"std", "libstd-x.so");
         let first = object(b"cell one", "libcode_1.so");
-        let (ask, ready) = delivery.arrived(run("r1", vec![std_lib.clone(), first.clone()]));
+        let (ask, ready) =
+            delivery.arrived(run("r1", vec![std_lib.clone(), first.clone()]), vec![]);
         assert_eq!(ask, vec![std_lib.sha256.clone(), first.sha256.clone()]);
         assert!(ready.is_empty());
         // A second run needing the same library asks for nothing new and waits behind the first.
-        let (ask, ready) = delivery.arrived(run("r2", vec![std_lib.clone()]));
+        let (ask, ready) = delivery.arrived(run("r2", vec![std_lib.clone()]), vec![]);
         assert!(ask.is_empty() && ready.is_empty());
         assert!(delivery
             .object_arrived(&data(&std_lib), Some(b"std"))
@@ -209,7 +236,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rustpx-delivery-x-{}", std::process::id()));
         let mut delivery = Delivery::new(Some(ObjectCache::new(dir.clone())));
         let cell = object(b"cell", "libcode_2.so");
-        delivery.arrived(run("r1", vec![cell.clone()]));
+        delivery.arrived(run("r1", vec![cell.clone()]), vec![]);
         let missing = ObjectData {
             object: cell,
             missing: Some("No such file".into()),

@@ -135,7 +135,7 @@ pub async fn serve(
                     Heartbeat::MSG_TYPE => {}
                     RunRequest::MSG_TYPE => match from_wire::<RunRequest>(&message) {
                         Ok(run) => {
-                            let (ask, ready) = delivery.arrived(run);
+                            let (ask, ready) = delivery.arrived(run, message.buffers.clone());
                             if !ask.is_empty() {
                                 tracing::debug!("fetching {} objects from the hub", ask.len());
                                 let request = to_wire(&session, &ObjectRequest { sha256: ask });

@@ -6,6 +6,7 @@
 
 mod capture;
 mod delivery;
+mod files;
 mod link;
 mod objects;
 mod runner;
@@ -133,6 +134,7 @@ fn connection_from_stdin() -> Result<String> {
         let mut rest = Vec::new();
         let _ = std::io::stdin().lock().read_to_end(&mut rest);
         tracing::info!("stdin closed: the launcher that started this engine is gone; exiting");
+        files::remove_created();
         std::process::exit(0);
     });
     Ok(line)
@@ -224,6 +226,7 @@ fn run(cli: Cli) -> Result<()> {
                 runs_tx,
                 registered_tx,
             ));
+            files::remove_created();
             match result {
                 Ok(()) => std::process::exit(0),
                 Err(error) if registered_once.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -274,8 +277,12 @@ fn serve_runs(
         let started = now();
         let loaded = match &prepared.error {
             Some(error) => Err(error.clone()),
-            None => runner.run(&prepared.libraries, &prepared.object, &run.fn_name),
+            None => files::write_inputs(&prepared.files_in).and_then(|()| {
+                files::clear(&run.files_out);
+                runner.run(&prepared.libraries, &prepared.object, &run.fn_name)
+            }),
         };
+        let (written, contents) = files::read_outputs(&run.files_out);
         let report = capture.finish();
         let completed = now();
         for data in &report.stdout.displays {
@@ -293,8 +300,11 @@ fn serve_runs(
             changed_type: report.stdout.changed_type,
             started,
             completed,
+            files: written,
         };
-        let _ = outgoing.send(to_wire(session, &reply));
+        let mut message = to_wire(session, &reply);
+        message.buffers = contents;
+        let _ = outgoing.send(message);
     }
 }
 

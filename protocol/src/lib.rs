@@ -158,6 +158,14 @@ pub struct RunRequest {
     /// cell links first (in load order), the cell's own object last.
     #[serde(default)]
     pub objects: Vec<ObjectRef>,
+    /// Files to write on the engine's host before the run (a data magic's values for an
+    /// engine that cannot see the kernel's files): absolute paths, their bytes in the
+    /// message's buffers in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_in: Vec<String>,
+    /// Files the run writes that the kernel wants back (in the reply's buffers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_out: Vec<String>,
 }
 link_message!(RunRequest, "run_request");
 
@@ -237,6 +245,10 @@ pub struct RunReply {
     /// RFC 3339 times on the engine.
     pub started: String,
     pub completed: String,
+    /// Which of the request's `files_out` the run wrote: their bytes are the message's
+    /// buffers, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 link_message!(RunReply, "run_reply");
 
@@ -293,6 +305,7 @@ mod tests {
             changed_type: vec![],
             started: "t0".into(),
             completed: "t1".into(),
+            files: vec![],
         };
         let wire = to_wire("s", &reply);
         assert_eq!(wire.msg_type(), "run_reply");

@@ -12,6 +12,7 @@ use evcxr::{EvalContext, EvalContextOutputs};
 use rustpx_protocol::EngineId;
 
 use super::bridge::{self, Dispatch};
+use super::cell_files::CellFiles;
 use super::groups::Groups;
 use super::hub::{Hub, RunEnd};
 use super::lock;
@@ -29,6 +30,8 @@ pub struct CompileJob {
     pub cell_id: String,
     pub code: String,
     pub engines: Vec<EngineId>,
+    /// Files the engine side reads and writes (data magics), for engines on other hosts.
+    pub files: CellFiles,
 }
 
 /// The engines a `LOAD_AND_RUN` goes to right now.
@@ -42,6 +45,7 @@ struct Current {
     sent: Vec<(String, String)>,
     /// No engine panicked, returned an error through `?` or lost a variable to a type change.
     clean: bool,
+    files: CellFiles,
 }
 
 /// What the engines of one run reported, combined.
@@ -65,13 +69,14 @@ fn run_on_engines(
     engines: &[(EngineId, u64)],
     so_path: &str,
     fn_name: &str,
+    files: &CellFiles,
 ) -> RunSummary {
     let waits: Vec<std_mpsc::Receiver<RunEnd>> = {
         let mut hub = lock(hub);
         engines
             .iter()
             .map(|&(engine, incarnation)| {
-                hub.start_run(cell_id, engine, incarnation, so_path, fn_name)
+                hub.start_run(cell_id, engine, incarnation, so_path, fn_name, files)
             })
             .collect()
     };
@@ -127,12 +132,12 @@ fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dis
     Arc::new(move |so_path: &str, fn_name: &str| {
         let target = lock(&current)
             .as_ref()
-            .map(|c| (c.cell_id.clone(), c.engines.clone()));
-        let Some((cell_id, engines)) = target else {
+            .map(|c| (c.cell_id.clone(), c.engines.clone(), c.files.clone()));
+        let Some((cell_id, engines, files)) = target else {
             // evcxr's own start-up and warm-up cells: nothing to run them on.
             return vec![EXECUTION_COMPLETE.to_owned()];
         };
-        let summary = run_on_engines(&hub, &cell_id, &engines, so_path, fn_name);
+        let summary = run_on_engines(&hub, &cell_id, &engines, so_path, fn_name, &files);
         if let Some(current) = lock(&current).as_mut() {
             current.sent.push((so_path.to_owned(), fn_name.to_owned()));
             current.clean &= summary.clean();
@@ -423,7 +428,7 @@ fn compile_and_run<S: Clone>(
         if new_deps.is_empty() {
             if let Some(sent) = cache.get(lineage, &code) {
                 for (so_path, fn_name) in sent {
-                    run_on_engines(hub, &job.cell_id, &pinned, so_path, fn_name);
+                    run_on_engines(hub, &job.cell_id, &pinned, so_path, fn_name, &job.files);
                 }
                 let mut hub = lock(hub);
                 for &engine in &members {
@@ -438,6 +443,7 @@ fn compile_and_run<S: Clone>(
             engines: pinned,
             sent: Vec::new(),
             clean: true,
+            files: job.files.clone(),
         });
         let result = evaluate(&code, state, &new_deps);
         let ran = lock(current).take();

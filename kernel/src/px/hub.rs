@@ -18,6 +18,7 @@ use rustpx_protocol::{
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::cell_files::{self, CellFiles};
 use super::records::{CellRecord, EngineError, TaskState};
 use super::shipping::ObjectCatalog;
 
@@ -92,6 +93,8 @@ struct PendingRun {
     engine: EngineId,
     incarnation: u64,
     done: std_mpsc::Sender<RunEnd>,
+    /// Files the engine should send back (an engine on another host).
+    files_out: Vec<String>,
 }
 
 /// The hub's whole state.
@@ -205,7 +208,10 @@ impl Hub {
             }
             StreamOutput::MSG_TYPE => from_wire(message).map(|s| self.stream(s)),
             DisplayOutput::MSG_TYPE => from_wire(message).map(|d| self.display(d)),
-            RunReply::MSG_TYPE => from_wire(message).map(|r| self.run_reply(r)),
+            RunReply::MSG_TYPE => from_wire(message).map(|r| {
+                self.take_files(&r, &message.buffers);
+                self.run_reply(r)
+            }),
             EngineExit::MSG_TYPE => from_wire::<EngineExit>(message).map(|exit| {
                 if let Some(id) = sender {
                     self.departed(id, &exit.reason);
@@ -294,6 +300,7 @@ impl Hub {
         incarnation: u64,
         so_path: &str,
         fn_name: &str,
+        files: &CellFiles,
     ) -> std_mpsc::Receiver<RunEnd> {
         let (done, receiver) = std_mpsc::channel();
         let Some(entry) = self
@@ -323,10 +330,18 @@ impl Hub {
         entry.queue += 1;
         entry.state = EngineState::Busy;
         let identity = entry.identity.clone();
-        let objects = if entry.shares_files {
-            Ok(Vec::new())
+        let (objects, files_in, files_out, buffers) = if entry.shares_files {
+            (Ok(Vec::new()), Vec::new(), Vec::new(), Vec::new())
         } else {
-            self.catalog.objects_for(std::path::Path::new(so_path))
+            let (files_in, files_out) = files.for_engine(engine);
+            let shipped = self
+                .catalog
+                .objects_for(std::path::Path::new(so_path))
+                .and_then(|objects| cell_files::read_inputs(&files_in).map(|b| (objects, b)));
+            match shipped {
+                Ok((objects, buffers)) => (Ok(objects), files_in, files_out, buffers),
+                Err(error) => (Err(error), Vec::new(), Vec::new(), Vec::new()),
+            }
         };
         let run_id = uuid::Uuid::new_v4().to_string();
         if let Some(record) = self
@@ -344,19 +359,24 @@ impl Hub {
                 engine,
                 incarnation,
                 done,
+                files_out: files_out.clone(),
             },
         );
         match objects {
-            Ok(objects) => self.send(
-                &identity,
-                &RunRequest {
+            Ok(objects) => {
+                let request = RunRequest {
                     run_id,
                     cell_id: cell_id.to_owned(),
                     so_path: so_path.to_owned(),
                     fn_name: fn_name.to_owned(),
                     objects,
-                },
-            ),
+                    files_in,
+                    files_out,
+                };
+                let mut message = to_wire(&self.session, &request);
+                message.buffers = buffers;
+                let _ = self.outbox.send((identity, message));
+            }
             Err(error) => {
                 // The engine cannot have the cell: fail its run here, as the engine would.
                 tracing::error!("engine {engine} cannot be sent this cell: {error}");
@@ -373,10 +393,27 @@ impl Hub {
                     changed_type: Vec::new(),
                     started: now.clone(),
                     completed: now,
+                    files: Vec::new(),
                 });
             }
         }
         receiver
+    }
+
+    /// Writes the files a run on another host sent back, before its reply is processed (the
+    /// kernel's side of the magic reads them once the run is done).
+    fn take_files(&self, reply: &RunReply, buffers: &[Bytes]) {
+        if reply.files.is_empty() {
+            return;
+        }
+        let Some(run) = self.runs.get(&reply.run_id) else {
+            return;
+        };
+        for (path, bytes) in reply.files.iter().zip(buffers) {
+            if let Err(error) = cell_files::write_output(&run.files_out, path, bytes) {
+                tracing::warn!("hub: engine {}: {error}", run.engine);
+            }
+        }
     }
 
     /// Answers an engine's request for objects its host lacks, one message per object with the
@@ -774,7 +811,14 @@ mod tests {
         hub.add_cell(CellRecord::new("c1".into(), "x".into(), vec![id], false));
         hub.set_variables(id, vec![("x".into(), "i32".into())]);
         let incarnation = hub.engine(id).unwrap().incarnation;
-        let done = hub.start_run("c1", id, incarnation, "/tmp/x.so", "f");
+        let done = hub.start_run(
+            "c1",
+            id,
+            incarnation,
+            "/tmp/x.so",
+            "f",
+            &CellFiles::default(),
+        );
         hub.engine_gone(id, None, "killed by signal 9 (SIGKILL)");
         assert!(matches!(done.try_recv(), Ok(RunEnd::Died(_))));
         let record = &hub.cell("c1").unwrap().engines[&id];
@@ -795,7 +839,7 @@ mod tests {
         register(&mut hub, "new", Some(0));
         hub.add_cell(CellRecord::new("c".into(), "x".into(), vec![0], false));
         while rx.try_recv().is_ok() {}
-        let done = hub.start_run("c", 0, old, "so", "f");
+        let done = hub.start_run("c", 0, old, "so", "f", &CellFiles::default());
         assert!(matches!(done.try_recv(), Ok(RunEnd::Died(_))));
         assert!(
             rx.try_recv().is_err(),
@@ -828,7 +872,7 @@ mod tests {
         let id = register(&mut hub, "a", None);
         hub.add_cell(CellRecord::new("c".into(), "x".into(), vec![id], false));
         let incarnation = hub.engine(id).unwrap().incarnation;
-        let done = hub.start_run("c", id, incarnation, "so", "f");
+        let done = hub.start_run("c", id, incarnation, "so", "f", &CellFiles::default());
         let run_id = hub.runs.keys().next().unwrap().clone();
         hub.stream(StreamOutput {
             run_id: run_id.clone(),

@@ -5,6 +5,7 @@
 //! Magic text is parsed by [`magics`] before anything is sent.
 
 mod bridge;
+mod cell_files;
 mod client_crate;
 mod compiler;
 mod connection_file;

@@ -640,6 +640,7 @@ impl PxService {
             cell_id: cell_id.clone(),
             code: code.to_owned(),
             engines,
+            files: Default::default(),
         }) {
             return Err(ErrorReport {
                 ename: "KernelError".into(),

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use super::cell_files::{self, CellFiles};
 use super::magics::TransferKind;
 use rustpx_protocol::EngineId;
 
@@ -22,6 +23,8 @@ pub struct Plan {
     pub engines: String,
     /// Runs last in the kernel's context (pull, gather: read the files).
     pub local_after: Option<String>,
+    /// The files the engine cell reads or writes, for engines on other hosts.
+    pub engine_files: CellFiles,
 }
 
 /// Why a plan cannot be made; the text is the user's message.
@@ -70,6 +73,21 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
         format!("&[{}]", files.join(", "))
     };
     let fail = |name: &str| format!(".unwrap_or_else(|e| panic!(\"{magic} {name}: {{e}}\"))");
+    // The same files as plain paths; `{engine}` where each engine has its own.
+    let raw = |name: &str, what: &str| {
+        request
+            .dir
+            .join(format!("{name}.{what}.bin"))
+            .display()
+            .to_string()
+    };
+    let raw_per_engine = |name: &str, what: &str| {
+        request
+            .dir
+            .join(format!("{name}.{what}.{}.bin", cell_files::ENGINE))
+            .display()
+            .to_string()
+    };
     match request.kind {
         TransferKind::Push => {
             let mut local = vec![dep.to_owned()];
@@ -95,6 +113,10 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
                 local_before: Some(local.join("\n")),
                 engines: engines.join("\n"),
                 local_after: None,
+                engine_files: CellFiles {
+                    inputs: request.names.iter().map(|n| raw(n, "push")).collect(),
+                    outputs: Vec::new(),
+                },
             })
         }
         TransferKind::Pull => {
@@ -125,6 +147,10 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
                     fail(name)
                 ),
                 local_after: Some(format!("{dep}\n{local}")),
+                engine_files: CellFiles {
+                    inputs: Vec::new(),
+                    outputs: vec![raw_per_engine(name, "pull")],
+                },
             })
         }
         TransferKind::Scatter => {
@@ -152,6 +178,10 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
                     fail(name)
                 ),
                 local_after: None,
+                engine_files: CellFiles {
+                    inputs: vec![raw_per_engine(name, "scatter")],
+                    outputs: Vec::new(),
+                },
             })
         }
         TransferKind::Gather => {
@@ -175,6 +205,10 @@ pub fn plan(request: &Request) -> Result<Plan, PlanError> {
                     per_engine(name, "gather"),
                     fail(name)
                 )),
+                engine_files: CellFiles {
+                    inputs: Vec::new(),
+                    outputs: vec![raw_per_engine(name, "gather")],
+                },
             })
         }
     }

@@ -9,6 +9,7 @@ use rustpx_protocol::EngineId;
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc;
 
+use super::super::cell_files::CellFiles;
 use super::super::client_crate;
 use super::super::compiler::CompileJob;
 use super::super::hub::CellEvent;
@@ -59,7 +60,6 @@ impl PxService {
                 "the targets {chosen} select no engine (live engines: {live:?})"
             )));
         }
-        self.require_shared_files(&engines, magic)?;
         let dir = self.transfer_dir()?;
         let dep = client_crate::dep_line().map_err(|error| {
             transfer_error(
@@ -84,10 +84,14 @@ impl PxService {
         })
     }
 
-    /// Data magics and `%pxmap` move values through files in this host's `/dev/shm`, which an
-    /// engine on another host cannot see: refuse them up front, naming the engines, rather than
-    /// fail on each engine with a missing file.
-    fn require_shared_files(&self, engines: &[EngineId], magic: &str) -> Result<(), ErrorReport> {
+    /// `%pxmap` streams chunks through this host's `/dev/shm` while it runs, which an engine on
+    /// another host cannot see: refuse it up front, naming the engines, rather than fail on each
+    /// engine with a missing file. (The other data magics send their files with the run.)
+    pub(super) fn require_shared_files(
+        &self,
+        engines: &[EngineId],
+        magic: &str,
+    ) -> Result<(), ErrorReport> {
         let m = self.machinery()?;
         let remote: Vec<EngineId> = {
             let hub = lock(&m.hub);
@@ -107,7 +111,7 @@ impl PxService {
             .join(", ");
         Err(transfer_error(
             format!(
-                "{magic} moves values through this host's /dev/shm, which engines {list} (on other hosts) cannot read: target engines on this host with -t, or build the values there with %px"
+                "{magic} streams values through this host's /dev/shm, which engines {list} (on other hosts) cannot read: target engines on this host with -t, or move the values with %scatter and run the function with %px"
             ),
             vec![],
         ))
@@ -233,7 +237,7 @@ impl PxService {
         let local_after = evaluator.variables().await;
         self.client_local = true;
         let engines_before = self.engine_variables(&missing)?;
-        self.run_on_targets(&adding, &missing)
+        self.run_on_targets(&adding, &missing, CellFiles::default())
             .await
             .map_err(|failures| {
                 let (id, error) = &failures[0];
@@ -317,7 +321,7 @@ impl PxService {
                 .await
                 .map_err(|report| explain(report, false))?;
         }
-        self.run_on_targets(&plan.engines, engines)
+        self.run_on_targets(&plan.engines, engines, plan.engine_files.clone())
             .await
             .map_err(|failures| {
                 let first = failures[0].1.clone();
@@ -358,6 +362,7 @@ impl PxService {
         &mut self,
         code: &str,
         engines: &[EngineId],
+        files: CellFiles,
     ) -> Result<(), Vec<(EngineId, EngineError)>> {
         let kernel_error = |report: ErrorReport| {
             vec![(
@@ -369,7 +374,9 @@ impl PxService {
                 },
             )]
         };
-        let (cell_id, mut events) = self.submit_quietly(code, engines).map_err(kernel_error)?;
+        let (cell_id, mut events) = self
+            .submit_quietly(code, engines, files)
+            .map_err(kernel_error)?;
         let hub = self.machinery().map_err(kernel_error)?.hub.clone();
         loop {
             let done = lock(&hub).cell(&cell_id).is_none_or(CellRecord::is_done);
@@ -394,6 +401,7 @@ impl PxService {
         &mut self,
         code: &str,
         engines: &[EngineId],
+        files: CellFiles,
     ) -> Result<(String, mpsc::UnboundedReceiver<CellEvent>), ErrorReport> {
         let (hub, compiler) = {
             let m = self.machinery()?;
@@ -415,6 +423,7 @@ impl PxService {
             cell_id: cell_id.clone(),
             code: code.to_owned(),
             engines: engines.to_vec(),
+            files,
         }) {
             lock(&hub).unobserve(&cell_id);
             return Err(transfer_error(

@@ -57,6 +57,7 @@ impl PxService {
         } = self
             .prepare_data_magic(request, options.targets.as_ref(), "%pxmap", evaluator)
             .await?;
+        self.require_shared_files(&engines, "%pxmap")?;
         let input = &options.input;
         let input_type = local_types(evaluator, std::slice::from_ref(input)).await?;
         if vec_element(&input_type[0]).is_none() {
@@ -110,7 +111,7 @@ impl PxService {
             options.function,
             server_file.to_string_lossy()
         );
-        let (cell_id, events) = self.submit_quietly(&code, &engines)?;
+        let (cell_id, events) = self.submit_quietly(&code, &engines, Default::default())?;
         let pending = PendingMap {
             cell_id,
             events,

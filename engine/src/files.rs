@@ -1,0 +1,95 @@
+//! A data magic's files on an engine that cannot see the kernel's: written before the run from
+//! the request's buffers, and read back after it for the reply.
+//!
+//! The generated cells read and write fixed paths in the kernel's transfer directory
+//! (`/dev/shm/rustpx-transfer-…`); on another host the same path is made here, private to this
+//! user, so the cell runs unchanged.
+
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+/// Directories this engine created for data magics: removed when it exits normally, so an
+/// engine host's /dev/shm does not keep a kernel's values.
+static CREATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Writes each `(path, bytes)`, creating its directory (mode 0700) when missing.
+pub fn write_inputs(files: &[(String, Bytes)]) -> Result<(), String> {
+    for (path, bytes) in files {
+        let path = Path::new(path);
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(fail)?;
+            if let Ok(mut created) = CREATED.lock() {
+                created.push(dir.to_owned());
+            }
+        }
+        let partial = path.with_extension(format!("partial-{}", std::process::id()));
+        let mut file = std::fs::File::create(&partial).map_err(fail)?;
+        file.write_all(bytes).map_err(fail)?;
+        drop(file);
+        std::fs::rename(&partial, path).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Removes the directories this engine created (at exit).
+pub fn remove_created() {
+    if let Ok(mut created) = CREATED.lock() {
+        for dir in created.drain(..) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Removes what an earlier run left at `paths`, so that only this run's output goes back.
+pub fn clear(paths: &[String]) {
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The files of `paths` that exist, with their bytes (a run that failed wrote none).
+pub fn read_outputs(paths: &[String]) -> (Vec<String>, Vec<Bytes>) {
+    let mut found = Vec::new();
+    let mut contents = Vec::new();
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                found.push(path.clone());
+                contents.push(Bytes::from(bytes));
+            }
+            Err(error) => tracing::debug!("{path} was not written by the run: {error}"),
+        }
+    }
+    (found, contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_written_in_a_private_directory_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rustpx-files-{}", std::process::id()));
+        let path = dir.join("x.push.bin").display().to_string();
+        write_inputs(&[(path.clone(), Bytes::from_static(b"value"))]).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let missing = dir.join("y.pull.0.bin").display().to_string();
+        let (found, contents) = read_outputs(&[path.clone(), missing]);
+        assert_eq!(found, vec![path]);
+        assert_eq!(contents[0].as_ref(), b"value");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,84 @@
+//! The files a data magic's engine cell reads and writes, for engines on other hosts.
+//!
+//! Data magics move values as bincode files in the kernel's transfer directory. An engine that
+//! shares the kernel's filesystem reads and writes them in place; for any other engine the hub
+//! sends the cell's input files with its run request and writes the output files the reply
+//! brings back, at the same paths, before the kernel's side of the magic reads them. Paths may
+//! name the engine as `{engine}` (scatter and gather have one file per engine).
+
+use bytes::Bytes;
+use rustpx_protocol::EngineId;
+
+/// The placeholder for the engine id in a path.
+pub const ENGINE: &str = "{engine}";
+
+/// Input and output files of one cell's engine side, as path patterns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CellFiles {
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+impl CellFiles {
+    /// The input and output paths of engine `id`.
+    pub fn for_engine(&self, id: EngineId) -> (Vec<String>, Vec<String>) {
+        let fill = |patterns: &[String]| -> Vec<String> {
+            patterns
+                .iter()
+                .map(|p| p.replace(ENGINE, &id.to_string()))
+                .collect()
+        };
+        (fill(&self.inputs), fill(&self.outputs))
+    }
+}
+
+/// The bytes of each input file, in order.
+pub fn read_inputs(paths: &[String]) -> Result<Vec<Bytes>, String> {
+    paths
+        .iter()
+        .map(|path| {
+            std::fs::read(path)
+                .map(Bytes::from)
+                .map_err(|e| format!("cannot read {path} to send it: {e}"))
+        })
+        .collect()
+}
+
+/// Writes a file an engine sent back, if the run asked for that path (an engine cannot make the
+/// kernel write anywhere else).
+pub fn write_output(expected: &[String], path: &str, bytes: &[u8]) -> Result<(), String> {
+    if !expected.iter().any(|p| p == path) {
+        return Err(format!("refused a file the run did not ask for: {path}"));
+    }
+    let partial = format!("{path}.partial-{}", std::process::id());
+    std::fs::write(&partial, bytes)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| format!("cannot write {path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_name_each_engines_files() {
+        let files = CellFiles {
+            inputs: vec!["/d/x.scatter.{engine}.bin".into(), "/d/y.push.bin".into()],
+            outputs: vec!["/d/z.gather.{engine}.bin".into()],
+        };
+        let (inputs, outputs) = files.for_engine(3);
+        assert_eq!(inputs, ["/d/x.scatter.3.bin", "/d/y.push.bin"]);
+        assert_eq!(outputs, ["/d/z.gather.3.bin"]);
+    }
+
+    #[test]
+    fn only_asked_for_outputs_are_written() {
+        let dir = std::env::temp_dir().join(format!("rustpx-cell-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.pull.0.bin").display().to_string();
+        write_output(std::slice::from_ref(&path), &path, b"abc").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+        assert!(write_output(&[path], "/etc/passwd", b"x").is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
