@@ -887,6 +887,7 @@ mod tests {
             changed_type: vec![],
             started: "2026-01-01T00:00:00Z".into(),
             completed: "2026-01-01T00:00:01Z".into(),
+            files: vec![],
         });
         assert!(matches!(done.try_recv(), Ok(RunEnd::Finished(_))));
         let record = &hub.cell("c").unwrap().engines[&id];
