@@ -54,6 +54,16 @@ def test_stderr_is_its_own_stream(kernel):
     assert stream_text(msgs, "stdout") == "to stdout\n"
 
 
+def test_a_cells_last_stderr_line_is_never_lost(kernel):
+    """evcxr relays stderr on its own thread; the runtime's fences make the kernel wait for it."""
+    for i in range(12):
+        reply, msgs, _ = kernel.execute(f'println!("out {i}"); eprintln!("last {i}");')
+        assert reply["status"] == "ok"
+        assert stream_text(msgs, "stderr") == f"last {i}\n", msgs
+        assert stream_text(msgs, "stdout") == f"out {i}\n"
+        assert "RUSTPX_OUTPUT_FENCE" not in str(msgs)
+
+
 def test_every_output_arrives_before_idle(kernel):
     reply, msgs, _ = kernel.execute('for i in 0..200 { println!("line {i}"); }')
     assert reply["status"] == "ok"

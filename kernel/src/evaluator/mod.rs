@@ -6,6 +6,7 @@
 //! evcxr_jupyter does: evcxr then restarts it, and we tell the user which variables that cost.
 
 mod diagnostics;
+pub mod fence;
 mod output_pump;
 mod rerun;
 pub mod runtime;
@@ -293,6 +294,7 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
                 },
             ) => {
                 forget_compiled_if_changed(rerunner, &code);
+                enable_fences(rerunner);
                 let outcome = execute(
                     context,
                     pump,
@@ -343,6 +345,7 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
                     reply,
                 },
             ) => {
+                enable_fences(rerunner);
                 let outcome = match rerunner {
                     Some(rerunner) if reusable => {
                         run_reusable(context, pump, &interrupter, rerunner, &code)
@@ -419,6 +422,13 @@ fn start_context() -> Result<Started, evcxr::Error> {
 }
 
 /// Empties the re-run cache before a cell that may change what cells compile against.
+/// Turns on the runtime's stdout fences if the runtime is new (see [`fence`]).
+fn enable_fences(rerunner: &mut Option<Rerunner>) {
+    if let Some(rerunner) = rerunner {
+        rerunner.enable_fences();
+    }
+}
+
 fn forget_compiled_if_changed(rerunner: &mut Option<Rerunner>, code: &str) {
     if let Some(rerunner) = rerunner {
         if crate::cell_text::may_change_compilation(code) {
@@ -457,12 +467,16 @@ fn run_reusable(
         interrupter.running(None);
         tracing::debug!("generated cell ran again in {:?}", started.elapsed());
         match outcome {
-            Ok(()) => match pump.flush() {
+            Ok(fence) => match pump.flush_until(fence) {
                 None => return Ok(()),
                 Some(panic) => return Err(panic_report(&panic, &[])),
             },
-            Err(RerunError::Panicked) => {
-                let panic = wait_for_panic(pump).unwrap_or_else(|| PanicReport {
+            Err(RerunError::Panicked(fence)) => {
+                let panic = match fence {
+                    Some(fence) => pump.flush_until(Some(fence)),
+                    None => wait_for_panic(pump),
+                }
+                .unwrap_or_else(|| PanicReport {
                     location: String::new(),
                     message: "the generated cell panicked".into(),
                 });

@@ -2,21 +2,25 @@
 //!
 //! evcxr hands us one line at a time on two channels. Two threads publish them as `stream`
 //! messages under the parent of the running cell, so output shows live, not at the end. Before a
-//! cell's result and its `idle` go out, [`OutputPump::flush`] makes sure every line taken off the
-//! channels has been published: each thread only takes lines while holding its stream's lock, so
-//! holding both locks means nothing is in flight.
+//! cell's result and its `idle` go out, [`OutputPump::flush`] asks each thread to publish what it
+//! has: stdout first, which evcxr forwards before the cell ends, and which names the runtime's
+//! last [fence](super::fence); then stderr, whose thread keeps reading until that fence arrives
+//! (evcxr relays stderr on a thread of its own, so it can lag). The threads block on their
+//! channels without holding a lock, and a flush costs no polling delay.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{select, Receiver, Sender};
 use rustpx_wire::WireMessage;
 use serde_json::json;
 
+use super::fence::Fence;
 use crate::frontend::Publisher;
 
-/// How long a pump thread waits for a line before letting a flush in.
-const POLL: Duration = Duration::from_millis(15);
+/// How long a flush waits for stderr to catch up with its fence (a runtime that died wrote no
+/// fence; its stderr is published as it comes).
+const FENCE_WAIT: Duration = Duration::from_secs(2);
 
 /// A panic seen on the cell's stderr: rust prints `thread '…' panicked at FILE:L:C:` then the
 /// message on the next line.
@@ -31,13 +35,22 @@ struct StreamState {
     parent: Option<WireMessage>,
     panic: Option<PanicReport>,
     expecting_panic_message: bool,
+    /// The last fence this stream's thread published past.
+    fence: Option<Fence>,
 }
 
-/// One stream (stdout or stderr): its channel and the lock that makes flushing exact.
+/// A flush asked of one stream's thread: publish everything, reading on until `until` has come
+/// through; answer with the stream's last fence and the panic it saw.
+struct FlushRequest {
+    until: Option<Fence>,
+    answer: Sender<(Option<Fence>, Option<PanicReport>)>,
+}
+
+/// One stream (stdout or stderr): its state and the way to ask its thread for a flush.
 struct Stream {
     name: &'static str,
-    lines: Receiver<String>,
     state: Mutex<StreamState>,
+    flushes: Sender<FlushRequest>,
 }
 
 /// The two pump threads and their shared state.
@@ -54,24 +67,29 @@ impl OutputPump {
         stderr: Receiver<String>,
         publisher: Publisher,
     ) -> OutputPump {
+        let (stdout_flushes, stdout_requests) = crossbeam_channel::unbounded();
+        let (stderr_flushes, stderr_requests) = crossbeam_channel::unbounded();
         let streams = Arc::new([
             Stream {
                 name: "stdout",
-                lines: stdout,
                 state: Mutex::default(),
+                flushes: stdout_flushes,
             },
             Stream {
                 name: "stderr",
-                lines: stderr,
                 state: Mutex::default(),
+                flushes: stderr_flushes,
             },
         ]);
         let pump = OutputPump { streams, publisher };
-        for index in 0..2 {
+        for (index, (lines, requests)) in [(stdout, stdout_requests), (stderr, stderr_requests)]
+            .into_iter()
+            .enumerate()
+        {
             let pump = pump.clone();
             std::thread::Builder::new()
                 .name(format!("pump-{}", pump.streams[index].name))
-                .spawn(move || pump.run(index))
+                .spawn(move || pump.run(index, lines, requests))
                 .ok();
         }
         pump
@@ -95,52 +113,93 @@ impl OutputPump {
             .find_map(|stream| lock(&stream.state).panic.clone())
     }
 
-    /// Publishes everything still queued and returns the panic seen during the cell, if any.
+    /// Publishes everything the cell wrote and returns the panic seen during it, if any.
     pub fn flush(&self) -> Option<PanicReport> {
-        let mut panic = None;
-        for stream in self.streams.iter() {
-            let mut state = lock(&stream.state);
-            let batch: Vec<String> = stream.lines.try_iter().collect();
-            self.publish(stream.name, &mut state, batch);
-            if let Some(report) = state.panic.take() {
-                panic = Some(report);
-            }
-        }
-        panic
+        self.flush_until(None)
     }
 
-    fn run(&self, index: usize) {
+    /// As [`flush`](Self::flush), with the stderr fence to wait for given (a cell run through
+    /// the side door writes no stdout fence); without it, stdout's last fence.
+    pub fn flush_until(&self, stderr_fence: Option<Fence>) -> Option<PanicReport> {
+        let (stdout_fence, stdout_panic) = self.ask(0, None);
+        let (_, stderr_panic) = self.ask(1, stderr_fence.or(stdout_fence));
+        stderr_panic.or(stdout_panic)
+    }
+
+    fn ask(&self, index: usize, until: Option<Fence>) -> (Option<Fence>, Option<PanicReport>) {
+        let (answer, answered) = crossbeam_channel::bounded(1);
+        let request = FlushRequest { until, answer };
+        if self.streams[index].flushes.send(request).is_err() {
+            return (None, None);
+        }
+        answered
+            .recv_timeout(FENCE_WAIT + Duration::from_secs(1))
+            .unwrap_or((None, None))
+    }
+
+    fn run(&self, index: usize, lines: Receiver<String>, requests: Receiver<FlushRequest>) {
         let stream = &self.streams[index];
         loop {
-            let mut state = lock(&stream.state);
-            match stream.lines.recv_timeout(POLL) {
-                Ok(first) => {
+            select! {
+                recv(lines) -> line => {
+                    let Ok(first) = line else { return };
                     let mut batch = vec![first];
-                    batch.extend(stream.lines.try_iter());
-                    self.publish(stream.name, &mut state, batch);
+                    batch.extend(lines.try_iter());
+                    self.publish(stream.name, &mut lock(&stream.state), batch);
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                recv(requests) -> request => {
+                    let Ok(request) = request else { return };
+                    self.answer(stream, &lines, request);
+                }
             }
-            drop(state);
-            // Let a flush take the lock between polls.
-            std::thread::yield_now();
         }
+    }
+
+    /// Publishes what is queued, then keeps reading (up to [`FENCE_WAIT`]) until the fence.
+    fn answer(&self, stream: &Stream, lines: &Receiver<String>, request: FlushRequest) {
+        let deadline = Instant::now() + FENCE_WAIT;
+        let batch: Vec<String> = lines.try_iter().collect();
+        self.publish(stream.name, &mut lock(&stream.state), batch);
+        if let Some(target) = request.until {
+            while !lock(&stream.state).fence.is_some_and(|f| f.covers(&target)) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match lines.recv_timeout(left) {
+                    Ok(first) => {
+                        let mut batch = vec![first];
+                        batch.extend(lines.try_iter());
+                        self.publish(stream.name, &mut lock(&stream.state), batch);
+                    }
+                    Err(_) => {
+                        tracing::debug!("{} fence {target:?} did not arrive", stream.name);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut state = lock(&stream.state);
+        let _ = request.answer.send((state.fence, state.panic.take()));
     }
 
     fn publish(&self, name: &str, state: &mut StreamState, batch: Vec<String>) {
-        if batch.is_empty() {
+        let mut shown = Vec::with_capacity(batch.len());
+        for line in batch {
+            match Fence::parse(&line) {
+                Some(fence) => state.fence = Some(fence),
+                None => shown.push(line),
+            }
+        }
+        if shown.is_empty() {
             return;
         }
         if name == "stderr" {
-            for line in &batch {
+            for line in &shown {
                 note_panic(state, line);
             }
         }
         let Some(parent) = &state.parent else {
             return;
         };
-        let mut text = batch.join("\n");
+        let mut text = shown.join("\n");
         text.push('\n');
         self.publisher
             .publish(parent, "stream", json!({"name": name, "text": text}));

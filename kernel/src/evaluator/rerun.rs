@@ -20,6 +20,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
+use super::fence::Fence;
+
 /// What evcxr's generated code prints when the cell panicked.
 const PANIC_MARKER: &str = "EVCXR_PANIC_NOTIFICATION";
 
@@ -37,7 +39,7 @@ pub enum RerunError {
     NotConnected,
     /// The cell panicked; its message is on the child's stderr.
     #[error("the cell panicked")]
-    Panicked,
+    Panicked(Option<Fence>),
     /// The cell met a changed variable or returned early; the markers it printed are attached.
     #[error("the cell did not succeed: {0}")]
     CellFailed(String),
@@ -53,6 +55,8 @@ pub struct Rerunner {
     token: String,
     connection: Option<BufReader<TcpStream>>,
     compiled: HashMap<Key, (String, String)>,
+    /// Whether the connected runtime writes fences on stdout.
+    fences_enabled: bool,
 }
 
 impl Rerunner {
@@ -68,6 +72,7 @@ impl Rerunner {
                 token,
                 connection: None,
                 compiled: HashMap::new(),
+                fences_enabled: false,
             },
             spec,
         ))
@@ -107,29 +112,50 @@ impl Rerunner {
         self.compiled.insert(key, (so, function));
     }
 
-    /// Runs a compiled cell again in the child.
-    pub fn run(&mut self, so: &str, function: &str) -> Result<(), RerunError> {
+    /// Asks the runtime to write its fences on stdout too, once per runtime process (evcxr
+    /// restarts it after a crash or an interrupt). Called before each cell, once the output
+    /// pump runs; see [`super::fence`].
+    pub fn enable_fences(&mut self) {
+        self.accept_newest();
+        if self.connection.is_none() || self.fences_enabled {
+            return;
+        }
+        match self.request("FENCES") {
+            Ok(answer) if answer == "FENCES ON" => self.fences_enabled = true,
+            Ok(answer) => tracing::debug!("the runtime does not write fences: {answer:?}"),
+            Err(error) => tracing::debug!("could not turn on output fences: {error}"),
+        }
+    }
+
+    /// Runs a compiled cell again in the child; returns the fence it wrote on stderr after the
+    /// run, for the output pump to wait for.
+    pub fn run(&mut self, so: &str, function: &str) -> Result<Option<Fence>, RerunError> {
         let reply = self.request(&format!("RUN {so} {function}"))?;
         if let Some(reason) = reply.strip_prefix("FAILED ") {
             return Err(RerunError::Refused(reason.to_owned()));
         }
-        let length: usize = reply
-            .strip_prefix("DONE ")
+        let mut words = reply.strip_prefix("DONE ").unwrap_or_default().split(' ');
+        let length: usize = words
+            .next()
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| RerunError::Refused(format!("unexpected answer {reply:?}")))?;
+        let fence = match (words.next(), words.next()) {
+            (Some(pid), Some(n)) => Fence::parse(&format!("{}{pid} {n}", super::fence::PREFIX)),
+            _ => None,
+        };
         let connection = self.connection.as_mut().ok_or(RerunError::NotConnected)?;
         let mut stdout = vec![0; length];
         connection.read_exact(&mut stdout)?;
         let stdout = String::from_utf8_lossy(&stdout);
         if stdout.contains(PANIC_MARKER) {
-            return Err(RerunError::Panicked);
+            return Err(RerunError::Panicked(fence));
         }
         let markers: Vec<&str> = stdout
             .lines()
             .filter(|line| OTHER_FAILURE_MARKERS.iter().any(|m| line.contains(m)))
             .collect();
         if markers.is_empty() {
-            Ok(())
+            Ok(fence)
         } else {
             Err(RerunError::CellFailed(markers.join(", ")))
         }
@@ -151,6 +177,7 @@ impl Rerunner {
             // The child died or was restarted; its successor connects anew.
             self.connection = None;
             self.compiled.clear();
+            self.fences_enabled = false;
             RerunError::Io(error)
         })
     }
@@ -164,6 +191,7 @@ impl Rerunner {
                     // A new child: it has loaded nothing, and evcxr rebuilt its state.
                     self.compiled.clear();
                 }
+                self.fences_enabled = false;
             }
         }
     }

@@ -21,6 +21,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use libloading::Library;
 
+use super::fence::Fence;
+
 /// Set in the child's environment by the evaluator: `ADDRESS TOKEN` of its re-run listener.
 pub const RUNTIME_ENV: &str = "RUSTPX_PLAIN_RUNTIME";
 
@@ -50,6 +52,25 @@ struct Cells {
     loaded: Vec<Library>,
     runs: u64,
     last: Option<(String, String)>,
+    /// Fences written so far (one per run, either way it ran).
+    fences: u64,
+    /// Whether the kernel asked for fences on stdout too (`FENCES`): only once its output pump
+    /// runs, because evcxr waits after each run until its stdout channel has been drained, and
+    /// nothing drains it while evcxr warms the context up.
+    fences_on_stdout: bool,
+}
+
+impl Cells {
+    /// Writes the next fence on stderr (see [`super::fence`]) and returns it.
+    fn fence_stderr(&mut self) -> Fence {
+        self.fences += 1;
+        let fence = Fence {
+            pid: std::process::id(),
+            n: self.fences,
+        };
+        eprintln!("{}", fence.line());
+        fence
+    }
 }
 
 impl Cells {
@@ -81,6 +102,8 @@ fn serve(spec: &str) -> std::io::Result<()> {
         loaded: Vec::new(),
         runs: 0,
         last: None,
+        fences: 0,
+        fences_on_stdout: false,
     };
     loop {
         let (stdin_ready, side_ready) = wait_readable(0, side_open.then(|| side.as_raw_fd()))?;
@@ -99,7 +122,12 @@ fn serve(spec: &str) -> std::io::Result<()> {
                     }
                     cells.runs += 1;
                     cells.last = Some((so.to_owned(), function.to_owned()));
+                    // stderr's fence first: when evcxr has stdout's, stderr's is on its way.
+                    let fence = cells.fence_stderr();
                     let mut stdout = std::io::stdout().lock();
+                    if cells.fences_on_stdout {
+                        writeln!(stdout, "{}", fence.line())?;
+                    }
                     writeln!(stdout, "{EXECUTION_COMPLETE}")?;
                     stdout.flush()?;
                 }
@@ -126,10 +154,15 @@ fn answer(cells: &mut Cells, request: &str, side: &mut TcpStream) -> std::io::Re
                 .unwrap_or_else(|| ("-".into(), "-".into()));
             writeln!(side, "LAST {} {so} {function}", cells.runs)
         }
+        (Some("FENCES"), None, None) => {
+            cells.fences_on_stdout = true;
+            writeln!(side, "FENCES ON")
+        }
         (Some("RUN"), Some(so), Some(function)) => {
             match run_capturing_stdout(cells, so, function) {
                 Ok(stdout) => {
-                    writeln!(side, "DONE {}", stdout.len())?;
+                    let fence = cells.fence_stderr();
+                    writeln!(side, "DONE {} {} {}", stdout.len(), fence.pid, fence.n)?;
                     side.write_all(&stdout)
                 }
                 Err(error) => writeln!(side, "FAILED {}", error.replace('\n', " ")),
