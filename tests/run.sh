@@ -43,6 +43,25 @@ if [ ! -x /usr/sbin/ip ] || ! command -v unshare >/dev/null || [ ! -x /usr/sbin/
       iproute2 openssh-server openssh-client mpich util-linux >/dev/null
   )
 fi
+# The slurm launcher's end-to-end test runs a single-node Slurm of its own (tests/slurm_cluster.py):
+# slurmctld, slurmd and the client commands, started without an init system.
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v salloc >/dev/null; then
+  step "apt-get install slurmctld slurmd slurm-client"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "Slurm is missing; install it with: sudo apt-get install slurmctld slurmd slurm-client" >&2
+    exit 1
+  fi
+  (
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod 755 /usr/sbin/policy-rc.d
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      slurmctld slurmd slurm-client >/dev/null
+  )
+fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   step "npm ci (playwright-core)"
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
