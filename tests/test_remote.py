@@ -219,6 +219,29 @@ def test_cutting_a_hosts_link_mid_cell_fails_only_its_engines(px, remote_engines
     assert px_values(msgs) == {0: "5", 1: "5"}
 
 
+def test_an_engine_that_cannot_reach_the_hub_says_where_it_tried_and_gives_up(px, hosts, runtime_dir):
+    binary = pathlib.Path(hosts[1].install_binary(engine_binary()))
+    blob = connection_blob(runtime_dir)
+    url = json.loads(blob)["url"]
+    hosts[1].cut()
+    try:
+        started = time.monotonic()
+        proc = hosts[1].popen_isolated(
+            [str(binary), "--register-timeout", "2"],
+            bin_dir=str(binary.parent),
+            env={"RUSTPX_ENGINE_CONNECTION": blob},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, err = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        hosts[1].restore()
+    assert proc.returncode == 2
+    assert f"the hub at {url}" in err or f"hub at {url}" in err, err
+    assert elapsed < 15
+
+
 def test_a_host_that_cannot_load_the_cells_is_refused_with_a_reason(px, hosts, runtime_dir):
     binary = pathlib.Path(hosts[0].install_binary(engine_binary()))
     proc = hosts[0].popen_isolated(
