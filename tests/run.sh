@@ -19,48 +19,36 @@ if ! command -v chromium >/dev/null || ! command -v tmux >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tmux fonts-dejavu-core >/dev/null
 fi
+# Installs Debian packages for the tests, as root, without starting their services: no init system
+# runs in a container, and the tests start their own sshd and Slurm daemons. A policy-rc.d that
+# denies service starts keeps the packages' postinst scripts from starting system ones. No
+# recommends: mpich's would pull in gfortran and autotools.
+apt_install_for_tests() {
+  step "apt-get install $*"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing test dependencies; install them with: sudo apt-get install $*" >&2
+    exit 1
+  fi
+  (
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod 755 /usr/sbin/policy-rc.d
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  )
+}
 # The multi-host tests (tests/netns.py: network namespaces as hosts, an sshd in each) need ip,
-# unshare, sshd, ssh, ssh-keygen and MPICH's mpiexec. No init system runs in a container, and the
-# tests start their own sshds: a policy-rc.d that denies service starts keeps openssh-server's
-# postinst from starting a system sshd. No recommends: mpich's would pull in gfortran and autotools.
+# unshare, sshd, ssh, ssh-keygen and MPICH's mpiexec.
 if [ ! -x /usr/sbin/ip ] || ! command -v unshare >/dev/null || [ ! -x /usr/sbin/sshd ] \
   || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null \
   || ! command -v mpiexec >/dev/null; then
-  step "apt-get install iproute2 openssh-server openssh-client mpich util-linux"
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "ip, sshd, ssh or mpiexec is missing; install them with:" \
-      "sudo apt-get install iproute2 openssh-server openssh-client mpich util-linux" >&2
-    exit 1
-  fi
-  (
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-      chmod 755 /usr/sbin/policy-rc.d
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      iproute2 openssh-server openssh-client mpich util-linux >/dev/null
-  )
+  apt_install_for_tests iproute2 openssh-server openssh-client mpich util-linux
 fi
-# The slurm launcher's end-to-end test runs a single-node Slurm of its own (tests/slurm_cluster.py):
-# slurmctld, slurmd and the client commands, started without an init system.
+# The slurm launcher's end-to-end test runs a single-node Slurm of its own (tests/slurm_cluster.py).
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v salloc >/dev/null; then
-  step "apt-get install slurmctld slurmd slurm-client"
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "Slurm is missing; install it with: sudo apt-get install slurmctld slurmd slurm-client" >&2
-    exit 1
-  fi
-  (
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-      chmod 755 /usr/sbin/policy-rc.d
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      slurmctld slurmd slurm-client >/dev/null
-  )
+  apt_install_for_tests slurmctld slurmd slurm-client
 fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   step "npm ci (playwright-core)"

@@ -164,16 +164,8 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::hex_digest;
+    use crate::objects::object;
     use rustpx_protocol::ObjectRef;
-
-    fn object(bytes: &[u8], name: &str) -> ObjectRef {
-        ObjectRef {
-            name: name.into(),
-            sha256: hex_digest(bytes),
-            size: bytes.len() as u64,
-        }
-    }
 
     fn run(id: &str, objects: Vec<ObjectRef>) -> RunRequest {
         RunRequest {

@@ -102,17 +102,19 @@ pub fn shares_kernel_files(connection: &EngineConnection) -> bool {
         .is_some_and(|theirs| theirs.key == connection.key)
 }
 
+/// The reference to `bytes` under `name`, as the kernel would describe them (for tests).
+#[cfg(test)]
+pub fn object(bytes: &[u8], name: &str) -> ObjectRef {
+    ObjectRef {
+        name: name.into(),
+        sha256: hex_digest(bytes),
+        size: bytes.len() as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn object(bytes: &[u8], name: &str) -> ObjectRef {
-        ObjectRef {
-            name: name.into(),
-            sha256: hex_digest(bytes),
-            size: bytes.len() as u64,
-        }
-    }
 
     #[test]
     fn an_object_is_stored_under_its_hash_and_found_again() {

@@ -7,12 +7,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rustpx_kernel::launch::{self, ConnectionDelivery, EngineInvocation, LaunchOptions};
-use rustpx_protocol::CONNECTION_ENV;
+use rustpx_kernel::launch::{self, EngineInvocation, LaunchOptions};
 
 /// The options of `rustpx engines start`.
 #[derive(Args)]
@@ -105,17 +103,8 @@ pub fn start(args: EnginesStart) -> Result<()> {
     launcher.check_ready()?;
     let mut children = Vec::new();
     for command in &commands {
-        let mut process = Command::new(&command.program);
-        process.args(&command.args);
-        match command.delivery {
-            ConnectionDelivery::Environment => {
-                process.env(CONNECTION_ENV, &json).stdin(Stdio::null());
-            }
-            ConnectionDelivery::Stdin => {
-                process.stdin(Stdio::piped());
-            }
-        }
-        let mut child = process
+        let mut child = command
+            .process(&json)
             .spawn()
             .with_context(|| format!("cannot run {}", command.program))?;
         if let Some(stdin) = child.stdin.as_mut() {

@@ -60,6 +60,24 @@ pub struct LaunchCommand {
 }
 
 impl LaunchCommand {
+    /// The process to start, with the connection `json` in its environment, or stdin piped for
+    /// the caller to write the connection line to (see [`ConnectionDelivery`]).
+    pub fn process(&self, json: &str) -> std::process::Command {
+        let mut process = std::process::Command::new(&self.program);
+        process.args(&self.args);
+        match self.delivery {
+            ConnectionDelivery::Environment => {
+                process
+                    .env(CONNECTION_ENV, json)
+                    .stdin(std::process::Stdio::null());
+            }
+            ConnectionDelivery::Stdin => {
+                process.stdin(std::process::Stdio::piped());
+            }
+        }
+        process
+    }
+
     /// The command as a shell line, with how the connection reaches it: what `--print` shows.
     pub fn shell_line(&self) -> String {
         let words: Vec<String> = std::iter::once(&self.program)

@@ -15,13 +15,11 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
-use rustpx_protocol::{EngineConnection, EngineId, CONNECTION_ENV};
+use rustpx_protocol::{EngineConnection, EngineId};
 
 use super::hub::{Departure, Hub};
 use super::{lock, PxError};
-use crate::launch::{
-    ConnectionDelivery, EngineInvocation, LaunchCommand, LaunchOptions, Launcher, LocalLauncher,
-};
+use crate::launch::{EngineInvocation, LaunchCommand, LaunchOptions, Launcher, LocalLauncher};
 
 /// Why an engine process ended, in words.
 pub fn describe_exit(status: ExitStatus) -> String {
@@ -176,21 +174,12 @@ impl EnginePool {
         engine: &EngineInvocation,
     ) -> Result<(), PxError> {
         let json = serde_json::to_string(&*self.connection).unwrap_or_default();
-        let mut command = tokio::process::Command::new(&launch.program);
+        let mut command = tokio::process::Command::from(launch.process(&json));
         command
-            .args(&launch.args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        match launch.delivery {
-            ConnectionDelivery::Environment => {
-                command.env(CONNECTION_ENV, &json).stdin(Stdio::null());
-            }
-            ConnectionDelivery::Stdin => {
-                command.stdin(Stdio::piped());
-            }
-        }
         let mut child = command
             .spawn()
             .map_err(|e| PxError::Spawn(launch.program.clone(), e.to_string()))?;
