@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use rustpx_protocol::{ObjectData, RunRequest};
+use rustpx_protocol::{sha256_hex, ObjectData, RunRequest};
 
 use crate::objects::ObjectCache;
 
@@ -113,8 +113,9 @@ impl Delivery {
         let files_in: Vec<(String, Bytes)> = run
             .files_in
             .iter()
-            .cloned()
-            .zip(buffers.iter().cloned())
+            .zip(buffers.iter())
+            .filter(|(file, bytes)| sha256_hex(bytes) == file.sha256)
+            .map(|(file, bytes)| (file.path.clone(), bytes.clone()))
             .collect();
         let Some(cache) = &self.cache else {
             return Some(PreparedRun {
@@ -134,7 +135,7 @@ impl Delivery {
         };
         if files_in.len() != run.files_in.len() {
             return Some(failure(format!(
-                "the run names {} files but carries {}",
+                "the run names {} files but carries {} intact ones",
                 run.files_in.len(),
                 files_in.len()
             )));

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use rustpx_protocol::{sha256_hex, ShippedFile};
 
 /// Directories this engine created for data magics: removed when it exits normally, so an
 /// engine host's /dev/shm does not keep a kernel's values.
@@ -58,14 +59,17 @@ pub fn clear(paths: &[String]) {
     }
 }
 
-/// The files of `paths` that exist, with their bytes (a run that failed wrote none).
-pub fn read_outputs(paths: &[String]) -> (Vec<String>, Vec<Bytes>) {
+/// The files of `paths` that exist, with their hashes and bytes (a run that failed wrote none).
+pub fn read_outputs(paths: &[String]) -> (Vec<ShippedFile>, Vec<Bytes>) {
     let mut found = Vec::new();
     let mut contents = Vec::new();
     for path in paths {
         match std::fs::read(path) {
             Ok(bytes) => {
-                found.push(path.clone());
+                found.push(ShippedFile {
+                    path: path.clone(),
+                    sha256: sha256_hex(&bytes),
+                });
                 contents.push(Bytes::from(bytes));
             }
             Err(error) => tracing::debug!("{path} was not written by the run: {error}"),
@@ -88,7 +92,9 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         let missing = dir.join("y.pull.0.bin").display().to_string();
         let (found, contents) = read_outputs(&[path.clone(), missing]);
-        assert_eq!(found, vec![path]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, path);
+        assert_eq!(found[0].sha256, sha256_hex(b"value"));
         assert_eq!(contents[0].as_ref(), b"value");
         let _ = std::fs::remove_dir_all(dir);
     }

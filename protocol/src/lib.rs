@@ -91,6 +91,24 @@ fn version_less(a: &str, b: &str) -> bool {
     parts(a) < parts(b)
 }
 
+/// SHA-256 of `bytes` as lower-case hex: how objects and files on the link are named and
+/// checked (message buffers are not covered by the HMAC signature; their hashes in the signed
+/// content are).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A data magic's file carried in a message buffer, with the hash that vouches for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShippedFile {
+    pub path: String,
+    pub sha256: String,
+}
+
 /// A file a compiled cell needs on the engine's host: the cell's object or a library it links
 /// (libstd, dependencies), named by the hash of its content so that a host caches it once.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -162,7 +180,7 @@ pub struct RunRequest {
     /// engine that cannot see the kernel's files): absolute paths, their bytes in the
     /// message's buffers in the same order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files_in: Vec<String>,
+    pub files_in: Vec<ShippedFile>,
     /// Files the run writes that the kernel wants back (in the reply's buffers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files_out: Vec<String>,
@@ -248,7 +266,7 @@ pub struct RunReply {
     /// Which of the request's `files_out` the run wrote: their bytes are the message's
     /// buffers, in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<String>,
+    pub files: Vec<ShippedFile>,
 }
 link_message!(RunReply, "run_reply");
 
@@ -349,6 +367,14 @@ mod tests {
             ..kernel.clone()
         };
         assert!(musl.incompatibility(&kernel).is_some());
+    }
+
+    #[test]
+    fn the_sha256_of_abc_is_the_standard_one() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! name the engine as `{engine}` (scatter and gather have one file per engine).
 
 use bytes::Bytes;
-use rustpx_protocol::EngineId;
+use rustpx_protocol::{sha256_hex, EngineId, ShippedFile};
 
 /// The placeholder for the engine id in a path.
 pub const ENGINE: &str = "{engine}";
@@ -32,23 +32,31 @@ impl CellFiles {
     }
 }
 
-/// The bytes of each input file, in order.
-pub fn read_inputs(paths: &[String]) -> Result<Vec<Bytes>, String> {
-    paths
-        .iter()
-        .map(|path| {
-            std::fs::read(path)
-                .map(Bytes::from)
-                .map_err(|e| format!("cannot read {path} to send it: {e}"))
-        })
-        .collect()
+/// Each input file with its hash, and its bytes, in order.
+pub fn read_inputs(paths: &[String]) -> Result<(Vec<ShippedFile>, Vec<Bytes>), String> {
+    let mut files = Vec::new();
+    let mut contents = Vec::new();
+    for path in paths {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {path} to send it: {e}"))?;
+        files.push(ShippedFile {
+            path: path.clone(),
+            sha256: sha256_hex(&bytes),
+        });
+        contents.push(Bytes::from(bytes));
+    }
+    Ok((files, contents))
 }
 
 /// Writes a file an engine sent back, if the run asked for that path (an engine cannot make the
-/// kernel write anywhere else).
-pub fn write_output(expected: &[String], path: &str, bytes: &[u8]) -> Result<(), String> {
+/// kernel write anywhere else) and it arrived intact.
+pub fn write_output(expected: &[String], file: &ShippedFile, bytes: &[u8]) -> Result<(), String> {
+    let path = &file.path;
     if !expected.iter().any(|p| p == path) {
         return Err(format!("refused a file the run did not ask for: {path}"));
+    }
+    if sha256_hex(bytes) != file.sha256 {
+        return Err(format!("{path} arrived damaged (its hash does not match)"));
     }
     let partial = format!("{path}.partial-{}", std::process::id());
     std::fs::write(&partial, bytes)
@@ -76,9 +84,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rustpx-cell-files-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("v.pull.0.bin").display().to_string();
-        write_output(std::slice::from_ref(&path), &path, b"abc").unwrap();
+        let file = |path: &str, bytes: &[u8]| ShippedFile {
+            path: path.into(),
+            sha256: sha256_hex(bytes),
+        };
+        let expected = std::slice::from_ref(&path);
+        write_output(expected, &file(&path, b"abc"), b"abc").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");
-        assert!(write_output(&[path], "/etc/passwd", b"x").is_err());
+        assert!(write_output(expected, &file("/etc/passwd", b"x"), b"x").is_err());
+        let damaged = write_output(expected, &file(&path, b"abc"), b"abd").unwrap_err();
+        assert!(damaged.contains("damaged"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -337,9 +337,9 @@ impl Hub {
             let shipped = self
                 .catalog
                 .objects_for(std::path::Path::new(so_path))
-                .and_then(|objects| cell_files::read_inputs(&files_in).map(|b| (objects, b)));
+                .and_then(|objects| cell_files::read_inputs(&files_in).map(|f| (objects, f)));
             match shipped {
-                Ok((objects, buffers)) => (Ok(objects), files_in, files_out, buffers),
+                Ok((objects, (files_in, buffers))) => (Ok(objects), files_in, files_out, buffers),
                 Err(error) => (Err(error), Vec::new(), Vec::new(), Vec::new()),
             }
         };
@@ -409,8 +409,8 @@ impl Hub {
         let Some(run) = self.runs.get(&reply.run_id) else {
             return;
         };
-        for (path, bytes) in reply.files.iter().zip(buffers) {
-            if let Err(error) = cell_files::write_output(&run.files_out, path, bytes) {
+        for (file, bytes) in reply.files.iter().zip(buffers) {
+            if let Err(error) = cell_files::write_output(&run.files_out, file, bytes) {
                 tracing::warn!("hub: engine {}: {error}", run.engine);
             }
         }

@@ -13,8 +13,7 @@ use std::time::SystemTime;
 use object::elf::{FileHeader64, DT_NEEDED, DT_RPATH, DT_RUNPATH};
 use object::read::elf::FileHeader;
 use object::Endianness;
-use rustpx_protocol::ObjectRef;
-use sha2::{Digest, Sha256};
+use rustpx_protocol::{sha256_hex, ObjectRef};
 
 /// Every object the kernel has described, by hash (to answer engines' requests), and the
 /// description of each library by path (libstd is hashed once per kernel).
@@ -67,10 +66,7 @@ impl ObjectCatalog {
     fn describe(&mut self, path: &Path) -> Result<ObjectRef, String> {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let sha256: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = sha256_hex(&bytes);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
