@@ -282,6 +282,34 @@ def bench_transfer(runs, results):
         k.close()
 
 
+def bench_sent(runs, results):
+    """What sending cells over the engine link costs: 4 engines that fetch every compiled cell
+    (and libstd, into an empty cache) as engines on other hosts do, against 4 that read the
+    kernel's files, with the same cells in the same run. The data magics' files then travel with
+    the runs too."""
+    import tempfile
+
+    for mode in ("local", "sent"):
+        print(f"rustpx, 4 engines, cells {mode} ...", flush=True)
+        cache = tempfile.mkdtemp(prefix="rustpx-bench-cache-")
+        extra = "" if mode == "local" else f" --engine-arg --fetch-objects --engine-arg --cache-dir --engine-arg {cache}"
+        k = Timed("rustpx")
+        try:
+            k.run(f"%engines start -n 4{extra}")
+            results[f"first %px 1+1 incl. compile, cells {mode} (ms)"] = round(k.run("%px 1 + 1") * 1000, 2)
+            results[f"%px value 1+1, cells {mode}"] = median_ms([k.run(f"%px 1 + 1 // run {i}") for i in range(runs)])
+            results[f"%px re-run of a compiled cell, cells {mode}"] = median_ms([k.run("%px 1 + 1") for _ in range(runs)])
+            k.run("let data: Vec<u8> = vec![7u8; 10 << 20];")
+            k.run("%push data", timeout=900)
+            for label, cell in [("%push 10 MiB Vec<u8> to 4 engines", "%push data"),
+                                ("%pull 10 MiB Vec<u8> from 4 engines", "%pull data -o pulled")]:
+                k.run(cell, timeout=600)
+                results[f"{label}, cells {mode}"] = median_ms([k.run(cell, timeout=600) for _ in range(runs)])
+        finally:
+            k.close()
+            subprocess.run(["rm", "-rf", cache])
+
+
 def ipp_start(n, timeout=120):
     """The cell that starts a local ipyparallel cluster of `n` engines and returns once all of
     them registered (expects `import ipyparallel as ipp`)."""
@@ -368,7 +396,7 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
-    parser.add_argument("--only", choices=["cells", "transfer", "scale"], help="run one part of the benchmark")
+    parser.add_argument("--only", choices=["cells", "transfer", "scale", "sent"], help="run one part of the benchmark")
     args = parser.parse_args()
     load_before = load()
     results = {}
@@ -382,6 +410,8 @@ def main():
         bench_transfer(args.runs, results)
         if not args.skip_ipyparallel:
             bench_ipyparallel_transfer(args.runs, results)
+    if args.only in (None, "sent"):
+        bench_sent(args.runs, results)
     if args.only in (None, "scale"):
         bench_rustpx_scale(args.runs, results)
         if not args.skip_ipyparallel:
@@ -416,6 +446,12 @@ def main():
     ratios["%pxmap chunksize 1, tasks/s: rustpx / ipyparallel"] = ratio(
         results.get("%pxmap of 100,000 u64, --chunksize 1, n=4 (items/s)"),
         results.get("ipyparallel map of 10,000 ints, chunksize 1, n=4 (items/s)"))
+
+    for label in ["first %px 1+1 incl. compile", "%px value 1+1", "%px re-run of a compiled cell",
+                  "%push 10 MiB Vec<u8> to 4 engines", "%pull 10 MiB Vec<u8> from 4 engines"]:
+        suffix = " (ms)" if label.startswith("first") else ""
+        ratios[f"{label}: cells sent / local"] = ratio(
+            results.get(f"{label}, cells sent{suffix}"), results.get(f"{label}, cells local{suffix}"))
 
     n = SCALE_N
     ratios[f"registration of {n} engines in a fresh kernel, rustpx / ipyparallel"] = ratio(

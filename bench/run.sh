@@ -5,6 +5,8 @@
 #   bash bench/run.sh                 # full run (about 10 minutes on 2 cores)
 #   bash bench/run.sh --runs 5        # fewer repetitions
 #   bash bench/run.sh --only transfer # only %push/%pull/%scatter/%gather against ipyparallel
+#   bash bench/run.sh --only sent     # what sending cells over the engine link costs (engines
+#                                     # that fetch every cell, as on other hosts, against local ones)
 #   bash bench/run.sh --only scale    # only a 32-engine pool: registration time and %px latency,
 #                                     # against ipyparallel's Cluster(n=32) (about 1 minute on 2 cores)
 set -euo pipefail

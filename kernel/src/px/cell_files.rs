@@ -6,6 +6,9 @@
 //! brings back, at the same paths, before the kernel's side of the magic reads them. Paths may
 //! name the engine as `{engine}` (scatter and gather have one file per engine).
 
+use std::collections::HashMap;
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use rustpx_protocol::{sha256_hex, EngineId, ShippedFile};
 
@@ -32,20 +35,52 @@ impl CellFiles {
     }
 }
 
-/// Each input file with its hash, and its bytes, in order.
-pub fn read_inputs(paths: &[String]) -> Result<(Vec<ShippedFile>, Vec<Bytes>), String> {
-    let mut files = Vec::new();
-    let mut contents = Vec::new();
-    for path in paths {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {path} to send it: {e}"))?;
-        files.push(ShippedFile {
-            path: path.clone(),
-            sha256: sha256_hex(&bytes),
-        });
-        contents.push(Bytes::from(bytes));
+/// Input files read and hashed once per version, however many engines they go to (a `%push`
+/// sends the same file to every target).
+#[derive(Default)]
+pub struct InputCache {
+    files: HashMap<String, (SystemTime, ShippedFile, Bytes)>,
+}
+
+impl InputCache {
+    /// Each input file with its hash, and its bytes, in order.
+    pub fn read(&mut self, paths: &[String]) -> Result<(Vec<ShippedFile>, Vec<Bytes>), String> {
+        let mut files = Vec::new();
+        let mut contents = Vec::new();
+        for path in paths {
+            let fail = |e: std::io::Error| format!("cannot read {path} to send it: {e}");
+            let modified = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .map_err(fail)?;
+            let cached = self
+                .files
+                .get(path)
+                .filter(|(seen, _, _)| *seen == modified)
+                .map(|(_, file, bytes)| (file.clone(), bytes.clone()));
+            let (file, bytes) = match cached {
+                Some(hit) => hit,
+                None => {
+                    let bytes = Bytes::from(std::fs::read(path).map_err(fail)?);
+                    let file = ShippedFile {
+                        path: path.clone(),
+                        sha256: sha256_hex(&bytes),
+                    };
+                    self.files
+                        .insert(path.clone(), (modified, file.clone(), bytes.clone()));
+                    (file, bytes)
+                }
+            };
+            files.push(file);
+            contents.push(bytes);
+        }
+        Ok((files, contents))
     }
-    Ok((files, contents))
+
+    /// Forgets files that are gone (a magic's files are deleted when it ends).
+    pub fn prune(&mut self) {
+        self.files
+            .retain(|path, _| std::path::Path::new(path).exists());
+    }
 }
 
 /// Writes a file an engine sent back, if the run asked for that path (an engine cannot make the
@@ -77,6 +112,27 @@ mod tests {
         let (inputs, outputs) = files.for_engine(3);
         assert_eq!(inputs, ["/d/x.scatter.3.bin", "/d/y.push.bin"]);
         assert_eq!(outputs, ["/d/z.gather.3.bin"]);
+    }
+
+    #[test]
+    fn an_input_is_read_again_only_when_it_changed() {
+        let dir = std::env::temp_dir().join(format!("rustpx-inputs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.push.bin").display().to_string();
+        std::fs::write(&path, b"one").unwrap();
+        let mut cache = InputCache::default();
+        let (files, bytes) = cache.read(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(files[0].sha256, sha256_hex(b"one"));
+        assert_eq!(bytes[0].as_ref(), b"one");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"two").unwrap();
+        let (files, _) = cache.read(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(files[0].sha256, sha256_hex(b"two"));
+        std::fs::remove_file(&path).unwrap();
+        cache.prune();
+        assert!(cache.files.is_empty());
+        assert!(cache.read(&[path]).is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rustpx_protocol::{
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::cell_files::{self, CellFiles};
+use super::cell_files::{self, CellFiles, InputCache};
 use super::records::{CellRecord, EngineError, TaskState};
 use super::shipping::ObjectCatalog;
 
@@ -113,6 +113,8 @@ pub struct Hub {
     outbox: UnboundedSender<Outgoing>,
     /// The objects shipped to engines that do not share the kernel's files.
     catalog: ObjectCatalog,
+    /// Data magic files sent to such engines, read once per version.
+    inputs: InputCache,
     /// What cells are compiled for: engines on other platforms are refused.
     platform: Platform,
     /// Engines refused at registration since the last look, with why.
@@ -142,6 +144,7 @@ impl Hub {
             interrupted: HashMap::new(),
             outbox,
             catalog: ObjectCatalog::default(),
+            inputs: InputCache::default(),
             platform: Platform::current(),
             refusals: Vec::new(),
             departures: Vec::new(),
@@ -337,7 +340,7 @@ impl Hub {
             let shipped = self
                 .catalog
                 .objects_for(std::path::Path::new(so_path))
-                .and_then(|objects| cell_files::read_inputs(&files_in).map(|f| (objects, f)));
+                .and_then(|objects| self.inputs.read(&files_in).map(|f| (objects, f)));
             match shipped {
                 Ok((objects, (files_in, buffers))) => (Ok(objects), files_in, files_out, buffers),
                 Err(error) => (Err(error), Vec::new(), Vec::new(), Vec::new()),
@@ -713,6 +716,8 @@ impl Hub {
     // --- the results store ---
 
     pub fn add_cell(&mut self, cell: CellRecord) {
+        // An earlier data magic's files are deleted when it ends: let their bytes go too.
+        self.inputs.prune();
         self.cells.insert(cell.cell_id.clone(), cell);
     }
 
