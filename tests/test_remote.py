@@ -323,6 +323,43 @@ def test_ssh_failure_says_why(px, ssh_host):
     assert "Permission denied" in reply["evalue"], reply["evalue"]
 
 
+def test_mpi_launcher_spreads_ranks_over_hosts_through_ssh(px, ssh_host, hosts, tmp_path):
+    """mpiexec (MPICH's Hydra) starts its proxies on two hosts over ssh; each rank is an engine
+    with no toolchain, numbered by its rank, and stopping them ends the job."""
+    host, key, binary = ssh_host
+    with open(key + ".pub") as f:
+        hosts[1].start_sshd(f.read().strip())
+    wrapper = tmp_path / "ssh-for-mpiexec"
+    wrapper.write_text("#!/bin/sh\nexec ssh " + " ".join(netns.ssh_options(key)) + ' "$@"\n')
+    wrapper.chmod(0o755)
+    args = ["-launcher", "ssh", "-launcher-exec", str(wrapper),
+            "-hosts", f"{hosts[0].address}:1,{hosts[1].address}:1", "-wdir", "/"]
+    options = " ".join(f"--launcher-arg {a}" for a in args)
+    # The engine binary sits under /opt, which both hosts see, as on a shared filesystem.
+    reply, msgs, _ = px.execute(f"%engines start --launcher mpi -n 2 --engine {binary} {options}", timeout=120)
+    assert reply["status"] == "ok", reply
+    started = re.search(r"started engines (\d+), (\d+)", stream_text(msgs))
+    assert started, stream_text(msgs)
+    a, b = (int(x) for x in started.groups())
+    reply, msgs, _ = px.execute(
+        f"%%px -t {a},{b}\n"
+        'format!("{} {} {}", std::env::var("PMI_RANK").unwrap(), '
+        'std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), '
+        'std::process::Command::new("rustc").output().is_ok())'
+    )
+    assert px_values(msgs) == {a: f'"0 {hosts[0].name} false"', b: f'"1 {hosts[1].name} false"'}, msgs
+    reply, _, _ = px.execute(f"%engines stop {a},{b}")
+    assert reply["status"] == "ok"
+    deadline = time.monotonic() + 20
+    left = "?"
+    while time.monotonic() < deadline:
+        left = subprocess.run(["pgrep", "-f", f"-launcher-exec {wrapper}"], capture_output=True, text=True).stdout
+        if not left.strip():
+            break
+        time.sleep(0.2)
+    assert not left.strip(), f"mpiexec still running after %engines stop: {left}"
+
+
 def test_mpi_launcher_numbers_engines_by_rank(tmp_path):
     os.environ["RUSTPX_ENGINES"] = "1"
     saved = os.environ.get("JUPYTER_RUNTIME_DIR")
