@@ -523,11 +523,9 @@ impl PxService {
         let m = self.machinery()?;
         let ids = self.free_ids(n)?;
         let engine = m.pool.invocation(&**launcher, options);
-        let commands = launcher.commands(&ids, &engine).map_err(|e| ErrorReport {
-            ename: "UsageError".into(),
-            evalue: e.to_string(),
-            traceback: vec![format!("UsageError: {e}")],
-        })?;
+        let commands = launcher
+            .commands(&ids, &engine)
+            .map_err(|e| usage(e.to_string()))?;
         let file = m
             .connection_file
             .as_ref()
@@ -921,11 +919,7 @@ impl PxService {
                 Ok(())
             }
             EnginesCommand::Start { n, launch, print } => {
-                let launcher = launch::launcher_for(&launch).map_err(|e| ErrorReport {
-                    ename: "UsageError".into(),
-                    evalue: e.to_string(),
-                    traceback: vec![format!("UsageError: {e}")],
-                })?;
+                let launcher = launch::launcher_for(&launch).map_err(|e| usage(e.to_string()))?;
                 let n = n
                     .or(launcher.default_count())
                     .unwrap_or_else(default_engine_count);
