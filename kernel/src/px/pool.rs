@@ -19,7 +19,9 @@ use rustpx_protocol::{EngineConnection, EngineId};
 
 use super::hub::{Departure, Hub};
 use super::{lock, PxError};
-use crate::launch::{EngineInvocation, LaunchCommand, LaunchOptions, Launcher, LocalLauncher};
+use crate::launch::{
+    EngineInvocation, LaunchCommand, LaunchOptions, Launcher, LocalLauncher, Reach,
+};
 
 /// Why an engine process ended, in words.
 pub fn describe_exit(status: ExitStatus) -> String {
@@ -119,14 +121,7 @@ impl EnginePool {
     /// What a launcher runs: this host's engine binary for the local launcher, `--engine` or
     /// `rustpx-engine` on the engine hosts' `$PATH` for the others.
     pub fn invocation(&self, launcher: &dyn Launcher, options: &LaunchOptions) -> EngineInvocation {
-        let binary = match &options.engine {
-            Some(path) => PathBuf::from(path),
-            None => launcher.reach().default_binary(&self.engine_binary),
-        };
-        EngineInvocation {
-            binary,
-            extra_args: options.engine_args.clone(),
-        }
+        options.invocation(launcher, &self.engine_binary)
     }
 
     /// Starts the processes `launcher` wants for engines `ids`; they register with the hub by
@@ -224,26 +219,26 @@ impl EnginePool {
         Ok(())
     }
 
-    fn exited(&self, launch: &LaunchCommand, pid: u32, reason: &str, last_words: &str) {
+    fn exited(&self, launch: &LaunchCommand, pid: u32, exit: &str, last_words: &str) {
         let mut started = Vec::new();
+        let mut local = true;
         {
             let mut state = self.state();
             state.stdins.remove(&pid);
             for id in &launch.ids {
                 if let Some(launched) = state.processes.get(id).filter(|l| l.pid == pid) {
-                    started.push((*id, launched.first_incarnation, launched.clone()));
+                    local = launched.launcher.reach() == Reach::ThisHost;
+                    started.push((*id, launched.first_incarnation));
                     state.processes.remove(id);
                 }
             }
         }
-        let local = launch.place == "localhost";
-        let exit = reason;
         let reason = if local {
             exit.to_owned()
         } else {
             format!("its {} process ({}) {exit}", launch.program, launch.place)
         };
-        for (id, first_incarnation, launched) in started {
+        for (id, first_incarnation) in started {
             let mut hub = lock(&self.hub);
             let registered = hub
                 .engine(id)
@@ -252,14 +247,8 @@ impl EnginePool {
             match registered {
                 Some(incarnation) => {
                     hub.engine_gone(id, Some(incarnation), &reason);
-                    if hub.take_interrupted(id, incarnation) {
-                        drop(hub);
-                        tracing::info!("engine {id} was interrupted; starting it again");
-                        let again = launched.launcher.for_restart(launch);
-                        if let Err(error) = self.start(&again, &[id], &launched.engine) {
-                            tracing::error!("could not restart engine {id}: {error}");
-                        }
-                    }
+                    drop(hub);
+                    self.restart_if_interrupted(id, incarnation);
                 }
                 None if hub
                     .engine(id)
@@ -345,11 +334,17 @@ impl EnginePool {
         if self.is_local_process(departure.id) == Some(departure.pid) {
             signal(departure.pid, libc::SIGKILL);
         }
-        let interrupted = lock(&self.hub).take_interrupted(departure.id, departure.incarnation);
-        if interrupted && self.started_here(departure.id) {
-            tracing::info!("engine {} was interrupted; starting it again", departure.id);
-            if let Err(error) = self.restart(departure.id) {
-                tracing::error!("could not restart engine {}: {error}", departure.id);
+        self.restart_if_interrupted(departure.id, departure.incarnation);
+    }
+
+    /// Starts engine `id` again, the way it was started, when process `incarnation` ended
+    /// because of an interrupt (however its end was seen: process exit, goodbye, silence).
+    fn restart_if_interrupted(&self, id: EngineId, incarnation: u64) {
+        let interrupted = lock(&self.hub).take_interrupted(id, incarnation);
+        if interrupted && self.started_here(id) {
+            tracing::info!("engine {id} was interrupted; starting it again");
+            if let Err(error) = self.restart(id) {
+                tracing::error!("could not restart engine {id}: {error}");
             }
         }
     }
