@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rustpx_kernel::launch::{self, EngineInvocation, LaunchOptions};
+use rustpx_kernel::launch::{self, LaunchOptions};
 
 /// The options of `rustpx engines start`.
 #[derive(Args)]
@@ -74,19 +74,11 @@ pub fn start(args: EnginesStart) -> Result<()> {
     };
     let launcher = launch::launcher_for(&options)?;
     let n = args.n.or(launcher.default_count()).unwrap_or(1);
-    let binary = match &args.engine {
-        Some(path) => PathBuf::from(path),
-        None => launcher.reach().default_binary(
-            &std::env::current_exe()?
-                .parent()
-                .map(|dir| dir.join("rustpx-engine"))
-                .context("cannot find the directory of this binary")?,
-        ),
-    };
-    let engine = EngineInvocation {
-        binary,
-        extra_args: args.engine_args.clone(),
-    };
+    let beside = std::env::current_exe()?
+        .parent()
+        .map(|dir| dir.join("rustpx-engine"))
+        .context("cannot find the directory of this binary")?;
+    let engine = options.invocation(&*launcher, &beside);
     let ids: Vec<u32> = (args.first_id..args.first_id + n).collect();
     let commands = launcher.commands(&ids, &engine)?;
     if args.print {

@@ -182,6 +182,20 @@ pub struct LaunchOptions {
     pub engine_args: Vec<String>,
 }
 
+impl LaunchOptions {
+    /// What `launcher` runs for these options: `--engine`, else the launcher's default given
+    /// this host's engine binary `local`, with the `--engine-arg`s.
+    pub fn invocation(&self, launcher: &dyn Launcher, local: &std::path::Path) -> EngineInvocation {
+        EngineInvocation {
+            binary: match &self.engine {
+                Some(path) => PathBuf::from(path),
+                None => launcher.reach().default_binary(local),
+            },
+            extra_args: self.engine_args.clone(),
+        }
+    }
+}
+
 /// The launchers users can name, for messages.
 pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm";
 
