@@ -12,8 +12,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use rustpx_protocol::{
     from_wire, to_wire, DisplayOutput, EngineExit, EngineId, Heartbeat, LinkMessage, ObjectData,
-    ObjectRequest, Platform, RegisterReply, RegisterRequest, RunReply, RunRequest, RunStatus,
-    ShutdownRequest, SignalRequest, StreamOutput,
+    ObjectRef, ObjectRequest, Platform, RegisterReply, RegisterRequest, RunReply, RunRequest,
+    RunStatus, ShippedFile, ShutdownRequest, SignalRequest, StreamOutput,
 };
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc::UnboundedSender;
@@ -121,6 +121,17 @@ pub struct Hub {
     refusals: Vec<String>,
     /// Engines gone without a process exit the pool saw, since the last look.
     departures: Vec<Departure>,
+}
+
+/// What a run request carries to an engine on another host; empty for one that shares the
+/// kernel's files.
+#[derive(Default)]
+struct Shipment {
+    objects: Vec<ObjectRef>,
+    files_in: Vec<ShippedFile>,
+    files_out: Vec<String>,
+    /// The bytes of `files_in`, in order, as the message's buffers.
+    buffers: Vec<Bytes>,
 }
 
 /// An engine that left: which process of which id.
@@ -333,18 +344,10 @@ impl Hub {
         entry.queue += 1;
         entry.state = EngineState::Busy;
         let identity = entry.identity.clone();
-        let (objects, files_in, files_out, buffers) = if entry.shares_files {
-            (Ok(Vec::new()), Vec::new(), Vec::new(), Vec::new())
+        let shipment = if entry.shares_files {
+            Ok(Shipment::default())
         } else {
-            let (files_in, files_out) = files.for_engine(engine);
-            let shipped = self
-                .catalog
-                .objects_for(std::path::Path::new(so_path))
-                .and_then(|objects| self.inputs.read(&files_in).map(|f| (objects, f)));
-            match shipped {
-                Ok((objects, (files_in, buffers))) => (Ok(objects), files_in, files_out, buffers),
-                Err(error) => (Err(error), Vec::new(), Vec::new(), Vec::new()),
-            }
+            self.shipment(engine, so_path, files)
         };
         let run_id = uuid::Uuid::new_v4().to_string();
         if let Some(record) = self
@@ -362,22 +365,25 @@ impl Hub {
                 engine,
                 incarnation,
                 done,
-                files_out: files_out.clone(),
+                files_out: shipment
+                    .as_ref()
+                    .map(|s| s.files_out.clone())
+                    .unwrap_or_default(),
             },
         );
-        match objects {
-            Ok(objects) => {
+        match shipment {
+            Ok(shipment) => {
                 let request = RunRequest {
                     run_id,
                     cell_id: cell_id.to_owned(),
                     so_path: so_path.to_owned(),
                     fn_name: fn_name.to_owned(),
-                    objects,
-                    files_in,
-                    files_out,
+                    objects: shipment.objects,
+                    files_in: shipment.files_in,
+                    files_out: shipment.files_out,
                 };
                 let mut message = to_wire(&self.session, &request);
-                message.buffers = buffers;
+                message.buffers = shipment.buffers;
                 let _ = self.outbox.send((identity, message));
             }
             Err(error) => {
@@ -401,6 +407,25 @@ impl Hub {
             }
         }
         receiver
+    }
+
+    /// What a run on engine `engine`, which does not share the kernel's files, carries: the
+    /// objects it needs and the data magic's input files with their bytes.
+    fn shipment(
+        &mut self,
+        engine: EngineId,
+        so_path: &str,
+        files: &CellFiles,
+    ) -> Result<Shipment, String> {
+        let (inputs, files_out) = files.for_engine(engine);
+        let objects = self.catalog.objects_for(std::path::Path::new(so_path))?;
+        let (files_in, buffers) = self.inputs.read(&inputs)?;
+        Ok(Shipment {
+            objects,
+            files_in,
+            files_out,
+            buffers,
+        })
     }
 
     /// Writes the files a run on another host sent back, before its reply is processed (the
@@ -435,7 +460,7 @@ impl Hub {
                 Ok(bytes) => (Some(bytes), None),
                 Err(error) => (None, Some(format!("{}: {error}", path.display()))),
             };
-            let object = rustpx_protocol::ObjectRef {
+            let object = ObjectRef {
                 name,
                 size: bytes.as_ref().map_or(0, |b| b.len() as u64),
                 sha256,
