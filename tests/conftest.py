@@ -6,6 +6,7 @@ so these tests drive exactly what a Jupyter user would start, over real ZeroMQ s
 import os
 import queue
 import re
+import subprocess
 import time
 
 import pytest
@@ -75,6 +76,12 @@ def still_running(pids, timeout=10):
         time.sleep(0.1)
         alive = [p for p in pids if running(p)]
     return alive
+
+
+def processes_matching(pattern):
+    """The pids whose command line matches `pattern` (an extended regex, as `pgrep -f` takes)."""
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
 
 
 def stream_text(msgs, name="stdout"):

@@ -20,7 +20,7 @@ import time
 import pytest
 
 import netns
-from conftest import Kernel, px_values, stream_text
+from conftest import Kernel, processes_matching, px_values, still_running, stream_text
 
 ENGINE_BIN = pathlib.Path(os.environ.get("RUSTPX_ENGINE_BIN", "")) if os.environ.get("RUSTPX_ENGINE_BIN") else None
 ID = 'let id: u32 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();'
@@ -300,13 +300,8 @@ def test_ssh_launcher_starts_engines_on_a_real_sshd(px, remote_engines, ssh_host
     # Stopping them ends the remote processes too (their ssh sessions close).
     reply, msgs, _ = px.execute(f"%engines stop {a},{b}")
     assert reply["status"] == "ok"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        left = subprocess.run(["pgrep", "-f", f"{binary} --id ({a}|{b}) --connect"], capture_output=True, text=True).stdout
-        if not left.strip():
-            break
-        time.sleep(0.2)
-    assert not left.strip(), f"remote engines still running: {left}"
+    left = still_running(processes_matching(f"{binary} --id ({a}|{b}) --connect"), timeout=15)
+    assert not left, f"remote engines still running: {left}"
 
 
 def test_ssh_failure_says_why(px, ssh_host):
@@ -350,14 +345,8 @@ def test_mpi_launcher_spreads_ranks_over_hosts_through_ssh(px, ssh_host, hosts, 
     assert px_values(msgs) == {a: f'"0 {hosts[0].name} false"', b: f'"1 {hosts[1].name} false"'}, msgs
     reply, _, _ = px.execute(f"%engines stop {a},{b}")
     assert reply["status"] == "ok"
-    deadline = time.monotonic() + 20
-    left = "?"
-    while time.monotonic() < deadline:
-        left = subprocess.run(["pgrep", "-f", f"-launcher-exec {wrapper}"], capture_output=True, text=True).stdout
-        if not left.strip():
-            break
-        time.sleep(0.2)
-    assert not left.strip(), f"mpiexec still running after %engines stop: {left}"
+    left = still_running(processes_matching(f"-launcher-exec {wrapper}"), timeout=20)
+    assert not left, f"mpiexec still running after %engines stop: {left}"
 
 
 def test_mpi_launcher_numbers_engines_by_rank(tmp_path):
@@ -373,12 +362,8 @@ def test_mpi_launcher_numbers_engines_by_rank(tmp_path):
         assert px_values(msgs) == {0: '"0"', 1: '"1"', 2: '"2"'}
         reply, msgs, _ = k.execute("%engines stop")
         assert reply["status"] == "ok"
-        left = subprocess.run(["pgrep", "-f", "mpiexec -n 3"], capture_output=True, text=True).stdout
-        deadline = time.monotonic() + 10
-        while left.strip() and time.monotonic() < deadline:
-            time.sleep(0.2)
-            left = subprocess.run(["pgrep", "-f", "mpiexec -n 3"], capture_output=True, text=True).stdout
-        assert not left.strip(), "mpiexec still running after %engines stop"
+        left = still_running(processes_matching("mpiexec -n 3"), timeout=10)
+        assert not left, f"mpiexec still running after %engines stop: {left}"
     finally:
         k.shutdown()
         if saved is None:
