@@ -22,6 +22,10 @@ use std::time::Duration;
 
 use super::fence::Fence;
 
+/// How long a query to the runtime may take: it answers between cells at once, so a silent
+/// runtime must not hold the evaluator (and every later cell) up.
+const QUERY_PATIENCE: Duration = Duration::from_secs(2);
+
 /// What evcxr's generated code prints when the cell panicked.
 const PANIC_MARKER: &str = "EVCXR_PANIC_NOTIFICATION";
 
@@ -97,7 +101,7 @@ impl Rerunner {
     /// How many cells evcxr has run in the child so far, and the last (`None` when the child
     /// cannot say: it is not connected).
     pub fn last_run(&mut self) -> Option<(u64, String, String)> {
-        let reply = self.request("LAST").ok()?;
+        let reply = self.request("LAST", Some(QUERY_PATIENCE)).ok()?;
         let mut words = reply.split(' ');
         match (words.next(), words.next(), words.next(), words.next()) {
             (Some("LAST"), Some(runs), Some(so), Some(function)) => {
@@ -120,17 +124,17 @@ impl Rerunner {
         if self.connection.is_none() || self.fences_enabled {
             return;
         }
-        match self.request("FENCES") {
+        match self.request("FENCES", Some(QUERY_PATIENCE)) {
             Ok(answer) if answer == "FENCES ON" => self.fences_enabled = true,
             Ok(answer) => tracing::debug!("the runtime does not write fences: {answer:?}"),
-            Err(error) => tracing::debug!("could not turn on output fences: {error}"),
+            Err(error) => tracing::warn!("could not turn on output fences: {error}"),
         }
     }
 
     /// Runs a compiled cell again in the child; returns the fence it wrote on stderr after the
     /// run, for the output pump to wait for.
     pub fn run(&mut self, so: &str, function: &str) -> Result<Option<Fence>, RerunError> {
-        let reply = self.request(&format!("RUN {so} {function}"))?;
+        let reply = self.request(&format!("RUN {so} {function}"), None)?;
         if let Some(reason) = reply.strip_prefix("FAILED ") {
             return Err(RerunError::Refused(reason.to_owned()));
         }
@@ -162,13 +166,17 @@ impl Rerunner {
     }
 
     /// Sends one request line and reads the answer line, on the newest connection.
-    fn request(&mut self, line: &str) -> Result<String, RerunError> {
+    /// A query (`LAST`, `FENCES`) gets `patience`; a run (`RUN`) may take as long as the cell.
+    fn request(&mut self, line: &str, patience: Option<Duration>) -> Result<String, RerunError> {
         self.accept_newest();
         let connection = self.connection.as_mut().ok_or(RerunError::NotConnected)?;
         let outcome = (|| {
             writeln!(connection.get_mut(), "{line}")?;
+            connection.get_ref().set_read_timeout(patience)?;
             let mut answer = String::new();
-            if connection.read_line(&mut answer)? == 0 {
+            let read = connection.read_line(&mut answer);
+            connection.get_ref().set_read_timeout(None)?;
+            if read? == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
             }
             Ok(answer.trim_end().to_owned())
