@@ -421,7 +421,6 @@ fn start_context() -> Result<Started, evcxr::Error> {
     ))
 }
 
-/// Empties the re-run cache before a cell that may change what cells compile against.
 /// Turns on the runtime's stdout fences if the runtime is new (see [`fence`]).
 fn enable_fences(rerunner: &mut Option<Rerunner>) {
     if let Some(rerunner) = rerunner {
@@ -429,6 +428,7 @@ fn enable_fences(rerunner: &mut Option<Rerunner>) {
     }
 }
 
+/// Empties the re-run cache before a cell that may change what cells compile against.
 fn forget_compiled_if_changed(rerunner: &mut Option<Rerunner>, code: &str) {
     if let Some(rerunner) = rerunner {
         if crate::cell_text::may_change_compilation(code) {
