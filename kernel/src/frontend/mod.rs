@@ -5,6 +5,7 @@
 //! own task. Nothing a client sends can stop these loops: an undecodable or badly signed message
 //! is logged and dropped.
 
+mod abort;
 mod kernel_info;
 mod publisher;
 mod shell;
@@ -12,6 +13,7 @@ mod shell;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use jupyter_protocol::ConnectionInfo;
 use rustpx_wire::zeromq::{
     PubSocket, RepSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage,
@@ -169,6 +171,10 @@ async fn receive(socket: &mut RouterSocket, signer: &Signer, channel: &str) -> O
     }
 }
 
+/// Serves shell requests in order. After a failed `execute_request` that asked for
+/// `stop_on_error` (every client's default, so that "Run All" stops at a failure), the execute
+/// requests already waiting on the socket are answered `aborted` without running, as ipykernel
+/// does; the first request that arrives after that queue is empty runs normally.
 async fn shell_loop(
     mut socket: RouterSocket,
     signer: Signer,
@@ -176,13 +182,39 @@ async fn shell_loop(
     publisher: Publisher,
     shutdown: mpsc::Sender<()>,
 ) {
+    let mut aborting = false;
     loop {
-        let Some(request) = receive(&mut socket, &signer, "shell").await else {
+        let received = if aborting {
+            // Only what has already arrived: one poll, no waiting (a timer, even of zero, lets
+            // a request sent after the queue emptied slip in).
+            match receive(&mut socket, &signer, "shell").now_or_never() {
+                Some(received) => received,
+                None => {
+                    aborting = false;
+                    continue;
+                }
+            }
+        } else {
+            receive(&mut socket, &signer, "shell").await
+        };
+        let Some(request) = received else {
             continue;
         };
         publisher.status(&request, "busy");
+        if aborting && request.msg_type() == "execute_request" {
+            tracing::info!("execute request aborted: an earlier cell failed (stop_on_error)");
+            let reply = abort::aborted_reply(&request);
+            if let Err(error) = socket.send(encode(&reply, &signer)).await {
+                tracing::warn!("shell: aborted reply failed: {error}");
+            }
+            publisher.status(&request, "idle");
+            continue;
+        }
         let reply = session.lock().await.handle_shell(&request).await;
         let stop = request.msg_type() == "shutdown_request";
+        if let Some(reply) = &reply {
+            aborting |= abort::stops_the_queue(&request, reply);
+        }
         if let Some(reply) = reply {
             if let Err(error) = socket.send(encode(&reply, &signer)).await {
                 tracing::warn!("shell: reply to {} failed: {error}", request.msg_type());
