@@ -79,20 +79,32 @@ def test_a_fault_on_one_engine(px, name):
     recover(px)
 
 
-def run_then(px, cell, action, delay=2.0):
-    """Starts `cell`, runs `action` after `delay` seconds, returns (reply, msgs, seconds to idle after action)."""
+def inside(marker):
+    """Code with which engine 1 says it is inside the cell: it writes `marker`."""
+    return f'std::fs::write("{marker}", "").unwrap();'
+
+
+def run_then(px, cell, action, marker):
+    """Starts `cell`, runs `action` once engine 1 is inside it (it wrote `marker`: on a loaded
+    machine a fixed delay can act before the cell reached the engine), returns (reply, msgs,
+    seconds to idle after action)."""
     msg_id = px.kc.execute(cell)
-    time.sleep(delay)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline, "engine 1 did not start the cell within 120 s"
+        time.sleep(0.05)
+    time.sleep(0.2)
     acted = time.monotonic()
     action()
     reply, msgs, times = px.collect(msg_id, timeout=120)
     return reply, msgs, times[-1] - acted
 
 
-def test_sigkill_from_outside(px):
+def test_sigkill_from_outside(px, tmp_path):
     pid = engine_pids(px)[1]
-    cell = f"%%px --no-stream\n{ID}\nif id == 1 {{ std::thread::sleep(std::time::Duration::from_secs(60)); }}\nid * 10"
-    reply, msgs, after = run_then(px, cell, lambda: os.kill(pid, signal.SIGKILL))
+    marker = tmp_path / "inside"
+    cell = f"%%px --no-stream\n{ID}\nif id == 1 {{ {inside(marker)} std::thread::sleep(std::time::Duration::from_secs(60)); }}\nid * 10"
+    reply, msgs, after = run_then(px, cell, lambda: os.kill(pid, signal.SIGKILL), marker)
     TIMES["SIGKILL from outside"] = round(after, 3)
     assert reply["ename"] == "CompositeError"
     assert "[1:execute]EngineError: Engine 1 died while running task" in reply["evalue"]
@@ -102,10 +114,11 @@ def test_sigkill_from_outside(px):
     recover(px)
 
 
-def test_sigstop_is_found_by_the_heartbeat(px):
+def test_sigstop_is_found_by_the_heartbeat(px, tmp_path):
     pid = engine_pids(px)[1]
-    cell = f"%%px --no-stream\n{ID}\nif id == 1 {{ std::thread::sleep(std::time::Duration::from_secs(60)); }}\nid * 10"
-    reply, msgs, after = run_then(px, cell, lambda: os.kill(pid, signal.SIGSTOP))
+    marker = tmp_path / "inside"
+    cell = f"%%px --no-stream\n{ID}\nif id == 1 {{ {inside(marker)} std::thread::sleep(std::time::Duration::from_secs(60)); }}\nid * 10"
+    reply, msgs, after = run_then(px, cell, lambda: os.kill(pid, signal.SIGSTOP), marker)
     TIMES["SIGSTOP (heartbeat lost)"] = round(after, 3)
     assert reply["ename"] == "CompositeError"
     assert "[1:execute]EngineError" in reply["evalue"]
@@ -116,9 +129,10 @@ def test_sigstop_is_found_by_the_heartbeat(px):
     recover(px)
 
 
-def test_a_busy_loop_stopped_by_an_interrupt(px):
-    cell = f"%%px\n{ID}\nif id == 1 {{ loop {{ std::hint::spin_loop(); }} }}\nid * 10"
-    reply, msgs, after = run_then(px, cell, px.km.interrupt_kernel)
+def test_a_busy_loop_stopped_by_an_interrupt(px, tmp_path):
+    marker = tmp_path / "inside"
+    cell = f"%%px\n{ID}\nif id == 1 {{ {inside(marker)} loop {{ std::hint::spin_loop(); }} }}\nid * 10"
+    reply, msgs, after = run_then(px, cell, px.km.interrupt_kernel, marker)
     TIMES["busy loop + interrupt"] = round(after, 3)
     assert reply["status"] == "ok"
     err = stream_text(msgs, "stderr")
