@@ -278,6 +278,7 @@ fn fail_all(hub: &Arc<Mutex<Hub>>, job: &CompileJob, message: &str) {
                 ename: "KernelError".into(),
                 evalue: message.to_owned(),
                 traceback: vec![],
+                shared_by: Vec::new(),
             }),
         );
     }
@@ -381,6 +382,7 @@ fn compile_and_run<S: Clone>(
                     traceback: vec![format!(
                         "EngineError: Engine {gone} is not running; restart it with `%engines restart {gone}`"
                     )],
+                    shared_by: Vec::new(),
                 }),
             );
         }
@@ -397,6 +399,7 @@ fn compile_and_run<S: Clone>(
                         ename: "UsageError".into(),
                         evalue: message.clone(),
                         traceback: vec![],
+                        shared_by: Vec::new(),
                     }),
                 );
             }
@@ -465,12 +468,16 @@ fn compile_and_run<S: Clone>(
                 None
             }
             Err(evcxr::Error::CompilationErrors(errors)) => {
-                Some(compile_error_report(&errors, &code).into())
+                let mut error: EngineError = compile_error_report(&errors, &code).into();
+                // One compile, one error: every engine of the group shares it.
+                error.shared_by = members.clone();
+                Some(error)
             }
             Err(other) => Some(EngineError {
                 ename: "Error".into(),
                 evalue: other.to_string(),
                 traceback: vec![],
+                shared_by: Vec::new(),
             }),
         };
         let mut hub = lock(hub);

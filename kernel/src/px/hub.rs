@@ -335,6 +335,7 @@ impl Hub {
                         record.task_id
                     ),
                     traceback: vec![format!("EngineError: {why}; the cell did not run there")],
+                    shared_by: Vec::new(),
                 }));
             }
             self.notify(cell_id, CellEvent::EngineDone { engine });
@@ -568,6 +569,7 @@ impl Hub {
                         format!("panicked at {location}: {message}"),
                         "Variables this cell defined were not kept on this engine.".into(),
                     ],
+                    shared_by: Vec::new(),
                 }),
                 RunStatus::UserError => {
                     let last = record
@@ -580,12 +582,14 @@ impl Hub {
                         ename: "Error".into(),
                         evalue: last.clone(),
                         traceback: vec![format!("Error: {last}")],
+                        shared_by: Vec::new(),
                     })
                 }
                 RunStatus::LoadFailed { message } => Some(EngineError {
                     ename: "LoadError".into(),
                     evalue: message.clone(),
                     traceback: vec![],
+                    shared_by: Vec::new(),
                 }),
             };
             let failed = error.is_some();
@@ -651,6 +655,7 @@ impl Hub {
                         ),
                         format!("{lost_text} Restart it with `%engines restart {id}`."),
                     ],
+                    shared_by: Vec::new(),
                 }));
             }
             self.notify(&run.cell_id, CellEvent::EngineDone { engine: id });

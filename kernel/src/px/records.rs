@@ -14,6 +14,10 @@ pub struct EngineError {
     pub ename: String,
     pub evalue: String,
     pub traceback: Vec<String>,
+    /// Every engine that has this very error, in id order, when one compile served a whole
+    /// group: the error is shown once, labelled with all of them (`[0-31:execute]`). Empty
+    /// when the error is this engine's own (a panic, a death).
+    pub shared_by: Vec<EngineId>,
 }
 
 impl From<crate::evaluator::ErrorReport> for EngineError {
@@ -22,6 +26,7 @@ impl From<crate::evaluator::ErrorReport> for EngineError {
             ename: report.ename,
             evalue: report.evalue,
             traceback: report.traceback,
+            shared_by: Vec::new(),
         }
     }
 }

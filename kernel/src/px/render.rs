@@ -93,14 +93,54 @@ pub fn stream_display_text(engine: EngineId, name: &str, text: &str) -> String {
     format!("[{name}:{engine}] {text}")
 }
 
-/// The stderr text shown as an engine fails during a streamed run.
+/// The stderr text shown as an engine fails during a streamed run. An error shared by a group
+/// (one compile) is shown once, by its first engine, labelled with all of them; the others
+/// show nothing.
 pub fn streamed_failure(record: &EngineRecord) -> String {
     let Some(error) = &record.error else {
         return String::new();
     };
-    let mut lines = vec![format!("[{}:execute]:", record.engine)];
+    if error
+        .shared_by
+        .first()
+        .is_some_and(|&first| first != record.engine)
+    {
+        return String::new();
+    }
+    let mut lines = vec![format!("[{}:execute]:", error_label(record.engine, error))];
     lines.extend(error_lines(error));
     lines.join("\n") + "\n"
+}
+
+/// Who an error belongs to: the engine, or every engine that shares it.
+fn error_label(engine: EngineId, error: &EngineError) -> String {
+    if error.shared_by.len() > 1 {
+        engine_ranges(&error.shared_by)
+    } else {
+        engine.to_string()
+    }
+}
+
+/// Sorted engine ids as runs, the way a person writes them: `0-31`, `0,2`, `0-3,5,7-9`.
+pub fn engine_ranges(ids: &[EngineId]) -> String {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(EngineId, EngineId)> = Vec::new();
+    for id in sorted {
+        match runs.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(id) => *end = id,
+            _ => runs.push((id, id)),
+        }
+    }
+    runs.iter()
+        .map(|&(start, end)| match end - start {
+            0 => start.to_string(),
+            1 => format!("{start},{end}"),
+            _ => format!("{start}-{end}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn error_lines(error: &EngineError) -> Vec<String> {
@@ -273,24 +313,39 @@ pub fn final_error(cell: &CellRecord) -> Option<EngineError> {
             ));
         }
     }
+    // One traceback per distinct error: a shared compile error is drawn once for its group.
     let mut traceback = Vec::new();
-    for record in failures.iter().take(TB_LIMIT) {
-        if let Some(error) = &record.error {
-            traceback.push(format!("[{}:execute]:", record.engine));
-            traceback.extend(error_lines(error));
-            traceback.push(String::new());
+    let mut drawn = 0;
+    let mut covered = 0;
+    for record in &failures {
+        let Some(error) = &record.error else { continue };
+        if error
+            .shared_by
+            .first()
+            .is_some_and(|&first| first != record.engine)
+        {
+            continue;
         }
+        if drawn == TB_LIMIT {
+            break;
+        }
+        traceback.push(format!("[{}:execute]:", error_label(record.engine, error)));
+        traceback.extend(error_lines(error));
+        traceback.push(String::new());
+        drawn += 1;
+        covered += error.shared_by.len().max(1);
     }
-    if failures.len() > TB_LIMIT {
+    if failures.len() > covered {
         traceback.push(format!(
             "... {} more exceptions ...",
-            failures.len() - TB_LIMIT
+            failures.len() - covered
         ));
     }
     Some(EngineError {
         ename: "CompositeError".into(),
         evalue,
         traceback,
+        shared_by: Vec::new(),
     })
 }
 
@@ -313,6 +368,7 @@ pub fn already_displayed(cell: &CellRecord) -> Option<EngineError> {
         ename: "AlreadyDisplayedError".into(),
         evalue: text.clone(),
         traceback: vec![text],
+        shared_by: Vec::new(),
     })
 }
 
@@ -452,6 +508,7 @@ mod tests {
             ename: "Panic".into(),
             evalue: format!("boom {id}"),
             traceback: vec![format!("panicked at src/lib.rs:1:1: boom {id}")],
+            shared_by: Vec::new(),
         }));
     }
 
@@ -486,6 +543,91 @@ mod tests {
             ("AlreadyDisplayedError", "2 errors")
         );
         assert!(streamed_failure(&c.engines[&1]).starts_with("[1:execute]:\npanicked at"));
+    }
+
+    fn failing_to_compile(c: &mut CellRecord, group: &[EngineId]) {
+        let error = EngineError {
+            ename: "CompileError".into(),
+            evalue: "mismatched types".into(),
+            traceback: vec!["error[E0308]: mismatched types".into()],
+            shared_by: group.to_vec(),
+        };
+        for id in group {
+            c.engines.get_mut(id).unwrap().finish(Some(error.clone()));
+        }
+    }
+
+    #[test]
+    fn engine_ranges_are_written_as_runs() {
+        assert_eq!(engine_ranges(&(0..32).collect::<Vec<_>>()), "0-31");
+        assert_eq!(engine_ranges(&[2, 0]), "0,2");
+        assert_eq!(engine_ranges(&[0, 1]), "0,1");
+        assert_eq!(engine_ranges(&[9, 0, 1, 2, 3, 5, 7, 8]), "0-3,5,7-9");
+        assert_eq!(engine_ranges(&[4]), "4");
+    }
+
+    #[test]
+    fn a_shared_compile_error_streams_once_with_every_engine() {
+        let mut c = cell((0..4).collect(), false);
+        failing_to_compile(&mut c, &[0, 1, 2, 3]);
+        assert_eq!(
+            streamed_failure(&c.engines[&0]),
+            "[0-3:execute]:\nerror[E0308]: mismatched types\n"
+        );
+        for id in 1..4 {
+            assert_eq!(streamed_failure(&c.engines[&id]), "");
+        }
+        // Counted once per engine.
+        assert_eq!(already_displayed(&c).unwrap().evalue, "4 errors");
+    }
+
+    #[test]
+    fn a_shared_compile_error_is_drawn_once_in_a_composite_error() {
+        let mut c = cell((0..6).collect(), false);
+        failing_to_compile(&mut c, &[0, 2, 3, 4, 5]);
+        failing(&mut c, 1);
+        let e = final_error(&c).unwrap();
+        // Each engine is listed once in the evalue.
+        assert_eq!(e.evalue.lines().count(), 7);
+        assert!(e
+            .evalue
+            .contains("\n[4:execute]CompileError: mismatched types"));
+        assert_eq!(
+            e.traceback,
+            vec![
+                "[0,2-5:execute]:",
+                "error[E0308]: mismatched types",
+                "",
+                "[1:execute]:",
+                "panicked at src/lib.rs:1:1: boom 1",
+                "",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_traceback_limit_counts_drawn_errors_and_names_the_rest() {
+        let mut c = cell((0..8).collect(), false);
+        failing_to_compile(&mut c, &[0, 1]);
+        for id in 2..8 {
+            failing(&mut c, id);
+        }
+        let e = final_error(&c).unwrap();
+        let headers: Vec<&String> = e
+            .traceback
+            .iter()
+            .filter(|l| l.ends_with(":execute]:"))
+            .collect();
+        assert_eq!(
+            headers,
+            vec![
+                "[0,1:execute]:",
+                "[2:execute]:",
+                "[3:execute]:",
+                "[4:execute]:"
+            ]
+        );
+        assert_eq!(e.traceback.last().unwrap(), "... 3 more exceptions ...");
     }
 
     #[test]

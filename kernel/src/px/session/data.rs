@@ -371,6 +371,7 @@ impl PxService {
                     ename: report.ename,
                     evalue: report.evalue,
                     traceback: vec![],
+                    shared_by: Vec::new(),
                 },
             )]
         };
