@@ -224,6 +224,34 @@ def bench_solo_evcxr(results):
     results["start one evcxr context on its own (s)"] = round(statistics.median(samples), 3)
 
 
+FIRST_CELL_RUNS = 3
+
+
+def first_cell_seconds(kernel_name):
+    """A fresh kernel: seconds from starting it (start_new_kernel) until the reply of `1 + 1`."""
+    k = Timed(kernel_name)
+    try:
+        k.run("1 + 1")
+        return time.monotonic() - k.started
+    finally:
+        k.close()
+
+
+def bench_first_cell(results):
+    """The first thing a user waits for: a new kernel's first plain cell, rustpx against
+    evcxr_jupyter (the same evcxr, one context, no engines), alternating, in the same run."""
+    baseline = os.environ.get("RUSTPX_BENCH_EVCXR_KERNEL")
+    ours, theirs = [], []
+    for i in range(FIRST_CELL_RUNS):
+        print(f"first plain cell, run {i + 1} of {FIRST_CELL_RUNS} ...", flush=True)
+        ours.append(first_cell_seconds("rustpx"))
+        if baseline:
+            theirs.append(first_cell_seconds(baseline))
+    results["rustpx kernel start until the first `1 + 1` replied (s)"] = round(statistics.median(ours), 3)
+    if theirs:
+        results["evcxr_jupyter kernel start until the first `1 + 1` replied (s)"] = round(statistics.median(theirs), 3)
+
+
 def bench_plain(runs, results):
     print("plain cells (the kernel's own evcxr context) ...", flush=True)
     k = Timed("rustpx")
@@ -396,10 +424,13 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
-    parser.add_argument("--only", choices=["cells", "transfer", "scale", "sent"], help="run one part of the benchmark")
+    parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent"],
+                        help="run one part of the benchmark")
     args = parser.parse_args()
     load_before = load()
     results = {}
+    if args.only in (None, "first-cell"):
+        bench_first_cell(results)
     if args.only in (None, "cells"):
         bench_solo_evcxr(results)
         bench_plain(args.runs, results)
@@ -422,6 +453,9 @@ def main():
     for label in CELLS:
         ratios[f"%px {label} n=4 / plain"] = ratio(results.get(f"%px {label}, n=4"), results.get(f"plain {label}"))
         ratios[f"%px {label} n=8 / n=1"] = ratio(results.get(f"%px {label}, n=8"), results.get(f"%px {label}, n=1"))
+    ratios["first plain cell of a new kernel, rustpx / evcxr_jupyter"] = ratio(
+        results.get("rustpx kernel start until the first `1 + 1` replied (s)"),
+        results.get("evcxr_jupyter kernel start until the first `1 + 1` replied (s)"))
     ratios["re-run of compiled cell, rustpx / ipyparallel"] = ratio(
         results.get("%px re-run of a compiled cell, n=4"), results.get("ipyparallel %px 1+1, n=4"))
     ratios["pool of 4 start / one evcxr context start"] = ratio(
@@ -475,6 +509,9 @@ def main():
         target = next((t for k, t in targets.items() if k in key), None)
         verdict = "" if target is None or value is None else ("  (target <= %.1f: %s)" % (target, "met" if value <= target else "NOT met"))
         print(f"  {key:<{width}}  {value}{verdict}")
+    first_cell = results.get("rustpx kernel start until the first `1 + 1` replied (s)")
+    if first_cell is not None:
+        print(f"  {'first plain cell under 4 s':<{width}}  {'met' if first_cell < 4 else 'NOT met'} ({first_cell} s)")
     rerun = results.get("%px re-run of a compiled cell, n=4")
     if rerun is not None:
         print(f"  {'re-run of a compiled cell under 10 ms':<{width}}  {'met' if rerun < 10 else 'NOT met'} ({rerun} ms)")

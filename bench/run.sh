@@ -9,6 +9,8 @@
 #                                     # that fetch every cell, as on other hosts, against local ones)
 #   bash bench/run.sh --only scale    # only a 32-engine pool: registration time and %px latency,
 #                                     # against ipyparallel's Cluster(n=32) (about 1 minute on 2 cores)
+#   bash bench/run.sh --only first-cell  # a new kernel's first plain cell, against evcxr_jupyter's
+#                                        # (built once from crates.io: about 30 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -20,5 +22,19 @@ if ! python -c "import ipyparallel, ipykernel, numpy" 2>/dev/null; then
   pip install --quiet --disable-pip-version-check ipyparallel ipykernel numpy
 fi
 python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# The first-cell baseline is evcxr_jupyter of the same evcxr release, built once from crates.io with
+# the lock file it was published with (an unlocked build fails: salsa 0.28.5 breaks it).
+if [[ " $* " != *" --only "* || " $* " == *" first-cell "* ]]; then
+  tools="${RUSTPX_BENCH_TOOLS:-$HOME/.cache/rustpx/bench-tools}"
+  if [ ! -x "$tools/bin/evcxr_jupyter" ]; then
+    step "cargo install evcxr_jupyter 0.22.0 --locked (the first-cell baseline, built once)"
+    cargo install --quiet evcxr_jupyter --version =0.22.0 --locked --root "$tools"
+  fi
+  spec="$RUSTPX_VENV/share/jupyter/kernels/evcxr-baseline"
+  mkdir -p "$spec"
+  printf '{"argv": ["%s", "--control_file", "{connection_file}"], "display_name": "Rust (evcxr_jupyter)", "language": "rust"}\n' \
+    "$tools/bin/evcxr_jupyter" >"$spec/kernel.json"
+  export RUSTPX_BENCH_EVCXR_KERNEL=evcxr-baseline
+fi
 mkdir -p bench/results
 RUSTPX_LOG=error python bench/run.py --json bench/results/latest.json "$@"

@@ -64,9 +64,6 @@ pub struct CompletionList {
 
 /// Work for the evaluator thread.
 enum Job {
-    /// Start evcxr now (sent once the px compiler is up, so the two do not compete for the CPU
-    /// at kernel start; the first plain cell starts it too).
-    Start,
     Execute {
         request: Box<WireMessage>,
         code: String,
@@ -136,24 +133,20 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// Starts the evaluator thread. evcxr starts (and warms up) in the background; jobs queue
-    /// behind it, so the kernel answers `kernel_info` at once.
-    pub fn spawn(publisher: Publisher) -> Evaluator {
+    /// Starts the evaluator thread. evcxr starts (and warms up) at once in the background, ahead
+    /// of anything else the kernel starts, because the first plain cell waits for it; jobs queue
+    /// behind it, so the kernel answers `kernel_info` at once. `when_ready` is called once the
+    /// context is up (or failed to start): the px compiler starts then, so that the two contexts
+    /// do not compete for a small machine's CPUs.
+    pub fn spawn(publisher: Publisher, when_ready: Box<dyn FnOnce() + Send>) -> Evaluator {
         let (jobs, receiver) = mpsc::channel();
         let interrupter = Interrupter::default();
         let thread_interrupter = interrupter.clone();
         std::thread::Builder::new()
             .name("evaluator".into())
-            .spawn(move || run(receiver, publisher, thread_interrupter))
+            .spawn(move || run(receiver, publisher, thread_interrupter, when_ready))
             .ok();
         Evaluator { jobs, interrupter }
-    }
-
-    /// A handle that tells the evaluator to start its context now (if no cell has yet): when
-    /// called, or when dropped uncalled (the px side failed before it could say it was ready).
-    pub fn starter(&self) -> impl FnOnce() + Send + 'static {
-        let guard = StartOnDrop(self.jobs.clone());
-        move || drop(guard)
     }
 
     /// Runs a plain cell: its output goes to iopub under `request`, the outcome comes back.
@@ -239,15 +232,6 @@ impl Evaluator {
     }
 }
 
-/// Sends `Job::Start` when dropped.
-struct StartOnDrop(mpsc::Sender<Job>);
-
-impl Drop for StartOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.send(Job::Start);
-    }
-}
-
 fn evaluator_gone() -> ErrorReport {
     ErrorReport {
         ename: "KernelError".into(),
@@ -256,18 +240,13 @@ fn evaluator_gone() -> ErrorReport {
     }
 }
 
-/// How long the plain context waits for the px compiler before starting anyway.
-const START_AT_THE_LATEST: std::time::Duration = std::time::Duration::from_secs(20);
-
 /// The evaluator thread: start evcxr, then serve jobs until the front end goes away.
-fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter) {
-    // Wait for the px compiler to be up (or for a first job): two evcxr contexts starting at once
-    // on a small machine make both slow.
-    let first = match jobs.recv_timeout(START_AT_THE_LATEST) {
-        Ok(Job::Start) | Err(mpsc::RecvTimeoutError::Timeout) => None,
-        Ok(job) => Some(job),
-        Err(mpsc::RecvTimeoutError::Disconnected) => return,
-    };
+fn run(
+    jobs: mpsc::Receiver<Job>,
+    publisher: Publisher,
+    interrupter: Interrupter,
+    when_ready: Box<dyn FnOnce() + Send>,
+) {
     let started = std::time::Instant::now();
     let context = match start_context() {
         Ok((context, outputs, rerunner)) => {
@@ -280,10 +259,10 @@ fn run(jobs: mpsc::Receiver<Job>, publisher: Publisher, interrupter: Interrupter
             Err(error)
         }
     };
+    when_ready();
     let mut context = context;
-    for job in first.into_iter().chain(jobs.iter()) {
+    for job in jobs.iter() {
         match (&mut context, job) {
-            (_, Job::Start) => {}
             (
                 Ok((context, pump, rerunner)),
                 Job::Execute {

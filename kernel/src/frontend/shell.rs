@@ -23,8 +23,8 @@ pub struct Session {
 
 impl Session {
     pub async fn new(publisher: Publisher) -> Session {
-        let evaluator = Evaluator::spawn(publisher.clone());
-        let px = PxService::start(publisher.clone(), Box::new(evaluator.starter())).await;
+        let px = PxService::start(publisher.clone()).await;
+        let evaluator = Evaluator::spawn(publisher.clone(), Box::new(px.compiler_warm_up()));
         Session {
             publisher,
             evaluator,

@@ -103,26 +103,39 @@ fn run_on_engines(
     summary
 }
 
+/// What the compiler thread is asked to do.
+enum Request {
+    /// Bring the evcxr context up now (the plain context is ready, the machine is free).
+    Start,
+    Compile(CompileJob),
+}
+
 /// The front end's handle: submit cells; they run in order.
 #[derive(Clone)]
 pub struct Compiler {
-    jobs: std_mpsc::Sender<CompileJob>,
+    requests: std_mpsc::Sender<Request>,
 }
 
 impl Compiler {
-    /// Starts the compiler thread: its evcxr context comes up in the background, then `ready`
-    /// is called (also when it failed to start).
-    pub fn start(hub: Arc<Mutex<Hub>>, ready: Box<dyn FnOnce() + Send>) -> Compiler {
-        let (jobs, receiver) = std_mpsc::channel();
+    /// Starts the compiler thread. Its evcxr context comes up when [`Compiler::warm_up`] is
+    /// called or when the first cell arrives, whichever is first: the kernel's plain context
+    /// starts first, because the first plain cell waits for it.
+    pub fn start(hub: Arc<Mutex<Hub>>) -> Compiler {
+        let (requests, receiver) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("px-compiler".into())
-            .spawn(move || run(receiver, hub, ready))
+            .spawn(move || run(receiver, hub))
             .ok();
-        Compiler { jobs }
+        Compiler { requests }
+    }
+
+    /// Starts the evcxr context now, if no cell has started it yet.
+    pub fn warm_up(&self) {
+        let _ = self.requests.send(Request::Start);
     }
 
     pub fn submit(&self, job: CompileJob) -> bool {
-        self.jobs.send(job).is_ok()
+        self.requests.send(Request::Compile(job)).is_ok()
     }
 }
 
@@ -201,15 +214,21 @@ fn drain(outputs: EvalContextOutputs) {
     });
 }
 
-fn run(
-    jobs: std_mpsc::Receiver<CompileJob>,
-    hub: Arc<Mutex<Hub>>,
-    ready: Box<dyn FnOnce() + Send>,
-) {
+fn run(requests: std_mpsc::Receiver<Request>, hub: Arc<Mutex<Hub>>) {
+    let first = match requests.recv() {
+        Ok(Request::Start) => None,
+        Ok(Request::Compile(job)) => Some(job),
+        Err(_) => return,
+    };
+    let jobs = first
+        .into_iter()
+        .chain(requests.iter().filter_map(|r| match r {
+            Request::Start => None,
+            Request::Compile(job) => Some(job),
+        }));
     let current: Arc<Mutex<Option<Current>>> = Arc::default();
     let started = std::time::Instant::now();
     let context = start_context(&hub, &current);
-    ready();
     let (mut context, outputs) = match context {
         Ok(ready) => {
             tracing::info!("px compiler ready in {:?}", started.elapsed());

@@ -247,10 +247,8 @@ fn to_report(error: EngineError) -> ErrorReport {
 impl PxService {
     /// Binds the hub (loopback, fresh key) and starts the compiler in the background. Engines
     /// start at the first `%px`.
-    pub async fn start(publisher: Publisher, ready: Box<dyn FnOnce() + Send>) -> PxService {
-        let machinery = Self::start_machinery(ready)
-            .await
-            .map_err(|e| e.to_string());
+    pub async fn start(publisher: Publisher) -> PxService {
+        let machinery = Self::start_machinery().await.map_err(|e| e.to_string());
         if let Err(error) = &machinery {
             tracing::error!("the parallel magics are unavailable: {error}");
         }
@@ -273,7 +271,18 @@ impl PxService {
         }
     }
 
-    async fn start_machinery(ready: Box<dyn FnOnce() + Send>) -> Result<Machinery, PxError> {
+    /// Starts the px compiler's context now (called once the plain context is up); the first
+    /// `%px` starts it anyway.
+    pub fn compiler_warm_up(&self) -> impl FnOnce() + Send + 'static {
+        let compiler = self.machinery.as_ref().ok().map(|m| m.compiler.clone());
+        move || {
+            if let Some(compiler) = compiler {
+                compiler.warm_up();
+            }
+        }
+    }
+
+    async fn start_machinery() -> Result<Machinery, PxError> {
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let hub = Arc::new(Mutex::new(Hub::new(outbox)));
         let address = HubAddress::from_environment().map_err(PxError::HubAddress)?;
@@ -286,7 +295,7 @@ impl PxService {
             }
         })
         .await?;
-        let compiler = Compiler::start(hub.clone(), ready);
+        let compiler = Compiler::start(hub.clone());
         super::stale_files::sweep(&crate::paths::runtime_dir(), &data::transfer_base());
         let connection_file = match super::connection_file::write(&connection) {
             Ok(path) => {
