@@ -16,7 +16,7 @@ if ! python -c "import jupyterlab" 2>/dev/null; then
   step "install JupyterLab into the venv (to open the notebooks afterwards)"
   pip install --quiet --disable-pip-version-check jupyterlab
 fi
-step "run notebooks/01-tour.ipynb with ${RUSTPX_ENGINES:-$(nproc)} engines"
+step "run notebooks/01-tour.ipynb (it starts four local engines)"
 RUSTPX_LOG="${RUSTPX_LOG:-warn}" python scripts/run_notebook.py notebooks/01-tour.ipynb --save /tmp/rustpx-tour-executed.ipynb
 cat <<EOM
 
