@@ -254,6 +254,19 @@ def test_a_compile_error_is_shown_once_for_every_engine_of_the_compile(px):
     assert err.count(":execute]") == 1
 
 
+def test_extreme_magic_arguments_are_answered_and_the_kernel_goes_on(px):
+    """A slice step at i64's limit used to overflow and kill the shell loop; an engine count of
+    2^32-1 would build a 16 GiB id list."""
+    reply, msgs, _ = px.execute('%%px -t 1::9223372036854775807\nprintln!("slice");')
+    assert reply["status"] == "ok"
+    assert final_stream_displays(msgs) == ["[stdout:1] slice\n"]
+    reply, _, _ = px.execute("%engines start -n 4294967295")
+    assert reply["ename"] == "UsageError"
+    assert "more than one start may ask for (65536)" in reply["evalue"]
+    reply, _, _ = px.execute("%px 1")
+    assert reply["status"] == "ok"
+
+
 def test_divergent_engines_get_a_clean_compile_error_not_a_crash(px):
     reply, _, _ = px.execute("%%px -t 0,1\nlet only_here = 7;")
     assert reply["status"] == "ok"

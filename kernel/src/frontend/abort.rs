@@ -31,6 +31,33 @@ pub fn aborted_reply(request: &WireMessage) -> WireMessage {
     reply
 }
 
+/// The reply to a request whose handler panicked: an error the client shows, instead of a
+/// shell loop that never answers again. The kernel goes on serving.
+pub fn panicked_reply(request: &WireMessage, panic: &(dyn std::any::Any + Send)) -> WireMessage {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    tracing::error!("the {} handler panicked: {what}", request.msg_type());
+    let evalue = format!(
+        "rustpx failed while handling this {} ({what}); the kernel keeps running. Please report this as a bug.",
+        request.msg_type()
+    );
+    let reply_type = format!(
+        "{}_reply",
+        request
+            .msg_type()
+            .strip_suffix("_request")
+            .unwrap_or(request.msg_type())
+    );
+    WireMessage::reply_to(
+        request,
+        &reply_type,
+        json!({"status": "error", "ename": "KernelError", "evalue": evalue, "traceback": [format!("KernelError: {evalue}")]}),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +96,20 @@ mod tests {
     fn other_requests_never_stop_it() {
         let info = WireMessage::new("kernel_info_request", "session", json!({}));
         assert!(!stops_the_queue(&info, &reply("error")));
+    }
+
+    #[test]
+    fn a_panicking_handler_becomes_an_error_reply() {
+        let request = execute(json!({"code": "%%px -t 1::9"}));
+        let payload: Box<dyn std::any::Any + Send> = Box::new("attempt to add with overflow");
+        let reply = panicked_reply(&request, payload.as_ref());
+        assert_eq!(reply.msg_type(), "execute_reply");
+        assert_eq!(reply.content["status"], "error");
+        assert_eq!(reply.content["ename"], "KernelError");
+        assert!(reply.content["evalue"]
+            .as_str()
+            .unwrap()
+            .contains("attempt to add with overflow"));
     }
 
     #[test]

@@ -210,7 +210,13 @@ async fn shell_loop(
             publisher.status(&request, "idle");
             continue;
         }
-        let reply = session.lock().await.handle_shell(&request).await;
+        let reply = {
+            let mut session = session.lock().await;
+            std::panic::AssertUnwindSafe(session.handle_shell(&request))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Some(abort::panicked_reply(&request, panic.as_ref())))
+        };
         let stop = request.msg_type() == "shutdown_request";
         if let Some(reply) = &reply {
             aborting |= abort::stops_the_queue(&request, reply);

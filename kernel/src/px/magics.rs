@@ -610,6 +610,10 @@ fn ids(items: &[String], what: &str) -> Result<Vec<u32>, UsageError> {
 /// The options of `%engines start`, shown with its usage errors.
 const START_USAGE: &str = "%engines start [-n N] [--launcher local|ssh|mpi|slurm] [--hosts HOST:N,...] [--engine PATH] [--launcher-arg ARG]... [--engine-arg ARG]... [--print]";
 
+/// The most engines one `%engines start` may ask for: far beyond one machine's pool (1024 run on
+/// 2 cores), well below what would exhaust the kernel building their records.
+pub const MAX_ENGINES_PER_START: u32 = 65_536;
+
 fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
     let mut n = None;
     let mut launch = LaunchOptions::default();
@@ -631,6 +635,11 @@ fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
                     .map_err(|_| UsageError(format!("argument -n: invalid int value: '{v}'")))?;
                 if count == 0 {
                     return Err(UsageError("argument -n: start at least 1 engine".into()));
+                }
+                if count > MAX_ENGINES_PER_START {
+                    return Err(UsageError(format!(
+                        "argument -n: {count} engines is more than one start may ask for ({MAX_ENGINES_PER_START}); start them in several steps"
+                    )));
                 }
                 n = Some(count);
             }

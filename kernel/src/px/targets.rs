@@ -139,14 +139,15 @@ fn slice(
         let end = clamp(stop.map(norm).unwrap_or(len), 0, len);
         while i < end {
             out.push(seq[i as usize]);
-            i += step;
+            // Saturating: a step near i64::MAX ends the walk instead of overflowing.
+            i = i.saturating_add(step);
         }
     } else {
         let mut i = clamp(start.map(norm).unwrap_or(len - 1), -1, len - 1);
         let end = clamp(stop.map(norm).unwrap_or(-1), -1, len - 1);
         while i > end {
             out.push(seq[i as usize]);
-            i += step;
+            i = i.saturating_add(step);
         }
     }
     out
@@ -191,6 +192,17 @@ mod tests {
         assert!(parse("1:2:3:4").is_err());
         assert!(parse("::0").unwrap_err().0.contains("zero"));
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn extreme_slices_end_instead_of_overflowing() {
+        assert_eq!(run("1::9223372036854775807"), vec![1]);
+        assert_eq!(run("::-9223372036854775808"), vec![3]);
+        assert_eq!(
+            run("-9223372036854775808:9223372036854775807"),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(run("9223372036854775807::-1"), vec![3, 2, 1, 0]);
     }
 
     #[test]
