@@ -21,6 +21,8 @@ use rustpx_wire::zeromq::{
 use rustpx_wire::{decode, encode, Signer, WireMessage};
 use serde_json::json;
 use thiserror::Error;
+
+use crate::drop_report::DropReport;
 use tokio::sync::{mpsc, Mutex};
 
 pub use publisher::Publisher;
@@ -152,12 +154,16 @@ async fn heartbeat(mut hb: RepSocket) {
     }
 }
 
-/// Receives and verifies one message; `None` when it was dropped (already logged).
-async fn receive(socket: &mut RouterSocket, signer: &Signer, channel: &str) -> Option<WireMessage> {
+/// Receives and verifies one message; `None` when it was dropped (counted in `drops`).
+async fn receive(
+    socket: &mut RouterSocket,
+    signer: &Signer,
+    drops: &mut DropReport,
+) -> Option<WireMessage> {
     let frames: ZmqMessage = match socket.recv().await {
         Ok(frames) => frames,
         Err(error) => {
-            tracing::warn!("{channel}: receive failed: {error}");
+            drops.dropped(&format_args!("receive failed: {error}"));
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             return None;
         }
@@ -165,7 +171,7 @@ async fn receive(socket: &mut RouterSocket, signer: &Signer, channel: &str) -> O
     match decode(frames, signer) {
         Ok(message) => Some(message),
         Err(error) => {
-            tracing::warn!("{channel}: dropped a message: {error}");
+            drops.dropped(&error);
             None
         }
     }
@@ -183,11 +189,12 @@ async fn shell_loop(
     shutdown: mpsc::Sender<()>,
 ) {
     let mut aborting = false;
+    let mut drops = DropReport::new("shell");
     loop {
         let received = if aborting {
             // Only what has already arrived: one poll, no waiting (a timer, even of zero, lets
             // a request sent after the queue emptied slip in).
-            match receive(&mut socket, &signer, "shell").now_or_never() {
+            match receive(&mut socket, &signer, &mut drops).now_or_never() {
                 Some(received) => received,
                 None => {
                     aborting = false;
@@ -195,7 +202,7 @@ async fn shell_loop(
                 }
             }
         } else {
-            receive(&mut socket, &signer, "shell").await
+            receive(&mut socket, &signer, &mut drops).await
         };
         let Some(request) = received else {
             continue;
@@ -240,8 +247,9 @@ async fn control_loop(
     publisher: Publisher,
     shutdown: mpsc::Sender<()>,
 ) {
+    let mut drops = DropReport::new("control");
     loop {
-        let Some(request) = receive(&mut socket, &signer, "control").await else {
+        let Some(request) = receive(&mut socket, &signer, &mut drops).await else {
             continue;
         };
         publisher.status(&request, "busy");

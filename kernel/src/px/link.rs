@@ -12,6 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::hub::{Departure, Hub, Outgoing};
 use super::hub_address::HubAddress;
 use super::{lock, PxError};
+use crate::drop_report::DropReport;
 
 /// How often heartbeats and departures are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -70,13 +71,14 @@ async fn serve(
 ) {
     let (mut sender, mut receiver) = socket.split();
     let mut ticker = tokio::time::interval(TICK);
+    let mut drops = DropReport::new("hub");
     loop {
         tokio::select! {
             frames = receiver.recv() => {
                 let frames = match frames {
                     Ok(frames) => frames,
                     Err(error) => {
-                        tracing::warn!("hub: receive failed: {error}");
+                        drops.dropped(&format_args!("receive failed: {error}"));
                         continue;
                     }
                 };
@@ -84,13 +86,13 @@ async fn serve(
                     Ok(mut message) => {
                         // A ROUTER puts the peer's identity first.
                         if message.identities.is_empty() {
-                            tracing::warn!("hub: dropped a message without a peer identity");
+                            drops.dropped(&"no peer identity");
                             continue;
                         }
                         let identity: Bytes = message.identities.remove(0);
                         lock(&hub).receive(identity, &message);
                     }
-                    Err(error) => tracing::warn!("hub: dropped a message from an engine: {error}"),
+                    Err(error) => drops.dropped(&error),
                 }
             }
             Some((identity, mut message)) = outbox.recv() => {
