@@ -3,16 +3,25 @@
 The kernelspec is installed into the test venv by tests/run.sh (`rustpx install --sys-prefix`),
 so these tests drive exactly what a Jupyter user would start, over real ZeroMQ sockets.
 """
+import atexit
 import os
 import queue
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
 from jupyter_client.manager import start_new_kernel
 
 KERNEL_NAME = os.environ.get("RUSTPX_KERNEL_NAME", "rustpx")
+# Kernels started by the tests keep their input history in a file of this run, not the user's.
+if not os.environ.get("RUSTPX_HISTORY_FILE"):
+    _history_dir = tempfile.mkdtemp(prefix="rustpx-test-history-")
+    atexit.register(shutil.rmtree, _history_dir, ignore_errors=True)
+    os.environ["RUSTPX_HISTORY_FILE"] = os.path.join(_history_dir, "history.sqlite")
+
 # evcxr compiles every cell with rustc; on a loaded 2-core machine a first cell can take a while.
 CELL_TIMEOUT = float(os.environ.get("RUSTPX_TEST_CELL_TIMEOUT", "120"))
 

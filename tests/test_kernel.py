@@ -140,8 +140,11 @@ def test_complete_offers_std_items(kernel):
 
 
 def test_history_and_comm_info_answer(kernel):
-    kernel.kc.history()
-    assert kernel.kc.get_shell_msg(timeout=30)["content"]["status"] == "ok"
+    reply, _, _ = kernel.execute("let remembered_by_history = 1;")
+    count = reply["execution_count"]
+    kernel.kc.history(hist_access_type="range", session=0, start=-1)
+    content = kernel.kc.get_shell_msg(timeout=30)["content"]
+    assert [entry[1:] for entry in content["history"]] == [[count, "let remembered_by_history = 1;"]]
     kernel.kc.comm_info()
     assert kernel.kc.get_shell_msg(timeout=30)["content"]["comms"] == {}
 

@@ -2,13 +2,14 @@
 //!
 //! Layers (see ARCHITECTURE.md): [`frontend`] speaks Jupyter over ZeroMQ through the shared wire
 //! crate; [`evaluator`] runs plain cells in the kernel's own evcxr context; [`install`] writes the
-//! kernelspec. Pure helpers such as [`is_complete`] have no I/O at all.
+//! kernelspec; [`history`] keeps the input history in SQLite. Pure helpers such as [`is_complete`] have no I/O at all.
 
 pub mod cell_objects;
 pub mod cell_text;
 pub mod drop_report;
 pub mod evaluator;
 pub mod frontend;
+pub mod history;
 pub mod install;
 pub mod is_complete;
 pub mod launch;

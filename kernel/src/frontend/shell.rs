@@ -9,33 +9,39 @@ use tokio::sync::Mutex;
 
 use super::{kernel_info, Publisher};
 use crate::evaluator::{ErrorReport, Evaluator, Interrupter, Outcome};
+use crate::history::History;
 use crate::is_complete::{self, Completeness};
 use crate::px::magics::{self, Magic, PxOptions};
 use crate::px::{PxInterrupter, PxService};
 
-/// The state of one kernel session: the execution counter, the Rust context and the engines.
+/// The state of one kernel session: the execution counter, the Rust context, the engines and
+/// the input history.
 pub struct Session {
     publisher: Publisher,
     evaluator: Evaluator,
     px: PxService,
+    history: History,
     execution_count: u32,
 }
 
 impl Session {
     pub async fn new(publisher: Publisher) -> Session {
+        let history = History::start();
         let px = PxService::start(publisher.clone()).await;
         let evaluator = Evaluator::spawn(publisher.clone(), Box::new(px.compiler_warm_up()));
         Session {
             publisher,
             evaluator,
             px,
+            history,
             execution_count: 0,
         }
     }
 
-    /// Stops the engines before the kernel exits.
-    pub fn shutdown(&self) {
+    /// Stops the engines and ends the history session before the kernel exits.
+    pub async fn shutdown(&self) {
         self.px.shutdown();
+        self.history.end_session().await;
     }
 
     /// Routes a cell: a magic to the px service, plain Rust to the evaluator (or to the engines
@@ -89,13 +95,10 @@ impl Session {
     /// Serves one shell request; `None` for message types we log and drop.
     pub async fn handle_shell(&mut self, request: &WireMessage) -> Option<WireMessage> {
         if request.msg_type() == "history_request" {
-            // Answered whatever its shape (jupyter-protocol's type rejects some clients'
-            // requests): rustpx keeps no history.
-            return Some(WireMessage::reply_to(
-                request,
-                "history_reply",
-                json!({"status": "ok", "history": []}),
-            ));
+            // Read by our own lenient parser: jupyter-protocol's type rejects the requests of
+            // some clients (fields they leave out or send as null).
+            let content = self.history.reply(&request.content).await;
+            return Some(WireMessage::reply_to(request, "history_reply", content));
         }
         let typed = typed(request)?;
         let content = match typed {
@@ -116,7 +119,7 @@ impl Session {
             }
             JupyterMessageContent::CommMsg(_) | JupyterMessageContent::CommClose(_) => return None,
             JupyterMessageContent::ShutdownRequest(shutdown) => {
-                self.shutdown();
+                self.shutdown().await;
                 json!({"status": "ok", "restart": shutdown.restart})
             }
             _ => {
@@ -140,6 +143,10 @@ impl Session {
         } = execute;
         if store_history && !silent {
             self.execution_count += 1;
+            if !code.trim().is_empty() {
+                // Stored before it runs, so a cell that kills the kernel is in the history.
+                self.history.record(self.execution_count, &code);
+            }
         }
         let count = self.execution_count;
         if !silent {
@@ -196,6 +203,7 @@ pub struct ControlHandle {
     interrupter: Interrupter,
     px: PxInterrupter,
     stop_engines: Arc<dyn Fn() + Send + Sync>,
+    history: History,
 }
 
 impl ControlHandle {
@@ -207,6 +215,7 @@ impl ControlHandle {
             interrupter: guard.evaluator.interrupter.clone(),
             px,
             stop_engines: Arc::new(move || stopper.stop_engines()),
+            history: guard.history.clone(),
         }
     }
 
@@ -223,6 +232,7 @@ impl ControlHandle {
             }
             JupyterMessageContent::ShutdownRequest(shutdown) => {
                 (self.stop_engines)();
+                self.history.end_session().await;
                 json!({"status": "ok", "restart": shutdown.restart})
             }
             _ => {
