@@ -13,3 +13,4 @@ pub mod is_complete;
 pub mod launch;
 pub mod paths;
 pub mod px;
+pub mod std_sources;
