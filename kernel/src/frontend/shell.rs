@@ -210,6 +210,11 @@ impl ControlHandle {
         }
     }
 
+    /// Stops the engines (a shutdown request on control, or the client is gone).
+    pub fn shutdown(&self) {
+        (self.stop_engines)();
+    }
+
     pub async fn handle(&self, request: &WireMessage) -> Option<WireMessage> {
         let content = match typed(request)? {
             JupyterMessageContent::KernelInfoRequest(_) => kernel_info::content(),
@@ -222,7 +227,7 @@ impl ControlHandle {
                 json!({"status": "ok"})
             }
             JupyterMessageContent::ShutdownRequest(shutdown) => {
-                (self.stop_engines)();
+                self.shutdown();
                 json!({"status": "ok", "restart": shutdown.restart})
             }
             _ => {
