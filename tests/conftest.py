@@ -7,7 +7,9 @@ import atexit
 import os
 import queue
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -22,6 +24,14 @@ if not os.environ.get("RUSTPX_HISTORY_FILE"):
     atexit.register(shutil.rmtree, _history_dir, ignore_errors=True)
     os.environ["RUSTPX_HISTORY_FILE"] = os.path.join(_history_dir, "history.sqlite")
 
+
+# Every process this test session starts inherits this marker: kernels from jupyter_client,
+# their engines and evcxr runtimes from the kernel, test_console's through a tmux server of its
+# own. The end-of-session check below finds this session's leftovers by it and never another
+# session's on a shared machine. Set once: a client script the tests run imports this module
+# too, and keeps the value it inherited.
+SESSION_MARKER = "RUSTPX_TEST_SESSION"
+os.environ.setdefault(SESSION_MARKER, f"{os.getpid()}-{secrets.token_hex(8)}")
 # evcxr compiles every cell with rustc; on a loaded 2-core machine a first cell can take a while.
 CELL_TIMEOUT = float(os.environ.get("RUSTPX_TEST_CELL_TIMEOUT", "120"))
 
@@ -29,8 +39,9 @@ CELL_TIMEOUT = float(os.environ.get("RUSTPX_TEST_CELL_TIMEOUT", "120"))
 class Kernel:
     """A started kernel and a blocking client, with helpers that collect a cell's iopub output."""
 
-    def __init__(self):
-        self.km, self.kc = start_new_kernel(kernel_name=KERNEL_NAME, startup_timeout=120)
+    def __init__(self, **start_options):
+        """`start_options` go to `KernelManager.start_kernel` (e.g. `env`)."""
+        self.km, self.kc = start_new_kernel(kernel_name=KERNEL_NAME, startup_timeout=120, **start_options)
 
     def execute(self, code, timeout=CELL_TIMEOUT, stop_on_error=True):
         """Runs `code`; returns (reply content, [(arrival time, iopub msg)]) up to its idle."""
@@ -121,3 +132,96 @@ def px_values(msgs):
                 out[int(found.group(1))] = found.group(2)
     return out
 
+
+
+# --- no process left behind ---
+
+RUSTPX_PROGRAMS = {"rustpx", "rustpx-engine"}
+
+
+def _ppid(pid):
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(root):
+    """The pids of every living descendant of process `root`."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _ppid(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return [p for p in found if running(p)]
+
+
+def program_of(pid):
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")).removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+def _has_marker(pid):
+    try:
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return False
+    return f"{SESSION_MARKER}={os.environ[SESSION_MARKER]}".encode() in environ
+
+
+def leftover_processes():
+    """This session's rustpx and rustpx-engine processes that are still alive: those that carry
+    this session's marker, or descend from this pytest process (engines on test hosts started
+    through sshd); never other sessions' processes."""
+    mine = set(descendants(os.getpid()))
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        if program_of(pid) in RUSTPX_PROGRAMS and running(pid) and (pid in mine or _has_marker(pid)):
+            found.append(pid)
+    return sorted(found)
+
+
+def command_line(pid):
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fails the run when a kernel or engine this session started outlived it: a leftover is a
+    bug (a kernel that ignores its client's end, an engine that ignores its kernel's), and on a
+    2-core machine it takes memory and CPU from whatever runs next. Leftovers are listed, then
+    killed."""
+    deadline = time.monotonic() + 5
+    left = leftover_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = leftover_processes()
+    if not left:
+        return
+    lines = [f"  {pid}: {command_line(pid)}" for pid in left]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    message = "rustpx processes this test session started were still running at its end (now killed):\n" + "\n".join(lines)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "processes left behind", red=True)
+        reporter.write_line(message)
+    else:
+        print(message)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

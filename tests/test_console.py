@@ -6,10 +6,15 @@ import subprocess
 import sys
 import time
 
+from conftest import command_line, descendants, program_of, still_running
+
+# A tmux server of this test session's own: the console's command then runs with this session's
+# environment (a shared server would give it the environment of whoever started that server).
+SOCKET = f"rustpx-test-{os.getpid()}"
 
 
 def tmux(*args):
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=False)
+    return subprocess.run(["tmux", "-L", SOCKET, *args], capture_output=True, text=True, check=False)
 
 
 def screen(session):
@@ -53,12 +58,48 @@ def type_line(session, text):
     raise AssertionError(f"the terminal never echoed {text!r}:\n{screen(session)}")
 
 
-def test_px_in_jupyter_console():
+def start_console():
+    """A `jupyter console` with a rustpx kernel in a new tmux session; returns the session name.
+
+    Exit confirmation is off so that Ctrl-D leaves at once, as `exit` does in IPython's console
+    (rustpx has no `exit` command: typed, it is Rust code).
+    """
     assert shutil.which("tmux"), "tmux is not installed"
     console = os.path.join(os.path.dirname(sys.executable), "jupyter-console")
     session = f"rustpx-{secrets.token_hex(4)}"
-    command = f"env RUSTPX_ENGINES=2 RUSTPX_LOG=error {console} --kernel rustpx"
+    command = (
+        f"env RUSTPX_ENGINES=2 RUSTPX_LOG=error {console} --kernel rustpx "
+        "--no-confirm-exit"
+    )
     assert tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "50", command).returncode == 0
+    return session
+
+
+def leave_console(session, timeout=30):
+    """Ctrl-D, the console's way out: it shuts its kernel down and exits, which ends the tmux
+    session. Returns whether it did within `timeout`; the session is killed either way."""
+    tmux("send-keys", "-t", session, "C-d")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tmux("has-session", "-t", session).returncode != 0:
+            tmux("kill-server")
+            return True
+        time.sleep(0.2)
+    tmux("kill-session", "-t", session)
+    tmux("kill-server")
+    return False
+
+
+def console_kernel(session):
+    """The pid of the rustpx kernel the console in `session` started."""
+    pane = int(tmux("display-message", "-p", "-t", session, "#{pane_pid}").stdout.strip())
+    kernels = [p for p in descendants(pane) if program_of(p) == "rustpx" and " kernel " in command_line(p)]
+    assert len(kernels) == 1, [(p, command_line(p)) for p in descendants(pane)]
+    return kernels[0]
+
+
+def test_px_in_jupyter_console():
+    session = start_console()
     try:
         wait_for(session, "In [1]:")
         type_line(session, "let x = 40 + 2;")
@@ -71,7 +112,21 @@ def test_px_in_jupyter_console():
         assert "starting 2 engines" in shown
         wait_for(session, "In [4]:")
     finally:
-        tmux("send-keys", "-t", session, "-l", "exit")
-        tmux("send-keys", "-t", session, "Enter")
-        time.sleep(1)
-        tmux("kill-session", "-t", session)
+        leave_console(session)
+
+
+def test_leaving_the_console_ends_its_kernel_and_engines():
+    session = start_console()
+    try:
+        wait_for(session, "In [1]:")
+        type_line(session, "%px 1")
+        wait_for(session, "In [2]:")
+        kernel = console_kernel(session)
+        processes = [kernel, *descendants(kernel)]
+        assert any(program_of(p) == "rustpx-engine" for p in processes), [command_line(p) for p in processes]
+    except BaseException:
+        leave_console(session)
+        raise
+    assert leave_console(session), "the console did not exit on Ctrl-D"
+    left = still_running(processes, timeout=10)
+    assert left == [], [command_line(p) for p in left]

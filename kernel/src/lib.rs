@@ -15,3 +15,4 @@ pub mod is_complete;
 pub mod launch;
 pub mod paths;
 pub mod px;
+pub mod std_sources;

@@ -366,6 +366,7 @@ type Started = (CommandContext, evcxr::EvalContextOutputs, Option<Rerunner>);
 /// `let`: a hidden `let` on a throwaway state, then the untouched state restored. The child is
 /// this binary as [`runtime`], unless its listener cannot be opened (then evcxr's own).
 fn start_context() -> Result<Started, evcxr::Error> {
+    crate::std_sources::ensure();
     let (rerunner, (mut eval_context, outputs)) = match Rerunner::bind() {
         Ok((rerunner, spec)) => {
             let mut command = std::process::Command::new(std::env::current_exe()?);

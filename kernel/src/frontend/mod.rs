@@ -3,10 +3,12 @@
 //! Shell requests are served one at a time, in order, as Jupyter expects. Control has its own
 //! task so that an interrupt or a shutdown gets through while a cell runs. Heartbeat echoes on its
 //! own task. Nothing a client sends can stop these loops: an undecodable or badly signed message
-//! is logged and dropped.
+//! is logged and dropped. The kernel also ends when its client process does
+//! ([`parent`]), stopping its engines on the way out as a shutdown request would.
 
 mod abort;
 mod kernel_info;
+pub mod parent;
 mod publisher;
 mod shell;
 
@@ -78,8 +80,11 @@ async fn bind<S: Socket>(
     }
 }
 
-/// Binds every socket of `connection` and serves until a shutdown request.
+/// Binds every socket of `connection` and serves until a shutdown request, or until the client
+/// named by `$JPY_PARENT_PID` is gone.
 pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
+    let client_gone = parent::client_gone();
+    tokio::pin!(client_gone);
     let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
     let shell = bind(RouterSocket::new(), "shell", connection.shell_url()).await?;
     let control = bind(RouterSocket::new(), "control", connection.control_url()).await?;
@@ -109,8 +114,16 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
     publisher.publish_orphan("status", json!({"execution_state": "starting"}));
     tokio::spawn(heartbeat(hb));
 
-    let session = Arc::new(Mutex::new(Session::new(publisher.clone()).await));
+    let session = tokio::select! {
+        session = Session::new(publisher.clone()) => Arc::new(Mutex::new(session)),
+        pid = &mut client_gone => {
+            // No engine runs before the session exists.
+            tracing::info!("the client (pid {pid}) is gone; exiting");
+            return Ok(());
+        }
+    };
     let control_session = shell::ControlHandle::new(&session).await;
+    let on_client_gone = control_session.clone();
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(1);
     tokio::spawn(control_loop(
         control,
@@ -121,7 +134,13 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
     ));
     tokio::spawn(shell_loop(shell, signer, session, publisher, shutdown_tx));
     ignore_ctrl_c();
-    shutdown_rx.recv().await;
+    tokio::select! {
+        _ = shutdown_rx.recv() => {}
+        pid = &mut client_gone => {
+            tracing::info!("the client (pid {pid}) is gone; stopping the engines and exiting");
+            on_client_gone.shutdown().await;
+        }
+    }
     Ok(())
 }
 

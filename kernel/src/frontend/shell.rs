@@ -219,6 +219,13 @@ impl ControlHandle {
         }
     }
 
+    /// Stops the engines and ends the history session (a shutdown request on control, or the
+    /// client is gone).
+    pub async fn shutdown(&self) {
+        (self.stop_engines)();
+        self.history.end_session().await;
+    }
+
     pub async fn handle(&self, request: &WireMessage) -> Option<WireMessage> {
         let content = match typed(request)? {
             JupyterMessageContent::KernelInfoRequest(_) => kernel_info::content(),
@@ -231,8 +238,7 @@ impl ControlHandle {
                 json!({"status": "ok"})
             }
             JupyterMessageContent::ShutdownRequest(shutdown) => {
-                (self.stop_engines)();
-                self.history.end_session().await;
+                self.shutdown().await;
                 json!({"status": "ok", "restart": shutdown.restart})
             }
             _ => {

@@ -177,6 +177,7 @@ fn start_context(
     hub: &Arc<Mutex<Hub>>,
     current: &Arc<Mutex<Option<Current>>>,
 ) -> Result<(EvalContext, EvalContextOutputs), String> {
+    crate::std_sources::ensure();
     let spec = bridge::serve(dispatcher(hub.clone(), current.clone()))
         .map_err(|e| format!("cannot open the px bridge socket: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;

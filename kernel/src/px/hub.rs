@@ -110,6 +110,9 @@ pub struct Hub {
     variables: HashMap<EngineId, Vec<(String, String)>>,
     /// Engines we signalled on purpose (interrupt): their death is expected.
     interrupted: HashMap<EngineId, u64>,
+    /// Engines we stop on purpose (kernel shutdown, `%engines stop`, a restart), by
+    /// incarnation: their end is news, not a warning.
+    stopping: HashMap<EngineId, u64>,
     outbox: UnboundedSender<Outgoing>,
     /// The objects shipped to engines that do not share the kernel's files.
     catalog: ObjectCatalog,
@@ -153,6 +156,7 @@ impl Hub {
             observers: HashMap::new(),
             variables: HashMap::new(),
             interrupted: HashMap::new(),
+            stopping: HashMap::new(),
             outbox,
             catalog: ObjectCatalog::default(),
             inputs: InputCache::default(),
@@ -614,10 +618,16 @@ impl Hub {
         if incarnation.is_some_and(|i| i != entry.incarnation) || !entry.alive() {
             return;
         }
-        tracing::warn!("engine {id} is gone: {reason}");
+        let incarnation = entry.incarnation;
+        let on_purpose = self.stopping.remove(&id) == Some(incarnation)
+            || self.interrupted.get(&id) == Some(&incarnation);
+        if on_purpose {
+            tracing::info!("engine {id} stopped: {reason}");
+        } else {
+            tracing::warn!("engine {id} is gone: {reason}");
+        }
         entry.state = EngineState::Dead(reason.to_owned());
         entry.queue = 0;
-        let incarnation = entry.incarnation;
         let lost: Vec<String> = self
             .variables
             .remove(&id)
@@ -702,11 +712,20 @@ impl Hub {
         std::mem::take(&mut self.departures)
     }
 
-    /// Asks an engine to exit.
+    /// Asks an engine to exit (its end is then expected).
     pub fn shutdown_engine(&mut self, id: EngineId) {
+        self.expect_exit(id);
         if let Some(entry) = self.engines.get(&id).filter(|e| e.alive()) {
             let identity = entry.identity.clone();
             self.send(&identity, &ShutdownRequest {});
+        }
+    }
+
+    /// Notes that the live engine `id` is being stopped on purpose, so that its end (a signal,
+    /// a goodbye, silence) is logged as news rather than as an engine that died.
+    pub fn expect_exit(&mut self, id: EngineId) {
+        if let Some(entry) = self.engines.get(&id).filter(|e| e.alive()) {
+            self.stopping.insert(id, entry.incarnation);
         }
     }
 

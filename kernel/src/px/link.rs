@@ -98,7 +98,13 @@ async fn serve(
             Some((identity, mut message)) = outbox.recv() => {
                 message.identities = vec![identity];
                 if let Err(error) = sender.send(encode(&message, &signer)).await {
-                    tracing::warn!("hub: send of {} failed: {error}", message.msg_type());
+                    // A shutdown request races the kill that follows it (kernel shutdown,
+                    // `%engines stop`): an engine already gone needs no request.
+                    if message.msg_type() == "shutdown_request" {
+                        tracing::debug!("hub: shutdown_request not delivered: {error}");
+                    } else {
+                        tracing::warn!("hub: send of {} failed: {error}", message.msg_type());
+                    }
                 }
             }
             _ = ticker.tick() => {

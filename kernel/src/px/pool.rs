@@ -308,6 +308,7 @@ impl EnginePool {
     /// started it is ended when it started only that engine (ssh), which also closes the
     /// engine's stdin.
     pub fn kill_engine(&self, id: EngineId) {
+        lock(&self.hub).expect_exit(id);
         if let Some(pid) = self.is_local_process(id) {
             signal(pid, libc::SIGKILL);
             return;
