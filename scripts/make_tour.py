@@ -96,6 +96,56 @@ id * 100
 code("%pxresult", expect=["[stdout:0] \nengine 0 woke up", "Out[3:"])
 
 md("""
+## Pictures from the engines
+A cell shows HTML, SVG or an image with evcxr's display protocol: it prints a line
+`EVCXR_BEGIN_CONTENT <mime type>`, the content, then `EVCXR_END_CONTENT` (crates with evcxr
+support, such as `evcxr_runtime` or plotters' `evcxr` feature, print exactly that). Each picture
+shows under its engine's label, `[output:N]`, the moment it is drawn. The first cell below
+fetches and builds [plotters](https://crates.io/crates/plotters) with only its SVG backend (about
+half a minute, once per session), then every engine draws its own curve:
+""")
+code("""
+%%px
+:dep plotters = { version = "0.3", default-features = false, features = ["svg_backend", "line_series"] }
+use plotters::prelude::*;
+fn wave(frequency: f64) -> String {
+    let mut svg = String::new();
+    {
+        let area = SVGBackend::with_string(&mut svg, (320, 120)).into_drawing_area();
+        area.fill(&WHITE).unwrap();
+        let mut chart = ChartBuilder::on(&area)
+            .margin(8)
+            .build_cartesian_2d(0.0..std::f64::consts::TAU, -1.1..1.1)
+            .unwrap();
+        let points = (0..=200).map(|i| {
+            let x = i as f64 * std::f64::consts::TAU / 200.0;
+            (x, (frequency * x).sin())
+        });
+        chart.draw_series(LineSeries::new(points, &BLUE)).unwrap();
+        area.present().unwrap();
+    }
+    svg
+}
+let engine: f64 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();
+println!("EVCXR_BEGIN_CONTENT image/svg+xml\\n{}\\nEVCXR_END_CONTENT", wave(engine + 1.0));
+""", expect=["[output:0]"])
+
+md("""
+A picture can also be a cell's value: give a type an `evcxr_display` method that prints the
+protocol. Values show under `Out[N:C]:`, as text values do:
+""")
+code("""
+%%px
+struct Svg(String);
+impl Svg {
+    fn evcxr_display(&self) {
+        println!("EVCXR_BEGIN_CONTENT image/svg+xml\\n{}\\nEVCXR_END_CONTENT", self.0);
+    }
+}
+Svg(wave(2.0 * (engine + 1.0)))
+""", expect=["Out[0:"])
+
+md("""
 ## Next
 [02-errors-and-recovery](02-errors-and-recovery.ipynb) shows what happens when engines fail;
 [03-monte-carlo-pi](03-monte-carlo-pi.ipynb) is a real parallel computation.

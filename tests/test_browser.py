@@ -53,6 +53,7 @@ def test_jupyterlab_in_chromium(tmp_path):
         print(done.stdout[-5000:])
         assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
         assert (ARTIFACTS / "02-px-outputs.png").exists()
+        assert (ARTIFACTS / "05-px-charts.png").exists()
     finally:
         lab.terminate()
         try:

@@ -4,6 +4,14 @@
 //! its own copy of std, so there is no in-process hook to install). At start the engine points
 //! both descriptors at pipes; one thread per pipe forwards the text live to the hub and keeps
 //! evcxr's control lines (a caught panic, a displayed value, a `?` error) for the run's reply.
+//!
+//! Rich output (evcxr's `EVCXR_BEGIN_CONTENT <mime>` … `EVCXR_END_CONTENT` blocks) is either a
+//! display or the cell's value, which evcxr's generated code prints last. A display goes to the
+//! hub the moment it is known to be one, in order with the text around it, so that a streamed
+//! cell shows it while it runs: at once when the cell has no final expression (the kernel says so
+//! with the run), otherwise when anything follows it (text, a block of a MIME type the pending
+//! bundle already has, or the `()` of a unit value). What is pending when the run ends is the
+//! value.
 //! After a run, the runner writes a sentinel line with a per-process nonce to each pipe; when both
 //! threads have read it, every byte the run wrote has been forwarded, in order.
 
@@ -13,7 +21,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use rustpx_protocol::{MimeBundle, StreamOutput};
+use rustpx_protocol::{DisplayOutput, MimeBundle, StreamOutput};
 
 /// evcxr's control lines, as its generated code prints them.
 const BEGIN_CONTENT: &str = "EVCXR_BEGIN_CONTENT ";
@@ -22,8 +30,23 @@ const PANIC_NOTIFICATION: &str = "EVCXR_PANIC_NOTIFICATION";
 const USER_ERROR: &str = "EVCXR_ERROR_OCCURRED";
 const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
 
-/// Where captured text goes: the link's outgoing queue.
-pub type StreamSink = Arc<dyn Fn(StreamOutput) + Send + Sync>;
+/// What the capture forwards while a run goes on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Captured {
+    Stream(StreamOutput),
+    Display(DisplayOutput),
+}
+
+/// Where captured output goes: the link's outgoing queue.
+pub type StreamSink = Arc<dyn Fn(Captured) + Send + Sync>;
+
+/// The run that output belongs to now.
+#[derive(Debug, Clone, Default)]
+struct CurrentRun {
+    run_id: String,
+    /// False when the cell has no final expression: every rich block is a display.
+    may_have_value: bool,
+}
 
 /// What the stdout reader learnt about one run.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -31,9 +54,8 @@ pub struct StdoutReport {
     pub panicked: bool,
     pub user_error: bool,
     pub changed_type: Vec<String>,
-    /// Rich displays that were followed by more output: shown as `[output:N]`.
-    pub displays: Vec<MimeBundle>,
-    /// The displays at the very end of the run, merged: the cell's value.
+    /// The rich blocks at the very end of the run, merged: the cell's value. (Displays were
+    /// forwarded as they happened.)
     pub value: Option<MimeBundle>,
 }
 
@@ -59,7 +81,7 @@ enum Done {
 /// The capture of fds 1 and 2, installed once at engine start.
 pub struct Capture {
     sentinel: String,
-    current_run: Arc<Mutex<String>>,
+    current_run: Arc<Mutex<CurrentRun>>,
     done: Receiver<Done>,
 }
 
@@ -71,7 +93,7 @@ impl Capture {
         let stdout_reader = redirect(1)?;
         let stderr_reader = redirect(2)?;
         let sentinel = format!("\u{1}RUSTPX_RUN_DONE {}", uuid::Uuid::new_v4().simple());
-        let current_run = Arc::new(Mutex::new(String::new()));
+        let current_run = Arc::new(Mutex::new(CurrentRun::default()));
         let (done_tx, done) = mpsc::channel();
         spawn_reader(
             "stdout",
@@ -99,9 +121,13 @@ impl Capture {
         ))
     }
 
-    /// Output from now on belongs to `run_id`.
-    pub fn begin(&self, run_id: &str) {
-        *self.current_run.lock().unwrap_or_else(|p| p.into_inner()) = run_id.to_owned();
+    /// Output from now on belongs to `run_id`; `may_have_value` is false when the cell has no
+    /// final expression (its rich output is all displays).
+    pub fn begin(&self, run_id: &str, may_have_value: bool) {
+        *self.current_run.lock().unwrap_or_else(|p| p.into_inner()) = CurrentRun {
+            run_id: run_id.to_owned(),
+            may_have_value,
+        };
     }
 
     /// Marks the end of the run on both pipes and waits until both readers reached the mark.
@@ -164,7 +190,7 @@ fn spawn_reader(
     name: &'static str,
     pipe: File,
     sentinel: String,
-    current_run: Arc<Mutex<String>>,
+    current_run: Arc<Mutex<CurrentRun>>,
     sink: StreamSink,
     done: Sender<Done>,
 ) {
@@ -183,7 +209,7 @@ fn spawn_reader(
 struct StreamReader {
     name: &'static str,
     sentinel: String,
-    current_run: Arc<Mutex<String>>,
+    current_run: Arc<Mutex<CurrentRun>>,
     sink: StreamSink,
     done: Sender<Done>,
     pending: String,
@@ -191,8 +217,8 @@ struct StreamReader {
     stderr: StderrReport,
     /// The rich display being read: its MIME type and lines so far.
     content: Option<(String, Vec<String>)>,
-    /// Displays since the last text line: the value if the run ends now.
-    trailing: Vec<MimeBundle>,
+    /// Rich blocks since the last text line, merged: the value if the run ends now.
+    trailing: MimeBundle,
     expecting_panic_message: bool,
 }
 
@@ -200,7 +226,7 @@ impl StreamReader {
     fn new(
         name: &'static str,
         sentinel: String,
-        current_run: Arc<Mutex<String>>,
+        current_run: Arc<Mutex<CurrentRun>>,
         sink: StreamSink,
         done: Sender<Done>,
     ) -> Self {
@@ -214,7 +240,7 @@ impl StreamReader {
             stdout: StdoutReport::default(),
             stderr: StderrReport::default(),
             content: None,
-            trailing: Vec::new(),
+            trailing: MimeBundle::new(),
             expecting_panic_message: false,
         }
     }
@@ -255,9 +281,9 @@ impl StreamReader {
         }
         if let Some((mime, lines)) = &mut self.content {
             if line == END_CONTENT || line == PANIC_NOTIFICATION {
-                let bundle = MimeBundle::from([(mime.clone(), lines.join("\n"))]);
-                self.trailing.push(bundle);
+                let (mime, content) = (std::mem::take(mime), lines.join("\n"));
                 self.content = None;
+                self.block(mime, content);
                 if line == PANIC_NOTIFICATION {
                     self.stdout.panicked = true;
                 }
@@ -275,10 +301,52 @@ impl StreamReader {
         } else if let Some(name) = line.strip_prefix(CHANGED_TYPE) {
             self.stdout.changed_type.push(name.to_owned());
         } else {
-            // Displays followed by ordinary output were displays, not the value.
-            self.stdout.displays.append(&mut self.trailing);
+            // Blocks followed by ordinary output were displays, not the value.
+            self.send_trailing();
             self.text(line, newline);
         }
+    }
+
+    /// One complete rich block: a display now, or part of what may be the value.
+    fn block(&mut self, mime: String, content: String) {
+        let may_have_value = self
+            .current_run
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .may_have_value;
+        if !may_have_value {
+            self.send_display(MimeBundle::from([(mime, content)]));
+            return;
+        }
+        // A bundle holds each type once, and a unit value (`()`, shown as nothing) ends the
+        // cell: either way what was pending is followed by something, so it was a display.
+        let unit = mime == "text/plain" && content == "()";
+        if unit || self.trailing.contains_key(&mime) {
+            self.send_trailing();
+        }
+        self.trailing.insert(mime, content);
+    }
+
+    fn send_trailing(&mut self) {
+        if !self.trailing.is_empty() {
+            let bundle = std::mem::take(&mut self.trailing);
+            self.send_display(bundle);
+        }
+    }
+
+    /// Forwards a display after the text written before it.
+    fn send_display(&mut self, data: MimeBundle) {
+        self.flush();
+        let run_id = self.run_id();
+        (self.sink)(Captured::Display(DisplayOutput { run_id, data }));
+    }
+
+    fn run_id(&self) -> String {
+        self.current_run
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .run_id
+            .clone()
     }
 
     fn stderr_line(&mut self, line: &str) {
@@ -306,16 +374,12 @@ impl StreamReader {
         if self.pending.is_empty() {
             return;
         }
-        let run_id = self
-            .current_run
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        (self.sink)(StreamOutput {
+        let run_id = self.run_id();
+        (self.sink)(Captured::Stream(StreamOutput {
             run_id,
             name: self.name.to_owned(),
             text: std::mem::take(&mut self.pending),
-        });
+        }));
     }
 
     fn end_of_run(&mut self) {
@@ -327,11 +391,7 @@ impl StreamReader {
             let mut stdout = std::mem::take(&mut self.stdout);
             let trailing = std::mem::take(&mut self.trailing);
             if !trailing.is_empty() {
-                let mut value = MimeBundle::new();
-                for bundle in trailing {
-                    value.extend(bundle);
-                }
-                stdout.value = Some(value);
+                stdout.value = Some(trailing);
             }
             self.content = None;
             Done::Stdout(stdout)
@@ -344,7 +404,9 @@ impl StreamReader {
 mod tests {
     use super::*;
 
-    fn reader(name: &'static str) -> (StreamReader, Arc<Mutex<Vec<StreamOutput>>>, Receiver<Done>) {
+    type Seen = Arc<Mutex<Vec<Captured>>>;
+
+    fn reader(name: &'static str, may_have_value: bool) -> (StreamReader, Seen, Receiver<Done>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink_seen = seen.clone();
         let sink: StreamSink = Arc::new(move |o| sink_seen.lock().unwrap().push(o));
@@ -352,7 +414,10 @@ mod tests {
         let r = StreamReader::new(
             name,
             "\u{1}END".into(),
-            Arc::new(Mutex::new("run-1".into())),
+            Arc::new(Mutex::new(CurrentRun {
+                run_id: "run-1".into(),
+                may_have_value,
+            })),
             sink,
             tx,
         );
@@ -366,9 +431,50 @@ mod tests {
         r.flush();
     }
 
+    fn stdout_report(done: &Receiver<Done>) -> StdoutReport {
+        match done.recv().unwrap() {
+            Done::Stdout(report) => report,
+            Done::Stderr(_) => panic!("expected the stdout report"),
+        }
+    }
+
+    /// What was forwarded, as short strings: `text:...` or `display:mime=content,...`.
+    fn forwarded(seen: &Seen) -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|c| match c {
+                Captured::Stream(s) => format!("text:{}", s.text),
+                Captured::Display(d) => {
+                    assert_eq!(d.run_id, "run-1");
+                    let parts: Vec<String> =
+                        d.data.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("display:{}", parts.join(","))
+                }
+            })
+            .collect()
+    }
+
+    fn block(mime: &str, content: &'static str) -> [String; 3] {
+        [
+            format!("EVCXR_BEGIN_CONTENT {mime}"),
+            content.to_owned(),
+            "EVCXR_END_CONTENT".to_owned(),
+        ]
+    }
+
+    fn lines(parts: &[&[String]]) -> Vec<String> {
+        parts.iter().flat_map(|p| p.iter().cloned()).collect()
+    }
+
+    fn feed_owned(r: &mut StreamReader, lines: &[String]) {
+        let borrowed: Vec<&str> = lines.iter().map(String::as_str).collect();
+        feed(r, &borrowed);
+    }
+
     #[test]
     fn text_is_forwarded_and_a_trailing_display_is_the_value() {
-        let (mut r, seen, done) = reader("stdout");
+        let (mut r, seen, done) = reader("stdout", true);
         feed(
             &mut r,
             &[
@@ -379,41 +485,89 @@ mod tests {
                 "\u{1}END",
             ],
         );
-        assert_eq!(seen.lock().unwrap()[0].text, "hello\n");
-        assert_eq!(seen.lock().unwrap()[0].run_id, "run-1");
-        let Done::Stdout(report) = done.recv().unwrap() else {
-            panic!()
-        };
+        assert_eq!(forwarded(&seen), vec!["text:hello\n"]);
         assert_eq!(
-            report.value,
+            stdout_report(&done).value,
             Some(MimeBundle::from([("text/plain".into(), "42".into())]))
         );
-        assert!(report.displays.is_empty());
     }
 
     #[test]
-    fn a_display_followed_by_text_is_a_display_not_the_value() {
-        let (mut r, _, done) = reader("stdout");
-        feed(
+    fn a_display_followed_by_text_is_forwarded_before_that_text() {
+        let (mut r, seen, done) = reader("stdout", true);
+        let before = ["before".to_owned()];
+        let after = ["after".to_owned()];
+        feed_owned(
             &mut r,
-            &[
-                "EVCXR_BEGIN_CONTENT text/html",
-                "<b>x</b>",
-                "EVCXR_END_CONTENT",
-                "after",
-                "\u{1}END",
-            ],
+            &lines(&[&before, &block("text/html", "<b>x</b>"), &after]),
         );
-        let Done::Stdout(report) = done.recv().unwrap() else {
-            panic!()
-        };
-        assert_eq!(report.displays.len(), 1);
-        assert_eq!(report.value, None);
+        assert_eq!(
+            forwarded(&seen),
+            vec![
+                "text:before\n",
+                "display:text/html=<b>x</b>",
+                "text:after\n"
+            ]
+        );
+        r.line("\u{1}END", true);
+        assert_eq!(stdout_report(&done).value, None);
+    }
+
+    #[test]
+    fn without_a_final_expression_each_block_is_a_display_at_once() {
+        let (mut r, seen, done) = reader("stdout", false);
+        // No line follows the block: it is forwarded anyway, while the run goes on.
+        feed_owned(&mut r, &block("image/svg+xml", "<svg/>"));
+        assert_eq!(forwarded(&seen), vec!["display:image/svg+xml=<svg/>"]);
+        feed_owned(&mut r, &block("image/svg+xml", "<svg id='2'/>"));
+        r.line("\u{1}END", true);
+        assert_eq!(forwarded(&seen).len(), 2);
+        assert_eq!(stdout_report(&done).value, None);
+    }
+
+    #[test]
+    fn a_repeated_type_ends_the_pending_bundle_and_the_last_one_is_the_value() {
+        let (mut r, seen, done) = reader("stdout", true);
+        feed_owned(
+            &mut r,
+            &lines(&[
+                &block("text/plain", "chart"),
+                &block("image/svg+xml", "<svg id='1'/>"),
+                &block("image/svg+xml", "<svg id='2'/>"),
+            ]),
+        );
+        assert_eq!(
+            forwarded(&seen),
+            vec!["display:image/svg+xml=<svg id='1'/>,text/plain=chart"]
+        );
+        r.line("\u{1}END", true);
+        assert_eq!(
+            stdout_report(&done).value,
+            Some(MimeBundle::from([(
+                "image/svg+xml".into(),
+                "<svg id='2'/>".into()
+            )]))
+        );
+    }
+
+    #[test]
+    fn a_unit_value_after_a_block_makes_that_block_a_display() {
+        let (mut r, seen, done) = reader("stdout", true);
+        feed_owned(
+            &mut r,
+            &lines(&[&block("image/png", "iVBOR"), &block("text/plain", "()")]),
+        );
+        assert_eq!(forwarded(&seen), vec!["display:image/png=iVBOR"]);
+        r.line("\u{1}END", true);
+        assert_eq!(
+            stdout_report(&done).value,
+            Some(MimeBundle::from([("text/plain".into(), "()".into())]))
+        );
     }
 
     #[test]
     fn markers_are_kept_out_of_the_text() {
-        let (mut r, seen, done) = reader("stdout");
+        let (mut r, seen, done) = reader("stdout", true);
         feed(
             &mut r,
             &[
@@ -422,17 +576,15 @@ mod tests {
                 "partial\u{1}END",
             ],
         );
-        assert_eq!(seen.lock().unwrap()[0].text, "partial");
-        let Done::Stdout(report) = done.recv().unwrap() else {
-            panic!()
-        };
+        assert_eq!(forwarded(&seen), vec!["text:partial"]);
+        let report = stdout_report(&done);
         assert!(report.panicked);
         assert_eq!(report.changed_type, vec!["x".to_string()]);
     }
 
     #[test]
     fn stderr_notes_the_panic_message() {
-        let (mut r, seen, done) = reader("stderr");
+        let (mut r, seen, done) = reader("stderr", true);
         feed(
             &mut r,
             &[
@@ -441,7 +593,7 @@ mod tests {
                 "\u{1}END",
             ],
         );
-        assert!(seen.lock().unwrap()[0].text.contains("boom"));
+        assert!(forwarded(&seen)[0].contains("boom"));
         let Done::Stderr(report) = done.recv().unwrap() else {
             panic!()
         };

@@ -177,6 +177,7 @@ mod tests {
             objects,
             files_in: vec![],
             files_out: vec![],
+            may_have_value: true,
         }
     }
 

@@ -18,13 +18,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use rustpx_protocol::{
-    to_wire, DisplayOutput, EngineConnection, EngineId, Platform, RunReply, RunStatus,
-    CONNECTION_ENV,
+    to_wire, EngineConnection, EngineId, Platform, RunReply, RunStatus, CONNECTION_ENV,
 };
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc;
 
-use capture::{Capture, RunReport, StreamSink};
+use capture::{Capture, Captured, RunReport, StreamSink};
 use delivery::{Delivery, PreparedRun};
 use objects::ObjectCache;
 use runner::Runner;
@@ -170,7 +169,11 @@ fn run(cli: Cli) -> Result<()> {
     let sink_tx = outgoing_tx.clone();
     let sink_session = session.clone();
     let sink: StreamSink = Arc::new(move |output| {
-        let _ = sink_tx.send(to_wire(&sink_session, &output));
+        let message = match output {
+            Captured::Stream(stream) => to_wire(&sink_session, &stream),
+            Captured::Display(display) => to_wire(&sink_session, &display),
+        };
+        let _ = sink_tx.send(message);
     });
     let (capture, log) = Capture::install(sink).context("cannot capture stdout and stderr")?;
     tracing_subscriber::fmt()
@@ -273,7 +276,7 @@ fn serve_runs(
             execution_count += 1;
             last_cell = run.cell_id.clone();
         }
-        capture.begin(&run.run_id);
+        capture.begin(&run.run_id, run.may_have_value);
         let started = now();
         let loaded = match &prepared.error {
             Some(error) => Err(error.clone()),
@@ -285,13 +288,6 @@ fn serve_runs(
         let (written, contents) = files::read_outputs(&run.files_out);
         let report = capture.finish();
         let completed = now();
-        for data in &report.stdout.displays {
-            let display = DisplayOutput {
-                run_id: run.run_id.clone(),
-                data: data.clone(),
-            };
-            let _ = outgoing.send(to_wire(session, &display));
-        }
         let reply = RunReply {
             run_id: run.run_id.clone(),
             execution_count,

@@ -34,9 +34,61 @@ pub fn may_change_compilation(code: &str) -> bool {
     may_define_items(code) || code.lines().any(|line| line.trim_start().starts_with(':'))
 }
 
+/// Whether evcxr displays a value at the end of `code`: its last statement is an expression
+/// without a semicolon (evcxr's own rule, judged with the same parser on the same wrapping).
+/// Engines use it to tell displays from the value: in a cell without a final expression every
+/// rich output is a display and can be shown the moment it is printed. Code that does not parse
+/// counts as ending in an expression, the cautious answer (displays then wait for what follows).
+pub fn ends_in_expression(code: &str) -> bool {
+    use ra_ap_syntax::{ast, AstNode, Edition, SourceFile};
+    // evcxr takes lines that start with `:` as its commands, not Rust.
+    let rust: Vec<&str> = code
+        .lines()
+        .filter(|line| !line.trim_start().starts_with(':'))
+        .collect();
+    let wrapped = format!("fn f(){{{}\n}}", rust.join("\n"));
+    let parse = SourceFile::parse(&wrapped, Edition::Edition2024);
+    if !parse.errors().is_empty() {
+        return true;
+    }
+    let statements = parse
+        .tree()
+        .syntax()
+        .children()
+        .next()
+        .and_then(ast::Fn::cast)
+        .and_then(|function| function.body())
+        .and_then(|body| body.stmt_list());
+    let Some(statements) = statements else {
+        return true;
+    };
+    match statements.syntax().children().last() {
+        // Loops are expressions too, but their value is always `()`, which shows nothing.
+        Some(last) => ast::Expr::cast(last)
+            .is_some_and(|e| !matches!(e, ast::Expr::ForExpr(_) | ast::Expr::WhileExpr(_))),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_final_expression_is_told_from_statements() {
+        assert!(ends_in_expression("1 + 1"));
+        assert!(ends_in_expression("let x = 2;\nx * 3"));
+        assert!(ends_in_expression(":dep itoa = \"1\"\nvec![1, 2]"));
+        assert!(ends_in_expression("if true { 1 } else { 2 }"));
+        assert!(!ends_in_expression("let x = 2;"));
+        assert!(!ends_in_expression("println!(\"a\");\nshow(1);"));
+        assert!(!ends_in_expression("fn f() -> u8 { 1 }"));
+        assert!(!ends_in_expression(":dep itoa = \"1\""));
+        assert!(!ends_in_expression(""));
+        assert!(!ends_in_expression("for i in 0..3 { println!(\"{i}\"); }"));
+        // Unparsable: the cautious answer.
+        assert!(ends_in_expression("let x = ;"));
+    }
 
     #[test]
     fn item_definitions_are_recognised() {

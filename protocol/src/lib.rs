@@ -184,8 +184,18 @@ pub struct RunRequest {
     /// Files the run writes that the kernel wants back (in the reply's buffers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files_out: Vec<String>,
+    /// Whether the cell ends in an expression whose value evcxr's generated code displays last.
+    /// When it does not, every rich display the run prints is a display, and the engine sends
+    /// each one the moment it is complete; when it does, a display is only known not to be the
+    /// value once something follows it. A hub that does not say is taken to mean "it may".
+    #[serde(default = "may_have_value_by_default")]
+    pub may_have_value: bool,
 }
 link_message!(RunRequest, "run_request");
+
+fn may_have_value_by_default() -> bool {
+    true
+}
 
 /// Engine to hub: send me these objects (by hash); my host does not have them yet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -222,7 +232,8 @@ pub struct StreamOutput {
 }
 link_message!(StreamOutput, "stream");
 
-/// Engine to hub: a rich display the cell produced before its final value.
+/// Engine to hub: a rich display the cell produced before its final value, sent as soon as the
+/// engine knows it is one (in order with the run's stdout), so a streamed cell shows it live.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DisplayOutput {
     pub run_id: String,

@@ -40,6 +40,53 @@ async function outputOf(page, index, expected) {
   return area.innerText();
 }
 
+/**
+ * For every picture in `cell`'s outputs, in page order: its engine, the nearest engine label shown
+ * above it (`[output:N]` or `Out[N:C]:`), and where both are. A picture is an SVG with a
+ * `data-engine` attribute: inline (in a value's HTML) or as JupyterLab's SVG renderer shows an
+ * image/svg+xml output, an `img` whose data URI holds the SVG.
+ */
+async function labelsAbovePictures(cell) {
+  return cell.evaluate((node) => {
+    const labels = /^(\[output:\d+\]|Out\[\d+:\d+\]:)/;
+    const visible = (el) => {
+      const box = el.getBoundingClientRect();
+      return box.width > 0 && box.height > 0 && getComputedStyle(el).visibility !== "hidden";
+    };
+    const engineOf = (el) => {
+      if (el.matches("svg[data-engine]")) return el.getAttribute("data-engine");
+      if (el.matches("img") && el.src.startsWith("data:image/svg+xml")) {
+        const [head, data] = el.src.split(",", 2);
+        const svg = head.endsWith(";base64") ? atob(data) : decodeURIComponent(data);
+        const found = svg.match(/data-engine=['"](\d+)['"]/);
+        return found ? found[1] : null;
+      }
+      return null;
+    };
+    const found = [];
+    let last = null;
+    // Text leaves and pictures, in document order.
+    const walker = document.createTreeWalker(node.querySelector(".jp-OutputArea"), NodeFilter.SHOW_ELEMENT);
+    for (let el = walker.nextNode(); el; el = walker.nextNode()) {
+      const engine = engineOf(el);
+      if (engine !== null) {
+        const box = el.getBoundingClientRect();
+        found.push({
+          engine,
+          label: last ? last.text : "",
+          labelVisible: last ? visible(last.el) : false,
+          labelBottom: last ? last.el.getBoundingClientRect().bottom : Infinity,
+          pictureVisible: visible(el),
+          pictureTop: box.top,
+        });
+      } else if (el.children.length === 0 && labels.test(el.textContent.trim())) {
+        last = { el, text: el.textContent.trim() };
+      }
+    }
+    return found;
+  });
+}
+
 test("a notebook with the Rust (parallel) kernel, in the browser", { timeout: 600_000 }, async () => {
   assert.ok(LAB_URL, "LAB_URL is not set");
   const browser = await chromium.launch({
@@ -91,6 +138,43 @@ test("a notebook with the Rust (parallel) kernel, in the browser", { timeout: 60
     await runCell(page, ['%px println!("after the interrupt");']);
     await outputOf(page, 5, "after the interrupt");
     await shot(page, "04-after-interrupt");
+
+    // Pictures: one chart per engine as a display, then as the cell's value. Each must show
+    // under its own engine's label ([output:N] before a display, Out[N:C]: inside a value's HTML).
+    await runCell(page, [
+      "%%px",
+      'let n: f64 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();',
+      'let points: String = (0..=80).map(|i| format!("{},{:.1} ", i * 4, 45.0 - 35.0 * (i as f64 * 0.08 * (n + 1.0)).sin())).collect();',
+      "let chart = format!(\"<svg xmlns='http://www.w3.org/2000/svg' width='330' height='90' data-engine='{n}'><rect width='330' height='90' fill='#f8f8ff'/><polyline points='{points}' fill='none' stroke='steelblue' stroke-width='2'/></svg>\");",
+      'println!("EVCXR_BEGIN_CONTENT image/svg+xml\\n{chart}\\nEVCXR_END_CONTENT");',
+    ]);
+    await outputOf(page, 6, "[output:1]");
+    await outputOf(page, 6, "[output:0]");
+    await page.locator(".jp-Notebook .jp-Cell").nth(6).locator(".jp-RenderedSVG img").nth(1).waitFor({ timeout: CELL_TIMEOUT });
+    await runCell(page, [
+      "%%px",
+      "struct Chart(String);",
+      'impl Chart { fn evcxr_display(&self) { println!("EVCXR_BEGIN_CONTENT image/svg+xml\\n{}\\nEVCXR_END_CONTENT", self.0); } }',
+      "Chart(chart.replace(\"steelblue\", \"darkorange\"))",
+    ]);
+    await page.locator(".jp-Notebook .jp-Cell").nth(7).locator("svg[data-engine='1']").waitFor({ timeout: CELL_TIMEOUT });
+    for (const [index, label] of [[6, (n) => `[output:${n}]`], [7, (n) => `Out[${n}:`]]) {
+      const cell = page.locator(".jp-Notebook .jp-Cell").nth(index);
+      const pairs = await labelsAbovePictures(cell);
+      // Live displays arrive in engine order or not; each must be under its own label.
+      assert.deepEqual(pairs.map((p) => p.engine).sort(), ["0", "1"], JSON.stringify(pairs));
+      for (const p of pairs) {
+        assert.ok(p.label.startsWith(label(p.engine)), JSON.stringify(pairs));
+        assert.ok(p.labelVisible && p.pictureVisible, JSON.stringify(pairs));
+        assert.ok(p.labelBottom <= p.pictureTop, JSON.stringify(pairs));
+      }
+    }
+    await page.evaluate(() => {
+      const cell = document.querySelectorAll(".jp-Notebook .jp-Cell")[6];
+      cell.scrollIntoView({ block: "start" });
+    });
+    await page.waitForTimeout(500);
+    await shot(page, "05-px-charts");
   } finally {
     await browser.close();
   }

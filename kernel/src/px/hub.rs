@@ -355,6 +355,10 @@ impl Hub {
             self.shipment(engine, so_path, files)
         };
         let run_id = uuid::Uuid::new_v4().to_string();
+        let may_have_value = self
+            .cells
+            .get(cell_id)
+            .is_none_or(|cell| crate::cell_text::ends_in_expression(&cell.code));
         if let Some(record) = self
             .cells
             .get_mut(cell_id)
@@ -386,6 +390,7 @@ impl Hub {
                     objects: shipment.objects,
                     files_in: shipment.files_in,
                     files_out: shipment.files_out,
+                    may_have_value,
                 };
                 let mut message = to_wire(&self.session, &request);
                 message.buffers = shipment.buffers;

@@ -60,7 +60,45 @@ pub fn rich_output(engine: EngineId, bundle: &MimeBundle) -> Output {
     }
 }
 
-/// `Out[N:C]: value`, red prefix as ipyparallel draws it; other MIME types pass through.
+/// The rich MIME types JupyterLab shows instead of text/plain, in the order it prefers them (its
+/// rendermime ranks: text/html 50, image/svg+xml 80, PNG and JPEG 90, text/plain 120). A value
+/// with one of these would hide its `Out[N:C]` label, which is only in text/plain.
+const RICH_TYPES: [&str; 4] = ["text/html", "image/svg+xml", "image/png", "image/jpeg"];
+
+/// The label the browser shows above a value's rich content: its `Out[N:C]:` in ipyparallel's
+/// red, then the content JupyterLab would have shown (the HTML itself, the SVG inline, an image
+/// as a data URI). text/html outranks every other type, so this is what JupyterLab renders;
+/// outputs produced while the notebook is open are trusted, so the SVG is not sanitised away.
+/// `None` when the bundle has no rich type (its text/plain already shows the label).
+fn labelled_html(label: &str, engine: EngineId, bundle: &MimeBundle) -> Option<String> {
+    let (mime, content) = RICH_TYPES
+        .iter()
+        .find_map(|mime| bundle.get(*mime).map(|content| (*mime, content)))?;
+    let body = match mime {
+        "text/html" | "image/svg+xml" => content.clone(),
+        image => {
+            let base64: String = content.split_whitespace().collect();
+            format!("<img src=\"data:{image};base64,{base64}\">")
+        }
+    };
+    Some(format!(
+        "<div class=\"rustpx-output\" data-rustpx-engine=\"{engine}\">\
+         <div class=\"rustpx-label\" style=\"font-family:var(--jp-code-font-family,monospace);\
+         font-size:var(--jp-code-font-size,13px);color:#b22b31;margin:0 0 4px 0\">{}</div>\
+         {body}</div>",
+        escape_html(label)
+    ))
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `Out[N:C]: value`, red prefix as ipyparallel draws it; other MIME types pass through, and a
+/// rich value also gets a text/html that shows the `Out[N:C]:` label above it (see
+/// [`labelled_html`]).
 pub fn value_output(record: &EngineRecord) -> Option<Output> {
     let value = record.value.as_ref()?;
     // `()` is Rust's "no value" (Python's None, which ipyparallel does not show either).
@@ -69,6 +107,10 @@ pub fn value_output(record: &EngineRecord) -> Option<Output> {
     }
     let mut data = bundle_to_data(value);
     let count = record.execution_count.unwrap_or(0);
+    let label = format!("Out[{}:{count}]:", record.engine);
+    if let Some(html) = labelled_html(&label, record.engine, value) {
+        data.insert("text/html".into(), Value::String(html));
+    }
     let text = value.get("text/plain").cloned().unwrap_or_default();
     let text = if text.contains('\n') && !text.starts_with('\n') {
         format!("\n{text}")
@@ -501,6 +543,73 @@ mod tests {
         r.execution_count = Some(2);
         let shown: Vec<String> = non_streamed(&c, Grouping::Type).iter().map(plain).collect();
         assert_eq!(shown, vec!["x\n", "\u{1b}[0;31mOut[1:2]: \u{1b}[0m\n1\n2"]);
+    }
+
+    fn rich_value(c: &mut CellRecord, id: EngineId, mime: &str, content: &str) -> Output {
+        let r = c.engines.get_mut(&id).unwrap();
+        r.value = Some(MimeBundle::from([
+            ("text/plain".into(), "Chart".into()),
+            (mime.into(), content.into()),
+        ]));
+        r.execution_count = Some(4);
+        value_output(r).unwrap()
+    }
+
+    fn data_of(output: &Output) -> (&Map<String, Value>, &Map<String, Value>) {
+        match output {
+            Output::Display { data, metadata } => (data, metadata),
+            Output::Stream { .. } => panic!("expected a display"),
+        }
+    }
+
+    #[test]
+    fn an_svg_value_gets_html_with_its_label_above_the_svg() {
+        let mut c = cell(vec![0, 1], false);
+        let out = rich_value(&mut c, 1, "image/svg+xml", "<svg id=\"s\"></svg>");
+        let (data, metadata) = data_of(&out);
+        assert_eq!(metadata["engine"], 1);
+        assert_eq!(data["text/plain"], "\u{1b}[0;31mOut[1:4]: \u{1b}[0mChart");
+        assert_eq!(data["image/svg+xml"], "<svg id=\"s\"></svg>");
+        let html = data["text/html"].as_str().unwrap();
+        let label = html.find(">Out[1:4]:</div>").expect("the label");
+        let svg = html.find("<svg id=\"s\"></svg>").expect("the svg inline");
+        assert!(label < svg, "{html}");
+        assert!(html.contains("data-rustpx-engine=\"1\""));
+    }
+
+    #[test]
+    fn a_png_value_is_shown_as_an_image_under_its_label() {
+        let mut c = cell(vec![0], false);
+        let out = rich_value(&mut c, 0, "image/png", "iVBORw0K\nGgo=\n");
+        let (data, _) = data_of(&out);
+        assert_eq!(data["image/png"], "iVBORw0K\nGgo=\n");
+        let html = data["text/html"].as_str().unwrap();
+        assert!(html.contains(">Out[0:4]:</div><img src=\"data:image/png;base64,iVBORw0KGgo=\">"));
+    }
+
+    #[test]
+    fn an_html_value_keeps_its_html_under_the_label() {
+        let mut c = cell(vec![0], false);
+        let out = rich_value(&mut c, 0, "text/html", "<table><tr><td>1</td></tr></table>");
+        let html = data_of(&out).0["text/html"].as_str().unwrap().to_owned();
+        assert!(html.contains(">Out[0:4]:</div><table><tr><td>1</td></tr></table></div>"));
+    }
+
+    #[test]
+    fn plain_values_and_displays_get_no_html() {
+        let mut c = cell(vec![0], false);
+        let r = c.engines.get_mut(&0).unwrap();
+        r.value = Some(MimeBundle::from([("text/plain".into(), "5".into())]));
+        let out = value_output(r).unwrap();
+        assert!(!data_of(&out).0.contains_key("text/html"));
+        // A display is labelled by the `[output:N]` display before it, visible in the browser.
+        let bundle = MimeBundle::from([("image/svg+xml".into(), "<svg/>".into())]);
+        let (data, metadata) = match rich_output(3, &bundle) {
+            Output::Display { data, metadata } => (data, metadata),
+            Output::Stream { .. } => panic!(),
+        };
+        assert_eq!(data.len(), 1);
+        assert_eq!(metadata["engine"], 3);
     }
 
     fn failing(c: &mut CellRecord, id: EngineId) {
