@@ -245,6 +245,19 @@ def test_a_panicking_item_names_its_index_and_engine_and_the_rest_complete(k):
     assert value(k, "picked.iter().filter(|r| r.is_ok()).count()") == "990"
 
 
+def test_an_item_panicking_with_a_message_over_a_mib_fails_alone(k):
+    """Issue 14: a panic message over 1 MiB desynchronised the map's frames, and the kernel
+    aborted allocating a length read from the middle of the text."""
+    ok(k, '%%px\nfn shouty(x: u64) -> u64 { if x == 3 { panic!("{}", "x".repeat(2 << 20)) } else { x } }')
+    ok(k, "let few_more: Vec<u64> = (0..10).collect();")
+    reply = error(k, "%pxmap shouty few_more -o loud")
+    assert reply["ename"] == "MapError"
+    assert reply["evalue"].startswith("1 of 10 items panicked in shouty: item 3 on engine ")
+    ok(k, "%pxmap shouty few_more -o loud --errors-in-place")
+    assert value(k, "loud.iter().filter(|r| r.is_ok()).count()") == "9"
+    assert value(k, "loud[3].is_err()") == "true"
+
+
 def test_pxmap_async_gives_a_handle_with_status_and_engine_ids(k):
     ok(k, "let work: Vec<u64> = (0..600).collect();")
     msgs = ok(k, "%pxmap slow work -o done -a --chunksize 20")

@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Chunks each engine holds at once: one it works on and the next, already in its socket.
 const IN_FLIGHT: usize = 2;
+/// How much of one item's panic message the map keeps (the rest is read and dropped).
+const MAX_PANIC_MESSAGE: u64 = 1 << 20;
 
 /// One item that panicked on an engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -308,14 +310,28 @@ impl MapServer {
             let mut failures = Vec::new();
             for _ in 0..failure_count.min(1 << 24) {
                 let item = read.read_u64_le().await?;
-                let len = read.read_u32_le().await? as usize;
-                let mut message = vec![0u8; len.min(1 << 20)];
-                read.read_exact(&mut message).await?;
+                let len = u64::from(read.read_u32_le().await?);
+                // The whole message is consumed, so the next frame starts where it should; only
+                // its first MiB is kept.
+                let mut message = Vec::new();
+                (&mut *read)
+                    .take(len.min(MAX_PANIC_MESSAGE))
+                    .read_to_end(&mut message)
+                    .await?;
+                let rest = len.saturating_sub(MAX_PANIC_MESSAGE);
+                if tokio::io::copy(&mut (&mut *read).take(rest), &mut tokio::io::sink()).await?
+                    != rest
+                {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
                 failures.push((item, String::from_utf8_lossy(&message).into_owned()));
             }
-            let len = read.read_u64_le().await? as usize;
-            let mut bytes = vec![0u8; len];
-            read.read_exact(&mut bytes).await?;
+            let len = read.read_u64_le().await?;
+            // Memory grows with the bytes that really arrive, never with the length announced.
+            let mut bytes = Vec::new();
+            if (&mut *read).take(len).read_to_end(&mut bytes).await? as u64 != len {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             let seconds = in_flight
                 .remove(&index)
                 .map(|sent| sent.max(last_result).elapsed().as_secs_f64())
