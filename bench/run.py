@@ -16,7 +16,7 @@ import time
 from jupyter_client.manager import start_new_kernel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from conftest import parse_engine_pids, still_running  # noqa: E402
+from conftest import descendants, parse_engine_pids, still_running  # noqa: E402
 from soak import rss_mb  # noqa: E402  (one reader of /proc/PID/status for the project)
 
 # Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
@@ -118,26 +118,6 @@ class Timed:
         while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
             time.sleep(0.1)
         return left
-
-
-def descendants(pid):
-    """Every living process below `pid` (children, their children, ...), from /proc."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{entry}/stat").read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def median_ms(samples):
