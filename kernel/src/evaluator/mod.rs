@@ -261,7 +261,27 @@ fn run(
     };
     when_ready();
     let mut context = context;
-    for job in jobs.iter() {
+    let mut warmed = false;
+    loop {
+        // The analyser's first look at std (2-3 s) is taken when nothing waits, so that a new
+        // kernel's first cell does not pay for it; a first `let` still finds it done.
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(mpsc::TryRecvError::Disconnected) => return,
+            Err(mpsc::TryRecvError::Empty) => {
+                if !warmed {
+                    warmed = true;
+                    if let Ok((context, _, _)) = &mut context {
+                        warm_up_analyser(context);
+                    }
+                    continue;
+                }
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
+        };
         match (&mut context, job) {
             (
                 Ok((context, pump, rerunner)),
@@ -362,9 +382,9 @@ fn run(
 /// The context, its outputs, and the side door to its child for re-running generated cells.
 type Started = (CommandContext, evcxr::EvalContextOutputs, Option<Rerunner>);
 
-/// Creates the context and moves rust-analyzer's first analysis of std off the user's first
-/// `let`: a hidden `let` on a throwaway state, then the untouched state restored. The child is
-/// this binary as [`runtime`], unless its listener cannot be opened (then evcxr's own).
+/// Creates the context (rust-analyzer's first analysis of std comes later, when the evaluator
+/// is idle: [`warm_up_analyser`]). The child is this binary as [`runtime`], unless its listener
+/// cannot be opened (then evcxr's own).
 fn start_context() -> Result<Started, evcxr::Error> {
     crate::std_sources::ensure();
     let (rerunner, (mut eval_context, outputs)) = match Rerunner::bind() {
@@ -385,11 +405,6 @@ fn start_context() -> Result<Started, evcxr::Error> {
     if let Some(flags) = crate::cell_objects::compact_rustflags() {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
-    let warm = std::time::Instant::now();
-    match eval_context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
-        Ok(_) => tracing::debug!("analyser warmed up in {:?}", warm.elapsed()),
-        Err(error) => tracing::warn!("warm-up cell failed (harmless): {error}"),
-    }
     eval_context.eval_with_state("", snapshot)?;
     // The warm-up printed nothing, but drain anything evcxr may have queued.
     while outputs.stdout.try_recv().is_ok() {}
@@ -399,6 +414,17 @@ fn start_context() -> Result<Started, evcxr::Error> {
         outputs,
         rerunner,
     ))
+}
+
+/// Makes rust-analyzer load and analyse std now, through a completion (which changes no state),
+/// instead of in the user's first `let`, which would wait about 3 s for it.
+fn warm_up_analyser(context: &mut CommandContext) {
+    let started = std::time::Instant::now();
+    let code = "let rustpx_warm_up = vec![1u8].iter().map(|x| x + 1).collect::<Vec<u8>>(); rustpx_warm_up.";
+    match context.completions(code, code.len()) {
+        Ok(_) => tracing::debug!("analyser warmed up in {:?}", started.elapsed()),
+        Err(error) => tracing::debug!("analyser warm-up failed (harmless): {error}"),
+    }
 }
 
 /// Turns on the runtime's stdout fences if the runtime is new (see [`fence`]).
