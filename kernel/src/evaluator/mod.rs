@@ -406,7 +406,7 @@ fn start_context() -> Result<Started, evcxr::Error> {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
     eval_context.eval_with_state("", snapshot)?;
-    // The warm-up printed nothing, but drain anything evcxr may have queued.
+    // evcxr's own start-up cell printed nothing, but drain anything it may have queued.
     while outputs.stdout.try_recv().is_ok() {}
     while outputs.stderr.try_recv().is_ok() {}
     Ok((

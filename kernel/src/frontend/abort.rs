@@ -44,16 +44,9 @@ pub fn panicked_reply(request: &WireMessage, panic: &(dyn std::any::Any + Send))
         "rustpx failed while handling this {} ({what}); the kernel keeps running. Please report this as a bug.",
         request.msg_type()
     );
-    let reply_type = format!(
-        "{}_reply",
-        request
-            .msg_type()
-            .strip_suffix("_request")
-            .unwrap_or(request.msg_type())
-    );
     WireMessage::reply_to(
         request,
-        &reply_type,
+        &super::shell::reply_type(request.msg_type()),
         json!({"status": "error", "ename": "KernelError", "evalue": evalue, "traceback": [format!("KernelError: {evalue}")]}),
     )
 }

@@ -23,9 +23,9 @@ use rustpx_wire::zeromq::{
 use rustpx_wire::{decode, encode, Signer, WireMessage};
 use serde_json::json;
 use thiserror::Error;
+use tokio::sync::{mpsc, Mutex};
 
 use crate::drop_report::DropReport;
-use tokio::sync::{mpsc, Mutex};
 
 pub use publisher::Publisher;
 pub use shell::Session;

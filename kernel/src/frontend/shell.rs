@@ -257,7 +257,8 @@ impl ControlHandle {
     }
 }
 
-fn reply_type(request_type: &str) -> String {
+/// `kernel_info_request` -> `kernel_info_reply`.
+pub(super) fn reply_type(request_type: &str) -> String {
     format!(
         "{}_reply",
         request_type
