@@ -369,7 +369,7 @@ def test_engine_death_is_reported_fast_and_survivors_work(px):
     assert reply["status"] == "ok"
     assert sorted(values(msgs)) == [0, 1, 3]
     reply, msgs, _ = px.execute("%engines restart 2")
-    assert reply["status"] == "ok"
+    assert reply["status"] == "ok", reply
     assert "engine 2 restarted" in stream_text(msgs)
     reply, msgs, _ = px.execute("%px 4")
     assert sorted(values(msgs)) == [0, 1, 2, 3]
