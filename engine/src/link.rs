@@ -14,14 +14,16 @@ use rustpx_protocol::{
     ObjectRequest, Platform, RegisterReply, RegisterRequest, RunRequest, ShutdownRequest,
     SignalRequest,
 };
-use rustpx_wire::zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend};
-use rustpx_wire::{decode, encode, Signer, WireMessage};
+use rustpx_wire::{decode, encode, Signer, SocketOptions, SocketType, WireMessage, ZmqSocket};
 use tokio::sync::mpsc;
 
 use crate::delivery::{Delivery, PreparedRun};
 
 /// How often the engine says it is alive.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
+
+/// The largest frame taken from the hub (cell objects, pushed data): the hub's own limit.
+const MAX_FRAME_BYTES: i64 = 1 << 30;
 
 /// Settings for how patient the engine is with the hub.
 pub struct Patience {
@@ -48,24 +50,13 @@ pub async fn serve(
 ) -> Result<()> {
     let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
     let session = uuid::Uuid::new_v4().to_string();
-    let mut options = SocketOptions::default();
-    options.peer_identity(
-        session
-            .as_bytes()
-            .to_vec()
-            .try_into()
-            .context("engine identity")?,
-    );
-    let mut socket = DealerSocket::with_options(options);
-    tokio::time::timeout(patience.register_timeout, socket.connect(&connection.url))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "could not reach the hub at {} within {:?}",
-                connection.url,
-                patience.register_timeout
-            )
-        })?
+    let options = SocketOptions {
+        identity: Some(session.as_bytes().to_vec()),
+        ..SocketOptions::limited_to(MAX_FRAME_BYTES)
+    };
+    // libzmq connects (and reconnects) in the background; the registration timeout below says
+    // when the hub was not reached.
+    let mut socket = ZmqSocket::connect(SocketType::DEALER, &connection.url, &options)
         .with_context(|| format!("could not connect to the hub at {}", connection.url))?;
 
     let register = RegisterRequest {
@@ -76,9 +67,18 @@ pub async fn serve(
         platform: identity.platform,
         shares_files: delivery.shares_files(),
     };
-    socket
-        .send(encode(&to_wire(&session, &register), &signer))
-        .await?;
+    tokio::time::timeout(
+        patience.register_timeout,
+        socket.send(encode(&to_wire(&session, &register), &signer)),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "could not reach the hub at {} within {:?}",
+            connection.url,
+            patience.register_timeout
+        )
+    })??;
     let reply = tokio::time::timeout(patience.register_timeout, socket.recv())
         .await
         .map_err(|_| {
@@ -107,7 +107,6 @@ pub async fn serve(
         connection.url
     );
 
-    let (mut send_half, mut recv_half) = socket.split();
     let heartbeat = to_wire(&session, &Heartbeat {});
     let mut ticker = tokio::time::interval(HEARTBEAT_PERIOD);
     let mut last_heard = Instant::now();
@@ -117,12 +116,12 @@ pub async fn serve(
                 if last_heard.elapsed() > patience.hub_silence {
                     bail!("the hub at {} has been silent for {:?}; exiting", connection.url, patience.hub_silence);
                 }
-                send_half.send(encode(&heartbeat, &signer)).await?;
+                socket.send(encode(&heartbeat, &signer)).await?;
             }
             Some(message) = outgoing.recv() => {
-                send_half.send(encode(&message, &signer)).await?;
+                socket.send(encode(&message, &signer)).await?;
             }
-            frames = recv_half.recv() => {
+            frames = socket.recv() => {
                 let message = match decode(frames?, &signer) {
                     Ok(message) => message,
                     Err(error) => {
@@ -139,7 +138,7 @@ pub async fn serve(
                             if !ask.is_empty() {
                                 tracing::debug!("fetching {} objects from the hub", ask.len());
                                 let request = to_wire(&session, &ObjectRequest { sha256: ask });
-                                send_half.send(encode(&request, &signer)).await?;
+                                socket.send(encode(&request, &signer)).await?;
                             }
                             forward(&runs, ready)?;
                         }
@@ -159,7 +158,7 @@ pub async fn serve(
                                 // Exit rather than die by the signal: mpiexec ends every rank of
                                 // a job when one is killed by a signal, but lets one exit.
                                 let goodbye = to_wire(&session, &EngineExit { reason });
-                                let _ = send_half.send(encode(&goodbye, &signer)).await;
+                                let _ = socket.send(encode(&goodbye, &signer)).await;
                                 // The send only queued it: give the socket a moment to write.
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 // SAFETY: _exit ends the process at once, as the signal would;

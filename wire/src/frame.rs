@@ -1,16 +1,14 @@
 //! `<IDS|MSG>` framing: between a list of ZeroMQ frames and a [`WireMessage`].
 
+use crate::{Signer, WireError, WireMessage};
 use bytes::Bytes;
 use serde_json::Value;
-use zeromq::ZmqMessage;
-
-use crate::{Signer, WireError, WireMessage};
 
 /// The frame that separates routing identities from the message.
 pub const DELIMITER: &[u8] = b"<IDS|MSG>";
 
 /// Serialises `message` into frames, signing it with `signer`.
-pub fn encode(message: &WireMessage, signer: &Signer) -> ZmqMessage {
+pub fn encode(message: &WireMessage, signer: &Signer) -> Vec<Bytes> {
     // Serialising these JSON values cannot fail: they are already `Value`s or plain structs.
     let header = serde_json::to_vec(&message.header).unwrap_or_default();
     let parent = match &message.parent_header {
@@ -29,17 +27,18 @@ pub fn encode(message: &WireMessage, signer: &Signer) -> ZmqMessage {
     frames.push(Bytes::from(metadata));
     frames.push(Bytes::from(content));
     frames.extend(message.buffers.iter().cloned());
-    // A vector with at least the delimiter is never empty, so this conversion cannot fail.
-    ZmqMessage::try_from(frames).unwrap_or_else(|_| ZmqMessage::from(Bytes::new()))
+    frames
 }
 
 /// Splits frames into a message, verifying the signature before any JSON is parsed.
-pub fn decode(frames: ZmqMessage, signer: &Signer) -> Result<WireMessage, WireError> {
-    let frames = frames.into_vec();
-    decode_frames(frames, signer)
+pub fn decode(frames: Vec<Bytes>, signer: &Signer) -> Result<WireMessage, WireError> {
+    decode_signed(frames, signer).map(|(message, _)| message)
 }
 
-fn decode_frames(mut frames: Vec<Bytes>, signer: &Signer) -> Result<WireMessage, WireError> {
+fn decode_signed(
+    mut frames: Vec<Bytes>,
+    signer: &Signer,
+) -> Result<(WireMessage, Bytes), WireError> {
     let delimiter = frames
         .iter()
         .position(|f| f.as_ref() == DELIMITER)
@@ -86,14 +85,15 @@ fn decode_frames(mut frames: Vec<Bytes>, signer: &Signer) -> Result<WireMessage,
         part: "content",
         source,
     })?;
-    Ok(WireMessage {
+    let message = WireMessage {
         identities,
         header,
         parent_header,
         metadata,
         content,
         buffers,
-    })
+    };
+    Ok((message, signature))
 }
 
 #[cfg(test)]
@@ -142,11 +142,11 @@ mod tests {
     #[test]
     fn a_tampered_content_frame_is_refused() {
         let message = WireMessage::new("x", "s", json!({"a": 1}));
-        let mut frames = encode(&message, &signer()).into_vec();
+        let mut frames = encode(&message, &signer());
         let last = frames.len() - 1;
         frames[last] = Bytes::from_static(b"{\"a\":2}");
         assert!(matches!(
-            decode_frames(frames, &signer()),
+            decode(frames, &signer()),
             Err(WireError::BadSignature)
         ));
     }
@@ -155,12 +155,12 @@ mod tests {
     fn malformed_frame_sets_are_refused_with_a_reason() {
         let no_delim = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
         assert!(matches!(
-            decode_frames(no_delim, &signer()),
+            decode(no_delim, &signer()),
             Err(WireError::MissingDelimiter(2))
         ));
         let short = vec![Bytes::from_static(DELIMITER), Bytes::from_static(b"sig")];
         assert!(matches!(
-            decode_frames(short, &signer()),
+            decode(short, &signer()),
             Err(WireError::TooFewFrames(1))
         ));
         let unsigned = Signer::new("hmac-sha256", "").unwrap();
@@ -173,7 +173,7 @@ mod tests {
             Bytes::from_static(b"{}"),
         ];
         assert!(matches!(
-            decode_frames(bad_json, &unsigned),
+            decode(bad_json, &unsigned),
             Err(WireError::BadJson { part: "header", .. })
         ));
     }

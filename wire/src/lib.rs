@@ -9,12 +9,13 @@ mod error;
 mod frame;
 mod message;
 mod signing;
+pub mod socket;
 
 pub use error::WireError;
 pub use frame::{decode, encode, DELIMITER};
 pub use message::{new_header, WireMessage};
 pub use signing::Signer;
+pub use socket::{Options as SocketOptions, SocketError, SocketType, ZmqSocket};
 
 /// Typed Jupyter messages, re-exported so that users of the wire layer agree on one version.
 pub use jupyter_protocol;
-pub use zeromq;

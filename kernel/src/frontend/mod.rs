@@ -17,10 +17,9 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use jupyter_protocol::ConnectionInfo;
-use rustpx_wire::zeromq::{
-    PubSocket, RepSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage,
+use rustpx_wire::{
+    decode, encode, Signer, SocketError, SocketOptions, SocketType, WireMessage, ZmqSocket,
 };
-use rustpx_wire::{decode, encode, Signer, WireMessage};
 use serde_json::json;
 use thiserror::Error;
 use tokio::sync::{mpsc, Mutex};
@@ -45,13 +44,17 @@ pub enum FrontendError {
     },
     #[error(transparent)]
     Wire(#[from] rustpx_wire::WireError),
-    #[error("cannot bind the {channel} socket to {url}: {source}")]
+    #[error("cannot serve the {channel} channel: {source}")]
     Bind {
         channel: &'static str,
-        url: String,
-        source: rustpx_wire::zeromq::ZmqError,
+        source: SocketError,
     },
 }
+
+/// The largest frame a Jupyter client may send (a cell, a comm message's buffer). A peer that
+/// announces a larger one is disconnected before anything is allocated; the kernel and every
+/// other client go on.
+pub const MAX_FRAME_BYTES: i64 = 256 << 20;
 
 /// Reads a Jupyter connection file.
 pub fn read_connection_file(path: &Path) -> Result<ConnectionInfo, FrontendError> {
@@ -65,18 +68,17 @@ pub fn read_connection_file(path: &Path) -> Result<ConnectionInfo, FrontendError
     })
 }
 
-async fn bind<S: Socket>(
-    mut socket: S,
-    channel: &'static str,
-    url: String,
-) -> Result<S, FrontendError> {
-    match socket.bind(&url).await {
-        Ok(_) => Ok(socket),
-        Err(source) => Err(FrontendError::Bind {
-            channel,
-            url,
-            source,
-        }),
+fn bind(kind: SocketType, channel: &'static str, url: String) -> Result<ZmqSocket, FrontendError> {
+    ZmqSocket::bind(kind, &url, &channel_options(kind))
+        .map_err(|source| FrontendError::Bind { channel, source })
+}
+
+/// The frame limit on every channel; ROUTERs hand a client's identity over to its newest
+/// connection, as ipykernel's do, so a client that reconnects gets its replies.
+fn channel_options(kind: SocketType) -> SocketOptions {
+    SocketOptions {
+        router_handover: kind == SocketType::ROUTER,
+        ..SocketOptions::limited_to(MAX_FRAME_BYTES)
     }
 }
 
@@ -86,12 +88,19 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
     let client_gone = parent::client_gone();
     tokio::pin!(client_gone);
     let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
-    let shell = bind(RouterSocket::new(), "shell", connection.shell_url()).await?;
-    let control = bind(RouterSocket::new(), "control", connection.control_url()).await?;
-    let mut iopub = bind(PubSocket::new(), "iopub", connection.iopub_url()).await?;
+    let shell = bind(SocketType::ROUTER, "shell", connection.shell_url())?;
+    let control = bind(SocketType::ROUTER, "control", connection.control_url())?;
+    let mut iopub = bind(SocketType::PUB, "iopub", connection.iopub_url())?;
     // stdin is bound so clients can connect; cells do not ask for input yet.
-    let _stdin = bind(RouterSocket::new(), "stdin", connection.stdin_url()).await?;
-    let hb = bind(RepSocket::new(), "heartbeat", connection.hb_url()).await?;
+    let _stdin = bind(SocketType::ROUTER, "stdin", connection.stdin_url())?;
+    rustpx_wire::socket::spawn_echo(
+        &connection.hb_url(),
+        &SocketOptions::limited_to(MAX_FRAME_BYTES),
+    )
+    .map_err(|source| FrontendError::Bind {
+        channel: "heartbeat",
+        source,
+    })?;
     tracing::info!(
         "serving on {} (shell {}, iopub {}, control {}, hb {})",
         connection.ip,
@@ -112,7 +121,6 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
         }
     });
     publisher.publish_orphan("status", json!({"execution_state": "starting"}));
-    tokio::spawn(heartbeat(hb));
 
     let session = tokio::select! {
         session = Session::new(publisher.clone()) => Arc::new(Mutex::new(session)),
@@ -157,29 +165,13 @@ fn ignore_ctrl_c() {
     });
 }
 
-async fn heartbeat(mut hb: RepSocket) {
-    loop {
-        match hb.recv().await {
-            Ok(ping) => {
-                if let Err(error) = hb.send(ping).await {
-                    tracing::warn!("heartbeat reply failed: {error}");
-                }
-            }
-            Err(error) => {
-                tracing::warn!("heartbeat receive failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// Receives and verifies one message; `None` when it was dropped (counted in `drops`).
 async fn receive(
-    socket: &mut RouterSocket,
+    socket: &mut ZmqSocket,
     signer: &Signer,
     drops: &mut DropReport,
 ) -> Option<WireMessage> {
-    let frames: ZmqMessage = match socket.recv().await {
+    let frames = match socket.recv().await {
         Ok(frames) => frames,
         Err(error) => {
             drops.dropped(&format_args!("receive failed: {error}"));
@@ -187,6 +179,31 @@ async fn receive(
             return None;
         }
     };
+    verified(frames, signer, drops)
+}
+
+/// A message that has already arrived, without waiting: `Some(None)` when one arrived but was
+/// dropped, `None` when nothing is waiting.
+fn receive_waiting(
+    socket: &mut ZmqSocket,
+    signer: &Signer,
+    drops: &mut DropReport,
+) -> Option<Option<WireMessage>> {
+    match socket.try_recv() {
+        Ok(Some(frames)) => Some(verified(frames, signer, drops)),
+        Ok(None) => None,
+        Err(error) => {
+            drops.dropped(&format_args!("receive failed: {error}"));
+            None
+        }
+    }
+}
+
+fn verified(
+    frames: Vec<bytes::Bytes>,
+    signer: &Signer,
+    drops: &mut DropReport,
+) -> Option<WireMessage> {
     match decode(frames, signer) {
         Ok(message) => Some(message),
         Err(error) => {
@@ -201,7 +218,7 @@ async fn receive(
 /// requests already waiting on the socket are answered `aborted` without running, as ipykernel
 /// does; the first request that arrives after that queue is empty runs normally.
 async fn shell_loop(
-    mut socket: RouterSocket,
+    mut socket: ZmqSocket,
     signer: Signer,
     session: Arc<Mutex<Session>>,
     publisher: Publisher,
@@ -211,9 +228,8 @@ async fn shell_loop(
     let mut drops = DropReport::new("shell");
     loop {
         let received = if aborting {
-            // Only what has already arrived: one poll, no waiting (a timer, even of zero, lets
-            // a request sent after the queue emptied slip in).
-            match receive(&mut socket, &signer, &mut drops).now_or_never() {
+            // Only what has already arrived, straight from libzmq's queue, no waiting.
+            match receive_waiting(&mut socket, &signer, &mut drops) {
                 Some(received) => received,
                 None => {
                     aborting = false;
@@ -260,7 +276,7 @@ async fn shell_loop(
 }
 
 async fn control_loop(
-    mut socket: RouterSocket,
+    mut socket: ZmqSocket,
     signer: Signer,
     control: shell::ControlHandle,
     publisher: Publisher,

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustpx_protocol::EngineConnection;
-use rustpx_wire::zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
-use rustpx_wire::{decode, encode, Signer};
+use rustpx_wire::{decode, encode, Signer, SocketOptions, SocketType, ZmqSocket};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::hub::{Departure, Hub, Outgoing};
@@ -16,6 +15,11 @@ use crate::drop_report::DropReport;
 
 /// How often heartbeats and departures are checked.
 const TICK: Duration = Duration::from_millis(250);
+
+/// The largest frame the hub accepts. Frames carry pushed and pulled data for engines on other
+/// hosts, so the limit is generous; a peer announcing more is disconnected before anything is
+/// allocated for it, and the hub serves everyone else on.
+pub const MAX_FRAME_BYTES: i64 = 1 << 30;
 
 /// Binds the hub on `address.bind` (loopback unless the user asks otherwise) with a fresh
 /// random key and serves it; returns what engines need to connect, with `address.location` as
@@ -32,21 +36,21 @@ pub async fn start(
         uuid::Uuid::new_v4().simple()
     );
     let signer = Signer::new("hmac-sha256", &key).map_err(PxError::Wire)?;
-    let mut socket = RouterSocket::new();
     let ip = &address.bind;
-    let endpoint = socket
-        .bind(&format!("tcp://{ip}:0"))
-        .await
-        .map_err(|e| PxError::Bind(format!("tcp://{ip}:0"), e.to_string()))?;
-    let port = match &endpoint {
-        rustpx_wire::zeromq::Endpoint::Tcp(_, port) => *port,
-        other => {
-            return Err(PxError::Bind(
-                other.to_string(),
-                "not a TCP endpoint".into(),
-            ))
-        }
-    };
+    let bind_to = format!("tcp://{ip}:*");
+    // An engine's identity stays with its first connection (no handover): another peer that
+    // claims it is refused by libzmq.
+    let socket = ZmqSocket::bind(
+        SocketType::ROUTER,
+        &bind_to,
+        &SocketOptions::limited_to(MAX_FRAME_BYTES),
+    )
+    .map_err(|e| PxError::Bind(bind_to.clone(), e.to_string()))?;
+    let endpoint = socket.endpoint().unwrap_or_default();
+    let port = endpoint
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .ok_or_else(|| PxError::Bind(endpoint.clone(), "not a TCP endpoint".into()))?;
     let host = match address.location.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
         _ => address.location.clone(),
@@ -63,18 +67,17 @@ pub async fn start(
 }
 
 async fn serve(
-    socket: RouterSocket,
+    mut socket: ZmqSocket,
     signer: Signer,
     hub: Arc<Mutex<Hub>>,
     mut outbox: UnboundedReceiver<Outgoing>,
     on_departed: impl Fn(Departure) + Send + 'static,
 ) {
-    let (mut sender, mut receiver) = socket.split();
     let mut ticker = tokio::time::interval(TICK);
     let mut drops = DropReport::new("hub");
     loop {
         tokio::select! {
-            frames = receiver.recv() => {
+            frames = socket.recv() => {
                 let frames = match frames {
                     Ok(frames) => frames,
                     Err(error) => {
@@ -97,7 +100,7 @@ async fn serve(
             }
             Some((identity, mut message)) = outbox.recv() => {
                 message.identities = vec![identity];
-                if let Err(error) = sender.send(encode(&message, &signer)).await {
+                if let Err(error) = socket.send(encode(&message, &signer)).await {
                     // A shutdown request races the kill that follows it (kernel shutdown,
                     // `%engines stop`): an engine already gone needs no request.
                     if message.msg_type() == "shutdown_request" {
