@@ -14,7 +14,10 @@ use rustpx_protocol::{
     ObjectRequest, Platform, RegisterReply, RegisterRequest, RunRequest, ShutdownRequest,
     SignalRequest,
 };
-use rustpx_wire::{decode, encode, Signer, SocketOptions, SocketType, WireMessage, ZmqSocket};
+use rustpx_wire::{
+    decode, encode, SequenceCheck, Sequencer, Signer, SocketOptions, SocketType, WireMessage,
+    ZmqSocket,
+};
 use tokio::sync::mpsc;
 
 use crate::delivery::{Delivery, PreparedRun};
@@ -50,6 +53,13 @@ pub async fn serve(
 ) -> Result<()> {
     let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
     let session = uuid::Uuid::new_v4().to_string();
+    let mut seal = Seal {
+        signer: signer.clone(),
+        session: session.clone(),
+        numbering: Sequencer::default(),
+    };
+    // What the hub sends is numbered too: a replay of it is dropped.
+    let mut numbers_seen = SequenceCheck::default();
     let options = SocketOptions {
         identity: Some(session.as_bytes().to_vec()),
         ..SocketOptions::limited_to(MAX_FRAME_BYTES)
@@ -69,7 +79,7 @@ pub async fn serve(
     };
     tokio::time::timeout(
         patience.register_timeout,
-        socket.send(encode(&to_wire(&session, &register), &signer)),
+        socket.send(seal.frames(to_wire(&session, &register))),
     )
     .await
     .map_err(|_| {
@@ -89,6 +99,9 @@ pub async fn serve(
             )
         })??;
     let reply = decode(reply, &signer).context("the hub's registration reply")?;
+    numbers_seen
+        .accept(&reply)
+        .context("the hub's registration reply")?;
     let reply: RegisterReply = from_wire(&reply)?;
     let engine_id = match (reply.engine_id, reply.refused) {
         (Some(id), None) => id,
@@ -116,13 +129,15 @@ pub async fn serve(
                 if last_heard.elapsed() > patience.hub_silence {
                     bail!("the hub at {} has been silent for {:?}; exiting", connection.url, patience.hub_silence);
                 }
-                socket.send(encode(&heartbeat, &signer)).await?;
+                socket.send(seal.frames(heartbeat.clone())).await?;
             }
             Some(message) = outgoing.recv() => {
-                socket.send(encode(&message, &signer)).await?;
+                socket.send(seal.frames(message)).await?;
             }
             frames = socket.recv() => {
-                let message = match decode(frames?, &signer) {
+                let message = match decode(frames?, &signer)
+                    .and_then(|message| numbers_seen.accept(&message).map(|()| message))
+                {
                     Ok(message) => message,
                     Err(error) => {
                         tracing::warn!("dropped a message from the hub: {error}");
@@ -138,7 +153,7 @@ pub async fn serve(
                             if !ask.is_empty() {
                                 tracing::debug!("fetching {} objects from the hub", ask.len());
                                 let request = to_wire(&session, &ObjectRequest { sha256: ask });
-                                socket.send(encode(&request, &signer)).await?;
+                                socket.send(seal.frames(request)).await?;
                             }
                             forward(&runs, ready)?;
                         }
@@ -158,7 +173,7 @@ pub async fn serve(
                                 // Exit rather than die by the signal: mpiexec ends every rank of
                                 // a job when one is killed by a signal, but lets one exit.
                                 let goodbye = to_wire(&session, &EngineExit { reason });
-                                let _ = socket.send(encode(&goodbye, &signer)).await;
+                                let _ = socket.send(seal.frames(goodbye)).await;
                                 // The send only queued it: give the socket a moment to write.
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 // SAFETY: _exit ends the process at once, as the signal would;
@@ -178,6 +193,23 @@ pub async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Signs and numbers what the engine sends, so the hub can tell a replay from a new message.
+/// Every message goes out in the link's session, which is also the socket's identity: the hub
+/// takes a message only from the connection whose identity is its session.
+struct Seal {
+    signer: Signer,
+    session: String,
+    numbering: Sequencer,
+}
+
+impl Seal {
+    fn frames(&mut self, mut message: WireMessage) -> Vec<bytes::Bytes> {
+        message.header.session.clone_from(&self.session);
+        self.numbering.stamp(&mut message);
+        encode(&message, &self.signer)
     }
 }
 

@@ -20,6 +20,10 @@ pub enum WireError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("a message already received was sent again (a replay)")]
+    Replayed,
+    #[error("a link message without its sequence number")]
+    Unnumbered,
     #[error("unsupported signature scheme {0:?}; rustpx signs with hmac-sha256")]
     UnsupportedScheme(String),
 }

@@ -1,6 +1,6 @@
 //! `<IDS|MSG>` framing: between a list of ZeroMQ frames and a [`WireMessage`].
 
-use crate::{Signer, WireError, WireMessage};
+use crate::{SeenSignatures, Signer, WireError, WireMessage};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -33,6 +33,18 @@ pub fn encode(message: &WireMessage, signer: &Signer) -> Vec<Bytes> {
 /// Splits frames into a message, verifying the signature before any JSON is parsed.
 pub fn decode(frames: Vec<Bytes>, signer: &Signer) -> Result<WireMessage, WireError> {
     decode_signed(frames, signer).map(|(message, _)| message)
+}
+
+/// As [`decode`], and refuses a message whose signature `seen` has accepted before (a replay).
+/// The signature is recorded only once it has been verified.
+pub fn decode_once(
+    frames: Vec<Bytes>,
+    signer: &Signer,
+    seen: &mut SeenSignatures,
+) -> Result<WireMessage, WireError> {
+    let (message, signature) = decode_signed(frames, signer)?;
+    seen.first_time(&signature)?;
+    Ok(message)
 }
 
 fn decode_signed(
@@ -148,6 +160,17 @@ mod tests {
         assert!(matches!(
             decode(frames, &signer()),
             Err(WireError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn the_same_signed_frames_are_taken_once() {
+        let frames = encode(&WireMessage::new("x", "s", json!({})), &signer());
+        let mut seen = SeenSignatures::default();
+        assert!(decode_once(frames.clone(), &signer(), &mut seen).is_ok());
+        assert!(matches!(
+            decode_once(frames, &signer(), &mut seen),
+            Err(WireError::Replayed)
         ));
     }
 

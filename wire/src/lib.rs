@@ -8,12 +8,14 @@
 mod error;
 mod frame;
 mod message;
+pub mod replay;
 mod signing;
 pub mod socket;
 
 pub use error::WireError;
-pub use frame::{decode, encode, DELIMITER};
+pub use frame::{decode, decode_once, encode, DELIMITER};
 pub use message::{new_header, WireMessage};
+pub use replay::{SeenSignatures, SequenceCheck, Sequencer};
 pub use signing::Signer;
 pub use socket::{Options as SocketOptions, SocketError, SocketType, ZmqSocket};
 

@@ -7,6 +7,7 @@
 //! ([`parent`]), stopping its engines on the way out as a shutdown request would.
 
 mod abort;
+mod gate;
 mod kernel_info;
 pub mod parent;
 mod publisher;
@@ -17,14 +18,13 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use jupyter_protocol::ConnectionInfo;
-use rustpx_wire::{
-    decode, encode, Signer, SocketError, SocketOptions, SocketType, WireMessage, ZmqSocket,
-};
+use rustpx_wire::{encode, Signer, SocketError, SocketOptions, SocketType, WireMessage, ZmqSocket};
 use serde_json::json;
 use thiserror::Error;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::drop_report::DropReport;
+use gate::Gate;
 
 pub use publisher::Publisher;
 pub use shell::Session;
@@ -133,14 +133,15 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
     let control_session = shell::ControlHandle::new(&session).await;
     let on_client_gone = control_session.clone();
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(1);
+    let gate = Gate::new(signer);
     tokio::spawn(control_loop(
         control,
-        signer.clone(),
+        gate.clone(),
         control_session,
         publisher.clone(),
         shutdown_tx.clone(),
     ));
-    tokio::spawn(shell_loop(shell, signer, session, publisher, shutdown_tx));
+    tokio::spawn(shell_loop(shell, gate, session, publisher, shutdown_tx));
     ignore_ctrl_c();
     tokio::select! {
         _ = shutdown_rx.recv() => {}
@@ -168,7 +169,7 @@ fn ignore_ctrl_c() {
 /// Receives and verifies one message; `None` when it was dropped (counted in `drops`).
 async fn receive(
     socket: &mut ZmqSocket,
-    signer: &Signer,
+    gate: &Gate,
     drops: &mut DropReport,
 ) -> Option<WireMessage> {
     let frames = match socket.recv().await {
@@ -179,18 +180,18 @@ async fn receive(
             return None;
         }
     };
-    verified(frames, signer, drops)
+    verified(frames, gate, drops)
 }
 
 /// A message that has already arrived, without waiting: `Some(None)` when one arrived but was
 /// dropped, `None` when nothing is waiting.
 fn receive_waiting(
     socket: &mut ZmqSocket,
-    signer: &Signer,
+    gate: &Gate,
     drops: &mut DropReport,
 ) -> Option<Option<WireMessage>> {
     match socket.try_recv() {
-        Ok(Some(frames)) => Some(verified(frames, signer, drops)),
+        Ok(Some(frames)) => Some(verified(frames, gate, drops)),
         Ok(None) => None,
         Err(error) => {
             drops.dropped(&format_args!("receive failed: {error}"));
@@ -199,12 +200,8 @@ fn receive_waiting(
     }
 }
 
-fn verified(
-    frames: Vec<bytes::Bytes>,
-    signer: &Signer,
-    drops: &mut DropReport,
-) -> Option<WireMessage> {
-    match decode(frames, signer) {
+fn verified(frames: Vec<bytes::Bytes>, gate: &Gate, drops: &mut DropReport) -> Option<WireMessage> {
+    match gate.admit(frames) {
         Ok(message) => Some(message),
         Err(error) => {
             drops.dropped(&error);
@@ -219,7 +216,7 @@ fn verified(
 /// does; the first request that arrives after that queue is empty runs normally.
 async fn shell_loop(
     mut socket: ZmqSocket,
-    signer: Signer,
+    gate: Gate,
     session: Arc<Mutex<Session>>,
     publisher: Publisher,
     shutdown: mpsc::Sender<()>,
@@ -229,7 +226,7 @@ async fn shell_loop(
     loop {
         let received = if aborting {
             // Only what has already arrived, straight from libzmq's queue, no waiting.
-            match receive_waiting(&mut socket, &signer, &mut drops) {
+            match receive_waiting(&mut socket, &gate, &mut drops) {
                 Some(received) => received,
                 None => {
                     aborting = false;
@@ -237,7 +234,7 @@ async fn shell_loop(
                 }
             }
         } else {
-            receive(&mut socket, &signer, &mut drops).await
+            receive(&mut socket, &gate, &mut drops).await
         };
         let Some(request) = received else {
             continue;
@@ -246,7 +243,7 @@ async fn shell_loop(
         if aborting && request.msg_type() == "execute_request" {
             tracing::info!("execute request aborted: an earlier cell failed (stop_on_error)");
             let reply = abort::aborted_reply(&request);
-            if let Err(error) = socket.send(encode(&reply, &signer)).await {
+            if let Err(error) = socket.send(gate.seal(&reply)).await {
                 tracing::warn!("shell: aborted reply failed: {error}");
             }
             publisher.status(&request, "idle");
@@ -264,7 +261,7 @@ async fn shell_loop(
             aborting |= abort::stops_the_queue(&request, reply);
         }
         if let Some(reply) = reply {
-            if let Err(error) = socket.send(encode(&reply, &signer)).await {
+            if let Err(error) = socket.send(gate.seal(&reply)).await {
                 tracing::warn!("shell: reply to {} failed: {error}", request.msg_type());
             }
         }
@@ -277,20 +274,20 @@ async fn shell_loop(
 
 async fn control_loop(
     mut socket: ZmqSocket,
-    signer: Signer,
+    gate: Gate,
     control: shell::ControlHandle,
     publisher: Publisher,
     shutdown: mpsc::Sender<()>,
 ) {
     let mut drops = DropReport::new("control");
     loop {
-        let Some(request) = receive(&mut socket, &signer, &mut drops).await else {
+        let Some(request) = receive(&mut socket, &gate, &mut drops).await else {
             continue;
         };
         publisher.status(&request, "busy");
         let reply = control.handle(&request).await;
         if let Some(reply) = reply {
-            if let Err(error) = socket.send(encode(&reply, &signer)).await {
+            if let Err(error) = socket.send(gate.seal(&reply)).await {
                 tracing::warn!("control: reply to {} failed: {error}", request.msg_type());
             }
         }

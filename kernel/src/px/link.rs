@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustpx_protocol::EngineConnection;
-use rustpx_wire::{decode, encode, Signer, SocketOptions, SocketType, ZmqSocket};
+use rustpx_wire::{
+    decode, encode, SequenceCheck, Sequencer, Signer, SocketOptions, SocketType, ZmqSocket,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::hub::{Departure, Hub, Outgoing};
@@ -75,6 +77,10 @@ async fn serve(
 ) {
     let mut ticker = tokio::time::interval(TICK);
     let mut drops = DropReport::new("hub");
+    // Every message on the link is numbered by its sender; a replayed registration, heartbeat
+    // or reply (captured on the network) carries a number already taken and is dropped.
+    let mut numbers_seen = SequenceCheck::default();
+    let mut numbering = Sequencer::default();
     loop {
         tokio::select! {
             frames = socket.recv() => {
@@ -93,6 +99,16 @@ async fn serve(
                             continue;
                         }
                         let identity: Bytes = message.identities.remove(0);
+                        // An engine's connection identity is its (signed) session: a message
+                        // replayed from another connection does not match it.
+                        if identity.as_ref() != message.header.session.as_bytes() {
+                            drops.dropped(&"a message whose session is not its sender's");
+                            continue;
+                        }
+                        if let Err(error) = numbers_seen.accept(&message) {
+                            drops.dropped(&error);
+                            continue;
+                        }
                         lock(&hub).receive(identity, &message);
                     }
                     Err(error) => drops.dropped(&error),
@@ -100,6 +116,7 @@ async fn serve(
             }
             Some((identity, mut message)) = outbox.recv() => {
                 message.identities = vec![identity];
+                numbering.stamp(&mut message);
                 if let Err(error) = socket.send(encode(&message, &signer)).await {
                     // A shutdown request races the kill that follows it (kernel shutdown,
                     // `%engines stop`): an engine already gone needs no request.

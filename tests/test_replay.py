@@ -1,0 +1,167 @@
+"""Issue 14, item 4: a captured signed message sent again must not act again.
+
+The attacker here has recorded messages (as an observer of the network between a kernel and an
+engine on another host would) but does not have the key: every message it sends is a byte-for-
+byte copy of one that was sent before. The test makes the originals with the key, as the real
+client or engine would, then replays them against the real kernel.
+"""
+import itertools
+import json
+import os
+import platform
+import subprocess
+import time
+
+import pytest
+import zmq
+from jupyter_client.session import Session
+
+from conftest import ENGINE_ROW, Kernel
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    runtime_dir = tmp_path_factory.mktemp("replay-runtime")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime_dir)
+    try:
+        k = Kernel()
+    finally:
+        del os.environ["JUPYTER_RUNTIME_DIR"]
+    k.runtime_dir = runtime_dir
+    reply, _, _ = k.execute("%engines start -n 1")
+    assert reply["status"] == "ok", reply
+    yield k
+    k.shutdown()
+
+
+def live_engines(kernel):
+    """Engine id to pid, for the engines `%engines` does not list as dead."""
+    _, msgs, _ = kernel.execute("%engines")
+    tables = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"]
+    assert tables, msgs
+    live = {}
+    for line in tables[0].splitlines():
+        row = ENGINE_ROW.match(line)
+        if row and " dead (" not in line:
+            live[int(row.group(1))] = int(row.group(2))
+    return live
+
+
+def dealer(url, identity=None):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    sock.connect(url)
+    return sock
+
+
+def replies_within(sock, seconds):
+    """Every message that arrives on `sock` within `seconds`."""
+    got = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if sock.poll(int(left * 1000)):
+            got.append(sock.recv_multipart())
+    return got
+
+
+def test_a_shell_request_sent_twice_is_answered_once(kernel):
+    info = kernel.km.get_connection_info()
+    session = Session(key=info["key"], signature_scheme=info["signature_scheme"])
+    sock = dealer(f"tcp://{info['ip']}:{info['shell_port']}")
+    try:
+        recorded = session.serialize(session.msg("kernel_info_request", {}))
+        sock.send_multipart(recorded)
+        sock.send_multipart(recorded)
+        # The same bytes, with the signature's hex digits upper-cased: the signature still
+        # verifies, so this is a replay too.
+        sock.send_multipart(recorded[:1] + [recorded[1].upper()] + recorded[2:])
+        answers = replies_within(sock, 5)
+        assert len(answers) == 1, f"{len(answers)} replies to one request sent three times"
+        # A new request is answered as usual.
+        session.send(sock, "kernel_info_request", {})
+        assert len(replies_within(sock, 5)) == 1
+    finally:
+        sock.close()
+    reply, _, _ = kernel.execute("1 + 1")
+    assert reply["status"] == "ok"
+
+
+def engine_link(kernel):
+    path = kernel.runtime_dir / f"rustpx-engines-{kernel.km.provisioner.process.pid}.json"
+    connection = json.loads(path.read_text())
+    return connection["url"], Session(key=connection["key"].encode(), signature_scheme="hmac-sha256")
+
+
+def this_platform():
+    return {
+        "arch": platform.machine(),
+        "os": "linux",
+        "glibc": os.confstr("CS_GNU_LIBC_VERSION").split()[1],
+    }
+
+
+def test_a_replayed_registration_or_heartbeat_gets_no_engine(kernel):
+    """One recorded register_request registered three engines and one recorded heartbeat kept
+    them alive; a fake engine is sent cells, data and objects, and makes %px wait for it."""
+    url, session = engine_link(kernel)
+    before = live_engines(kernel)
+    sleeper = subprocess.Popen(["sleep", "120"])
+    identity = session.bsession
+    sock = dealer(url, identity)
+    try:
+        register = session.msg("register_request", {
+            "requested_id": None, "pid": sleeper.pid, "hostname": "recorded", "version": "0.1.0",
+            "platform": this_platform(), "shares_files": False,
+        })
+        register["metadata"] = {"seq": 1}
+        recorded_register = session.serialize(register)
+        heartbeat = session.msg("heartbeat", {})
+        heartbeat["metadata"] = {"seq": 2}
+        recorded_heartbeat = session.serialize(heartbeat)
+
+        # The original registration is accepted: one engine more.
+        sock.send_multipart(recorded_register)
+        answers = replies_within(sock, 5)
+        assert any(b"register_reply" in b"".join(a) for a in answers), answers
+        sock.send_multipart(recorded_heartbeat)
+        assert len(live_engines(kernel)) == len(before) + 1
+
+        # The fake engine stays alive while the replays below are tried, as the real one would:
+        # with fresh heartbeats, numbered on.
+        numbers = itertools.count(3)
+
+        def quiet_for(listener, seconds):
+            got = []
+            for _ in range(seconds):
+                fresh = session.msg("heartbeat", {})
+                fresh["metadata"] = {"seq": next(numbers)}
+                sock.send_multipart(session.serialize(fresh))
+                got += replies_within(listener, 1)
+            return got
+
+        # Replayed on the same connection, and from a connection with another identity: no
+        # registration is answered, no engine is added.
+        for _ in range(3):
+            sock.send_multipart(recorded_register)
+        assert not [a for a in quiet_for(sock, 3) if b"register_reply" in b"".join(a)]
+        other = dealer(url, b"another-identity")
+        other.send_multipart(recorded_register)
+        assert not quiet_for(other, 3)
+        other.close()
+        assert len(live_engines(kernel)) == len(before) + 1
+
+        # The recorded heartbeat, replayed, does not keep the fake engine: it departs after the
+        # hub's heartbeat timeout (5 s) as a silent engine does.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(live_engines(kernel)) > len(before):
+            sock.send_multipart(recorded_heartbeat)
+            time.sleep(0.5)
+        assert live_engines(kernel) == before, "a replayed heartbeat kept a fake engine alive"
+    finally:
+        sock.close()
+        sleeper.kill()
+    # The real engine was never disturbed.
+    reply, msgs, _ = kernel.execute("%px 6 * 7")
+    assert reply["status"] == "ok", reply
