@@ -327,7 +327,7 @@ mod map_worker {
     //! chunk index, first item index, byte length, bytes) and a final tag 1.
     use super::*;
     use std::io::{BufReader, Read, Write};
-    use std::net::TcpStream;
+    use std::os::unix::net::UnixStream;
     use std::panic::{self, AssertUnwindSafe};
 
     fn io(path: &str) -> impl Fn(std::io::Error) -> TransferError + '_ {
@@ -346,8 +346,7 @@ mod map_worker {
         let server = fs::read_to_string(server_file).map_err(io(server_file))?;
         let mut lines = server.lines();
         let (address, token) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-        let stream = TcpStream::connect(address).map_err(io(address))?;
-        stream.set_nodelay(true).map_err(io(address))?;
+        let stream = UnixStream::connect(address).map_err(io(address))?;
         let mut writer = stream.try_clone().map_err(io(address))?;
         let mut reader = BufReader::with_capacity(1 << 16, stream);
         let hello = format!(
@@ -367,8 +366,8 @@ mod map_worker {
 
     fn work<A, R, F>(
         f: &F,
-        reader: &mut BufReader<TcpStream>,
-        writer: &mut TcpStream,
+        reader: &mut BufReader<UnixStream>,
+        writer: &mut UnixStream,
         address: &str,
     ) -> Result<usize, TransferError>
     where

@@ -14,5 +14,7 @@ pub mod install;
 pub mod is_complete;
 pub mod launch;
 pub mod paths;
+pub mod private_dir;
 pub mod px;
+pub mod side_channel;
 pub mod std_sources;

@@ -1,5 +1,6 @@
 //! `rustpx`: the kernel binary (`rustpx kernel`), its installer, and evcxr's runtime.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -150,9 +151,11 @@ fn init_logging() {
         .map(std::fs::create_dir_all)
         .and_then(Result::ok)
         .and_then(|_| {
+            // The log holds cells' text and errors: the user's alone (0600).
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&path)
                 .ok()
         });
@@ -182,7 +185,9 @@ fn run_kernel(connection_file: PathBuf) -> Result<()> {
     init_logging();
     let connection = frontend::read_connection_file(&connection_file)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(frontend::serve(connection))?;
+    let served = runtime.block_on(frontend::serve(connection));
+    rustpx_kernel::private_dir::remove();
+    served?;
     // Leave without waiting for the evaluator thread, which may be inside a cell.
     std::process::exit(0);
 }

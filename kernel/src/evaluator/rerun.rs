@@ -8,7 +8,7 @@
 //! (names and types) are what they were when evcxr compiled it, and no item or setting changed
 //! since, running the already compiled function again is what evcxr would do after compiling
 //! the same source. The plain context's child ([`super::runtime`]) runs it on request over a
-//! loopback socket.
+//! Unix socket in the kernel's private directory ([`crate::private_dir`]).
 //!
 //! Items are not in the key: a type redefined with other fields can keep its `TypeId` (every
 //! cell is the same crate to rustc), so the evaluator calls [`Rerunner::forget_all`] after any
@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use super::fence::Fence;
@@ -55,21 +55,23 @@ pub enum RerunError {
 
 /// The kernel's end of the runtime's side door, and the compiled cells it can run again.
 pub struct Rerunner {
-    listener: TcpListener,
+    listener: UnixListener,
     token: String,
-    connection: Option<BufReader<TcpStream>>,
+    connection: Option<BufReader<UnixStream>>,
     compiled: HashMap<Key, (String, String)>,
     /// Whether the connected runtime writes fences on stdout.
     fences_enabled: bool,
 }
 
 impl Rerunner {
-    /// Listens on loopback; the returned spec goes into the child's environment.
+    /// Listens in the private directory; the returned spec (`PATH TOKEN`) goes into the child's
+    /// environment.
     pub fn bind() -> std::io::Result<(Rerunner, String)> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let path = crate::private_dir::socket_path("rerun.sock")?;
+        let listener = UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let spec = format!("{} {token}", listener.local_addr()?);
+        let spec = format!("{} {token}", path.display());
         Ok((
             Rerunner {
                 listener,
@@ -204,19 +206,14 @@ impl Rerunner {
         }
     }
 
-    fn verified(&self, stream: TcpStream) -> Option<BufReader<TcpStream>> {
+    fn verified(&self, stream: UnixStream) -> Option<BufReader<UnixStream>> {
         stream.set_nonblocking(false).ok()?;
-        stream.set_nodelay(true).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut reader = BufReader::new(stream);
-        let mut token = String::new();
-        reader.read_line(&mut token).ok()?;
-        if token.trim_end() != self.token {
-            tracing::warn!("refused a runtime connection with a wrong token");
+        // Bounded in length and time: the evaluator waits here, and every cell with it.
+        if let Err(error) = crate::side_channel::check_token(&stream, &self.token) {
+            tracing::warn!("refused a runtime connection: {error}");
             return None;
         }
         // A cell may run for as long as it likes.
-        reader.get_ref().set_read_timeout(None).ok()?;
-        Some(reader)
+        Some(BufReader::new(stream))
     }
 }

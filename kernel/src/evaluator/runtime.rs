@@ -16,8 +16,8 @@
 
 use std::ffi::c_void;
 use std::io::{Read, Seek, Write};
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 
 use libloading::Library;
 
@@ -92,9 +92,8 @@ impl Cells {
 }
 
 fn serve(spec: &str) -> std::io::Result<()> {
-    let (address, token) = spec.split_once(' ').unwrap_or((spec, ""));
-    let mut side = TcpStream::connect(address)?;
-    side.set_nodelay(true)?;
+    let (path, token) = crate::side_channel::split_spec(spec);
+    let mut side = UnixStream::connect(path)?;
     writeln!(side, "{token}")?;
     let mut side_open = true;
     let mut cells = Cells {
@@ -144,7 +143,7 @@ fn serve(spec: &str) -> std::io::Result<()> {
     }
 }
 
-fn answer(cells: &mut Cells, request: &str, side: &mut TcpStream) -> std::io::Result<()> {
+fn answer(cells: &mut Cells, request: &str, side: &mut UnixStream) -> std::io::Result<()> {
     let mut words = request.split(' ');
     match (words.next(), words.next(), words.next()) {
         (Some("LAST"), None, None) => {

@@ -2,16 +2,21 @@
 //!
 //! evcxr runs compiled cells by writing `LOAD_AND_RUN <so> <fn>` to a child process and reading
 //! markers back until `EVCXR_EXECUTION_COMPLETE`. For `%px` the kernel makes that child a tiny
-//! relay (this binary in bridge mode) that forwards each line over a loopback socket to the
-//! kernel, which runs the object on the engines of the group being compiled and answers with the
+//! relay (this binary in bridge mode) that forwards each line over a Unix socket in the kernel's
+//! private directory ([`crate::private_dir`]) to the kernel, which runs the object on the engines of the group being compiled and answers with the
 //! combined markers. So evcxr compiles once per group, and the engines run what it built.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Set in the bridge child's environment: `ADDRESS TOKEN`.
+/// Set in the bridge child's environment: `PATH TOKEN`.
 pub const BRIDGE_ENV: &str = "RUSTPX_PX_BRIDGE";
+
+/// How many bridge connections are served at once: evcxr has one child, and a restarted child
+/// may overlap its predecessor for a moment. Others are closed at once, never given a thread.
+const MAX_CONNECTIONS: usize = 4;
 
 /// Answers one `LOAD_AND_RUN`: returns the lines evcxr should read, ending with completion.
 pub type Dispatch = Arc<dyn Fn(&str, &str) -> Vec<String> + Send + Sync>;
@@ -32,9 +37,8 @@ pub fn run_if_requested() {
 }
 
 fn relay(spec: &str) -> std::io::Result<()> {
-    let (address, token) = spec.split_once(' ').unwrap_or((spec, ""));
-    let mut upstream = TcpStream::connect(address)?;
-    upstream.set_nodelay(true)?;
+    let (path, token) = crate::side_channel::split_spec(spec);
+    let mut upstream = UnixStream::connect(path)?;
     writeln!(upstream, "{token}")?;
     let mut to_kernel = upstream.try_clone()?;
     std::thread::spawn(move || {
@@ -61,38 +65,48 @@ fn relay(spec: &str) -> std::io::Result<()> {
 /// The kernel's end: accepts bridge connections (one per evcxr child, which evcxr may restart)
 /// and answers their `LOAD_AND_RUN` lines with `dispatch`.
 pub fn serve(dispatch: Dispatch) -> std::io::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let path = crate::private_dir::socket_path("px-bridge.sock")?;
+    let listener = UnixListener::bind(&path)?;
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let spec = format!("{} {token}", listener.local_addr()?);
+    let spec = format!("{} {token}", path.display());
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("px-bridge".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    tracing::warn!("px bridge: {MAX_CONNECTIONS} connections open; refused one");
+                    continue;
+                }
                 let dispatch = dispatch.clone();
                 let token = token.clone();
-                std::thread::spawn(move || {
-                    if let Err(error) = answer(stream, &token, &dispatch) {
-                        tracing::debug!("px bridge connection ended: {error}");
-                    }
-                });
+                let slot = open.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("px-bridge-conn".into())
+                    .spawn(move || {
+                        if let Err(error) = answer(stream, &token, &dispatch) {
+                            tracing::debug!("px bridge connection ended: {error}");
+                        }
+                        slot.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(error) = spawned {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    tracing::warn!("px bridge: cannot serve a connection: {error}");
+                }
             }
         })?;
     Ok(spec)
 }
 
-fn answer(stream: TcpStream, token: &str, dispatch: &Dispatch) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut lines = BufReader::new(stream).lines();
-    match lines.next() {
-        Some(Ok(given)) if given == token => {}
-        _ => {
-            tracing::warn!("px bridge: refused a connection with a wrong token");
-            return Ok(());
-        }
+fn answer(stream: UnixStream, token: &str, dispatch: &Dispatch) -> std::io::Result<()> {
+    if let Err(error) = crate::side_channel::check_token(&stream, token) {
+        tracing::warn!("px bridge: refused a connection: {error}");
+        return Ok(());
     }
-    for line in lines {
+    let mut writer = stream.try_clone()?;
+    for line in BufReader::new(stream).lines() {
         let line = line?;
         let mut parts = line.splitn(3, ' ');
         let answer = match (parts.next(), parts.next(), parts.next()) {

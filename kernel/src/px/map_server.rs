@@ -1,8 +1,8 @@
 //! The load-balanced scheduler behind `%pxmap`: chunks of serialized items go to whichever engine
 //! asks, two in flight per engine, and results come back by chunk index.
 //!
-//! Engines run a compiled-once cell (`rustpx::serve_map`) that connects here over loopback TCP
-//! and stays for the whole map, so a task costs a frame each way and no compile. The scheduler
+//! Engines run a compiled-once cell (`rustpx::serve_map`) that connects here over a Unix socket
+//! in the kernel's private directory ([`crate::private_dir`]) and stays for the whole map, so a task costs a frame each way and no compile. The scheduler
 //! never decodes items or results (it has no types); the engine tells it which items failed and
 //! the result type's name. A connection that drops with chunks in flight (an engine died) puts
 //! them back in the queue for the others. Wire format: see the client crate's `map_worker`.
@@ -16,12 +16,19 @@ use rustpx_protocol::EngineId;
 
 use super::lock;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 
 /// Chunks each engine holds at once: one it works on and the next, already in its socket.
 const IN_FLIGHT: usize = 2;
 /// How much of one item's panic message the map keeps (the rest is read and dropped).
 const MAX_PANIC_MESSAGE: u64 = 1 << 20;
+/// Connections served at once: one per engine, with room for pools of thousands.
+const MAX_CONNECTIONS: usize = 4096;
+/// How long an engine has to say who it is, and how long each line of that may be.
+const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+const HELLO_LINE_MAX: u64 = 1024;
 
 /// One item that panicked on an engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,7 +179,32 @@ impl MapJob {
     }
 }
 
-/// The session's scheduler: one listener on loopback; a job while `%pxmap` runs.
+/// The lines an engine opens with (token, engine id, result and argument type names), up to the
+/// empty line: at most 8 lines of [`HELLO_LINE_MAX`] bytes each.
+async fn read_hello(read: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<String>> {
+    let mut hello = Vec::new();
+    while hello.len() < 8 {
+        let mut line = Vec::new();
+        (&mut *read)
+            .take(HELLO_LINE_MAX)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if line.last() != Some(&b'\n') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a hello line that is too long or cut off",
+            ));
+        }
+        let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+        if line.is_empty() {
+            break;
+        }
+        hello.push(line);
+    }
+    Ok(hello)
+}
+
+/// The session's scheduler: one Unix socket; a job while `%pxmap` runs.
 #[derive(Clone)]
 pub struct MapServer {
     pub job: Arc<Mutex<Option<MapJob>>>,
@@ -180,15 +212,14 @@ pub struct MapServer {
 }
 
 impl MapServer {
-    /// Binds 127.0.0.1 on a free port and writes `address\ntoken` to `server_file` (mode 0600 in
-    /// the private transfer directory), which the engine cells read.
+    /// Listens on a Unix socket in the private directory and writes `path\ntoken` to
+    /// `server_file` (mode 0600 in the private transfer directory), which the engine cells read.
     pub async fn start(server_file: &Path) -> std::io::Result<MapServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
         let token = uuid::Uuid::new_v4().simple().to_string();
-        std::fs::write(
-            server_file,
-            format!("{}\n{token}\n", listener.local_addr()?),
-        )?;
+        let path = crate::private_dir::socket_path(&format!("pxmap-{}.sock", &token[..8]))?;
+        let listener = UnixListener::bind(&path)?;
+        std::fs::write(server_file, format!("{}\n{token}\n", path.display()))?;
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let server = MapServer {
             job: Arc::default(),
             changed: Arc::default(),
@@ -196,12 +227,17 @@ impl MapServer {
         let accepting = server.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!("map: {MAX_CONNECTIONS} connections open; refused one");
+                    continue;
+                };
                 let server = accepting.clone();
                 let token = token.clone();
                 tokio::spawn(async move {
                     if let Err(error) = server.serve(stream, &token).await {
                         tracing::debug!("map connection ended: {error}");
                     }
+                    drop(slot);
                 });
             }
         });
@@ -216,24 +252,14 @@ impl MapServer {
         self.changed.notify_waiters();
     }
 
-    async fn serve(&self, stream: TcpStream, token: &str) -> std::io::Result<()> {
-        stream.set_nodelay(true)?;
+    async fn serve(&self, stream: UnixStream, token: &str) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut read = BufReader::with_capacity(1 << 16, read);
-        let mut hello = Vec::new();
-        loop {
-            let mut line = String::new();
-            if read.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            if line.trim_end().is_empty() {
-                break;
-            }
-            hello.push(line.trim_end().to_owned());
-            if hello.len() > 8 {
-                break;
-            }
-        }
+        let Ok(hello) = tokio::time::timeout(HELLO_DEADLINE, read_hello(&mut read)).await else {
+            tracing::warn!("map connection refused: no hello within {HELLO_DEADLINE:?}");
+            return Ok(());
+        };
+        let hello = hello?;
         if hello.first().map(String::as_str) != Some(token) {
             tracing::warn!("map connection with a wrong token refused");
             return Ok(());
@@ -265,8 +291,8 @@ impl MapServer {
 
     async fn exchange(
         &self,
-        read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-        write: &mut tokio::net::tcp::OwnedWriteHalf,
+        read: &mut BufReader<OwnedReadHalf>,
+        write: &mut OwnedWriteHalf,
         engine: EngineId,
         in_flight: &mut BTreeMap<usize, Instant>,
     ) -> std::io::Result<()> {

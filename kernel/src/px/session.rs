@@ -296,7 +296,11 @@ impl PxService {
         })
         .await?;
         let compiler = Compiler::start(hub.clone());
-        super::stale_files::sweep(&crate::paths::runtime_dir(), &data::transfer_base());
+        super::stale_files::sweep(
+            &crate::paths::runtime_dir(),
+            &data::transfer_base(),
+            &std::env::temp_dir(),
+        );
         let connection_file = match super::connection_file::write(&connection) {
             Ok(path) => {
                 connection.kernel_file = Some(path.display().to_string());

@@ -1,16 +1,18 @@
 //! Files a kernel killed with SIGKILL could not remove: its engine connection file (it holds the
 //! pool's key) in Jupyter's runtime directory, and its transfer directory (copies of the user's
-//! values) in shared memory. Each name carries the kernel's pid; a starting kernel removes those
+//! values) in shared memory, and its private directory of sockets. Each name carries the kernel's pid; a starting kernel removes those
 //! whose kernel is no longer running. Logs stay: they are what explains a crash.
 
 use std::path::Path;
 
-/// Removes what dead kernels left in `runtime_dir` and `transfer_base`; returns how many.
-pub fn sweep(runtime_dir: &Path, transfer_base: &Path) -> usize {
+/// Removes what dead kernels left in `runtime_dir`, `transfer_base` and `sockets_base` (the
+/// system's temporary directory); returns how many.
+pub fn sweep(runtime_dir: &Path, transfer_base: &Path, sockets_base: &Path) -> usize {
     let mut removed = 0;
     for (dir, prefix) in [
         (runtime_dir, "rustpx-engines-"),
         (transfer_base, "rustpx-transfer-"),
+        (sockets_base, crate::private_dir::PREFIX),
     ] {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
@@ -122,6 +124,9 @@ mod tests {
         let shm = base.join("shm");
         std::fs::create_dir_all(&runtime).unwrap();
         std::fs::create_dir_all(shm.join("rustpx-transfer-999999999-dead").join("x")).unwrap();
+        let sockets = base.join("tmp");
+        let dead_sockets = sockets.join("rustpx-sockets-999999999-abc");
+        std::fs::create_dir_all(&dead_sockets).unwrap();
         let dead = runtime.join("rustpx-engines-999999999.json");
         let alive = runtime.join(format!("rustpx-engines-{}.json", std::process::id()));
         let parent = runtime.join(format!(
@@ -132,8 +137,9 @@ mod tests {
         for file in [&dead, &alive, &parent, &log] {
             std::fs::write(file, "{}").unwrap();
         }
-        assert_eq!(sweep(&runtime, &shm), 2);
+        assert_eq!(sweep(&runtime, &shm, &sockets), 3);
         assert!(!dead.exists() && !shm.join("rustpx-transfer-999999999-dead").exists());
+        assert!(!dead_sockets.exists());
         assert!(alive.exists() && parent.exists() && log.exists());
         let _ = std::fs::remove_dir_all(base);
     }
