@@ -6,20 +6,71 @@
 //! the engine link, so a host downloads libstd once however many engines and cells it runs. A
 //! file is only put in the cache after its hash is checked, and it is written beside its place
 //! and renamed, so engines sharing the cache never see half a file.
+//!
+//! What is in the cache is loaded into the engine, so nothing there is trusted for its name:
+//! before a file is used its content is hashed again (once per file and process; a changed file
+//! is hashed anew), it must be a regular file of this user that nobody else may write, in a
+//! directory of this user that nobody else may enter. The cache is created 0700, its files 0600.
+//! A file that fails is fetched again and replaces it.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use rustpx_protocol::{sha256_hex, EngineConnection, ObjectRef};
+
+/// What identifies a file's content as it was when its hash was checked.
+type Stamp = (u64, u64, u64, i64, i64);
 
 /// The content-addressed object cache of this host.
 pub struct ObjectCache {
     dir: PathBuf,
+    /// Files whose content was hashed and matched, as they were then.
+    verified: Mutex<HashMap<PathBuf, Stamp>>,
+}
+
+fn my_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether `path` is a directory of this user that nobody else can write to or enter.
+fn private_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_dir() && m.uid() == my_uid() && m.mode() & 0o077 == 0)
+}
+
+/// Creates `path` (mode 0700, parents too) or checks it: a directory of another user is
+/// refused, and one of this user that others may enter is closed to them.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() || meta.uid() != my_uid() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory of this user; choose another cache with --cache-dir",
+                path.display()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 impl ObjectCache {
     pub fn new(dir: PathBuf) -> ObjectCache {
-        ObjectCache { dir }
+        ObjectCache {
+            dir,
+            verified: Mutex::default(),
+        }
     }
 
     /// `--cache-dir`, else `$XDG_CACHE_HOME/rustpx/objects`, else `~/.cache/rustpx/objects`.
@@ -40,9 +91,51 @@ impl ObjectCache {
         self.dir.join(&object.sha256).join(&object.name)
     }
 
-    /// Whether the cache holds `object` (checked by size; the hash was checked on the way in).
+    /// Whether the cache holds `object`, intact: see the module's documentation.
     pub fn has(&self, object: &ObjectRef) -> bool {
-        std::fs::metadata(self.path_of(object)).is_ok_and(|m| m.len() == object.size)
+        let path = self.path_of(object);
+        match self.intact(&path, object) {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    "{} is not the object it is named for (content, owner or mode); fetching it again",
+                    path.display()
+                );
+                false
+            }
+            Err(_) => false, // not there yet
+        }
+    }
+
+    fn intact(&self, path: &Path, object: &ObjectRef) -> std::io::Result<bool> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let meta = file.metadata()?;
+        let owned = meta.is_file() && meta.uid() == my_uid() && meta.mode() & 0o022 == 0;
+        let dirs_private = path.parent().is_some_and(private_dir) && private_dir(&self.dir);
+        if !owned || !dirs_private || meta.len() != object.size {
+            return Ok(false);
+        }
+        let stamp = (
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        );
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.get(path) == Some(&stamp) {
+            return Ok(true);
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut bytes)?;
+        if sha256_hex(&bytes) != object.sha256 {
+            return Ok(false);
+        }
+        verified.insert(path.to_owned(), stamp);
+        Ok(true)
     }
 
     /// Checks `bytes` against `object`'s hash and size, then stores them.
@@ -62,9 +155,16 @@ impl ObjectCache {
         }
         let dir = self.dir.join(&object.sha256);
         let write = || -> std::io::Result<PathBuf> {
-            std::fs::create_dir_all(&dir)?;
+            make_private(&self.dir)?;
+            make_private(&dir)?;
             let partial = dir.join(format!(".{}.{}", object.name, std::process::id()));
-            let mut file = std::fs::File::create(&partial)?;
+            let _ = std::fs::remove_file(&partial); // a crashed engine of the same pid
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&partial)?;
             file.write_all(bytes)?;
             file.sync_all()?;
             let path = dir.join(&object.name);
@@ -110,11 +210,43 @@ mod tests {
     #[test]
     fn an_object_is_stored_under_its_hash_and_found_again() {
         let dir = std::env::temp_dir().join(format!("rustpx-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         let cache = ObjectCache::new(dir.clone());
         let lib = object(b"\x7fELF fake", "libstd-abc.so");
         assert!(!cache.has(&lib));
         let path = cache.store(&lib, b"\x7fELF fake").unwrap();
         assert!(path.ends_with(format!("{}/libstd-abc.so", lib.sha256)));
+        assert!(cache.has(&lib));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_planted_file_is_not_taken_for_the_object() {
+        let dir = std::env::temp_dir().join(format!("rustpx-cache-planted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = ObjectCache::new(dir.clone());
+        let lib = object(b"the real library", "libstd-abc.so");
+        cache.store(&lib, b"the real library").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&cache.path_of(&lib)), 0o600);
+        assert!(cache.has(&lib));
+        // Same name and size, other content: refused, though it was verified before.
+        std::fs::write(cache.path_of(&lib), b"the fake library").unwrap();
+        assert!(!cache.has(&lib));
+        // A symlink to the right content is not followed.
+        let elsewhere = dir.join("elsewhere.so");
+        std::fs::write(&elsewhere, b"the real library").unwrap();
+        std::fs::remove_file(cache.path_of(&lib)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, cache.path_of(&lib)).unwrap();
+        assert!(!cache.has(&lib));
+        // Writable by others: refused; stored again, it is whole and private.
+        std::fs::remove_file(cache.path_of(&lib)).unwrap();
+        cache.store(&lib, b"the real library").unwrap();
+        std::fs::set_permissions(cache.path_of(&lib), std::fs::Permissions::from_mode(0o666))
+            .unwrap();
+        assert!(!cache.has(&lib));
+        cache.store(&lib, b"the real library").unwrap();
         assert!(cache.has(&lib));
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -13,6 +13,7 @@ pub mod history;
 pub mod install;
 pub mod is_complete;
 pub mod launch;
+pub mod log_file;
 pub mod paths;
 pub mod private_dir;
 pub mod px;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod engines_cli;
-use rustpx_kernel::{frontend, install, paths};
+use rustpx_kernel::{frontend, install, log_file, paths};
 use tracing_subscriber::Layer;
 
 #[derive(Parser)]
@@ -160,9 +160,11 @@ fn init_logging() {
                 .ok()
         });
     let file_layer = file.map(|file| {
+        let already = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bounded = log_file::BoundedLog::new(file, already, log_file::LOG_LIMIT_BYTES);
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
+            .with_writer(std::sync::Mutex::new(bounded))
             .with_filter(filter())
     });
     tracing_subscriber::registry()

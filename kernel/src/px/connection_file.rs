@@ -12,11 +12,17 @@ pub fn write(connection: &EngineConnection) -> std::io::Result<PathBuf> {
     let dir = crate::paths::runtime_dir();
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("rustpx-engines-{}.json", std::process::id()));
+    // A new file of ours, never one that was there (a planted file or symlink would be handed
+    // the key): whatever has this name is removed, then the file is created exclusively.
+    match std::fs::remove_file(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)?;
     file.write_all(serde_json::to_string_pretty(connection)?.as_bytes())?;
     Ok(path)
