@@ -4,7 +4,7 @@
 //! its outbox, the pool tells it when a process exits, and a timer asks it to check heartbeats.
 //! That keeps the rules (registration, death, bookkeeping of runs) testable on their own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,10 @@ use super::shipping::ObjectCatalog;
 
 /// An engine that has not been heard from for this long is declared dead.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many cells' results the hub keeps; past it, the oldest finished ones are dropped, as
+/// ipyparallel's hub culls its in-memory database past its record limit (1024).
+pub const KEPT_RESULTS: usize = 1024;
 
 /// A message for one engine, by its ZeroMQ identity.
 pub type Outgoing = (Bytes, WireMessage);
@@ -104,6 +108,8 @@ pub struct Hub {
     next_incarnation: u64,
     runs: HashMap<String, PendingRun>,
     cells: HashMap<String, CellRecord>,
+    /// Cell ids, oldest first, for dropping the oldest results past [`KEPT_RESULTS`].
+    cell_order: VecDeque<String>,
     observers: HashMap<String, UnboundedSender<CellEvent>>,
     /// The variables each engine holds with their types, as the compiler last knew them (for
     /// "variables lost", and for the type of a value `%pull` brings back).
@@ -153,6 +159,7 @@ impl Hub {
             next_incarnation: 1,
             runs: HashMap::new(),
             cells: HashMap::new(),
+            cell_order: VecDeque::new(),
             observers: HashMap::new(),
             variables: HashMap::new(),
             interrupted: HashMap::new(),
@@ -772,7 +779,25 @@ impl Hub {
     pub fn add_cell(&mut self, cell: CellRecord) {
         // An earlier data magic's files are deleted when it ends: let their bytes go too.
         self.inputs.prune();
+        self.cell_order.push_back(cell.cell_id.clone());
         self.cells.insert(cell.cell_id.clone(), cell);
+        self.drop_oldest_results();
+    }
+
+    /// Past [`KEPT_RESULTS`] cells, drops the oldest finished ones (a cell still running stays,
+    /// however old). `%pxresult` says when a name's result was dropped.
+    fn drop_oldest_results(&mut self) {
+        let mut index = 0;
+        while self.cells.len() > KEPT_RESULTS && index < self.cell_order.len() {
+            let id = &self.cell_order[index];
+            if self.cells.get(id).is_none_or(CellRecord::is_done) {
+                self.cells.remove(id);
+                self.observers.remove(id);
+                self.cell_order.remove(index);
+            } else {
+                index += 1;
+            }
+        }
     }
 
     pub fn cell(&self, cell_id: &str) -> Option<&CellRecord> {
@@ -847,6 +872,31 @@ mod tests {
             .find(|e| e.identity == who.as_bytes() && e.alive())
             .unwrap()
             .id
+    }
+
+    #[test]
+    fn only_the_newest_finished_results_are_kept() {
+        let (tx, _rx) = unbounded_channel();
+        let mut hub = Hub::new(tx);
+        let cell = |id: String, done: bool| {
+            let mut record = CellRecord::new(id, "1".into(), vec![0], false);
+            if done {
+                record.engines.get_mut(&0).unwrap().finish(None);
+            }
+            record
+        };
+        hub.add_cell(cell("running".into(), false));
+        for n in 0..KEPT_RESULTS + 10 {
+            hub.add_cell(cell(format!("c{n}"), true));
+        }
+        assert_eq!(hub.cells.len(), KEPT_RESULTS);
+        assert!(
+            hub.cell("running").is_some(),
+            "a running cell is never dropped"
+        );
+        assert!(hub.cell("c0").is_none() && hub.cell("c10").is_none());
+        assert!(hub.cell("c11").is_some());
+        assert!(hub.cell(&format!("c{}", KEPT_RESULTS + 9)).is_some());
     }
 
     #[test]

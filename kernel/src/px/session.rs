@@ -897,6 +897,16 @@ impl PxService {
                 usage("%pxresult recalls last %px result, which has not yet been used.")
             })?,
         };
+        if lock(&self.machinery()?.hub).cell(&cell_id).is_none() {
+            let which = match &options.name {
+                Some(name) => format!("named {name}"),
+                None => "of the last %px".to_owned(),
+            };
+            return Err(usage(format!(
+                "the result {which} was dropped: the hub keeps the last {} %px results, as ipyparallel's hub culls its records; keep a value you need with `%pull` or in a variable",
+                super::hub::KEPT_RESULTS
+            )));
+        }
         if options.status {
             let cell = lock(&self.machinery()?.hub).cell(&cell_id).cloned();
             if let Some(cell) = cell {
