@@ -304,6 +304,39 @@ def test_ssh_launcher_starts_engines_on_a_real_sshd(px, remote_engines, ssh_host
     assert not left, f"remote engines still running: {left}"
 
 
+def test_an_ssh_tunnel_carries_the_link_and_the_hub_stays_on_loopback(ssh_host):
+    """Issue 14, item 4: the link to another host, encrypted by ssh and reachable by nobody
+    else (a 0600 Unix socket on the engine host, the hub on the kernel host's loopback)."""
+    host, key, binary = ssh_host
+    options = " ".join(f"--launcher-arg {o}" for o in netns.ssh_options(key))
+    k = Kernel()  # the default: the hub binds 127.0.0.1
+    try:
+        plain = f"%engines start --launcher ssh --hosts {host.address}:1 --engine {binary} {options}"
+        reply, _, _ = k.execute(plain, stop_on_error=False)
+        assert reply["status"] == "error" and "--tunnel" in reply["evalue"], reply
+        line = plain.replace("--launcher ssh", "--launcher ssh --tunnel")
+        reply, msgs, _ = k.execute(line + " --print")
+        printed = stream_text(msgs)
+        forward = re.search(r"-R (/tmp/rustpx-hub-\w+\.sock):127\.0\.0\.1:(\d+)", printed)
+        assert forward, printed
+        assert f"dialling ipc://{forward.group(1)}" in printed, printed
+        reply, msgs, _ = k.execute(line)
+        assert reply["status"] == "ok", reply
+        started = re.search(r"started engines? (\d+)", stream_text(msgs))
+        assert started, stream_text(msgs)
+        engine = int(started.group(1))
+        reply, msgs, _ = k.execute(
+            f"%%px -t {engine}\nstd::fs::read_to_string(\"/proc/sys/kernel/hostname\").unwrap().trim().to_owned()")
+        assert px_values(msgs) == {engine: f'"{host.name}"'}, (reply, msgs)
+        _, msgs, _ = k.execute("%engines")
+        table = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"][0]
+        assert "hub bound to: 127.0.0.1" in table, table
+        reply, _, _ = k.execute(f"%engines stop {engine}")
+        assert reply["status"] == "ok", reply
+    finally:
+        k.shutdown()
+
+
 def test_ssh_failure_says_why(px, ssh_host):
     host, key, binary = ssh_host
     reply, msgs, _ = px.execute(

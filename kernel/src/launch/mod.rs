@@ -44,7 +44,8 @@ pub enum ConnectionDelivery {
     Environment,
     /// As the first line of the engine's stdin (`--connect -`): ssh does not forward the
     /// environment, and a key on a command line is visible to every user of the remote host.
-    Stdin,
+    /// `dial` replaces the hub address the engine dials (the remote end of an ssh tunnel).
+    Stdin { dial: Option<String> },
 }
 
 /// One process a launcher wants started.
@@ -60,6 +61,16 @@ pub struct LaunchCommand {
 }
 
 impl LaunchCommand {
+    /// The connection blob this command's engines get: `connection`, dialling the tunnel's end
+    /// when there is one.
+    pub fn connection_json(&self, connection: &rustpx_protocol::EngineConnection) -> String {
+        let mut connection = connection.clone();
+        if let ConnectionDelivery::Stdin { dial: Some(url) } = &self.delivery {
+            connection.url.clone_from(url);
+        }
+        serde_json::to_string(&connection).unwrap_or_default()
+    }
+
     /// The process to start, with the connection `json` in its environment, or stdin piped for
     /// the caller to write the connection line to (see [`ConnectionDelivery`]).
     pub fn process(&self, json: &str) -> std::process::Command {
@@ -71,7 +82,7 @@ impl LaunchCommand {
                     .env(CONNECTION_ENV, json)
                     .stdin(std::process::Stdio::null());
             }
-            ConnectionDelivery::Stdin => {
+            ConnectionDelivery::Stdin { .. } => {
                 process.stdin(std::process::Stdio::piped());
             }
         }
@@ -84,14 +95,20 @@ impl LaunchCommand {
             .chain(&self.args)
             .map(|w| shell_quote(w))
             .collect();
-        match self.delivery {
+        match &self.delivery {
             ConnectionDelivery::Environment => {
                 format!(
                     "{CONNECTION_ENV}=\"$(cat CONNECTION_FILE)\" {}",
                     words.join(" ")
                 )
             }
-            ConnectionDelivery::Stdin => format!("{} < CONNECTION_FILE", words.join(" ")),
+            ConnectionDelivery::Stdin { dial: None } => {
+                format!("{} < CONNECTION_FILE", words.join(" "))
+            }
+            ConnectionDelivery::Stdin { dial: Some(url) } => format!(
+                "{} < CONNECTION_FILE (with the engine dialling {url})",
+                words.join(" ")
+            ),
         }
     }
 }
@@ -127,6 +144,8 @@ pub struct EngineInvocation {
     pub binary: PathBuf,
     /// Extra arguments for every engine (`--fetch-objects`, `--cache-dir DIR`).
     pub extra_args: Vec<String>,
+    /// The hub's address (`tcp://HOST:PORT`), for a launcher that tunnels to it.
+    pub hub_url: String,
 }
 
 /// A way to start engines.
@@ -158,6 +177,12 @@ pub trait Launcher: Send + Sync {
         Reach::MaybeOtherHosts
     }
 
+    /// Whether its engines reach the hub through a tunnel of their own (ssh `--tunnel`), so
+    /// the hub may stay on loopback however far away they run.
+    fn tunnels(&self) -> bool {
+        false
+    }
+
     /// Whether the launcher can start engines here now (slurm needs an allocation).
     fn check_ready(&self) -> Result<(), LaunchError> {
         Ok(())
@@ -180,6 +205,8 @@ pub struct LaunchOptions {
     pub launcher_args: Vec<String>,
     /// `--engine-arg ARG`, repeatable: extra arguments for every engine.
     pub engine_args: Vec<String>,
+    /// `--tunnel` (ssh): engines reach the hub through their ssh session.
+    pub tunnel: bool,
 }
 
 impl LaunchOptions {
@@ -192,6 +219,7 @@ impl LaunchOptions {
                 None => launcher.reach().default_binary(local),
             },
             extra_args: self.engine_args.clone(),
+            hub_url: String::new(),
         }
     }
 }
@@ -207,6 +235,11 @@ pub fn launcher_for(options: &LaunchOptions) -> Result<Arc<dyn Launcher>, Launch
             "--hosts is for the ssh launcher, not {name}"
         )));
     }
+    if name != "ssh" && options.tunnel {
+        return Err(LaunchError::Usage(format!(
+            "--tunnel is for the ssh launcher, not {name}"
+        )));
+    }
     if name == "local" && !options.launcher_args.is_empty() {
         return Err(LaunchError::Usage(
             "--launcher-arg is for the ssh, mpi and slurm launchers".into(),
@@ -215,7 +248,11 @@ pub fn launcher_for(options: &LaunchOptions) -> Result<Arc<dyn Launcher>, Launch
     let args = options.launcher_args.clone();
     match name {
         "local" => Ok(Arc::new(LocalLauncher::new(std::process::id()))),
-        "ssh" => Ok(Arc::new(SshLauncher::new(options.hosts.clone(), args)?)),
+        "ssh" => Ok(Arc::new(SshLauncher::new(
+            options.hosts.clone(),
+            args,
+            options.tunnel,
+        )?)),
         "mpi" | "mpiexec" => Ok(Arc::new(MpiLauncher::new(args))),
         "slurm" | "srun" => Ok(Arc::new(SlurmLauncher::new(args))),
         other => Err(LaunchError::Usage(format!(
@@ -274,6 +311,7 @@ mod tests {
         EngineInvocation {
             binary: PathBuf::from("/opt/rustpx/rustpx-engine"),
             extra_args: vec![],
+            hub_url: "tcp://127.0.0.1:5555".into(),
         }
     }
 
@@ -315,7 +353,7 @@ mod tests {
         let command = LaunchCommand {
             program: "ssh".into(),
             args: vec!["-o".into(), "Opt=a b".into(), "it's".into()],
-            delivery: ConnectionDelivery::Stdin,
+            delivery: ConnectionDelivery::Stdin { dial: None },
             ids: vec![0],
             place: "h".into(),
         };

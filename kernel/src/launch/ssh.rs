@@ -4,6 +4,12 @@
 //! user of the remote host could read the key). The session's stdin also tells the engine when
 //! to stop: when the ssh process ends (the kernel stopped it or died), the remote engine sees
 //! stdin close and exits, so no engine outlives its kernel on another host.
+//!
+//! With `--tunnel`, the hub stays on loopback: each session forwards a Unix socket on the
+//! engine host (`ssh -R /tmp/rustpx-hub-X.sock:HUB`, created by sshd with mode 0600 under a
+//! fresh random name) to the hub, and the engine dials `ipc://` that socket. The link is then
+//! encrypted by ssh end to end and reachable by nobody else on either host, as ipyparallel's
+//! ssh tunnels keep its controller on loopback.
 
 use std::sync::Arc;
 
@@ -17,19 +23,49 @@ pub struct SshLauncher {
     hosts: Vec<(String, u32)>,
     /// Extra ssh options (`-i KEY`, `-p PORT`, `-o Option=value`).
     ssh_args: Vec<String>,
+    /// Whether engines reach the hub through their ssh session (see the module).
+    tunnel: bool,
 }
 
 impl SshLauncher {
     pub fn new(
         hosts: Vec<(String, u32)>,
         ssh_args: Vec<String>,
+        tunnel: bool,
     ) -> Result<SshLauncher, LaunchError> {
         if hosts.is_empty() {
             return Err(LaunchError::Usage(
                 "the ssh launcher needs --hosts HOST:N[,HOST:N...]".into(),
             ));
         }
-        Ok(SshLauncher { hosts, ssh_args })
+        Ok(SshLauncher {
+            hosts,
+            ssh_args,
+            tunnel,
+        })
+    }
+
+    /// The `-R` forward of a fresh remote socket to the hub, and the address the engine dials.
+    fn tunnel_to(hub_url: &str) -> Result<(Vec<String>, String), LaunchError> {
+        let hub = hub_url
+            .strip_prefix("tcp://")
+            .filter(|rest| rest.rsplit_once(':').is_some())
+            .ok_or_else(|| {
+                LaunchError::Usage(format!(
+                    "--tunnel forwards to a TCP hub, and the hub is at {hub_url:?}"
+                ))
+            })?;
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let remote = format!("/tmp/rustpx-hub-{}.sock", &name[..16]);
+        let args = vec![
+            "-o".to_owned(),
+            "ExitOnForwardFailure=yes".into(),
+            "-o".into(),
+            "StreamLocalBindUnlink=yes".into(),
+            "-R".into(),
+            format!("{remote}:{hub}"),
+        ];
+        Ok((args, format!("ipc://{remote}")))
     }
 }
 
@@ -54,11 +90,17 @@ impl Launcher for SshLauncher {
                 ids.len()
             )));
         }
-        Ok(ids
-            .iter()
+        ids.iter()
             .zip(places)
             .map(|(id, host)| {
                 let mut args = vec!["-T".to_owned(), "-o".into(), "BatchMode=yes".into()];
+                let dial = if self.tunnel {
+                    let (forward, dial) = Self::tunnel_to(&engine.hub_url)?;
+                    args.extend(forward);
+                    Some(dial)
+                } else {
+                    None
+                };
                 args.extend(self.ssh_args.iter().cloned());
                 args.push(host.clone());
                 args.push("--".into());
@@ -70,19 +112,23 @@ impl Launcher for SshLauncher {
                     "-".into(),
                 ]);
                 args.extend(engine.extra_args.iter().cloned());
-                LaunchCommand {
+                Ok(LaunchCommand {
                     program: "ssh".into(),
                     args,
-                    delivery: ConnectionDelivery::Stdin,
+                    delivery: ConnectionDelivery::Stdin { dial },
                     ids: vec![*id],
                     place: host.clone(),
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     fn reach(&self) -> super::Reach {
         super::Reach::OtherHosts
+    }
+
+    fn tunnels(&self) -> bool {
+        self.tunnel
     }
 
     fn default_count(&self) -> Option<u32> {
@@ -93,6 +139,7 @@ impl Launcher for SshLauncher {
         Arc::new(SshLauncher {
             hosts: vec![(command.place.clone(), 1)],
             ssh_args: self.ssh_args.clone(),
+            tunnel: self.tunnel,
         })
     }
 }
@@ -107,6 +154,7 @@ mod tests {
         let launcher = SshLauncher::new(
             vec![("10.0.0.2".into(), 2), ("node-b".into(), 1)],
             vec!["-i".into(), "/k/id".into()],
+            false,
         )
         .unwrap();
         let commands = launcher.commands(&[0, 1, 2], &invocation()).unwrap();
@@ -123,8 +171,39 @@ mod tests {
 
     #[test]
     fn a_count_that_disagrees_with_the_hosts_is_a_usage_error() {
-        let launcher = SshLauncher::new(vec![("a".into(), 2)], vec![]).unwrap();
+        let launcher = SshLauncher::new(vec![("a".into(), 2)], vec![], false).unwrap();
         assert!(launcher.commands(&[0], &invocation()).is_err());
-        assert!(SshLauncher::new(vec![], vec![]).is_err());
+        assert!(SshLauncher::new(vec![], vec![], false).is_err());
+    }
+
+    #[test]
+    fn a_tunnel_forwards_a_fresh_remote_socket_to_the_hub_and_the_engine_dials_it() {
+        let launcher = SshLauncher::new(vec![("node".into(), 2)], vec![], true).unwrap();
+        let commands = launcher.commands(&[0, 1], &invocation()).unwrap();
+        let forward = |c: &LaunchCommand| {
+            let at = c.args.iter().position(|a| a == "-R").unwrap();
+            c.args[at + 1].clone()
+        };
+        let (a, b) = (forward(&commands[0]), forward(&commands[1]));
+        assert_ne!(a, b, "each engine gets a socket of its own");
+        let (socket, hub) = a.split_once(':').unwrap();
+        assert!(socket.starts_with("/tmp/rustpx-hub-") && socket.ends_with(".sock"));
+        assert_eq!(hub, "127.0.0.1:5555");
+        assert_eq!(
+            commands[0].delivery,
+            ConnectionDelivery::Stdin {
+                dial: Some(format!("ipc://{socket}"))
+            }
+        );
+        assert!(commands[0]
+            .args
+            .contains(&"ExitOnForwardFailure=yes".to_owned()));
+        let json = commands[0].connection_json(&rustpx_protocol::EngineConnection {
+            url: "tcp://127.0.0.1:5555".into(),
+            key: "k".into(),
+            signature_scheme: "hmac-sha256".into(),
+            kernel_file: None,
+        });
+        assert!(json.contains(&format!("ipc://{socket}")), "{json}");
     }
 }

@@ -608,7 +608,7 @@ fn ids(items: &[String], what: &str) -> Result<Vec<u32>, UsageError> {
 }
 
 /// The options of `%engines start`, shown with its usage errors.
-const START_USAGE: &str = "%engines start [-n N] [--launcher local|ssh|mpi|slurm] [--hosts HOST:N,...] [--engine PATH] [--launcher-arg ARG]... [--engine-arg ARG]... [--print]";
+const START_USAGE: &str = "%engines start [-n N] [--launcher local|ssh|mpi|slurm] [--hosts HOST:N,...] [--tunnel] [--engine PATH] [--launcher-arg ARG]... [--engine-arg ARG]... [--print]";
 
 /// The most engines one `%engines start` may ask for: far beyond one machine's pool (1024 run on
 /// 2 cores), well below what would exhaust the kernel building their records.
@@ -661,6 +661,7 @@ fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
                 }
             }
             "--print" => print = true,
+            "--tunnel" => launch.tunnel = true,
             _ => return Err(UsageError(format!("unrecognized arguments: {arg}"))),
         }
     }

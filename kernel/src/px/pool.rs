@@ -121,7 +121,9 @@ impl EnginePool {
     /// What a launcher runs: this host's engine binary for the local launcher, `--engine` or
     /// `rustpx-engine` on the engine hosts' `$PATH` for the others.
     pub fn invocation(&self, launcher: &dyn Launcher, options: &LaunchOptions) -> EngineInvocation {
-        options.invocation(launcher, &self.engine_binary)
+        let mut invocation = options.invocation(launcher, &self.engine_binary);
+        invocation.hub_url.clone_from(&self.connection.url);
+        invocation
     }
 
     /// Starts the processes `launcher` wants for engines `ids`; they register with the hub by
@@ -168,7 +170,7 @@ impl EnginePool {
         launch: &LaunchCommand,
         engine: &EngineInvocation,
     ) -> Result<(), PxError> {
-        let json = serde_json::to_string(&*self.connection).unwrap_or_default();
+        let json = launch.connection_json(&self.connection);
         let mut command = tokio::process::Command::from(launch.process(&json));
         command
             .stdout(Stdio::null())

@@ -475,9 +475,9 @@ impl PxService {
             evalue,
         };
         let reachable = m.address.reachable_from_other_hosts();
-        if launcher.reach() == Reach::OtherHosts && !reachable {
+        if launcher.reach() == Reach::OtherHosts && !reachable && !launcher.tunnels() {
             return Err(start_error(format!(
-                "the {} launcher starts engines that may run on other hosts, but the hub listens on {} and engines would dial {}: start the kernel with RUSTPX_HUB_IP=0.0.0.0 (and RUSTPX_HUB_LOCATION=<this host's address as the engines see it>)",
+                "the {} launcher starts engines that may run on other hosts, but the hub listens on {} and engines would dial {}: start the kernel with RUSTPX_HUB_IP=0.0.0.0 (and RUSTPX_HUB_LOCATION=<this host's address as the engines see it>), or add --tunnel to carry the link through ssh",
                 launcher.name(),
                 m.address.bind,
                 m.address.location
