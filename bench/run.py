@@ -318,6 +318,44 @@ def bench_sent(runs, results):
             subprocess.run(["rm", "-rf", cache])
 
 
+def bench_link(runs, results, baseline):
+    """The transport itself: a shell round trip (kernel_info), and the engine link carrying
+    compiled cells and 10 MiB of data to 4 engines that fetch everything over it, as engines on
+    other hosts do. With --baseline-bin, the same for an older build in the same run, so a
+    change of transport or link is compared on one machine at one moment."""
+    import tempfile
+
+    ours = os.environ.get("RUSTPX_ENGINE_BIN", "")
+    builds = [("rustpx", "rustpx", ours)]
+    if baseline:
+        builds.append(("baseline", "rustpx-baseline", os.path.join(os.path.abspath(baseline), "rustpx-engine")))
+    for label, kernel_name, engine in builds:
+        print(f"link: {label} ...", flush=True)
+        cache = tempfile.mkdtemp(prefix="rustpx-bench-cache-")
+        # Each kernel starts its own build's engines.
+        k = Timed(kernel_name, {"RUSTPX_ENGINE_BIN": engine} if engine else None)
+        try:
+            samples = []
+            for _ in range(max(runs, 10) * 20):
+                start = time.monotonic()
+                k.kc.kernel_info(reply=True, timeout=30)
+                samples.append(time.monotonic() - start)
+            results[f"{label}: kernel_info round trip"] = median_ms(samples)
+            k.run(f"%engines start -n 4 --engine-arg --fetch-objects --engine-arg --cache-dir --engine-arg {cache}")
+            k.run("%px 1 + 1")
+            results[f"{label}: %px re-run of a compiled cell over the link, n=4"] = median_ms(
+                [k.run("%px 1 + 1") for _ in range(max(runs, 20))])
+            k.run("let data: Vec<u8> = vec![7u8; 10 << 20];")
+            k.run("%push data", timeout=900)
+            results[f"{label}: %push 10 MiB Vec<u8> over the link to 4 engines"] = median_ms(
+                [k.run("%push data", timeout=600) for _ in range(runs)])
+        finally:
+            k.close()
+            subprocess.run(["rm", "-rf", cache])
+    if ours:
+        os.environ["RUSTPX_ENGINE_BIN"] = ours
+
+
 def ipp_start(n, timeout=120):
     """The cell that starts a local ipyparallel cluster of `n` engines and returns once all of
     them registered (expects `import ipyparallel as ipp`)."""
@@ -404,8 +442,10 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
-    parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent"],
+    parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent", "link"],
                         help="run one part of the benchmark")
+    parser.add_argument("--baseline-bin", help="a directory with an older build's rustpx and rustpx-engine, "
+                        "installed by bench/run.sh as the kernel rustpx-baseline, for --only link")
     args = parser.parse_args()
     load_before = load()
     results = {}
@@ -423,6 +463,8 @@ def main():
             bench_ipyparallel_transfer(args.runs, results)
     if args.only in (None, "sent"):
         bench_sent(args.runs, results)
+    if args.only in (None, "link"):
+        bench_link(args.runs, results, args.baseline_bin)
     if args.only in (None, "scale"):
         bench_rustpx_scale(args.runs, results)
         if not args.skip_ipyparallel:
@@ -466,6 +508,11 @@ def main():
         suffix = " (ms)" if label.startswith("first") else ""
         ratios[f"{label}: cells sent / local"] = ratio(
             results.get(f"{label}, cells sent{suffix}"), results.get(f"{label}, cells local{suffix}"))
+
+    for measure in ["kernel_info round trip", "%px re-run of a compiled cell over the link, n=4",
+                    "%push 10 MiB Vec<u8> over the link to 4 engines"]:
+        ratios[f"{measure}: rustpx / baseline build"] = ratio(
+            results.get(f"rustpx: {measure}"), results.get(f"baseline: {measure}"))
 
     n = SCALE_N
     ratios[f"registration of {n} engines in a fresh kernel, rustpx / ipyparallel"] = ratio(

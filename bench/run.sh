@@ -11,6 +11,10 @@
 #                                     # against ipyparallel's Cluster(n=32) (about 1 minute on 2 cores)
 #   bash bench/run.sh --only first-cell  # a new kernel's first plain cell, against evcxr_jupyter's
 #                                        # (built once from crates.io: about 30 minutes on 2 cores)
+#   bash bench/run.sh --only link --baseline-bin DIR
+#                                     # the transport: shell round trip and the engine link, for
+#                                     # this build and an older one (DIR holds its rustpx and
+#                                     # rustpx-engine) in the same run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -35,6 +39,18 @@ if [[ " $* " != *" --only "* || " $* " == *" first-cell "* ]]; then
   printf '{"argv": ["%s", "--control_file", "{connection_file}"], "display_name": "Rust (evcxr_jupyter)", "language": "rust"}\n' \
     "$tools/bin/evcxr_jupyter" >"$spec/kernel.json"
   export RUSTPX_BENCH_EVCXR_KERNEL=evcxr-baseline
+fi
+# An older build to compare with (--baseline-bin DIR): installed as the kernel rustpx-baseline.
+baseline=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  if [ "${args[$i]}" = "--baseline-bin" ]; then baseline="${args[$((i + 1))]:-}"; fi
+done
+if [ -n "$baseline" ]; then
+  spec="$(python -c 'import sys; print(sys.prefix)')/share/jupyter/kernels/rustpx-baseline"
+  mkdir -p "$spec"
+  printf '{"argv": ["%s", "kernel", "--connection-file", "{connection_file}"], "display_name": "Rust (parallel, baseline)", "language": "rust", "interrupt_mode": "message"}\n' \
+    "$(cd "$baseline" && pwd)/rustpx" >"$spec/kernel.json"
 fi
 mkdir -p bench/results
 RUSTPX_LOG=error python bench/run.py --json bench/results/latest.json "$@"

@@ -80,6 +80,15 @@ impl AsRawFd for Watched {
     }
 }
 
+/// A received frame: libzmq's message, kept as it is and read through `Bytes`.
+struct Frame(zmq::Message);
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A libzmq socket driven by tokio. Sends and receives whole multipart messages.
 pub struct ZmqSocket {
     watched: AsyncFd<Watched>,
@@ -159,26 +168,46 @@ impl ZmqSocket {
         }
     }
 
-    /// A message that has already arrived, or `None` without waiting.
+    /// A message that has already arrived, or `None` without waiting. Frames are handed over
+    /// without a copy: each `Bytes` owns libzmq's message.
     pub fn try_recv(&mut self) -> Result<Option<Vec<Bytes>>, SocketError> {
-        match self.socket().recv_multipart(zmq::DONTWAIT) {
-            Ok(frames) => Ok(Some(frames.into_iter().map(Bytes::from).collect())),
-            Err(zmq::Error::EAGAIN) => Ok(None),
-            Err(error) => Err(SocketError::Transfer(error)),
+        let socket = self.socket();
+        let first = match socket.recv_msg(zmq::DONTWAIT) {
+            Ok(frame) => frame,
+            Err(zmq::Error::EAGAIN) => return Ok(None),
+            Err(error) => return Err(SocketError::Transfer(error)),
+        };
+        let mut more = first.get_more();
+        let mut frames = vec![Bytes::from_owner(Frame(first))];
+        // The rest of a multipart message has arrived with its first frame.
+        while more {
+            let frame = socket.recv_msg(0).map_err(SocketError::Transfer)?;
+            more = frame.get_more();
+            frames.push(Bytes::from_owner(Frame(frame)));
         }
+        Ok(Some(frames))
     }
 
     /// Sends one message. A ROUTER or PUB socket never waits (a peer whose queue is full loses
-    /// the message, as in libzmq); a DEALER waits while its queue to the peer is full.
+    /// the message, as in libzmq); a DEALER waits while its queue to the peer is full. Frames
+    /// that own their bytes alone are handed to libzmq without a copy.
     pub async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), SocketError> {
+        // Once the socket can take a message's first frame it takes the whole message.
         loop {
-            let parts = frames.iter().map(|frame| frame.as_ref());
-            match self.socket().send_multipart(parts, zmq::DONTWAIT) {
-                Ok(()) => return Ok(()),
-                Err(zmq::Error::EAGAIN) => self.wait_for_change().await?,
-                Err(error) => return Err(SocketError::Transfer(error)),
+            let events = self.socket().get_events().map_err(SocketError::Transfer)?;
+            if events.contains(zmq::POLLOUT) {
+                break;
             }
+            self.wait_for_change().await?;
         }
+        let socket = self.socket();
+        let last = frames.len().saturating_sub(1);
+        for (index, frame) in frames.into_iter().enumerate() {
+            let flags = if index < last { zmq::SNDMORE } else { 0 };
+            let message = zmq::Message::from(Vec::<u8>::from(frame));
+            socket.send(message, flags).map_err(SocketError::Transfer)?;
+        }
+        Ok(())
     }
 
     async fn wait_for_change(&mut self) -> Result<(), SocketError> {
