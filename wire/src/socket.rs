@@ -108,18 +108,30 @@ fn configured(kind: SocketType, options: &Options) -> Result<zmq::Socket, zmq::E
     Ok(socket)
 }
 
+/// A configured socket of `kind`, bound or connected (`attach`) to `endpoint`; an error names
+/// the `action` and the endpoint.
+fn attached(
+    kind: SocketType,
+    endpoint: &str,
+    options: &Options,
+    action: &'static str,
+    attach: fn(&zmq::Socket, &str) -> Result<(), zmq::Error>,
+) -> Result<zmq::Socket, SocketError> {
+    let setup = |source| SocketError::Setup {
+        action,
+        endpoint: endpoint.to_owned(),
+        source,
+    };
+    let socket = configured(kind, options).map_err(setup)?;
+    attach(&socket, endpoint).map_err(setup)?;
+    Ok(socket)
+}
+
 impl ZmqSocket {
     /// Binds a new socket of `kind` to `endpoint` (`tcp://ip:*` picks a free port; see
     /// [`ZmqSocket::endpoint`]).
     pub fn bind(kind: SocketType, endpoint: &str, options: &Options) -> Result<Self, SocketError> {
-        let setup = |source| SocketError::Setup {
-            action: "bind",
-            endpoint: endpoint.to_owned(),
-            source,
-        };
-        let socket = configured(kind, options).map_err(setup)?;
-        socket.bind(endpoint).map_err(setup)?;
-        Self::watch(socket)
+        Self::open(kind, endpoint, options, "bind", zmq::Socket::bind)
     }
 
     /// Connects a new socket of `kind` to `endpoint`. libzmq connects in the background and
@@ -129,14 +141,17 @@ impl ZmqSocket {
         endpoint: &str,
         options: &Options,
     ) -> Result<Self, SocketError> {
-        let setup = |source| SocketError::Setup {
-            action: "connect to",
-            endpoint: endpoint.to_owned(),
-            source,
-        };
-        let socket = configured(kind, options).map_err(setup)?;
-        socket.connect(endpoint).map_err(setup)?;
-        Self::watch(socket)
+        Self::open(kind, endpoint, options, "connect to", zmq::Socket::connect)
+    }
+
+    fn open(
+        kind: SocketType,
+        endpoint: &str,
+        options: &Options,
+        action: &'static str,
+        attach: fn(&zmq::Socket, &str) -> Result<(), zmq::Error>,
+    ) -> Result<Self, SocketError> {
+        Self::watch(attached(kind, endpoint, options, action, attach)?)
     }
 
     fn watch(socket: zmq::Socket) -> Result<Self, SocketError> {
@@ -221,13 +236,13 @@ impl ZmqSocket {
 /// own, as ipykernel's heartbeat does. One peer that stops reading fills only its own queue;
 /// the others keep their answers.
 pub fn spawn_echo(endpoint: &str, options: &Options) -> Result<(), SocketError> {
-    let setup = |source| SocketError::Setup {
-        action: "bind",
-        endpoint: endpoint.to_owned(),
-        source,
-    };
-    let socket = configured(SocketType::ROUTER, options).map_err(setup)?;
-    socket.bind(endpoint).map_err(setup)?;
+    let socket = attached(
+        SocketType::ROUTER,
+        endpoint,
+        options,
+        "bind",
+        zmq::Socket::bind,
+    )?;
     std::thread::Builder::new()
         .name("heartbeat".into())
         .spawn(move || {

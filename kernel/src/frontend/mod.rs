@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use jupyter_protocol::ConnectionInfo;
-use rustpx_wire::{encode, Signer, SocketError, SocketOptions, SocketType, WireMessage, ZmqSocket};
+use rustpx_wire::{Signer, SocketError, SocketOptions, SocketType, WireMessage, ZmqSocket};
 use serde_json::json;
 use thiserror::Error;
 use tokio::sync::{mpsc, Mutex};
@@ -112,10 +112,11 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
 
     let (queue, mut outgoing) = mpsc::unbounded_channel::<WireMessage>();
     let publisher = Publisher::new(queue, uuid::Uuid::new_v4().to_string());
-    let iopub_signer = signer.clone();
+    let gate = Gate::new(signer);
+    let iopub_gate = gate.clone();
     tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
-            if let Err(error) = iopub.send(encode(&message, &iopub_signer)).await {
+            if let Err(error) = iopub.send(iopub_gate.seal(&message)).await {
                 tracing::warn!("iopub send failed: {error}");
             }
         }
@@ -133,7 +134,6 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
     let control_session = shell::ControlHandle::new(&session).await;
     let on_client_gone = control_session.clone();
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(1);
-    let gate = Gate::new(signer);
     tokio::spawn(control_loop(
         control,
         gate.clone(),
