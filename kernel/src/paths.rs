@@ -14,8 +14,13 @@ pub fn runtime_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
         return PathBuf::from(dir).join("jupyter");
     }
-    let home = home_dir().unwrap_or_else(|| "/tmp".into());
-    home.join(".local/share/jupyter/runtime")
+    match home_dir() {
+        Some(home) => home.join(".local/share/jupyter/runtime"),
+        // No home at all: this kernel's private directory, never a shared name under /tmp.
+        None => crate::private_dir::dir()
+            .map(|dir| dir.join("runtime"))
+            .unwrap_or_else(|_| PathBuf::from("/nonexistent/rustpx-runtime")),
+    }
 }
 
 /// The log file of this kernel process (engines started by it append to it too).

@@ -11,7 +11,7 @@ const LIB_RS: &str = include_str!("../../../client/src/lib.rs");
 /// Writes the crate under the user's cache directory (once per version of its source) and
 /// returns evcxr's `:dep` line for it.
 pub fn dep_line() -> std::io::Result<String> {
-    let dir = base_dir().join(format!("client-{:016x}", fingerprint()));
+    let dir = base_dir()?.join(format!("client-{:016x}", fingerprint()));
     if !dir.join("src/lib.rs").is_file() {
         let partial = dir.with_extension(format!("partial-{}", std::process::id()));
         std::fs::create_dir_all(partial.join("src"))?;
@@ -31,12 +31,18 @@ pub fn dep_line() -> std::io::Result<String> {
     ))
 }
 
-fn base_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
+/// `$XDG_CACHE_HOME/rustpx`, else `~/.cache/rustpx` (home from the password database when
+/// `HOME` is unset), else this kernel's private directory: never a shared name under /tmp, where
+/// another user could plant a crate (and its build script) first.
+fn base_dir() -> std::io::Result<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("rustpx")
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| crate::paths::home_dir().map(|home| home.join(".cache")));
+    match cache {
+        Some(dir) => Ok(dir.join("rustpx")),
+        None => Ok(crate::private_dir::dir()?.join("rustpx")),
+    }
 }
 
 /// FNV-1a over the embedded source: a new kernel with a changed client gets a new directory.
