@@ -119,6 +119,19 @@ def kernel():
     k.shutdown()
 
 
+def kernel_with_runtime_dir(runtime_dir):
+    """A kernel whose Jupyter runtime directory (its log, its engine connection file) is
+    `runtime_dir`, so a test can read them; `k.runtime_dir` and `k.log` say where."""
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime_dir)
+    try:
+        k = Kernel()
+    finally:
+        del os.environ["JUPYTER_RUNTIME_DIR"]
+    k.runtime_dir = runtime_dir
+    k.log = runtime_dir / f"rustpx-kernel-{k.km.provisioner.process.pid}.log"
+    return k
+
+
 PX_VALUE = re.compile(r"\x1b\[0;31mOut\[(\d+):\d+\]: \x1b\[0m(.*)", re.S)
 
 

@@ -4,6 +4,7 @@ import os
 import random
 import re
 import socket
+import stat
 import struct
 import time
 
@@ -11,20 +12,14 @@ import pytest
 import zmq
 from jupyter_client.session import Session
 
-from conftest import Kernel, px_values, running
+from conftest import kernel_with_runtime_dir, px_values, running
 
 JUPYTER_PORTS = ["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"]
 
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    runtime_dir = tmp_path_factory.mktemp("hostile-runtime")
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime_dir)
-    try:
-        k = Kernel()
-    finally:
-        del os.environ["JUPYTER_RUNTIME_DIR"]
-    k.log = runtime_dir / f"rustpx-kernel-{k.km.provisioner.process.pid}.log"
+    k = kernel_with_runtime_dir(tmp_path_factory.mktemp("hostile-runtime"))
     yield k
     k.shutdown()
 
@@ -234,3 +229,13 @@ def test_fuzzed_pre_authentication_input_never_hurts_the_kernel(with_engines):
             assert running(kernel_pid), f"seed {seed}: the kernel died by round {round}"
     assert_serving(kernel, pids=[kernel_pid])
     assert_engines_kept_their_values(kernel)
+
+
+def test_the_kernels_files_are_the_users_alone(with_engines):
+    """Item 8: the log (cells' text, errors) and the engine connection file (the pool's key)
+    are 0600; another user can read neither."""
+    kernel = with_engines
+    pid = kernel.km.provisioner.process.pid
+    for path in (kernel.log, kernel.runtime_dir / f"rustpx-engines-{pid}.json"):
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == 0o600, f"{path} has mode {oct(mode)}"

@@ -16,18 +16,12 @@ import pytest
 import zmq
 from jupyter_client.session import Session
 
-from conftest import ENGINE_ROW, Kernel
+from conftest import ENGINE_ROW, kernel_with_runtime_dir
 
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    runtime_dir = tmp_path_factory.mktemp("replay-runtime")
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime_dir)
-    try:
-        k = Kernel()
-    finally:
-        del os.environ["JUPYTER_RUNTIME_DIR"]
-    k.runtime_dir = runtime_dir
+    k = kernel_with_runtime_dir(tmp_path_factory.mktemp("replay-runtime"))
     reply, _, _ = k.execute("%engines start -n 1")
     assert reply["status"] == "ok", reply
     yield k

@@ -103,3 +103,68 @@ proptest! {
         }
     }
 }
+
+/// Numbers from every range a user can type: all of i64 and u64, beyond them, and floats.
+fn any_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|n| n.to_string()),
+        Just(i128::MAX.to_string()),
+        Just(i128::MIN.to_string()),
+        Just("-0".to_owned()),
+        (0u32..70_000).prop_map(|n| n.to_string()),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn slices_and_lists_over_the_full_integer_range_never_panic(
+        a in any_number(),
+        b in any_number(),
+        c in any_number(),
+        live in prop::collection::btree_set(0u32..64, 0..8),
+    ) {
+        let live: Vec<u32> = live.into_iter().collect();
+        for text in [
+            format!("{a}:{b}:{c}"),
+            format!("{a}::{c}"),
+            format!("::{c}"),
+            format!("{a}:{b}"),
+            a.clone(),
+            format!("[{a},{b},{c}]"),
+        ] {
+            if let Ok(parsed) = targets::parse(&text) {
+                if let Ok(ids) = targets::resolve(&parsed, &live) {
+                    prop_assert!(ids.iter().all(|id| live.contains(id)), "{text}: {ids:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_options_over_their_full_range_parse_or_fail_with_a_message(n in any_number()) {
+        for cell in [
+            format!("%engines start -n {n}"),
+            format!("%engines stop {n}"),
+            format!("%engines restart {n}"),
+            format!("%%px -t {n}\n1"),
+            format!("%%px --targets {n}:{n}:{n}\n1"),
+            format!("%%px --progress-after {n}\n1"),
+            format!("%%px --signal-on-interrupt {n}\n1"),
+            format!("%pxconfig --progress-after {n}"),
+            format!("%pxmap -t {n} f xs"),
+        ] {
+            if let Err(error) = parse_cell(&cell) {
+                prop_assert!(!error.0.is_empty(), "{cell}");
+            }
+        }
+        // A start never asks for more engines than one start may make.
+        if let Ok(count) = n.parse::<u64>() {
+            if count > 65_536 {
+                let cell = format!("%engines start -n {n}");
+                prop_assert!(parse_cell(&cell).is_err(), "{}", cell);
+            }
+        }
+    }
+}
