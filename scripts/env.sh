@@ -19,3 +19,10 @@ if ! python -c "import jupyter_client, jupyter_kernel_test, pytest, nbclient, nb
   step "install the Python test requirements"
   pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
+# evcxr's type inference reads std's sources (rustup's rust-src component). A kernel installs
+# them itself when they are missing, but a download inside a cell's first run costs that cell
+# seconds to minutes, so the scripts install them up front, once.
+if command -v rustc >/dev/null && [ ! -d "$(rustc --print sysroot)/lib/rustlib/src/rust/library" ]; then
+  step "rustup component add rust-src (std's sources, for evcxr's type inference)"
+  rustup component add rust-src || echo "could not install rust-src: kernels will try again at start" >&2
+fi

@@ -23,12 +23,22 @@ def free_port():
         return s.getsockname()[1]
 
 
+def logs_of(lab_log, runtime):
+    """The ends of JupyterLab's log and of every rustpx kernel's log, for a failure's report."""
+    parts = [f"\n--- {lab_log.name}:\n" + lab_log.read_text(errors="replace")[-6000:]]
+    for log in sorted(runtime.glob("rustpx-kernel-*.log")):
+        parts.append(f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-6000:])
+    return "".join(parts)
+
+
 def test_jupyterlab_in_chromium(tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is not installed (tests/run.sh installs it with apt-get)"
     assert (BROWSER_DIR / "node_modules" / "playwright-core").exists(), "run npm ci in tests/browser"
     port, token = free_port(), secrets.token_hex(16)
-    env = dict(os.environ, RUSTPX_ENGINES="2", JUPYTER_CONFIG_DIR=str(tmp_path / "config"))
+    runtime = tmp_path / "runtime"
+    env = dict(os.environ, RUSTPX_ENGINES="2", JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTER_RUNTIME_DIR=str(runtime))
     lab = subprocess.Popen(
         ["jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
@@ -51,7 +61,9 @@ def test_jupyterlab_in_chromium(tmp_path):
             env=dict(os.environ, LAB_URL=f"{base}/lab?token={token}", CHROMIUM=chromium, ARTIFACTS=str(ARTIFACTS)),
         )
         print(done.stdout[-5000:])
-        assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+        assert done.returncode == 0, (
+            done.stdout[-5000:] + done.stderr[-3000:] + logs_of(tmp_path / "lab.log", runtime)
+        )
         assert (ARTIFACTS / "02-px-outputs.png").exists()
         assert (ARTIFACTS / "05-px-charts.png").exists()
     finally:
