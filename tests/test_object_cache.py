@@ -4,8 +4,11 @@ content is hashed before use, and the cache is private (0700, files 0600)."""
 import glob
 import hashlib
 import os
+import pwd
+import shutil
 import stat
 import subprocess
+import tempfile
 
 from conftest import Kernel, px_values
 
@@ -42,3 +45,30 @@ def test_a_planted_library_is_fetched_again_not_loaded(tmp_path):
     assert hashlib.sha256(planted.read_bytes()).hexdigest() == digest, "the planted file is still there"
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(planted).st_mode) == 0o600
+
+
+def test_without_home_the_cache_is_in_the_password_databases_home(tmp_path):
+    """Item 9: a kernel started by a service without HOME (or XDG_CACHE_HOME) must not fall back
+    to a fixed name under /tmp, where another user could have planted a directory first."""
+    libstd = toolchain_libstd()
+    digest = hashlib.sha256(open(libstd, "rb").read()).hexdigest()
+    home = pwd.getpwuid(os.geteuid()).pw_dir
+    kept = os.path.join(home, ".cache", "rustpx", "objects", digest, os.path.basename(libstd))
+    old_fallback = os.path.join(tempfile.gettempdir(), "rustpx", "objects", digest)
+    for stale in (kept, old_fallback):
+        if os.path.isdir(stale):
+            shutil.rmtree(stale)
+        elif os.path.exists(stale):
+            os.remove(stale)
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME")}
+    k = Kernel(env=env)
+    try:
+        reply, _, _ = k.execute("%engines start -n 1 --engine-arg --fetch-objects")
+        assert reply["status"] == "ok", reply
+        reply, msgs, _ = k.execute("%px 6 * 7")
+        assert reply["status"] == "ok", (reply, msgs)
+        assert px_values(msgs) == {0: "42"}, msgs
+    finally:
+        k.shutdown()
+    assert os.path.isfile(kept), f"the engine did not keep libstd in {kept}"
+    assert not os.path.exists(old_fallback), f"the engine used the shared name {old_fallback}"

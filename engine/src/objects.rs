@@ -73,13 +73,24 @@ impl ObjectCache {
         }
     }
 
-    /// `--cache-dir`, else `$XDG_CACHE_HOME/rustpx/objects`, else `~/.cache/rustpx/objects`.
+    /// `--cache-dir`, else `$XDG_CACHE_HOME/rustpx/objects`, else `~/.cache/rustpx/objects`, the
+    /// home coming from `$HOME` or, when that is unset, the password database (as Jupyter finds
+    /// it). Never a shared name under /tmp that another user could have made first: without any
+    /// home, `$TMPDIR/rustpx-objects-UID`, which is used only if it is this user's and private.
     pub fn default_dir() -> PathBuf {
+        let absolute = |path: &PathBuf| path.is_absolute();
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("rustpx").join("objects")
+            .filter(absolute)
+            .or_else(|| {
+                std::env::home_dir()
+                    .filter(absolute)
+                    .map(|home| home.join(".cache"))
+            });
+        match base {
+            Some(base) => base.join("rustpx").join("objects"),
+            None => std::env::temp_dir().join(format!("rustpx-objects-{}", my_uid())),
+        }
     }
 
     pub fn dir(&self) -> &Path {
