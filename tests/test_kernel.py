@@ -122,7 +122,13 @@ def test_the_execution_counter_increments(kernel):
 
 
 def test_is_complete(kernel):
-    for code, status in [("fn f() {", "incomplete"), ("1 + 1", "complete"), ("1 + 1)", "invalid")]:
+    cases = [
+        ("fn f() {", "incomplete"), ("1 + 1", "complete"), ("1 + 1)", "invalid"),
+        # Literals a bracket counter gets wrong (issue 15, item 6): rustc's lexer reads them.
+        ("let c = '{';", "complete"), ('let s = r#"a"b"#;', "complete"),
+        ("fn f<'a>(x: &'a str) -> &'a str { x }", "complete"), ('let s = r#"open', "incomplete"),
+    ]
+    for code, status in cases:
         kernel.kc.is_complete(code)
         reply = kernel.kc.get_shell_msg(timeout=30)
         assert reply["content"]["status"] == status, code

@@ -1,8 +1,15 @@
 //! Whether a cell is ready to run, for `is_complete_request` (the console uses it to decide
 //! between running a cell and opening a continuation line).
 //!
-//! evcxr offers no such check, so this is a lexical one: a cell is incomplete while a bracket, a
-//! string or a block comment is still open, and invalid when a closing bracket has no opener.
+//! evcxr offers no such check, so the cell is split into tokens by rustc's own lexer
+//! (`ra-ap-rustc_lexer`, which evcxr's rust-analyzer already brings): a cell is incomplete while a
+//! bracket, a string (raw or not) or a block comment is still open, and invalid when a closing
+//! bracket has no opener or a character literal is not closed. Because the lexer knows Rust's
+//! literals, `'{'`, `r#"a"b"#` and lifetimes such as `'a` are what they are, not brackets or
+//! quotes. Magic lines (`%%px -t 1,2`, `:dep x = "1"`) lex as ordinary tokens.
+
+use ra_ap_rustc_lexer::{tokenize, validate_raw_str, FrontmatterAllowed, LiteralKind};
+use ra_ap_rustc_lexer::{RawStrError, TokenKind};
 
 /// What `is_complete_reply` says about a cell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,65 +22,38 @@ pub enum Completeness {
     Invalid,
 }
 
-/// Classifies `code` by scanning brackets, string and char literals, and comments.
+/// What one token does to the cell's completeness.
+enum Effect {
+    Open(TokenKind),
+    Close(TokenKind),
+    /// A literal or comment that runs to the end of the cell and may be closed on a later line.
+    LeftOpen,
+    /// A token no later line can repair.
+    Broken,
+    Nothing,
+}
+
+/// Classifies `code` from its tokens.
 pub fn check(code: &str) -> Completeness {
-    let mut open: Vec<char> = Vec::new();
-    let mut chars = code.chars().peekable();
-    let mut in_string = false;
-    let mut block_comments = 0usize;
-    while let Some(c) = chars.next() {
-        if block_comments > 0 {
-            match (c, chars.peek()) {
-                ('*', Some('/')) => {
-                    chars.next();
-                    block_comments -= 1;
-                }
-                ('/', Some('*')) => {
-                    chars.next();
-                    block_comments += 1;
-                }
-                _ => {}
-            }
-            continue;
-        }
-        if in_string {
-            match c {
-                '\\' => {
-                    chars.next();
-                }
-                '"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '/' if chars.peek() == Some(&'/') => {
-                for next in chars.by_ref() {
-                    if next == '\n' {
-                        break;
-                    }
-                }
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                block_comments += 1;
-            }
-            '"' => in_string = true,
-            '(' | '[' | '{' => open.push(c),
-            ')' | ']' | '}' => {
-                let expected = match c {
-                    ')' => '(',
-                    ']' => '[',
-                    _ => '{',
-                };
-                if open.pop() != Some(expected) {
+    let mut open: Vec<TokenKind> = Vec::new();
+    let mut left_open = false;
+    let mut offset = 0usize;
+    for token in tokenize(code, FrontmatterAllowed::No) {
+        let text = &code[offset..offset + token.len as usize];
+        offset += token.len as usize;
+        match effect(token.kind, text) {
+            Effect::Open(kind) => open.push(kind),
+            Effect::Close(opener) => {
+                if open.pop() != Some(opener) {
                     return Completeness::Invalid;
                 }
             }
-            _ => {}
+            Effect::LeftOpen => left_open = true,
+            Effect::Broken => return Completeness::Invalid,
+            Effect::Nothing => {}
         }
     }
-    if in_string || block_comments > 0 || !open.is_empty() {
+    if left_open || !open.is_empty() {
         Completeness::Incomplete {
             indent: "    ".repeat(open.len().min(8)),
         }
@@ -82,15 +62,80 @@ pub fn check(code: &str) -> Completeness {
     }
 }
 
+fn effect(kind: TokenKind, text: &str) -> Effect {
+    use TokenKind::*;
+    match kind {
+        OpenParen | OpenBracket | OpenBrace => Effect::Open(kind),
+        CloseParen => Effect::Close(OpenParen),
+        CloseBracket => Effect::Close(OpenBracket),
+        CloseBrace => Effect::Close(OpenBrace),
+        BlockComment {
+            terminated: false, ..
+        } => Effect::LeftOpen,
+        Literal { kind, .. } => literal_effect(kind, text),
+        _ => Effect::Nothing,
+    }
+}
+
+fn literal_effect(kind: LiteralKind, text: &str) -> Effect {
+    use LiteralKind::*;
+    match kind {
+        Str { terminated: false } | ByteStr { terminated: false } | CStr { terminated: false } => {
+            Effect::LeftOpen
+        }
+        // A character literal holds one character on one line: nothing later can close it.
+        Char { terminated: false } | Byte { terminated: false } => Effect::Broken,
+        RawStr { n_hashes: None } => raw_effect(text, 1),
+        RawByteStr { n_hashes: None } | RawCStr { n_hashes: None } => raw_effect(text, 2),
+        _ => Effect::Nothing,
+    }
+}
+
+/// A raw string the lexer could not close is open when it merely lacks its terminator, and
+/// broken when its opening is malformed (`r#~"`, or more than 255 `#`).
+fn raw_effect(text: &str, prefix_len: u32) -> Effect {
+    match validate_raw_str(text, prefix_len) {
+        Err(RawStrError::NoTerminator { .. }) => Effect::LeftOpen,
+        Err(_) => Effect::Broken,
+        Ok(()) => Effect::Nothing,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn incomplete(code: &str) -> bool {
+        matches!(check(code), Completeness::Incomplete { .. })
+    }
 
     #[test]
     fn balanced_code_is_complete() {
         assert_eq!(check("let x = vec![1, 2];"), Completeness::Complete);
         assert_eq!(check("fn f() { \"}\" ; }"), Completeness::Complete);
         assert_eq!(check("// {\n1"), Completeness::Complete);
+        assert_eq!(check("%%px -t 1,2\nlet x = 1;"), Completeness::Complete);
+        assert_eq!(
+            check(":dep serde = { version = \"1\" }"),
+            Completeness::Complete
+        );
+    }
+
+    #[test]
+    fn char_literals_raw_strings_and_lifetimes_are_not_brackets_or_quotes() {
+        assert_eq!(check("let c = '{';"), Completeness::Complete);
+        assert_eq!(check("let c = '\"';"), Completeness::Complete);
+        assert_eq!(check("let s = r#\"a\"b\"#;"), Completeness::Complete);
+        assert_eq!(check("let s = br##\"}\"#\"##;"), Completeness::Complete);
+        assert_eq!(
+            check("fn f<'a>(x: &'a str) -> &'a str { x }"),
+            Completeness::Complete
+        );
+        assert_eq!(check("let b = b'(';"), Completeness::Complete);
+        assert_eq!(
+            check("/* a /* nested */ comment */ 1"),
+            Completeness::Complete
+        );
     }
 
     #[test]
@@ -101,16 +146,18 @@ mod tests {
                 indent: "    ".into()
             }
         );
-        assert!(matches!(
-            check("let s = \"abc"),
-            Completeness::Incomplete { .. }
-        ));
-        assert!(matches!(check("/* open"), Completeness::Incomplete { .. }));
+        assert!(incomplete("let s = \"abc"));
+        assert!(incomplete("let s = r#\"abc\"\n"));
+        assert!(incomplete("let s = c\"abc"));
+        assert!(incomplete("/* open"));
+        assert!(incomplete("/* a /* nested */ still open"));
     }
 
     #[test]
-    fn a_stray_closer_is_invalid() {
+    fn a_stray_closer_or_a_broken_literal_is_invalid() {
         assert_eq!(check("1 + 2)"), Completeness::Invalid);
         assert_eq!(check("(]"), Completeness::Invalid);
+        assert_eq!(check("let c = '\\n"), Completeness::Invalid);
+        assert_eq!(check("let s = r#~\"x\"#;"), Completeness::Invalid);
     }
 }
