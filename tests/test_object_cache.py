@@ -20,6 +20,19 @@ def toolchain_libstd():
     return found[0]
 
 
+def run_one_fetching_engine(engine_args="", **kernel_options):
+    """A kernel with one engine that fetches its objects into its cache runs `%px 6 * 7`."""
+    k = Kernel(**kernel_options)
+    try:
+        reply, msgs, _ = k.execute(f"%engines start -n 1 --engine-arg --fetch-objects{engine_args}")
+        assert reply["status"] == "ok", reply
+        reply, msgs, _ = k.execute("%px 6 * 7")
+        assert reply["status"] == "ok", (reply, msgs)
+        assert px_values(msgs) == {0: "42"}, msgs
+    finally:
+        k.shutdown()
+
+
 def test_a_planted_library_is_fetched_again_not_loaded(tmp_path):
     libstd = toolchain_libstd()
     real = open(libstd, "rb").read()
@@ -32,16 +45,7 @@ def test_a_planted_library_is_fetched_again_not_loaded(tmp_path):
     os.chmod(cache, 0o755)
     os.chmod(planted, 0o644)
 
-    k = Kernel()
-    try:
-        reply, msgs, _ = k.execute(
-            f"%engines start -n 1 --engine-arg --fetch-objects --engine-arg --cache-dir --engine-arg {cache}")
-        assert reply["status"] == "ok", reply
-        reply, msgs, _ = k.execute("%px 6 * 7")
-        assert reply["status"] == "ok", (reply, msgs)
-        assert px_values(msgs) == {0: "42"}, msgs
-    finally:
-        k.shutdown()
+    run_one_fetching_engine(f" --engine-arg --cache-dir --engine-arg {cache}")
     assert hashlib.sha256(planted.read_bytes()).hexdigest() == digest, "the planted file is still there"
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(planted).st_mode) == 0o600
@@ -61,14 +65,6 @@ def test_without_home_the_cache_is_in_the_password_databases_home(tmp_path):
         elif os.path.exists(stale):
             os.remove(stale)
     env = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME")}
-    k = Kernel(env=env)
-    try:
-        reply, _, _ = k.execute("%engines start -n 1 --engine-arg --fetch-objects")
-        assert reply["status"] == "ok", reply
-        reply, msgs, _ = k.execute("%px 6 * 7")
-        assert reply["status"] == "ok", (reply, msgs)
-        assert px_values(msgs) == {0: "42"}, msgs
-    finally:
-        k.shutdown()
+    run_one_fetching_engine(env=env)
     assert os.path.isfile(kept), f"the engine did not keep libstd in {kept}"
     assert not os.path.exists(old_fallback), f"the engine used the shared name {old_fallback}"

@@ -105,59 +105,47 @@ fn raw_effect(text: &str, prefix_len: u32) -> Effect {
 mod tests {
     use super::*;
 
-    fn incomplete(code: &str) -> bool {
-        matches!(check(code), Completeness::Incomplete { .. })
+    fn open(indent: &str) -> Completeness {
+        Completeness::Incomplete {
+            indent: indent.into(),
+        }
     }
 
     #[test]
-    fn balanced_code_is_complete() {
-        assert_eq!(check("let x = vec![1, 2];"), Completeness::Complete);
-        assert_eq!(check("fn f() { \"}\" ; }"), Completeness::Complete);
-        assert_eq!(check("// {\n1"), Completeness::Complete);
-        assert_eq!(check("%%px -t 1,2\nlet x = 1;"), Completeness::Complete);
-        assert_eq!(
-            check(":dep serde = { version = \"1\" }"),
-            Completeness::Complete
-        );
-    }
-
-    #[test]
-    fn char_literals_raw_strings_and_lifetimes_are_not_brackets_or_quotes() {
-        assert_eq!(check("let c = '{';"), Completeness::Complete);
-        assert_eq!(check("let c = '\"';"), Completeness::Complete);
-        assert_eq!(check("let s = r#\"a\"b\"#;"), Completeness::Complete);
-        assert_eq!(check("let s = br##\"}\"#\"##;"), Completeness::Complete);
-        assert_eq!(
-            check("fn f<'a>(x: &'a str) -> &'a str { x }"),
-            Completeness::Complete
-        );
-        assert_eq!(check("let b = b'(';"), Completeness::Complete);
-        assert_eq!(
-            check("/* a /* nested */ comment */ 1"),
-            Completeness::Complete
-        );
-    }
-
-    #[test]
-    fn open_brackets_strings_and_comments_are_incomplete() {
-        assert_eq!(
-            check("fn f() {"),
-            Completeness::Incomplete {
-                indent: "    ".into()
-            }
-        );
-        assert!(incomplete("let s = \"abc"));
-        assert!(incomplete("let s = r#\"abc\"\n"));
-        assert!(incomplete("let s = c\"abc"));
-        assert!(incomplete("/* open"));
-        assert!(incomplete("/* a /* nested */ still open"));
-    }
-
-    #[test]
-    fn a_stray_closer_or_a_broken_literal_is_invalid() {
-        assert_eq!(check("1 + 2)"), Completeness::Invalid);
-        assert_eq!(check("(]"), Completeness::Invalid);
-        assert_eq!(check("let c = '\\n"), Completeness::Invalid);
-        assert_eq!(check("let s = r#~\"x\"#;"), Completeness::Invalid);
+    fn cells_are_classified_as_rust_reads_them() {
+        let cases = [
+            ("let x = vec![1, 2];", Completeness::Complete),
+            ("fn f() { \"}\" ; }", Completeness::Complete),
+            ("// {\n1", Completeness::Complete),
+            ("%%px -t 1,2\nlet x = 1;", Completeness::Complete),
+            (":dep serde = { version = \"1\" }", Completeness::Complete),
+            // Literals and lifetimes that hold brackets or quotes.
+            ("let c = '{';", Completeness::Complete),
+            ("let c = '\"';", Completeness::Complete),
+            ("let s = r#\"a\"b\"#;", Completeness::Complete),
+            ("let s = br##\"}\"#\"##;", Completeness::Complete),
+            (
+                "fn f<'a>(x: &'a str) -> &'a str { x }",
+                Completeness::Complete,
+            ),
+            ("let b = b'(';", Completeness::Complete),
+            ("/* a /* nested */ comment */ 1", Completeness::Complete),
+            // Still open: a later line can close them.
+            ("fn f() {", open("    ")),
+            ("fn f() {\n    if x {", open("        ")),
+            ("let s = \"abc", open("")),
+            ("let s = r#\"abc\"\n", open("")),
+            ("let s = c\"abc", open("")),
+            ("/* open", open("")),
+            ("/* a /* nested */ still open", open("")),
+            // Nothing later can repair these.
+            ("1 + 2)", Completeness::Invalid),
+            ("(]", Completeness::Invalid),
+            ("let c = '\\n", Completeness::Invalid),
+            ("let s = r#~\"x\"#;", Completeness::Invalid),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(check(code), expected, "{code:?}");
+        }
     }
 }
