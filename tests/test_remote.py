@@ -238,7 +238,8 @@ def test_an_engine_that_cannot_reach_the_hub_says_where_it_tried_and_gives_up(px
     finally:
         hosts[1].restore()
     assert proc.returncode == 2
-    assert f"the hub at {url}" in err or f"hub at {url}" in err, err
+    # libzmq queues the registration until a connection exists, so what times out is the answer.
+    assert f"the hub at {url} did not answer registration" in err, err
     assert elapsed < 15
 
 

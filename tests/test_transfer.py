@@ -26,6 +26,11 @@ def k(tmp_path_factory):
     finally:
         del os.environ["JUPYTER_RUNTIME_DIR"], os.environ["RUSTPX_LOG"]
     kernel.log = runtime_dir / f"rustpx-kernel-{kernel.km.provisioner.process.pid}.log"
+    # A user struct defined on both sides, with serde, before any value: adding a crate makes
+    # evcxr drop values of cell-defined types.
+    ok(kernel, SERDE)
+    ok(kernel, POINT)
+    ok(kernel, "%%px\n" + SERDE + "\n" + POINT)
     yield kernel
     kernel.shutdown()
 
@@ -57,13 +62,6 @@ def value(k, code):
 
 def engine_values(k, code):
     return px_values(ok(k, code))
-
-
-def test_a_user_struct_defined_on_both_sides_comes_first(k):
-    # Types and serde before values: adding a crate makes evcxr drop values of cell-defined types.
-    ok(k, SERDE)
-    ok(k, POINT)
-    ok(k, "%%px\n" + SERDE + "\n" + POINT)
 
 
 def test_push_copies_integers_strings_and_vectors_to_every_engine(k):
