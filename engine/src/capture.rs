@@ -23,12 +23,10 @@ use std::sync::{Arc, Mutex};
 
 use rustpx_protocol::{DisplayOutput, MimeBundle, StreamOutput};
 
-/// evcxr's control lines, as its generated code prints them.
-const BEGIN_CONTENT: &str = "EVCXR_BEGIN_CONTENT ";
-const END_CONTENT: &str = "EVCXR_END_CONTENT";
-const PANIC_NOTIFICATION: &str = "EVCXR_PANIC_NOTIFICATION";
-const USER_ERROR: &str = "EVCXR_ERROR_OCCURRED";
-const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
+// evcxr's control lines, as its generated code prints them.
+use rustpx_protocol::evcxr_markers::{
+    BEGIN_CONTENT, CHANGED_TYPE, END_CONTENT, PANIC_NOTIFICATION, USER_ERROR,
+};
 
 /// What the capture forwards while a run goes on.
 #[derive(Debug, Clone, PartialEq)]

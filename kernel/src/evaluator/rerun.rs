@@ -20,6 +20,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
+use rustpx_protocol::evcxr_markers;
+
 use super::fence::Fence;
 
 /// How long a query to the runtime may take: it answers between cells at once, so a silent
@@ -27,10 +29,10 @@ use super::fence::Fence;
 const QUERY_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What evcxr's generated code prints when the cell panicked.
-const PANIC_MARKER: &str = "EVCXR_PANIC_NOTIFICATION";
+const PANIC_MARKER: &str = evcxr_markers::PANIC_NOTIFICATION;
 
 /// What it prints when a variable's type changed, or user code returned early with `?`.
-const OTHER_FAILURE_MARKERS: [&str; 2] = ["EVCXR_VARIABLE_CHANGED_TYPE:", "EVCXR_ERROR_OCCURRED"];
+const OTHER_FAILURE_MARKERS: [&str; 2] = [evcxr_markers::CHANGED_TYPE, evcxr_markers::USER_ERROR];
 
 /// A cell's text and the variables (name, type) it was compiled against.
 pub type Key = (String, Vec<(String, String)>);

@@ -26,8 +26,7 @@ use super::fence::Fence;
 /// Set in the child's environment by the evaluator: `ADDRESS TOKEN` of its re-run listener.
 pub const RUNTIME_ENV: &str = "RUSTPX_PLAIN_RUNTIME";
 
-/// What evcxr waits for after each `LOAD_AND_RUN`.
-const EXECUTION_COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
+use rustpx_protocol::evcxr_markers::EXECUTION_COMPLETE;
 
 type CellFn = extern "C" fn(*mut c_void) -> *mut c_void;
 

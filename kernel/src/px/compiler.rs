@@ -19,11 +19,10 @@ use super::lock;
 use super::records::EngineError;
 use crate::evaluator::compile_error_report;
 
-/// evcxr's markers, as the bridge answers them.
-const EXECUTION_COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
-const PANIC_NOTIFICATION: &str = "EVCXR_PANIC_NOTIFICATION";
-const USER_ERROR: &str = "EVCXR_ERROR_OCCURRED";
-const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
+// evcxr's markers, as the bridge answers them.
+use rustpx_protocol::evcxr_markers::{
+    CHANGED_TYPE, EXECUTION_COMPLETE, PANIC_NOTIFICATION, USER_ERROR,
+};
 
 /// A `%px` cell to compile and run on `engines`.
 pub struct CompileJob {
