@@ -34,6 +34,10 @@ pub fn compile_error_report(errors: &[evcxr::CompilationError], cell: &str) -> E
             .iter()
             .map(|e| diagnostics::render(e, cell))
             .collect(),
+        codes: errors
+            .iter()
+            .filter_map(|e| e.code().map(str::to_owned))
+            .collect(),
     }
 }
 use output_pump::{OutputPump, PanicReport};
@@ -52,6 +56,9 @@ pub struct ErrorReport {
     pub ename: String,
     pub evalue: String,
     pub traceback: Vec<String>,
+    /// rustc's error codes when this is a compile error (`E0425`, ...): what the kernel reads
+    /// to explain a failure, never the compiler's English text.
+    pub codes: Vec<String>,
 }
 
 /// Completion matches with the code-point range they replace.
@@ -237,6 +244,7 @@ fn evaluator_gone() -> ErrorReport {
         ename: "KernelError".into(),
         evalue: "the Rust evaluator thread has stopped; restart the kernel".into(),
         traceback: vec![],
+        codes: Vec::new(),
     }
 }
 
@@ -312,6 +320,7 @@ fn run(
                         "the Rust evaluation context could not start: {error}. Check that cargo and rustc are on the kernel's PATH, then restart the kernel."
                     ),
                     traceback: vec![],
+                    codes: Vec::new(),
                 };
                 publish_error(&publisher, &request, &report);
                 let _ = reply.send(Outcome::Error(report));
@@ -361,6 +370,7 @@ fn run(
                     ename: "EvcxrStartError".into(),
                     evalue: format!("the Rust evaluation context could not start: {error}"),
                     traceback: vec![],
+                    codes: Vec::new(),
                 }));
             }
             (Ok((context, _, _)), Job::Variables { reply }) => {
@@ -584,6 +594,7 @@ fn evaluate(
                     "KeyboardInterrupt: the cell was stopped. {}",
                     lost_sentence("The Rust process was restarted", &lost)
                 )],
+                codes: Vec::new(),
             })
         }
         Err(evcxr::Error::SubprocessTerminated(message)) => Err(ErrorReport {
@@ -593,11 +604,13 @@ fn evaluate(
                 lost_sentence("The Rust process was restarted", &lost)
             ),
             traceback: vec![],
+            codes: Vec::new(),
         }),
         Err(other) => Err(ErrorReport {
             ename: "Error".into(),
             evalue: other.to_string(),
             traceback: vec![],
+            codes: Vec::new(),
         }),
     }
 }
@@ -624,6 +637,7 @@ fn panic_report(panic: &PanicReport, lost: &[String]) -> ErrorReport {
             format!("panicked at {}: {message}", panic.location),
             lost_sentence("Variables defined by this cell were not kept", lost),
         ],
+        codes: Vec::new(),
     }
 }
 

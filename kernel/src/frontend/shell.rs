@@ -53,6 +53,7 @@ impl Session {
                     ename: "UsageError".into(),
                     evalue: error.0.clone(),
                     traceback: vec![format!("UsageError: {}", error.0)],
+                    codes: Vec::new(),
                 };
                 self.publisher.publish(
                     request,

@@ -298,6 +298,7 @@ fn fail_all(hub: &Arc<Mutex<Hub>>, job: &CompileJob, message: &str) {
                 evalue: message.to_owned(),
                 traceback: vec![],
                 shared_by: Vec::new(),
+                codes: Vec::new(),
             }),
         );
     }
@@ -402,6 +403,7 @@ fn compile_and_run<S: Clone>(
                         "EngineError: Engine {gone} is not running; restart it with `%engines restart {gone}`"
                     )],
                     shared_by: Vec::new(),
+                    codes: Vec::new(),
                 }),
             );
         }
@@ -419,6 +421,7 @@ fn compile_and_run<S: Clone>(
                         evalue: message.clone(),
                         traceback: vec![],
                         shared_by: Vec::new(),
+                        codes: Vec::new(),
                     }),
                 );
             }
@@ -497,6 +500,7 @@ fn compile_and_run<S: Clone>(
                 evalue: other.to_string(),
                 traceback: vec![],
                 shared_by: Vec::new(),
+                codes: Vec::new(),
             }),
         };
         let mut hub = lock(hub);

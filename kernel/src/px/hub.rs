@@ -347,6 +347,7 @@ impl Hub {
                     ),
                     traceback: vec![format!("EngineError: {why}; the cell did not run there")],
                     shared_by: Vec::new(),
+                    codes: Vec::new(),
                 }));
             }
             self.notify(cell_id, CellEvent::EngineDone { engine });
@@ -586,6 +587,7 @@ impl Hub {
                         "Variables this cell defined were not kept on this engine.".into(),
                     ],
                     shared_by: Vec::new(),
+                    codes: Vec::new(),
                 }),
                 RunStatus::UserError => {
                     let last = record
@@ -599,6 +601,7 @@ impl Hub {
                         evalue: last.clone(),
                         traceback: vec![format!("Error: {last}")],
                         shared_by: Vec::new(),
+                        codes: Vec::new(),
                     })
                 }
                 RunStatus::LoadFailed { message } => Some(EngineError {
@@ -606,6 +609,7 @@ impl Hub {
                     evalue: message.clone(),
                     traceback: vec![],
                     shared_by: Vec::new(),
+                    codes: Vec::new(),
                 }),
             };
             let failed = error.is_some();
@@ -678,6 +682,7 @@ impl Hub {
                         format!("{lost_text} Restart it with `%engines restart {id}`."),
                     ],
                     shared_by: Vec::new(),
+                    codes: Vec::new(),
                 }));
             }
             self.notify(&run.cell_id, CellEvent::EngineDone { engine: id });

@@ -18,6 +18,7 @@ mod map_server;
 mod pool;
 mod records;
 mod render;
+mod rustc_codes;
 mod session;
 mod shipping;
 mod stale_files;

@@ -18,6 +18,9 @@ pub struct EngineError {
     /// group: the error is shown once, labelled with all of them (`[0-31:execute]`). Empty
     /// when the error is this engine's own (a panic, a death).
     pub shared_by: Vec<EngineId>,
+    /// rustc's error codes when this is a compile error (`E0425`, ...): what the kernel reads
+    /// to explain a failure, never the compiler's English text.
+    pub codes: Vec<String>,
 }
 
 impl From<crate::evaluator::ErrorReport> for EngineError {
@@ -27,6 +30,7 @@ impl From<crate::evaluator::ErrorReport> for EngineError {
             evalue: report.evalue,
             traceback: report.traceback,
             shared_by: Vec::new(),
+            codes: report.codes,
         }
     }
 }

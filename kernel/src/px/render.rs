@@ -388,6 +388,7 @@ pub fn final_error(cell: &CellRecord) -> Option<EngineError> {
         evalue,
         traceback,
         shared_by: Vec::new(),
+        codes: Vec::new(),
     })
 }
 
@@ -411,6 +412,7 @@ pub fn already_displayed(cell: &CellRecord) -> Option<EngineError> {
         evalue: text.clone(),
         traceback: vec![text],
         shared_by: Vec::new(),
+        codes: Vec::new(),
     })
 }
 

@@ -233,6 +233,7 @@ fn usage(message: impl Into<String>) -> ErrorReport {
         ename: "UsageError".into(),
         evalue: message.clone(),
         traceback: vec![format!("UsageError: {message}")],
+        codes: Vec::new(),
     }
 }
 
@@ -241,6 +242,7 @@ fn to_report(error: EngineError) -> ErrorReport {
         ename: error.ename,
         evalue: error.evalue,
         traceback: error.traceback,
+        codes: error.codes,
     }
 }
 
@@ -405,6 +407,7 @@ impl PxService {
             ename: "KernelError".into(),
             evalue: format!("the parallel magics are unavailable: {error}"),
             traceback: vec![],
+            codes: Vec::new(),
         })
     }
 
@@ -473,6 +476,7 @@ impl PxService {
             ename: "EngineStartError".into(),
             traceback: vec![format!("EngineStartError: {evalue}")],
             evalue,
+            codes: Vec::new(),
         };
         let reachable = m.address.reachable_from_other_hosts();
         if launcher.reach() == Reach::OtherHosts && !reachable && !launcher.tunnels() {
@@ -606,6 +610,7 @@ impl PxService {
                         "EngineStartError: {label} failed: {why}. The kernel log {} says why (RUSTPX_LOG=debug for more).",
                         crate::paths::log_file().display()
                     )],
+                    codes: Vec::new(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -625,6 +630,7 @@ impl PxService {
             ename: "IndexError".into(),
             evalue: format!("No such engine: {}", missing.0),
             traceback: vec![format!("IndexError: No such engine: {}", missing.0)],
+            codes: Vec::new(),
         })?;
         if engines.is_empty() {
             return Err(usage(format!(
@@ -657,6 +663,7 @@ impl PxService {
                 ename: "KernelError".into(),
                 evalue: "the px compiler has stopped; restart the kernel".into(),
                 traceback: vec![],
+                codes: Vec::new(),
             });
         }
         self.last = Some(cell_id.clone());
@@ -689,6 +696,7 @@ impl PxService {
                 ename: "KeyboardInterrupt".into(),
                 evalue: "stopped waiting; the engines were not signalled and keep running".into(),
                 traceback: vec!["KeyboardInterrupt: stopped waiting for %px (--signal-on-interrupt 0); the engines keep running: %pxresult shows the result when it is ready".into()],
+                codes: Vec::new(),
             });
         }
         let cell = lock(&hub).cell(&cell_id).cloned();
@@ -994,6 +1002,7 @@ impl PxService {
                         ename: "EngineStartError".into(),
                         evalue: e.to_string(),
                         traceback: vec![],
+                        codes: Vec::new(),
                     })?;
                     let lost = if variables.is_empty() {
                         "no variables were lost".to_owned()
@@ -1022,6 +1031,7 @@ impl PxService {
                 ename: "IndexError".into(),
                 evalue: format!("No such engine: {missing}"),
                 traceback: vec![format!("IndexError: No such engine: {missing}")],
+                codes: Vec::new(),
             }),
             None => Ok(()),
         }

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::cell_files::{self, CellFiles};
 use super::magics::TransferKind;
+use super::rustc_codes;
 use rustpx_protocol::EngineId;
 
 /// The generated code of one data magic, in the order it runs.
@@ -253,7 +254,7 @@ pub fn explain_compile_error(
     kind: TransferKind,
     name: &str,
     ty: &str,
-    message: &str,
+    (codes, message): (&[String], &str),
     on_engines: bool,
 ) -> Option<String> {
     let magic = kind.magic();
@@ -263,19 +264,22 @@ pub fn explain_compile_error(
     } else {
         "the kernel's context"
     };
-    if message.contains("Serialize") && !message.contains("Deserialize") {
+    // E0277 names the bound that does not hold (`Point: serde::Serialize`): which serde trait.
+    let missing_trait = rustc_codes::any_of(codes, rustc_codes::MISSING_TRAIT);
+    if missing_trait && message.contains("Serialize") && !message.contains("Deserialize") {
         return Some(format!(
             "{magic} {name}: `{ty}` cannot leave {side}: it does not implement serde::Serialize; {derive}"
         ));
     }
-    if message.contains("Deserialize") {
+    if missing_trait && message.contains("Deserialize") {
         return Some(format!(
             "{magic} {name}: `{ty}` cannot arrive in {}: it does not implement serde::Deserialize; {derive}",
             if on_engines { "the engines" } else { "the kernel's context" }
         ));
     }
-    if message.contains("cannot find type") || message.contains("cannot find struct") {
-        let missing = message.split('`').nth(1).unwrap_or(ty);
+    if let Some(missing) = rustc_codes::unresolved_name(codes, message)
+        .filter(|name| rustc_codes::names_in_type(ty, name))
+    {
         let place = if on_engines {
             "on the engines; define it there too (a %%px cell with the same definition)"
         } else {
@@ -404,7 +408,10 @@ mod tests {
             TransferKind::Push,
             "h",
             "Handle",
-            "the trait bound `Handle: serde::Serialize` is not satisfied",
+            (
+                &codes("E0277"),
+                "the trait bound `Handle: serde::Serialize` is not satisfied",
+            ),
             false,
         )
         .unwrap();
@@ -416,7 +423,7 @@ mod tests {
             TransferKind::Push,
             "p",
             "Point",
-            "cannot find type `Point` in this scope",
+            (&codes("E0425"), "cannot find type `Point` in this scope"),
             true,
         )
         .unwrap();
@@ -424,9 +431,20 @@ mod tests {
             text.contains("`Point` is not defined on the engines"),
             "{text}"
         );
+        let mismatched = (&codes("E0308")[..], "mismatched types");
         assert_eq!(
-            explain_compile_error(TransferKind::Push, "x", "u8", "mismatched types", true),
+            explain_compile_error(TransferKind::Push, "x", "u8", mismatched, true),
             None
         );
+        // The wording alone decides nothing: without its code, this is not a missing type.
+        let uncoded = (&[][..], "cannot find type `Point` in this scope");
+        assert_eq!(
+            explain_compile_error(TransferKind::Push, "p", "Point", uncoded, true),
+            None
+        );
+    }
+
+    fn codes(code: &str) -> Vec<String> {
+        vec![code.to_owned()]
     }
 }

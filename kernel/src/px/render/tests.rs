@@ -178,6 +178,7 @@ fn failing(c: &mut CellRecord, id: EngineId) {
         evalue: format!("boom {id}"),
         traceback: vec![format!("panicked at src/lib.rs:1:1: boom {id}")],
         shared_by: Vec::new(),
+        codes: Vec::new(),
     }));
 }
 
@@ -220,6 +221,7 @@ fn failing_to_compile(c: &mut CellRecord, group: &[EngineId]) {
         evalue: "mismatched types".into(),
         traceback: vec!["error[E0308]: mismatched types".into()],
         shared_by: group.to_vec(),
+        codes: Vec::new(),
     };
     for id in group {
         c.engines.get_mut(id).unwrap().finish(Some(error.clone()));

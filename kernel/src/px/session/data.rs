@@ -15,6 +15,7 @@ use super::super::compiler::CompileJob;
 use super::super::hub::CellEvent;
 use super::super::magics::{Transfer, TransferKind};
 use super::super::records::{CellRecord, EngineError};
+use super::super::rustc_codes;
 use super::super::targets::{self, Targets};
 use super::super::transfer::{self, Plan, Request};
 use super::{lock, usage, PxService};
@@ -25,6 +26,7 @@ pub(super) fn transfer_error(evalue: String, traceback: Vec<String>) -> ErrorRep
         ename: "TransferError".into(),
         evalue,
         traceback,
+        codes: Vec::new(),
     }
 }
 
@@ -181,9 +183,9 @@ impl PxService {
             .await;
         let cannot_assign = |r: &Result<(), ErrorReport>| {
             r.as_ref().is_err_and(|e| {
-                e.evalue
-                    .contains("cannot assign twice to immutable variable")
-                    || e.evalue.contains("cannot find value `")
+                rustc_codes::any_of(&e.codes, rustc_codes::ASSIGNED_TWICE)
+                    || rustc_codes::unresolved_name(&e.codes, &e.evalue)
+                        .is_some_and(|name| magic.names.iter().any(|n| n == name))
             })
         };
         if assign.contains(&true) && cannot_assign(&result) {
@@ -308,10 +310,20 @@ impl PxService {
     ) -> Result<(), ErrorReport> {
         let explain = |report: ErrorReport, on_engines: bool| -> ErrorReport {
             let explained = magic.names.iter().zip(types).find_map(|(name, ty)| {
-                transfer::explain_compile_error(magic.kind, name, ty, &report.evalue, on_engines)
+                transfer::explain_compile_error(
+                    magic.kind,
+                    name,
+                    ty,
+                    (&report.codes, &report.evalue),
+                    on_engines,
+                )
             });
             match explained {
-                Some(text) => transfer_error(text, report.traceback),
+                // The codes stay, so that a caller can still tell what failed.
+                Some(text) => ErrorReport {
+                    codes: report.codes,
+                    ..transfer_error(text, report.traceback)
+                },
                 None => report,
             }
         };
@@ -330,6 +342,7 @@ impl PxService {
                         ename: first.ename.clone(),
                         evalue: first.evalue.clone(),
                         traceback: vec![],
+                        codes: first.codes.clone(),
                     },
                     true,
                 )
@@ -339,14 +352,17 @@ impl PxService {
                     .iter()
                     .map(|(id, error)| format!("[Engine {id}] {}: {}", error.ename, error.evalue))
                     .collect();
-                transfer_error(
-                    format!(
-                        "{} failed on engine {}: {evalue}",
-                        magic.kind.magic(),
-                        ids.join(", ")
-                    ),
-                    traceback,
-                )
+                ErrorReport {
+                    codes: first.codes,
+                    ..transfer_error(
+                        format!(
+                            "{} failed on engine {}: {evalue}",
+                            magic.kind.magic(),
+                            ids.join(", ")
+                        ),
+                        traceback,
+                    )
+                }
             })?;
         if let Some(code) = &plan.local_after {
             evaluator
@@ -372,6 +388,7 @@ impl PxService {
                     evalue: report.evalue,
                     traceback: vec![],
                     shared_by: Vec::new(),
+                    codes: report.codes,
                 },
             )]
         };
@@ -475,6 +492,7 @@ impl PxService {
                     missing.join(", ")
                 ),
                 traceback: vec![],
+                codes: Vec::new(),
             });
         }
         match types.len() {
@@ -555,6 +573,7 @@ pub(super) async fn local_types(
                         "name '{name}' is not defined in the kernel's context (define it in a plain cell first)"
                     ),
                     traceback: vec![],
+                    codes: Vec::new(),
                 })
         })
         .collect()

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use super::super::hub::CellEvent;
 use super::super::magics::MapOptions;
 use super::super::map_server::{short_type_name, MapJob, MapServer};
-use super::super::records::CellRecord;
+use super::super::records::{CellRecord, EngineError};
+use super::super::rustc_codes;
 use super::super::transfer::vec_element;
 use super::data::{local_types, transfer_error, Prepared};
 use super::{lock, usage, Progress, PxService};
@@ -174,20 +175,19 @@ impl PxService {
                     job.done_items()
                 ),
                 traceback: vec![],
+                codes: Vec::new(),
             });
         }
         if !job.is_done() {
             let function = &options.function;
             let first = engine_failures.first().map(|(id, error)| {
-                if error.contains("cannot find function") || error.contains("cannot find value") {
+                let text = format!("{}: {}", error.ename, error.evalue);
+                if rustc_codes::unresolved_name(&error.codes, &error.evalue) == Some(function.as_str()) {
                     format!("`{function}` is not defined on engine {id}; define it with a %%px cell first")
-                } else if error.contains("mismatched types")
-                    || error.contains("expected function")
-                    || error.contains("type mismatch")
-                {
-                    format!("`{function}` cannot take the items of `{input}` ({input_type}) on engine {id}: {error}")
+                } else if rustc_codes::any_of(&error.codes, rustc_codes::WRONG_TYPE) {
+                    format!("`{function}` cannot take the items of `{input}` ({input_type}) on engine {id}: {text}")
                 } else {
-                    format!("engine {id}: {error}")
+                    format!("engine {id}: {text}")
                 }
             });
             return Err(transfer_error(
@@ -198,7 +198,7 @@ impl PxService {
                 ),
                 engine_failures
                     .iter()
-                    .map(|(id, error)| format!("[Engine {id}] {error}"))
+                    .map(|(id, error)| format!("[Engine {id}] {}: {}", error.ename, error.evalue))
                     .collect(),
             ));
         }
@@ -256,7 +256,9 @@ impl PxService {
         let _ = std::fs::remove_file(&results_file);
         let _ = std::fs::remove_file(&engines_file);
         loaded.map_err(|report| {
-            if report.evalue.contains("cannot find type") {
+            if rustc_codes::unresolved_name(&report.codes, &report.evalue)
+                .is_some_and(|name| rustc_codes::names_in_type(&result_type, name))
+            {
                 transfer_error(
                     format!(
                         "%pxmap: the result type `{result_type}` of {} is not defined in the kernel's context; define it there too (a plain cell with the same definition)",
@@ -328,10 +330,10 @@ impl PxService {
         &mut self,
         request: &WireMessage,
         pending: &mut PendingMap,
-    ) -> Vec<(u32, String)> {
+    ) -> Vec<(u32, EngineError)> {
         let hub = match self.machinery() {
             Ok(m) => m.hub.clone(),
-            Err(report) => return vec![(0, report.evalue)],
+            Err(report) => return vec![(0, report.into())],
         };
         let cell_id = pending.cell_id.clone();
         let mut progress =
@@ -365,9 +367,6 @@ impl PxService {
         *lock(&self.active_map) = None;
         progress.finish(self, items_done(), total, pending.started);
         self.failures_of(&cell_id)
-            .into_iter()
-            .map(|(engine, e)| (engine, format!("{}: {}", e.ename, e.evalue)))
-            .collect()
     }
 }
 
@@ -391,5 +390,6 @@ fn item_failures(job: &MapJob, function: &str, total: u64) -> ErrorReport {
             lines.join("; ")
         ),
         traceback: lines,
+        codes: Vec::new(),
     }
 }
