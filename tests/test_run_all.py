@@ -59,6 +59,28 @@ def test_cells_queued_behind_a_failure_are_aborted_and_do_not_run(kernel, tmp_pa
     assert fourth.read_text() == "ran"
 
 
+def test_a_cell_sent_after_the_first_aborted_reply_runs(kernel, tmp_path):
+    """What is aborted is what had arrived when the cell failed (ipykernel's snapshot of its
+    queue), not whatever arrives while the aborted replies go out: a client that reacts to the
+    first `aborted` reply with a new request gets it run."""
+    queued = [tmp_path / f"queued-{n}" for n in range(400)]
+    first_id = kernel.kc.execute('panic!("the first cell fails");')
+    queued_ids = [kernel.kc.execute(touch(path)) for path in queued]
+    late = tmp_path / "late"
+    late_id = None
+    replies = {}
+    while len(replies) < len(queued_ids) + 2:
+        msg = kernel.kc.get_shell_msg(timeout=180)
+        replies[msg["parent_header"]["msg_id"]] = msg["content"]["status"]
+        if late_id is None and msg["content"]["status"] == "aborted":
+            late_id = kernel.kc.execute(touch(late))
+    assert replies[first_id] == "error"
+    assert [replies[m] for m in queued_ids] == ["aborted"] * len(queued)
+    assert replies[late_id] == "ok"
+    assert late.read_text() == "ran"
+    assert not any(path.exists() for path in queued)
+
+
 def test_queued_cells_run_when_the_client_turns_stop_on_error_off(kernel, tmp_path):
     second = tmp_path / "second"
     first_id = kernel.kc.execute('panic!("fails");', stop_on_error=False)

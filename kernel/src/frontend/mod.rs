@@ -13,6 +13,7 @@ pub mod parent;
 mod publisher;
 mod shell;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -210,10 +211,12 @@ fn verified(frames: Vec<bytes::Bytes>, gate: &Gate, drops: &mut DropReport) -> O
     }
 }
 
-/// Serves shell requests in order. After a failed `execute_request` that asked for
-/// `stop_on_error` (every client's default, so that "Run All" stops at a failure), the execute
-/// requests already waiting on the socket are answered `aborted` without running, as ipykernel
-/// does; the first request that arrives after that queue is empty runs normally.
+/// Serves shell requests in order. When an `execute_request` that asked for `stop_on_error`
+/// (every client's default, so that "Run All" stops at a failure) fails, the requests that have
+/// already arrived are taken off the socket at that moment, before its reply is sent: the
+/// execute requests among them are answered `aborted` without running, the others are served
+/// as usual. That is ipykernel's snapshot of its queue; a request sent after the client saw the
+/// failure (or an `aborted` reply) is not in it, and runs.
 async fn shell_loop(
     mut socket: ZmqSocket,
     gate: Gate,
@@ -221,23 +224,16 @@ async fn shell_loop(
     publisher: Publisher,
     shutdown: mpsc::Sender<()>,
 ) {
-    let mut aborting = false;
+    // Requests taken off the socket when a cell failed, oldest first.
+    let mut behind_a_failure: VecDeque<WireMessage> = VecDeque::new();
     let mut drops = DropReport::new("shell");
     loop {
-        let received = if aborting {
-            // Only what has already arrived, straight from libzmq's queue, no waiting.
-            match receive_waiting(&mut socket, &gate, &mut drops) {
-                Some(received) => received,
-                None => {
-                    aborting = false;
-                    continue;
-                }
-            }
-        } else {
-            receive(&mut socket, &gate, &mut drops).await
-        };
-        let Some(request) = received else {
-            continue;
+        let (request, aborting) = match behind_a_failure.pop_front() {
+            Some(request) => (request, true),
+            None => match receive(&mut socket, &gate, &mut drops).await {
+                Some(request) => (request, false),
+                None => continue,
+            },
         };
         publisher.status(&request, "busy");
         if aborting && request.msg_type() == "execute_request" {
@@ -257,8 +253,15 @@ async fn shell_loop(
                 .unwrap_or_else(|panic| Some(abort::panicked_reply(&request, panic.as_ref())))
         };
         let stop = request.msg_type() == "shutdown_request";
-        if let Some(reply) = &reply {
-            aborting |= abort::stops_the_queue(&request, reply);
+        if reply
+            .as_ref()
+            .is_some_and(|reply| abort::stops_the_queue(&request, reply))
+        {
+            // Straight from libzmq's queue, no waiting: what the client sent before it could
+            // know of this failure.
+            while let Some(received) = receive_waiting(&mut socket, &gate, &mut drops) {
+                behind_a_failure.extend(received);
+            }
         }
         if let Some(reply) = reply {
             if let Err(error) = socket.send(gate.seal(&reply)).await {
