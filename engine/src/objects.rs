@@ -78,16 +78,7 @@ impl ObjectCache {
     /// it). Never a shared name under /tmp that another user could have made first: without any
     /// home, `$TMPDIR/rustpx-objects-UID`, which is used only if it is this user's and private.
     pub fn default_dir() -> PathBuf {
-        let absolute = |path: &PathBuf| path.is_absolute();
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .filter(absolute)
-            .or_else(|| {
-                std::env::home_dir()
-                    .filter(absolute)
-                    .map(|home| home.join(".cache"))
-            });
-        match base {
+        match rustpx_protocol::user_dirs::cache_home() {
             Some(base) => base.join("rustpx").join("objects"),
             None => std::env::temp_dir().join(format!("rustpx-objects-{}", my_uid())),
         }

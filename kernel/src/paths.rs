@@ -29,12 +29,7 @@ pub fn log_file() -> PathBuf {
 /// Set for engines so that their own log lines land in the kernel's log file.
 pub const LOG_FILE_ENV: &str = "RUSTPX_LOG_FILE";
 
-/// The user's home: `$HOME` when set, else the password database's entry for this user (what
-/// Jupyter does too, so a kernel started by a service without `HOME` finds the same files as the
-/// user's own shell). A relative home is no home.
-pub fn home_dir() -> Option<PathBuf> {
-    std::env::home_dir().filter(|home| home.is_absolute())
-}
+pub use rustpx_protocol::user_dirs::home_dir;
 
 /// `$XDG_DATA_HOME` when set and absolute (the XDG spec says to ignore a relative one), else
 /// `~/.local/share`.
@@ -42,15 +37,5 @@ pub fn data_home() -> Option<PathBuf> {
     match std::env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => Some(dir),
         _ => home_dir().map(|home| home.join(".local/share")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_users_home_is_known_and_absolute() {
-        assert!(home_dir().is_some_and(|home| home.is_absolute()));
     }
 }

@@ -6,6 +6,7 @@
 //! so both ends agree on the shapes through the compiler rather than through strings.
 
 pub mod evcxr_markers;
+pub mod user_dirs;
 
 use std::collections::BTreeMap;
 

@@ -35,11 +35,7 @@ pub fn dep_line() -> std::io::Result<String> {
 /// `HOME` is unset), else this kernel's private directory: never a shared name under /tmp, where
 /// another user could plant a crate (and its build script) first.
 fn base_dir() -> std::io::Result<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|dir| dir.is_absolute())
-        .or_else(|| crate::paths::home_dir().map(|home| home.join(".cache")));
-    match cache {
+    match rustpx_protocol::user_dirs::cache_home() {
         Some(dir) => Ok(dir.join("rustpx")),
         None => Ok(crate::private_dir::dir()?.join("rustpx")),
     }
