@@ -20,13 +20,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use libloading::Library;
+use rustpx_protocol::evcxr_markers::EXECUTION_COMPLETE;
 
 use super::fence::Fence;
 
 /// Set in the child's environment by the evaluator: `ADDRESS TOKEN` of its re-run listener.
 pub const RUNTIME_ENV: &str = "RUSTPX_PLAIN_RUNTIME";
-
-use rustpx_protocol::evcxr_markers::EXECUTION_COMPLETE;
 
 type CellFn = extern "C" fn(*mut c_void) -> *mut c_void;
 

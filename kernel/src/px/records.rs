@@ -23,6 +23,13 @@ pub struct EngineError {
     pub codes: Vec<String>,
 }
 
+impl EngineError {
+    /// `Ename: evalue`, the one line a report about several engines shows for each.
+    pub fn summary(&self) -> String {
+        format!("{}: {}", self.ename, self.evalue)
+    }
+}
+
 impl From<crate::evaluator::ErrorReport> for EngineError {
     fn from(report: crate::evaluator::ErrorReport) -> Self {
         EngineError {

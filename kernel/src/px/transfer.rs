@@ -254,7 +254,8 @@ pub fn explain_compile_error(
     kind: TransferKind,
     name: &str,
     ty: &str,
-    (codes, message): (&[String], &str),
+    codes: &[String],
+    message: &str,
     on_engines: bool,
 ) -> Option<String> {
     let magic = kind.magic();
@@ -408,10 +409,8 @@ mod tests {
             TransferKind::Push,
             "h",
             "Handle",
-            (
-                &codes("E0277"),
-                "the trait bound `Handle: serde::Serialize` is not satisfied",
-            ),
+            &codes("E0277"),
+            "the trait bound `Handle: serde::Serialize` is not satisfied",
             false,
         )
         .unwrap();
@@ -423,7 +422,8 @@ mod tests {
             TransferKind::Push,
             "p",
             "Point",
-            (&codes("E0425"), "cannot find type `Point` in this scope"),
+            &codes("E0425"),
+            "cannot find type `Point` in this scope",
             true,
         )
         .unwrap();
@@ -431,15 +431,22 @@ mod tests {
             text.contains("`Point` is not defined on the engines"),
             "{text}"
         );
-        let mismatched = (&codes("E0308")[..], "mismatched types");
+        let mismatched = codes("E0308");
         assert_eq!(
-            explain_compile_error(TransferKind::Push, "x", "u8", mismatched, true),
+            explain_compile_error(
+                TransferKind::Push,
+                "x",
+                "u8",
+                &mismatched,
+                "mismatched types",
+                true
+            ),
             None
         );
         // The wording alone decides nothing: without its code, this is not a missing type.
-        let uncoded = (&[][..], "cannot find type `Point` in this scope");
+        let uncoded = "cannot find type `Point` in this scope";
         assert_eq!(
-            explain_compile_error(TransferKind::Push, "p", "Point", uncoded, true),
+            explain_compile_error(TransferKind::Push, "p", "Point", &[], uncoded, true),
             None
         );
     }

@@ -221,7 +221,7 @@ fn failing_to_compile(c: &mut CellRecord, group: &[EngineId]) {
         evalue: "mismatched types".into(),
         traceback: vec!["error[E0308]: mismatched types".into()],
         shared_by: group.to_vec(),
-        codes: Vec::new(),
+        codes: vec!["E0308".into()],
     };
     for id in group {
         c.engines.get_mut(id).unwrap().finish(Some(error.clone()));

@@ -314,7 +314,8 @@ impl PxService {
                     magic.kind,
                     name,
                     ty,
-                    (&report.codes, &report.evalue),
+                    &report.codes,
+                    &report.evalue,
                     on_engines,
                 )
             });
@@ -350,7 +351,7 @@ impl PxService {
                 let ids: Vec<String> = failures.iter().map(|(id, _)| id.to_string()).collect();
                 let traceback = failures
                     .iter()
-                    .map(|(id, error)| format!("[Engine {id}] {}: {}", error.ename, error.evalue))
+                    .map(|(id, error)| format!("[Engine {id}] {}", error.summary()))
                     .collect();
                 ErrorReport {
                     codes: first.codes,

@@ -181,7 +181,7 @@ impl PxService {
         if !job.is_done() {
             let function = &options.function;
             let first = engine_failures.first().map(|(id, error)| {
-                let text = format!("{}: {}", error.ename, error.evalue);
+                let text = error.summary();
                 if rustc_codes::unresolved_name(&error.codes, &error.evalue) == Some(function.as_str()) {
                     format!("`{function}` is not defined on engine {id}; define it with a %%px cell first")
                 } else if rustc_codes::any_of(&error.codes, rustc_codes::WRONG_TYPE) {
@@ -198,7 +198,7 @@ impl PxService {
                 ),
                 engine_failures
                     .iter()
-                    .map(|(id, error)| format!("[Engine {id}] {}: {}", error.ename, error.evalue))
+                    .map(|(id, error)| format!("[Engine {id}] {}", error.summary()))
                     .collect(),
             ));
         }
