@@ -21,9 +21,22 @@ async function shot(page, name) {
   await page.screenshot({ path: `${ARTIFACTS}/${name}.png`, fullPage: false });
 }
 
+/**
+ * Waits until the notebook's kernel is connected and idle, as its toolbar shows it. Until the
+ * session's kernel exists, JupyterLab drops a cell run with Shift+Enter without a word (its
+ * `CodeCell.execute` returns when `session.kernel` is null), so typing earlier tests JupyterLab's
+ * start-up race, not the kernel.
+ */
+async function kernelIdle(page) {
+  const indicator = page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]');
+  await indicator.first().waitFor({ timeout: 120_000 });
+}
+
 /** Types `lines` into the active cell (one line at a time, so no auto-indent piles up) and runs it. */
 async function runCell(page, lines) {
-  const editor = page.locator(".jp-Notebook .jp-Cell.jp-mod-active .cm-content");
+  const cell = page.locator(".jp-Notebook .jp-Cell.jp-mod-active");
+  const index = await cell.evaluate((node) => [...document.querySelectorAll(".jp-Notebook .jp-Cell")].indexOf(node));
+  const editor = cell.locator(".cm-content");
   await editor.click();
   for (let i = 0; i < lines.length; i++) {
     if (i > 0) await page.keyboard.press("Enter");
@@ -31,12 +44,38 @@ async function runCell(page, lines) {
     await page.keyboard.type(lines[i]);
   }
   await page.keyboard.press("Shift+Enter");
+  // The cell was sent: its prompt leaves "[ ]:" for "[*]:" or its count.
+  const prompt = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputPrompt");
+  try {
+    await prompt.filter({ hasText: /\[(\*|\d+)\]/ }).waitFor({ timeout: 30_000 });
+  } catch (error) {
+    throw new Error(`cell ${index} was not sent to the kernel: ${await pageState(page)}`, { cause: error });
+  }
+}
+
+/** What the notebook shows: each cell's prompt, source and outputs, and the kernel's status. */
+async function pageState(page) {
+  return page.evaluate(() => {
+    const status = document.querySelector(".jp-Notebook-ExecutionIndicator")?.getAttribute("data-status");
+    const cells = [...document.querySelectorAll(".jp-Notebook .jp-Cell")].map((cell, i) => {
+      const prompt = cell.querySelector(".jp-InputPrompt")?.textContent ?? "";
+      const source = cell.querySelector(".cm-content")?.innerText ?? "";
+      const outputs = cell.querySelector(".jp-OutputArea")?.innerText ?? "";
+      return `cell ${i} ${prompt} ${JSON.stringify(source)} -> ${JSON.stringify(outputs.slice(0, 2000))}`;
+    });
+    const dialogs = [...document.querySelectorAll(".jp-Dialog")].map((d) => d.innerText);
+    return `kernel status ${status}; dialogs ${JSON.stringify(dialogs)}\n${cells.join("\n")}`;
+  });
 }
 
 /** The text of the outputs of the cell at `index`, once `expected` shows in it. */
 async function outputOf(page, index, expected) {
   const area = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea");
-  await area.getByText(expected, { exact: false }).first().waitFor({ timeout: CELL_TIMEOUT });
+  try {
+    await area.getByText(expected, { exact: false }).first().waitFor({ timeout: CELL_TIMEOUT });
+  } catch (error) {
+    throw new Error(`cell ${index} did not show ${JSON.stringify(expected)}: ${await pageState(page)}`, { cause: error });
+  }
   return area.innerText();
 }
 
@@ -105,7 +144,8 @@ test("a notebook with the Rust (parallel) kernel, in the browser", { timeout: 60
     await card.click();
     await page.locator(".jp-Notebook .jp-Cell .cm-content").first().waitFor({ timeout: 60_000 });
     // The kernel picked is ours, and it becomes idle.
-    await page.getByText("Rust (parallel)", { exact: false }).first().waitFor({ timeout: 60_000 });
+    await page.locator(".jp-NotebookPanel-toolbar").getByText("Rust (parallel)").first().waitFor({ timeout: 60_000 });
+    await kernelIdle(page);
 
     await runCell(page, ['let answer = 6 * 7;', 'answer']);
     const plain = await outputOf(page, 0, "42");

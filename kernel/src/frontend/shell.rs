@@ -160,7 +160,20 @@ impl Session {
         if code.trim().is_empty() {
             return ok_reply(count);
         }
-        match self.run_cell(request, &code, count).await {
+        // One line per cell in the kernel's log: what a failure report needs to tell a cell that
+        // never arrived from one that never finished.
+        tracing::info!("cell {count}: running ({} bytes)", code.len());
+        let started = std::time::Instant::now();
+        let outcome = self.run_cell(request, &code, count).await;
+        match &outcome {
+            Outcome::Ok => tracing::info!("cell {count}: ok in {:.2?}", started.elapsed()),
+            Outcome::Error(report) => tracing::info!(
+                "cell {count}: {} in {:.2?}",
+                report.ename,
+                started.elapsed()
+            ),
+        }
+        match outcome {
             Outcome::Ok => ok_reply(count),
             Outcome::Error(report) => json!({
                 "status": "error",
