@@ -79,7 +79,7 @@ pub fn start(args: EnginesStart) -> Result<()> {
         .parent()
         .map(|dir| dir.join("rustpx-engine"))
         .context("cannot find the directory of this binary")?;
-    let engine = options.invocation(&*launcher, &beside);
+    let engine = launch::invocation(&options, &*launcher, &beside);
     let ids: Vec<u32> = (args.first_id..args.first_id + n).collect();
     let commands = launcher.commands(&ids, &engine)?;
     if args.print {

@@ -8,17 +8,13 @@
 pub mod evcxr_markers;
 pub mod user_dirs;
 
-use std::collections::BTreeMap;
-
 use rustpx_wire::WireMessage;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
 
-/// An engine's id as users see it (`[stdout:N]`, `-t N`).
-pub type EngineId = u32;
-
-/// A MIME bundle: MIME type to its text (evcxr produces text for every type).
-pub type MimeBundle = BTreeMap<String, String>;
+/// An engine's id and a MIME bundle (MIME type to its text; evcxr produces text for every
+/// type), as the kernel's pure core names them.
+pub use rustpx_core::{EngineId, MimeBundle};
 
 /// The environment variable that carries the connection blob (JSON of [`EngineConnection`]).
 pub const CONNECTION_ENV: &str = "RUSTPX_ENGINE_CONNECTION";

@@ -50,16 +50,7 @@ pub enum Outcome {
     Error(ErrorReport),
 }
 
-/// An error as Jupyter shows it: name, value and traceback lines.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ErrorReport {
-    pub ename: String,
-    pub evalue: String,
-    pub traceback: Vec<String>,
-    /// rustc's error codes when this is a compile error (`E0425`, ...): what the kernel reads
-    /// to explain a failure, never the compiler's English text.
-    pub codes: Vec<String>,
-}
+pub use rustpx_core::ErrorReport;
 
 /// Completion matches with the code-point range they replace.
 #[derive(Debug, Clone, Default)]

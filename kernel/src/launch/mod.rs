@@ -192,94 +192,45 @@ pub trait Launcher: Send + Sync {
     fn for_restart(&self, command: &LaunchCommand) -> Arc<dyn Launcher>;
 }
 
-/// The options of `%engines start` and `rustpx engines` that choose and shape a launcher.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LaunchOptions {
-    /// `local`, `ssh`, `mpi` or `slurm`; `None` is local.
-    pub launcher: Option<String>,
-    /// `--hosts a:2,b:1` for ssh.
-    pub hosts: Vec<(String, u32)>,
-    /// `--engine PATH`: the engine binary to run (on the engine hosts for remote launchers).
-    pub engine: Option<String>,
-    /// `--launcher-arg ARG`, repeatable: extra arguments for ssh, mpiexec or srun.
-    pub launcher_args: Vec<String>,
-    /// `--engine-arg ARG`, repeatable: extra arguments for every engine.
-    pub engine_args: Vec<String>,
-    /// `--tunnel` (ssh): engines reach the hub through their ssh session.
-    pub tunnel: bool,
-}
+pub use rustpx_core::launch_options::{parse_hosts, LaunchOptions, LAUNCHER_NAMES};
+use rustpx_core::launch_options::{LaunchUsageError, LauncherKind};
 
-impl LaunchOptions {
-    /// What `launcher` runs for these options: `--engine`, else the launcher's default given
-    /// this host's engine binary `local`, with the `--engine-arg`s.
-    pub fn invocation(&self, launcher: &dyn Launcher, local: &std::path::Path) -> EngineInvocation {
-        EngineInvocation {
-            binary: match &self.engine {
-                Some(path) => PathBuf::from(path),
-                None => launcher.reach().default_binary(local),
-            },
-            extra_args: self.engine_args.clone(),
-            hub_url: String::new(),
-        }
+impl From<LaunchUsageError> for LaunchError {
+    fn from(error: LaunchUsageError) -> Self {
+        LaunchError::Usage(error.0)
     }
 }
 
-/// The launchers users can name, for messages.
-pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm";
+/// What `launcher` runs for `options`: `--engine`, else the launcher's default given this
+/// host's engine binary `local`, with the `--engine-arg`s.
+pub fn invocation(
+    options: &LaunchOptions,
+    launcher: &dyn Launcher,
+    local: &std::path::Path,
+) -> EngineInvocation {
+    EngineInvocation {
+        binary: match &options.engine {
+            Some(path) => PathBuf::from(path),
+            None => launcher.reach().default_binary(local),
+        },
+        extra_args: options.engine_args.clone(),
+        hub_url: String::new(),
+    }
+}
 
-/// Builds the launcher `options` asks for.
+/// Builds the launcher `options` asks for, once they pass [`LaunchOptions::check`].
 pub fn launcher_for(options: &LaunchOptions) -> Result<Arc<dyn Launcher>, LaunchError> {
-    let name = options.launcher.as_deref().unwrap_or("local");
-    if name != "ssh" && !options.hosts.is_empty() {
-        return Err(LaunchError::Usage(format!(
-            "--hosts is for the ssh launcher, not {name}"
-        )));
-    }
-    if name != "ssh" && options.tunnel {
-        return Err(LaunchError::Usage(format!(
-            "--tunnel is for the ssh launcher, not {name}"
-        )));
-    }
-    if name == "local" && !options.launcher_args.is_empty() {
-        return Err(LaunchError::Usage(
-            "--launcher-arg is for the ssh, mpi and slurm launchers".into(),
-        ));
-    }
     let args = options.launcher_args.clone();
-    match name {
-        "local" => Ok(Arc::new(LocalLauncher::new(std::process::id()))),
-        "ssh" => Ok(Arc::new(SshLauncher::new(
+    Ok(match options.check()? {
+        LauncherKind::Local => Arc::new(LocalLauncher::new(std::process::id())),
+        LauncherKind::Ssh => Arc::new(SshLauncher::new(
             options.hosts.clone(),
             args,
             options.tunnel,
-        )?)),
-        "mpi" | "mpiexec" => Ok(Arc::new(MpiLauncher::new(args))),
-        "slurm" | "srun" => Ok(Arc::new(SlurmLauncher::new(args))),
-        other => Err(LaunchError::Usage(format!(
-            "unknown launcher '{other}': choose one of {LAUNCHER_NAMES}"
-        ))),
-    }
-}
-
-/// Parses `a:2,b,c:3` (a host without a count gets one engine).
-pub fn parse_hosts(text: &str) -> Result<Vec<(String, u32)>, LaunchError> {
-    text.split(',')
-        .filter(|part| !part.trim().is_empty())
-        .map(|part| {
-            let part = part.trim();
-            match part.rsplit_once(':') {
-                Some((host, count)) if !host.is_empty() => {
-                    let n: u32 = count.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        LaunchError::Usage(format!(
-                            "--hosts: '{part}' needs a positive engine count after the colon (host:n)"
-                        ))
-                    })?;
-                    Ok((host.to_owned(), n))
-                }
-                _ => Ok((part.to_owned(), 1)),
-            }
-        })
-        .collect()
+        )?),
+        LauncherKind::Mpi => Arc::new(MpiLauncher::new(args)),
+        LauncherKind::Slurm => Arc::new(SlurmLauncher::new(args)),
+    })
 }
 
 /// Quotes `word` for a POSIX shell when it needs it.
@@ -316,36 +267,13 @@ mod tests {
     }
 
     #[test]
-    fn hosts_parse_with_and_without_counts() {
-        assert_eq!(
-            parse_hosts("a:2,b, c:3").unwrap(),
-            vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 3)]
-        );
-        assert!(parse_hosts("a:0").is_err());
-        assert!(parse_hosts("a:x")
-            .unwrap_err()
-            .to_string()
-            .contains("host:n"));
-    }
-
-    #[test]
-    fn an_unknown_launcher_names_the_known_ones() {
+    fn a_bad_choice_is_a_usage_error_before_any_launcher_exists() {
         let options = LaunchOptions {
             launcher: Some("pbs".into()),
             ..Default::default()
         };
         let error = launcher_for(&options).err().unwrap().to_string();
         assert!(error.contains("pbs") && error.contains(LAUNCHER_NAMES));
-    }
-
-    #[test]
-    fn hosts_belong_to_ssh_only() {
-        let options = LaunchOptions {
-            launcher: Some("mpi".into()),
-            hosts: vec![("a".into(), 1)],
-            ..Default::default()
-        };
-        assert!(launcher_for(&options).is_err());
     }
 
     #[test]

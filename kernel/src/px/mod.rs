@@ -9,23 +9,20 @@ mod cell_files;
 mod client_crate;
 mod compiler;
 mod connection_file;
-mod groups;
 mod hub;
 pub mod hub_address;
 mod link;
-pub mod magics;
 mod map_server;
 mod pool;
-mod records;
-mod render;
-mod rustc_codes;
 mod session;
 mod shipping;
 mod stale_files;
-pub mod targets;
 mod transfer;
 
 use thiserror::Error;
+
+// The pure decisions live in rustpx-core; here under the names the px parts have always used.
+pub use rustpx_core::{groups, magics, records, render, rustc_codes, targets};
 
 /// Locks a mutex shared by the px parts. A poisoned lock only means a thread panicked while
 /// holding it; the registry, pool and scheduler states stay usable, so their users go on.

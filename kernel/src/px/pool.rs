@@ -121,7 +121,7 @@ impl EnginePool {
     /// What a launcher runs: this host's engine binary for the local launcher, `--engine` or
     /// `rustpx-engine` on the engine hosts' `$PATH` for the others.
     pub fn invocation(&self, launcher: &dyn Launcher, options: &LaunchOptions) -> EngineInvocation {
-        let mut invocation = options.invocation(launcher, &self.engine_binary);
+        let mut invocation = crate::launch::invocation(options, launcher, &self.engine_binary);
         invocation.hub_url.clone_from(&self.connection.url);
         invocation
     }

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::{EngineId, MimeBundle};
 use chrono::{DateTime, Utc};
-use rustpx_protocol::{EngineId, MimeBundle};
 
 /// An engine's failure as the user sees it: `[N:execute]Ename: evalue` and a traceback.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,8 +30,8 @@ impl EngineError {
     }
 }
 
-impl From<crate::evaluator::ErrorReport> for EngineError {
-    fn from(report: crate::evaluator::ErrorReport) -> Self {
+impl From<crate::ErrorReport> for EngineError {
+    fn from(report: crate::ErrorReport) -> Self {
         EngineError {
             ename: report.ename,
             evalue: report.evalue,

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustpx_protocol::EngineId;
+use crate::EngineId;
 
 /// One group: its state (whatever the compiler uses), members with their incarnations, and the
 /// lineage of its state (equal lineage = equal state).
@@ -124,6 +124,11 @@ impl<S: Clone> Groups<S> {
     /// How many groups there are now (a diagnostic).
     pub fn len(&self) -> usize {
         self.groups.len()
+    }
+
+    /// Whether no engine has run anything yet.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
     }
 }
 

@@ -3,11 +3,11 @@
 //! Pure: records in, outputs out. The shapes are specified in
 //! shared/reference/px-behaviour.md and checked by the tests below and by the integration tests.
 
-use rustpx_protocol::{EngineId, MimeBundle};
+use crate::{EngineId, MimeBundle};
 use serde_json::{json, Map, Value};
 
-use super::magics::Grouping;
-use super::records::{CellRecord, EngineError, EngineRecord};
+use crate::magics::Grouping;
+use crate::records::{CellRecord, EngineError, EngineRecord};
 
 /// How many engine tracebacks a composite error draws.
 pub const TB_LIMIT: usize = 4;

@@ -2,11 +2,11 @@
 //! a usage error that names what is wrong, and nothing unparsed reaches an engine.
 //!
 //! CI runs the default number of cases; a longer run:
-//! `PROPTEST_CASES=200000 cargo test --release -p rustpx-kernel --test fuzz_magics`
+//! `PROPTEST_CASES=200000 cargo test --release -p rustpx-core --test fuzz_magics`
 
 use proptest::prelude::*;
-use rustpx_kernel::px::magics::{parse_cell, Magic};
-use rustpx_kernel::px::targets::{self, Targets};
+use rustpx_core::magics::{parse_cell, Magic};
+use rustpx_core::targets::{self, Targets};
 
 /// Words that magic lines are made of, so that random cells hit the interesting paths.
 fn magic_words() -> impl Strategy<Value = String> {

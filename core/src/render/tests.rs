@@ -1,6 +1,6 @@
 //! The output shapes of [`super`], checked against ipyparallel's (px-behaviour.md).
 use super::*;
-use crate::px::records::CellRecord;
+use crate::records::CellRecord;
 
 fn cell(targets: Vec<EngineId>, single: bool) -> CellRecord {
     CellRecord::new("cell".into(), "code".into(), targets, single)

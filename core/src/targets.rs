@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use rustpx_protocol::EngineId;
+use crate::EngineId;
 
 /// Which engines a cell runs on, as the user wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,8 @@
 
 use std::fmt;
 
-use super::targets::{self, Targets};
-use crate::launch::LaunchOptions;
+use crate::launch_options::{self, LaunchOptions};
+use crate::targets::{self, Targets};
 
 /// How `--group-outputs` orders outputs of several engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -645,7 +645,7 @@ fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
             }
             "--launcher" => launch.launcher = Some(value("--launcher")?),
             "--hosts" => {
-                launch.hosts = crate::launch::parse_hosts(&value("--hosts")?)
+                launch.hosts = launch_options::parse_hosts(&value("--hosts")?)
                     .map_err(|e| UsageError(e.to_string()))?;
             }
             "--engine" => launch.engine = Some(value("--engine")?),
@@ -670,7 +670,7 @@ fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
             "-n and --hosts both count engines: give the counts in --hosts HOST:N only".into(),
         ));
     }
-    crate::launch::launcher_for(&launch).map_err(|e| UsageError(e.to_string()))?;
+    launch.check().map_err(|e| UsageError(e.0))?;
     Ok(EnginesCommand::Start { n, launch, print })
 }
 

@@ -1,0 +1,144 @@
+//! What `%engines start` and `rustpx engines` say about a launcher, checked before anything
+//! starts. The launchers themselves (processes, ssh, srun) live in the kernel; this is only the
+//! user's choice and its rules, so a bad combination is a usage error at parse time.
+
+use thiserror::Error;
+
+/// A launcher choice that cannot work, in words the user can act on.
+#[derive(Debug, Clone, Error, PartialEq)]
+#[error("{0}")]
+pub struct LaunchUsageError(pub String);
+
+/// The launchers users can name, for messages.
+pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm";
+
+/// The options of `%engines start` and `rustpx engines` that choose and shape a launcher.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaunchOptions {
+    /// `local`, `ssh`, `mpi` or `slurm`; `None` is local.
+    pub launcher: Option<String>,
+    /// `--hosts a:2,b:1` for ssh.
+    pub hosts: Vec<(String, u32)>,
+    /// `--engine PATH`: the engine binary to run (on the engine hosts for remote launchers).
+    pub engine: Option<String>,
+    /// `--launcher-arg ARG`, repeatable: extra arguments for ssh, mpiexec or srun.
+    pub launcher_args: Vec<String>,
+    /// `--engine-arg ARG`, repeatable: extra arguments for every engine.
+    pub engine_args: Vec<String>,
+    /// `--tunnel` (ssh): engines reach the hub through their ssh session.
+    pub tunnel: bool,
+}
+
+/// The launchers, by what they need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LauncherKind {
+    Local,
+    Ssh,
+    Mpi,
+    Slurm,
+}
+
+impl LaunchOptions {
+    /// The launcher these options name, once every option is one that launcher takes.
+    pub fn check(&self) -> Result<LauncherKind, LaunchUsageError> {
+        let name = self.launcher.as_deref().unwrap_or("local");
+        if name != "ssh" && !self.hosts.is_empty() {
+            return Err(LaunchUsageError(format!(
+                "--hosts is for the ssh launcher, not {name}"
+            )));
+        }
+        if name != "ssh" && self.tunnel {
+            return Err(LaunchUsageError(format!(
+                "--tunnel is for the ssh launcher, not {name}"
+            )));
+        }
+        if name == "local" && !self.launcher_args.is_empty() {
+            return Err(LaunchUsageError(
+                "--launcher-arg is for the ssh, mpi and slurm launchers".into(),
+            ));
+        }
+        match name {
+            "local" => Ok(LauncherKind::Local),
+            "ssh" if self.hosts.is_empty() => Err(LaunchUsageError(
+                "the ssh launcher needs --hosts HOST:N[,HOST:N...]".into(),
+            )),
+            "ssh" => Ok(LauncherKind::Ssh),
+            "mpi" | "mpiexec" => Ok(LauncherKind::Mpi),
+            "slurm" | "srun" => Ok(LauncherKind::Slurm),
+            other => Err(LaunchUsageError(format!(
+                "unknown launcher '{other}': choose one of {LAUNCHER_NAMES}"
+            ))),
+        }
+    }
+}
+
+/// Parses `a:2,b,c:3` (a host without a count gets one engine).
+pub fn parse_hosts(text: &str) -> Result<Vec<(String, u32)>, LaunchUsageError> {
+    text.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let part = part.trim();
+            match part.rsplit_once(':') {
+                Some((host, count)) if !host.is_empty() => {
+                    let n: u32 = count.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        LaunchUsageError(format!(
+                            "--hosts: '{part}' needs a positive engine count after the colon (host:n)"
+                        ))
+                    })?;
+                    Ok((host.to_owned(), n))
+                }
+                _ => Ok((part.to_owned(), 1)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_parse_with_and_without_counts() {
+        assert_eq!(
+            parse_hosts("a:2,b, c:3").unwrap(),
+            vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 3)]
+        );
+        assert!(parse_hosts("a:0").is_err());
+        assert!(parse_hosts("a:x").unwrap_err().0.contains("host:n"));
+    }
+
+    #[test]
+    fn an_unknown_launcher_names_the_known_ones() {
+        let options = LaunchOptions {
+            launcher: Some("pbs".into()),
+            ..Default::default()
+        };
+        let error = options.check().unwrap_err().0;
+        assert_eq!(
+            error,
+            format!("unknown launcher 'pbs': choose one of {LAUNCHER_NAMES}")
+        );
+    }
+
+    #[test]
+    fn hosts_belong_to_ssh_only() {
+        let options = LaunchOptions {
+            launcher: Some("mpi".into()),
+            hosts: vec![("a".into(), 1)],
+            ..Default::default()
+        };
+        assert_eq!(
+            options.check().unwrap_err().0,
+            "--hosts is for the ssh launcher, not mpi"
+        );
+    }
+
+    #[test]
+    fn ssh_needs_hosts() {
+        let options = LaunchOptions {
+            launcher: Some("ssh".into()),
+            ..Default::default()
+        };
+        assert!(options.check().unwrap_err().0.contains("--hosts HOST:N"));
+    }
+}
