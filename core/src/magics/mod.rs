@@ -1,0 +1,203 @@
+//! The magic-line parser: a cell in, a magic with its options (or a usage error) out.
+//!
+//! Pure: no engine is consulted, so bad input fails before anything is sent. Options and error
+//! texts follow ipyparallel's argparse-based magics, which is what our users know. One file per
+//! magic ([`px`], [`pxconfig`], [`pxresult`], [`engines`], [`transfer`] for the data magics,
+//! [`pxmap`]); the options `%%px`, `%pxconfig` and `%pxresult` share are in [`options`], as
+//! ipyparallel shares its `exec_args` and `output_args`.
+
+mod engines;
+mod options;
+mod px;
+mod pxconfig;
+mod pxmap;
+mod pxresult;
+#[cfg(test)]
+mod tests;
+mod transfer;
+
+use std::fmt;
+
+pub use engines::{EnginesCommand, MAX_ENGINES_PER_START};
+pub use options::{signal_number, ExecOptions, Grouping};
+pub use px::PxOptions;
+pub use pxmap::MapOptions;
+pub use pxresult::ResultOptions;
+pub use transfer::{Transfer, TransferKind};
+
+use engines::parse_engines;
+use px::parse_px_options;
+use pxconfig::parse_config_options;
+use pxmap::parse_map;
+use pxresult::parse_result_options;
+use transfer::parse_transfer;
+
+/// A usage error: the text after `UsageError: `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A recognised magic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Magic {
+    Px { options: PxOptions, code: String },
+    PxResult(ResultOptions),
+    PxConfig(ExecOptions),
+    AutoPx,
+    Engines(EnginesCommand),
+    Transfer(Transfer),
+    Map(MapOptions),
+}
+
+/// The magic a cell starts with; `Ok(None)` for a plain Rust cell.
+pub fn parse_cell(cell: &str) -> Result<Option<Magic>, UsageError> {
+    let trimmed = cell.trim_start();
+    let (first, rest) = match trimmed.split_once('\n') {
+        Some((first, rest)) => (first.trim_end(), rest),
+        None => (trimmed.trim_end(), ""),
+    };
+    let Some(magic_line) = first.strip_prefix('%') else {
+        return Ok(None);
+    };
+    let (name, args) = match magic_line.split_once(char::is_whitespace) {
+        Some((name, args)) => (name, args.trim()),
+        None => (magic_line, ""),
+    };
+    let magic = match name {
+        "%px" => Magic::Px {
+            options: parse_px_options(&split_args(args)?)?,
+            code: rest.to_owned(),
+        },
+        "px" => {
+            // Line magic: the whole line is code (and any lines after it).
+            let code = if rest.is_empty() {
+                args.to_owned()
+            } else {
+                format!("{args}\n{rest}")
+            };
+            if code.trim().is_empty() {
+                return Err(UsageError("%px needs code to run, e.g. `%px println!(\"hi\")`".into()));
+            }
+            Magic::Px {
+                options: PxOptions::default(),
+                code,
+            }
+        }
+        "pxresult" => Magic::PxResult(parse_result_options(&split_args(args)?)?),
+        "pxconfig" => Magic::PxConfig(parse_config_options(&split_args(args)?)?),
+        "autopx" => {
+            if !args.is_empty() {
+                return Err(UsageError(format!("unrecognized arguments: {args}")));
+            }
+            Magic::AutoPx
+        }
+        "engines" => Magic::Engines(parse_engines(&split_args(args)?)?),
+        "pxmap" => Magic::Map(parse_map(&split_args(args)?)?),
+        "push" => Magic::Transfer(parse_transfer(TransferKind::Push, &split_args(args)?)?),
+        "pull" => Magic::Transfer(parse_transfer(TransferKind::Pull, &split_args(args)?)?),
+        "scatter" => Magic::Transfer(parse_transfer(TransferKind::Scatter, &split_args(args)?)?),
+        "gather" => Magic::Transfer(parse_transfer(TransferKind::Gather, &split_args(args)?)?),
+        other => {
+            return Err(UsageError(format!(
+                "Line magic function `%{other}` not found. rustpx knows %px, %%px, %pxresult, %pxconfig, %autopx, %engines, %push, %pull, %scatter, %gather and %pxmap; evcxr commands start with `:` (try :help)."
+            )))
+        }
+    };
+    if let Magic::Px { code, .. } = &magic {
+        reject_nested_magic(code)?;
+    }
+    Ok(Some(magic))
+}
+
+/// Engines run Rust, not magics: `%px %%px` or a `%%px` body that starts with `%` would only
+/// reach the engines as a baffling compile error, so it is a usage error here instead.
+fn reject_nested_magic(code: &str) -> Result<(), UsageError> {
+    let first_line = code.lines().map(str::trim).find(|line| !line.is_empty());
+    match first_line {
+        Some(line) if line.starts_with('%') => Err(UsageError(format!(
+            "`{line}` is a magic, and magics run in the kernel, not on the engines: %px sends Rust code. Run the magic in a cell of its own."
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Splits like a POSIX shell (quotes group, a backslash escapes, `#` starts a comment), as
+/// IPython splits a magic's arguments.
+fn split_args(args: &str) -> Result<Vec<String>, UsageError> {
+    shlex::split(args).ok_or_else(|| {
+        UsageError("unterminated quote (or a trailing backslash) in the magic's arguments".into())
+    })
+}
+
+/// Walks the arguments, handing each option and its value (if it takes one) to `accept`.
+struct Args<'a> {
+    items: &'a [String],
+    index: usize,
+}
+
+impl<'a> Args<'a> {
+    fn new(items: &'a [String]) -> Self {
+        Args { items, index: 0 }
+    }
+
+    fn next(&mut self) -> Option<&'a str> {
+        let item = self.items.get(self.index)?;
+        self.index += 1;
+        Some(item)
+    }
+
+    /// The next argument whatever it looks like (`--launcher-arg -i`).
+    fn raw_value(&mut self, display: &str) -> Result<&'a str, UsageError> {
+        let item = self
+            .items
+            .get(self.index)
+            .ok_or_else(|| UsageError(format!("argument {display}: expected one argument")))?;
+        self.index += 1;
+        Ok(item)
+    }
+
+    /// The value of `display` (e.g. `-t/--targets`): the next argument.
+    fn value(&mut self, display: &str) -> Result<&'a str, UsageError> {
+        match self.items.get(self.index) {
+            Some(v) if !(v.starts_with('-') && v.len() > 1 && v.parse::<f64>().is_err()) => {
+                self.index += 1;
+                Ok(v)
+            }
+            _ => Err(UsageError(format!(
+                "argument {display}: expected one argument"
+            ))),
+        }
+    }
+}
+
+/// Splits `--name=value` into its two parts.
+fn split_equals(arg: &str) -> (&str, Option<&str>) {
+    match arg.split_once('=') {
+        Some((name, value)) if name.starts_with("--") => (name, Some(value)),
+        _ => (arg, None),
+    }
+}
+
+fn unrecognized(arg: &str) -> UsageError {
+    UsageError(format!("unrecognized arguments: {arg}"))
+}
+
+fn identifier(value: &str, display: &str) -> Result<String, UsageError> {
+    let ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && value.chars().all(|c| c.is_alphanumeric() || c == '_');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(UsageError(format!(
+            "argument {display}: '{value}' is not a valid name (letters, digits and _)"
+        )))
+    }
+}

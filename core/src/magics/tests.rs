@@ -1,0 +1,220 @@
+use super::*;
+use crate::launch_options::LaunchOptions;
+use crate::targets::{self, Targets};
+
+/// The usage error `cell` must give.
+fn usage(cell: &str) -> String {
+    parse_cell(cell).expect_err(cell).0
+}
+
+fn px(cell: &str) -> PxOptions {
+    match parse_cell(cell).unwrap().unwrap() {
+        Magic::Px { options, .. } => options,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn plain_rust_is_not_a_magic() {
+    assert_eq!(parse_cell("let x = 1;").unwrap(), None);
+    assert_eq!(parse_cell(":dep rand").unwrap(), None);
+}
+
+#[test]
+fn line_px_takes_the_whole_line_as_code() {
+    let magic = parse_cell("%px let a = -t;").unwrap().unwrap();
+    assert_eq!(
+        magic,
+        Magic::Px {
+            options: PxOptions::default(),
+            code: "let a = -t;".into()
+        }
+    );
+    assert!(parse_cell("%px").is_err());
+}
+
+#[test]
+fn cell_px_options() {
+    let o = px("%%px -t 0,1 -a --no-stream -e -o res --progress-after 0 --signal-on-interrupt SIGTERM\ncode");
+    assert_eq!(o.exec.targets, Some(Targets::List(vec![0, 1])));
+    assert_eq!(o.exec.block, Some(false));
+    assert_eq!(o.exec.stream, Some(false));
+    assert_eq!(o.group_outputs, Some(Grouping::Engine));
+    assert_eq!(o.out.as_deref(), Some("res"));
+    assert_eq!(o.exec.progress_after, Some(0.0));
+    assert_eq!(o.exec.signal_on_interrupt, Some(15));
+    assert_eq!(
+        px("%%px --targets=::2\nx")
+            .exec
+            .targets
+            .unwrap()
+            .to_string(),
+        "::2"
+    );
+    assert_eq!(
+        px("%%px --progress-after -1\nx").exec.progress_after,
+        Some(-1.0)
+    );
+    assert_eq!(
+        px("%%px -r --local --verbose\nx").group_outputs,
+        Some(Grouping::Order)
+    );
+}
+
+#[test]
+fn usage_errors_name_the_option_and_the_choices() {
+    assert_eq!(
+        usage("%%px --group-outputs bogus\nx"),
+        "argument --group-outputs: invalid choice: 'bogus' (choose from 'engine', 'order', 'type')"
+    );
+    assert_eq!(
+        usage("%%px -t\nx"),
+        "argument -t/--targets: expected one argument"
+    );
+    assert_eq!(usage("%%px --bogus\nx"), "unrecognized arguments: --bogus");
+    assert!(usage("%px %%px\n").contains("is a magic"));
+    assert!(usage("%%px -t 0\n\n  %pxresult").contains("`%pxresult` is a magic"));
+    assert!(usage("%%px --signal-on-interrupt SIGFOO\nx").contains("--signal-on-interrupt"));
+    assert!(usage("%nosuchmagic").contains("not found"));
+    assert!(usage("%%px --progress-after soon\nx").contains("invalid float"));
+}
+
+#[test]
+fn data_magics_and_pxmap_take_names_targets_and_their_options() {
+    let map = parse_cell("%pxmap square xs -o ys --chunksize=10 --errors-in-place -t 0,1").unwrap();
+    assert_eq!(
+        map,
+        Some(Magic::Map(MapOptions {
+            function: "square".into(),
+            input: "xs".into(),
+            out: Some("ys".into()),
+            chunk_size: Some(10),
+            errors_in_place: true,
+            targets: Some(targets::parse("0,1").unwrap()),
+            noblock: false,
+        }))
+    );
+    assert!(usage("%pxmap f").contains("takes a function and a local Vec"));
+    assert!(usage("%pxmap a-b xs").contains("not a function name"));
+    assert!(usage("%pxmap f xs --chunksize 0").contains("positive"));
+    assert!(parse_cell("%pxmap m::f xs").is_ok());
+    let push = parse_cell("%push a b,c -t 0,1").unwrap();
+    assert_eq!(
+        push,
+        Some(Magic::Transfer(Transfer {
+            kind: TransferKind::Push,
+            names: vec!["a".into(), "b".into(), "c".into()],
+            targets: Some(targets::parse("0,1").unwrap()),
+            out: None,
+        }))
+    );
+    let Some(Magic::Transfer(pull)) = parse_cell("%pull x -o xs").unwrap() else {
+        panic!("not a transfer");
+    };
+    assert_eq!(
+        (pull.kind, pull.out.as_deref()),
+        (TransferKind::Pull, Some("xs"))
+    );
+    assert!(usage("%push").contains("needs a variable name"));
+    assert!(usage("%pull a b").contains("one variable at a time"));
+    assert!(usage("%scatter x -o y").contains("unrecognized"));
+    assert!(usage("%gather 1x").contains("not a valid name"));
+}
+
+#[test]
+fn pxresult_pxconfig_autopx_engines() {
+    assert_eq!(
+        parse_cell("%pxresult res -e --status").unwrap().unwrap(),
+        Magic::PxResult(ResultOptions {
+            name: Some("res".into()),
+            group_outputs: Some(Grouping::Engine),
+            out: None,
+            status: true
+        })
+    );
+    let Magic::PxConfig(c) = parse_cell("%pxconfig -t all --no-stream --progress-after 5")
+        .unwrap()
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(c.targets, Some(Targets::All));
+    assert_eq!(c.stream, Some(false));
+    assert!(parse_cell("%pxconfig --local").is_err());
+    assert_eq!(parse_cell("%autopx").unwrap().unwrap(), Magic::AutoPx);
+    assert_eq!(
+        parse_cell("%engines").unwrap().unwrap(),
+        Magic::Engines(EnginesCommand::List)
+    );
+    assert_eq!(
+        parse_cell("%engines start -n 3").unwrap().unwrap(),
+        Magic::Engines(EnginesCommand::Start {
+            n: Some(3),
+            launch: LaunchOptions::default(),
+            print: false
+        })
+    );
+    assert_eq!(
+        parse_cell("%engines stop 1,2").unwrap().unwrap(),
+        Magic::Engines(EnginesCommand::Stop {
+            ids: Some(vec![1, 2])
+        })
+    );
+    assert_eq!(
+        parse_cell("%engines restart 2").unwrap().unwrap(),
+        Magic::Engines(EnginesCommand::Restart { ids: vec![2] })
+    );
+    assert!(parse_cell("%engines restart").is_err());
+    assert!(parse_cell("%engines start -n 0").is_err());
+}
+
+#[test]
+fn engines_start_takes_a_launcher_and_its_options() {
+    let parsed = parse_cell(
+        "%engines start --launcher ssh --hosts 10.0.0.2:2,b --launcher-arg -i --launcher-arg '/k/id key' --engine /opt/e --print",
+    )
+    .unwrap()
+    .unwrap();
+    let Magic::Engines(EnginesCommand::Start { n, launch, print }) = parsed else {
+        panic!("not a start: {parsed:?}");
+    };
+    assert_eq!(n, None);
+    assert!(print);
+    assert_eq!(launch.launcher.as_deref(), Some("ssh"));
+    assert_eq!(launch.hosts, vec![("10.0.0.2".into(), 2), ("b".into(), 1)]);
+    assert_eq!(launch.launcher_args, vec!["-i", "/k/id key"]);
+    assert_eq!(launch.engine.as_deref(), Some("/opt/e"));
+    let unknown = parse_cell("%engines start --launcher pbs")
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("unknown launcher 'pbs'"), "{unknown}");
+    let both = parse_cell("%engines start -n 2 --launcher ssh --hosts a:2")
+        .unwrap_err()
+        .to_string();
+    assert!(both.contains("--hosts HOST:N only"), "{both}");
+    let no_hosts = parse_cell("%engines start --launcher ssh")
+        .unwrap_err()
+        .to_string();
+    assert!(no_hosts.contains("needs --hosts"), "{no_hosts}");
+}
+
+#[test]
+fn quoting_groups_arguments() {
+    assert_eq!(split_args("a 'b c' \"d\"").unwrap(), vec!["a", "b c", "d"]);
+    assert!(split_args("'open").is_err());
+}
+
+#[test]
+fn arguments_split_as_a_shell_splits_them() {
+    let cell = r#"%engines start --launcher ssh --hosts a:1 --launcher-arg "-o Opt=a b" --engine-arg 'it''s' --engine-arg x\ y"#;
+    let Some(Magic::Engines(EnginesCommand::Start { launch, .. })) = parse_cell(cell).unwrap()
+    else {
+        panic!("not a start: {cell}");
+    };
+    assert_eq!(launch.launcher_args, ["-o Opt=a b"]);
+    assert_eq!(launch.engine_args, ["its", "x y"]);
+    assert_eq!(
+        usage("%pxresult 'x"),
+        "unterminated quote (or a trailing backslash) in the magic's arguments"
+    );
+}
