@@ -439,5 +439,42 @@ pub fn progress(
     data
 }
 
+/// The status view of a result: ready, elapsed, progress, serial and wall time, per engine.
+pub fn status_view(cell: &CellRecord) -> Map<String, Value> {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.format("%H:%M:%S%.3f").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let first_line = cell.code.lines().next().unwrap_or("");
+    let mut text = format!(
+        "code: {first_line}\nready: {}\nelapsed: {:.3} s\nprogress: {}/{}\nserial_time: {:.3} s\nwall_time: {:.3} s\n",
+        cell.is_done(),
+        cell.wall_time(),
+        cell.done_count(),
+        cell.engines.len(),
+        cell.serial_time(),
+        cell.wall_time(),
+    );
+    text.push_str("engine  status   count  submitted     started       completed     received\n");
+    for record in cell.in_order() {
+        text.push_str(&format!(
+            "{:>6}  {:<7}  {:>5}  {}  {}  {}  {}\n",
+            record.engine,
+            record.status(),
+            record
+                .execution_count
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            time(Some(record.submitted)),
+            time(record.started),
+            time(record.completed),
+            time(record.received),
+        ));
+    }
+    let mut data = Map::new();
+    data.insert("text/plain".into(), Value::String(text));
+    data
+}
+
 #[cfg(test)]
 mod tests;

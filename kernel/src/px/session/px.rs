@@ -1,0 +1,286 @@
+//! `%px` / `%%px`: a cell compiled once per engine group, sent, waited for with live output and
+//! progress, and rendered in ipyparallel's shapes; what an interrupt leaves behind.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rustpx_protocol::EngineId;
+use rustpx_wire::WireMessage;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::{to_report, usage, ActiveCell, Config, Progress, PxService, Waited};
+use crate::evaluator::ErrorReport;
+use crate::px::compiler::CompileJob;
+use crate::px::hub::CellEvent;
+use crate::px::lock;
+use crate::px::magics::{Grouping, PxOptions};
+use crate::px::records::CellRecord;
+use crate::px::render;
+use crate::px::targets::{self, Targets};
+
+impl PxService {
+    pub(super) async fn px(
+        &mut self,
+        request: &WireMessage,
+        options: &PxOptions,
+        code: &str,
+        count: u32,
+    ) -> Result<(), ErrorReport> {
+        let config = self.config.with(&options.exec);
+        let live = self.ensure_engines(request).await?;
+        let engines = targets::resolve(&config.targets, &live).map_err(|missing| ErrorReport {
+            ename: "IndexError".into(),
+            evalue: format!("No such engine: {}", missing.0),
+            traceback: vec![format!("IndexError: No such engine: {}", missing.0)],
+            codes: Vec::new(),
+        })?;
+        if engines.is_empty() {
+            return Err(usage(format!(
+                "the targets {} select no engine (live engines: {live:?})",
+                config.targets
+            )));
+        }
+        let (hub, compiler) = {
+            let m = self.machinery()?;
+            (m.hub.clone(), m.compiler.clone())
+        };
+        let single = matches!(config.targets, Targets::Single(_));
+        let cell_id = uuid::Uuid::new_v4().simple().to_string();
+        let record = CellRecord::new(cell_id.clone(), code.to_owned(), engines.clone(), single);
+        let (observer, mut events) = mpsc::unbounded_channel();
+        {
+            let mut hub = lock(&hub);
+            hub.add_cell(record);
+            if config.block {
+                hub.observe(&cell_id, observer);
+            }
+        }
+        if !compiler.submit(CompileJob {
+            cell_id: cell_id.clone(),
+            code: code.to_owned(),
+            engines,
+            files: Default::default(),
+        }) {
+            return Err(ErrorReport {
+                ename: "KernelError".into(),
+                evalue: "the px compiler has stopped; restart the kernel".into(),
+                traceback: vec![],
+                codes: Vec::new(),
+            });
+        }
+        self.last = Some(cell_id.clone());
+        self.map_is_last = false;
+        if let Some(name) = &options.out {
+            self.named.insert(name.clone(), cell_id.clone());
+        }
+        if !config.block {
+            self.publisher.publish(
+                request,
+                "execute_result",
+                json!({"execution_count": count, "data": {"text/plain": "<AsyncResult(%px): pending>"}, "metadata": {}}),
+            );
+            return Ok(());
+        }
+        *lock(&self.active) = Some(ActiveCell {
+            request: request.clone(),
+            cell_id: cell_id.clone(),
+            signal: config.signal_on_interrupt,
+            interrupted: Vec::new(),
+            stop_waiting: false,
+        });
+        let waited = self
+            .wait_streaming(request, &cell_id, &config, &mut events)
+            .await;
+        lock(&hub).unobserve(&cell_id);
+        let active = lock(&self.active).take();
+        if waited == Waited::StoppedWaiting {
+            return Err(ErrorReport {
+                ename: "KeyboardInterrupt".into(),
+                evalue: "stopped waiting; the engines were not signalled and keep running".into(),
+                traceback: vec!["KeyboardInterrupt: stopped waiting for %px (--signal-on-interrupt 0); the engines keep running: %pxresult shows the result when it is ready".into()],
+                codes: Vec::new(),
+            });
+        }
+        let cell = lock(&hub).cell(&cell_id).cloned();
+        let Some(cell) = cell else {
+            return Ok(());
+        };
+        let grouping = options.group_outputs.unwrap_or_default();
+        let interrupted = active.map(|a| a.interrupted).unwrap_or_default();
+        if !interrupted.is_empty() {
+            return self
+                .after_interrupt(request, &cell, &config, grouping, &interrupted)
+                .await;
+        }
+        let error = if config.stream {
+            self.publish_outputs(request, render::streamed_values(&cell));
+            render::already_displayed(&cell)
+        } else {
+            self.publish_outputs(request, render::non_streamed(&cell, grouping));
+            render::final_error(&cell)
+        };
+        if options.local {
+            // --local: the kernel's own context runs the cell too; its outputs follow.
+            return Ok(());
+        }
+        match error {
+            Some(error) => Err(to_report(error)),
+            None => Ok(()),
+        }
+    }
+
+    /// After an interrupt: the outputs so far, which engines lost what, and the engines back up.
+    pub(super) async fn after_interrupt(
+        &self,
+        request: &WireMessage,
+        cell: &CellRecord,
+        config: &Config,
+        grouping: Grouping,
+        interrupted: &[(EngineId, Vec<String>)],
+    ) -> Result<(), ErrorReport> {
+        if config.stream {
+            self.publish_outputs(request, render::streamed_values(cell));
+        } else {
+            self.publish_outputs(request, render::non_streamed(cell, grouping));
+        }
+        let m = self.machinery()?;
+        let mut text = String::new();
+        let mut restarting = Vec::new();
+        for (engine, variables) in interrupted {
+            let lost = if variables.is_empty() {
+                "it held no variables".to_owned()
+            } else {
+                format!("variables lost: {}", variables.join(", "))
+            };
+            if m.pool.started_here(*engine) {
+                restarting.push(*engine);
+                text.push_str(&format!(
+                    "[{engine}:execute] interrupted; engine {engine} was restarted ({lost})\n"
+                ));
+            } else {
+                text.push_str(&format!(
+                    "[{engine}:execute] interrupted; engine {engine} exited ({lost}). It was started outside this kernel: start it again where it ran (rustpx-engine --connect FILE)\n"
+                ));
+            }
+        }
+        self.publisher
+            .publish(request, "stream", json!({"name": "stderr", "text": text}));
+        self.wait_registered(
+            request,
+            &restarting,
+            &format!("restarting {} engines", restarting.len()),
+        )
+        .await
+    }
+
+    pub(super) async fn wait_streaming(
+        &self,
+        request: &WireMessage,
+        cell_id: &str,
+        config: &Config,
+        events: &mut mpsc::UnboundedReceiver<CellEvent>,
+    ) -> Waited {
+        let Ok(m) = self.machinery() else {
+            return Waited::Done;
+        };
+        let started = Instant::now();
+        let mut shown: HashMap<String, bool> = HashMap::new();
+        let mut progress = Progress::new(request, config.progress_after, "%px");
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => Some(CellEvent::Stream { engine: u32::MAX, name: String::new() }),
+                _ = self.wake.notified() => {
+                    if lock(&self.active).as_ref().is_some_and(|a| a.stop_waiting) {
+                        return Waited::StoppedWaiting;
+                    }
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
+            let cell = match lock(&m.hub).cell(cell_id) {
+                Some(cell) => cell.clone(),
+                None => break,
+            };
+            match &event {
+                CellEvent::Stream { engine, name } if config.stream && *engine != u32::MAX => {
+                    if let Some(record) = cell.engines.get(engine) {
+                        let text = if name == "stderr" {
+                            &record.stderr
+                        } else {
+                            &record.stdout
+                        };
+                        let display_id = format!("{}-{name}", record.task_id);
+                        let mut data = Map::new();
+                        data.insert(
+                            "text/plain".into(),
+                            Value::String(render::stream_display_text(*engine, name, text)),
+                        );
+                        let update = shown.insert(display_id.clone(), true).is_some();
+                        self.display(request, data, Some(&display_id), update);
+                    }
+                }
+                CellEvent::Display { engine, index } if config.stream => {
+                    if let Some(bundle) = cell
+                        .engines
+                        .get(engine)
+                        .and_then(|r| r.displays.get(*index))
+                    {
+                        self.publish_outputs(
+                            request,
+                            vec![
+                                render::output_header(*engine),
+                                render::rich_output(*engine, bundle),
+                            ],
+                        );
+                    }
+                }
+                CellEvent::EngineDone { engine } if config.stream => {
+                    // Engines an interrupt signalled are reported once, with their restart.
+                    let signalled = lock(&self.active)
+                        .as_ref()
+                        .is_some_and(|a| a.interrupted.iter().any(|(id, _)| id == engine));
+                    if let Some(record) = cell
+                        .engines
+                        .get(engine)
+                        .filter(|r| r.error.is_some() && !signalled)
+                    {
+                        let text = render::streamed_failure(record);
+                        self.publisher.publish(
+                            request,
+                            "stream",
+                            json!({"name": "stderr", "text": text}),
+                        );
+                    }
+                }
+                CellEvent::CellDone => {
+                    progress.finish(self, cell.done_count(), cell.engines.len(), started);
+                    return Waited::Done;
+                }
+                _ => {}
+            }
+            progress.tick(self, cell.done_count(), cell.engines.len(), started);
+        }
+        Waited::Done
+    }
+
+    pub(super) async fn wait_done(
+        &self,
+        request: &WireMessage,
+        cell_id: &str,
+    ) -> Option<CellRecord> {
+        let m = self.machinery().ok()?;
+        let started = Instant::now();
+        let mut progress = Progress::new(request, self.config.progress_after, "%pxresult");
+        loop {
+            let cell = lock(&m.hub).cell(cell_id).cloned()?;
+            if cell.is_done() {
+                progress.finish(self, cell.done_count(), cell.engines.len(), started);
+                return Some(cell);
+            }
+            progress.tick(self, cell.done_count(), cell.engines.len(), started);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
