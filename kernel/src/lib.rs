@@ -11,6 +11,7 @@ pub mod evaluator;
 pub mod frontend;
 pub mod history;
 pub mod install;
+pub mod iopub;
 pub mod is_complete;
 pub mod launch;
 pub mod log_file;

@@ -20,7 +20,7 @@ use rustpx_wire::WireMessage;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use crate::frontend::Publisher;
+use crate::iopub::Publisher;
 /// A compile error as Jupyter shows it: the first message, and each error drawn on `cell`.
 pub fn compile_error_report(errors: &[evcxr::CompilationError], cell: &str) -> ErrorReport {
     ErrorReport {

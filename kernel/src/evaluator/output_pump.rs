@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use rustpx_wire::WireMessage;
-use serde_json::json;
 
 use super::fence::Fence;
-use crate::frontend::Publisher;
+use crate::iopub::{self, Publisher};
 
 /// How long a flush waits for stderr to catch up with its fence (a runtime that died wrote no
 /// fence; its stderr is published as it comes).
@@ -201,8 +200,7 @@ impl OutputPump {
         };
         let mut text = shown.join("\n");
         text.push('\n');
-        self.publisher
-            .publish(parent, "stream", json!({"name": name, "text": text}));
+        self.publisher.stream(parent, iopub::stdio(name), text);
     }
 }
 

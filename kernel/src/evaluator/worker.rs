@@ -6,13 +6,13 @@ use std::sync::mpsc;
 
 use evcxr::{CommandContext, EvalContext, EvalOutputs};
 use rustpx_wire::WireMessage;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::output_pump::{OutputPump, PanicReport};
 use super::rerun::{self, RerunError, Rerunner};
 use super::runtime;
 use super::{compile_error_report, CompletionList, ErrorReport, Interrupter, Job, Outcome};
-use crate::frontend::Publisher;
+use crate::iopub::Publisher;
 
 /// The evaluator thread: start evcxr, then serve jobs until the front end goes away.
 pub(super) fn run(
@@ -421,19 +421,11 @@ pub(super) fn publish_value(
         .into_iter()
         .map(|(mime, text)| (mime, Value::String(text)))
         .collect();
-    publisher.publish(
-        request,
-        "execute_result",
-        json!({"execution_count": count, "data": data, "metadata": {}}),
-    );
+    publisher.execute_result(request, count, data);
 }
 
 pub(super) fn publish_error(publisher: &Publisher, request: &WireMessage, report: &ErrorReport) {
-    publisher.publish(
-        request,
-        "error",
-        json!({"ename": report.ename, "evalue": report.evalue, "traceback": report.traceback}),
-    );
+    publisher.error(request, report);
 }
 
 /// Byte offset of the `chars`-th code point (Jupyter counts cursor positions in code points).

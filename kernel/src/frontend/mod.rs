@@ -10,7 +10,6 @@ mod abort;
 mod gate;
 mod kernel_info;
 pub mod parent;
-mod publisher;
 mod shell;
 
 use std::collections::VecDeque;
@@ -18,16 +17,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use jupyter_protocol::ConnectionInfo;
+use jupyter_protocol::{ConnectionInfo, ExecutionState};
 use rustpx_wire::{Signer, SocketError, SocketOptions, SocketType, WireMessage, ZmqSocket};
-use serde_json::json;
 use thiserror::Error;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::drop_report::DropReport;
+use crate::iopub::Publisher;
 use gate::Gate;
 
-pub use publisher::Publisher;
 pub use shell::Session;
 
 /// Why the kernel could not start serving.
@@ -122,7 +120,7 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
             }
         }
     });
-    publisher.publish_orphan("status", json!({"execution_state": "starting"}));
+    publisher.starting();
 
     let session = tokio::select! {
         session = Session::new(publisher.clone()) => Arc::new(Mutex::new(session)),
@@ -235,14 +233,14 @@ async fn shell_loop(
                 None => continue,
             },
         };
-        publisher.status(&request, "busy");
+        publisher.status(&request, ExecutionState::Busy);
         if aborting && request.msg_type() == "execute_request" {
             tracing::info!("execute request aborted: an earlier cell failed (stop_on_error)");
             let reply = abort::aborted_reply(&request);
             if let Err(error) = socket.send(gate.seal(&reply)).await {
                 tracing::warn!("shell: aborted reply failed: {error}");
             }
-            publisher.status(&request, "idle");
+            publisher.status(&request, ExecutionState::Idle);
             continue;
         }
         let reply = {
@@ -268,7 +266,7 @@ async fn shell_loop(
                 tracing::warn!("shell: reply to {} failed: {error}", request.msg_type());
             }
         }
-        publisher.status(&request, "idle");
+        publisher.status(&request, ExecutionState::Idle);
         if stop {
             finish(&shutdown).await;
         }
@@ -287,14 +285,14 @@ async fn control_loop(
         let Some(request) = receive(&mut socket, &gate, &mut drops).await else {
             continue;
         };
-        publisher.status(&request, "busy");
+        publisher.status(&request, ExecutionState::Busy);
         let reply = control.handle(&request).await;
         if let Some(reply) = reply {
             if let Err(error) = socket.send(gate.seal(&reply)).await {
                 tracing::warn!("control: reply to {} failed: {error}", request.msg_type());
             }
         }
-        publisher.status(&request, "idle");
+        publisher.status(&request, ExecutionState::Idle);
         if request.msg_type() == "shutdown_request" {
             finish(&shutdown).await;
         }

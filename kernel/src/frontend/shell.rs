@@ -7,9 +7,10 @@ use rustpx_wire::WireMessage;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use super::{kernel_info, Publisher};
+use super::kernel_info;
 use crate::evaluator::{ErrorReport, Evaluator, Interrupter, Outcome};
 use crate::history::History;
+use crate::iopub::Publisher;
 use crate::is_complete::{self, Completeness};
 use crate::px::magics::{self, Magic, PxOptions};
 use crate::px::{PxInterrupter, PxService};
@@ -55,11 +56,7 @@ impl Session {
                     traceback: vec![format!("UsageError: {}", error.0)],
                     codes: Vec::new(),
                 };
-                self.publisher.publish(
-                    request,
-                    "error",
-                    json!({"ename": report.ename, "evalue": report.evalue, "traceback": report.traceback}),
-                );
+                self.publisher.error(request, &report);
                 Outcome::Error(report)
             }
             Ok(Some(Magic::Px { options, code })) if options.local => {
@@ -111,11 +108,7 @@ impl Session {
             JupyterMessageContent::CommInfoRequest(_) => json!({"status": "ok", "comms": {}}),
             JupyterMessageContent::CommOpen(open) => {
                 // No comm targets are registered: close it at once, as the protocol asks.
-                self.publisher.publish(
-                    request,
-                    "comm_close",
-                    json!({"comm_id": open.comm_id, "data": {}}),
-                );
+                self.publisher.comm_close(request, &open.comm_id.0);
                 return None;
             }
             JupyterMessageContent::CommMsg(_) | JupyterMessageContent::CommClose(_) => return None,
@@ -151,11 +144,7 @@ impl Session {
         }
         let count = self.execution_count;
         if !silent {
-            self.publisher.publish(
-                request,
-                "execute_input",
-                json!({"code": code, "execution_count": count}),
-            );
+            self.publisher.execute_input(request, &code, count);
         }
         if code.trim().is_empty() {
             return ok_reply(count);

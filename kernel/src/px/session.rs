@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustpx_protocol::{EngineConnection, EngineId};
 use rustpx_wire::WireMessage;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 
 use super::compiler::Compiler;
@@ -20,7 +20,8 @@ use super::render::Output;
 use super::targets::Targets;
 use super::{link, lock, PxError};
 use crate::evaluator::{ErrorReport, Evaluator, Outcome};
-use crate::frontend::Publisher;
+use crate::iopub::{self, Publisher};
+use jupyter_protocol::Stdio;
 
 mod data;
 mod engines;
@@ -126,13 +127,13 @@ impl PxInterrupter {
             self.wake.notify_one();
             return true;
         }
-        self.publisher.publish(
+        self.publisher.stream(
             &cell.request,
-            "stream",
-            json!({"name": "stderr", "text": format!(
+            Stdio::Stderr,
+            format!(
                 "Received Keyboard Interrupt. Sending signal {} to engines...\n",
                 signal_name(cell.signal)
-            )}),
+            ),
         );
         let running: Vec<EngineId> = {
             let mut hub = lock(hub);
@@ -174,10 +175,10 @@ impl PxInterrupter {
         let Some((request, server)) = active.as_ref() else {
             return false;
         };
-        self.publisher.publish(
+        self.publisher.stream(
             request,
-            "stream",
-            json!({"name": "stderr", "text": "Received Keyboard Interrupt. Stopping %pxmap: the engines finish the chunks they hold and stay up.\n"}),
+            Stdio::Stderr,
+            "Received Keyboard Interrupt. Stopping %pxmap: the engines finish the chunks they hold and stay up.\n",
         );
         server.stop();
         true
@@ -386,8 +387,7 @@ impl PxService {
                 } else {
                     "%autopx disabled\n"
                 };
-                self.publisher
-                    .publish(request, "stream", json!({"name": "stdout", "text": text}));
+                self.publisher.stream(request, Stdio::Stdout, text);
                 Ok(())
             }
             Magic::Engines(command) => self.engines(request, command).await,
@@ -397,11 +397,7 @@ impl PxService {
         match result {
             Ok(()) => Outcome::Ok,
             Err(report) => {
-                self.publisher.publish(
-                    request,
-                    "error",
-                    json!({"ename": report.ename, "evalue": report.evalue, "traceback": report.traceback}),
-                );
+                self.publisher.error(request, &report);
                 Outcome::Error(report)
             }
         }
@@ -423,42 +419,26 @@ impl PxService {
         display_id: Option<&str>,
         update: bool,
     ) {
-        let mut content = json!({"data": data, "metadata": {}});
-        if let Some(id) = display_id {
-            content["transient"] = json!({ "display_id": id });
-        }
-        let msg_type = if update {
-            "update_display_data"
-        } else {
-            "display_data"
-        };
-        self.publisher.publish(request, msg_type, content);
+        self.publisher
+            .display(request, data, Map::new(), display_id, update);
     }
 
     fn publish_outputs(&self, request: &WireMessage, outputs: Vec<Output>) {
         for output in outputs {
             match output {
                 Output::Stream { name, text } => {
-                    self.publisher
-                        .publish(request, "stream", json!({"name": name, "text": text}));
+                    self.publisher.stream(request, iopub::stdio(name), text);
                 }
                 Output::Display { data, metadata } => {
-                    self.publisher.publish(
-                        request,
-                        "display_data",
-                        json!({"data": data, "metadata": metadata}),
-                    );
+                    self.publisher.display(request, data, metadata, None, false);
                 }
             }
         }
     }
 
     fn say(&self, request: &WireMessage, text: &str) {
-        self.publisher.publish(
-            request,
-            "stream",
-            json!({"name": "stdout", "text": format!("{text}\n")}),
-        );
+        self.publisher
+            .stream(request, Stdio::Stdout, format!("{text}\n"));
     }
 }
 

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jupyter_protocol::Stdio;
 use rustpx_protocol::EngineId;
 use rustpx_wire::WireMessage;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::{default_engine_count, join, usage, PxService, START_TIMEOUT};
 use crate::evaluator::ErrorReport;
@@ -262,11 +263,7 @@ impl PxService {
                 }
                 self.wait_registered(request, &ids, &format!("restarting {} engines", ids.len()))
                     .await?;
-                self.publisher.publish(
-                    request,
-                    "stream",
-                    json!({"name": "stdout", "text": report}),
-                );
+                self.publisher.stream(request, Stdio::Stdout, report);
                 Ok(())
             }
         }

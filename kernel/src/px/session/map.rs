@@ -127,11 +127,8 @@ impl PxService {
             total_chunks,
         };
         if options.noblock {
-            self.publisher.publish(
-                request,
-                "execute_result",
-                serde_json::json!({"execution_count": count, "data": {"text/plain": "<AsyncMapResult(%pxmap): pending>"}, "metadata": {}}),
-            );
+            self.publisher
+                .text_result(request, count, "<AsyncMapResult(%pxmap): pending>");
             self.pending_map = Some(pending);
             self.map_is_last = true;
             return Ok(());

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use jupyter_protocol::Stdio;
 use rustpx_protocol::EngineId;
 use rustpx_wire::WireMessage;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use super::{to_report, usage, ActiveCell, Config, Progress, PxService, Waited};
@@ -75,11 +76,8 @@ impl PxService {
             self.named.insert(name.clone(), cell_id.clone());
         }
         if !config.block {
-            self.publisher.publish(
-                request,
-                "execute_result",
-                json!({"execution_count": count, "data": {"text/plain": "<AsyncResult(%px): pending>"}, "metadata": {}}),
-            );
+            self.publisher
+                .text_result(request, count, "<AsyncResult(%px): pending>");
             return Ok(());
         }
         *lock(&self.active) = Some(ActiveCell {
@@ -164,8 +162,7 @@ impl PxService {
                 ));
             }
         }
-        self.publisher
-            .publish(request, "stream", json!({"name": "stderr", "text": text}));
+        self.publisher.stream(request, Stdio::Stderr, text);
         self.wait_registered(
             request,
             &restarting,
@@ -247,11 +244,7 @@ impl PxService {
                         .filter(|r| r.error.is_some() && !signalled)
                     {
                         let text = render::streamed_failure(record);
-                        self.publisher.publish(
-                            request,
-                            "stream",
-                            json!({"name": "stderr", "text": text}),
-                        );
+                        self.publisher.stream(request, Stdio::Stderr, text);
                     }
                 }
                 CellEvent::CellDone => {
