@@ -9,6 +9,9 @@
 
 use std::collections::BTreeMap;
 
+pub use errors::{ErrorKind, ErrorReport};
+
+pub mod errors;
 pub mod groups;
 pub mod launch_options;
 pub mod magics;
@@ -22,14 +25,3 @@ pub type EngineId = u32;
 
 /// A display's data by MIME type (`text/plain`, `text/html`, `image/svg+xml`, ...).
 pub type MimeBundle = BTreeMap<String, String>;
-
-/// An error as Jupyter shows it: name, value and traceback lines.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ErrorReport {
-    pub ename: String,
-    pub evalue: String,
-    pub traceback: Vec<String>,
-    /// rustc's error codes when this is a compile error (`E0425`, ...): what the kernel reads
-    /// to explain a failure, never the compiler's English text.
-    pub codes: Vec<String>,
-}

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::{EngineId, MimeBundle};
+use crate::{EngineId, ErrorKind, MimeBundle};
 use chrono::{DateTime, Utc};
 
 /// An engine's failure as the user sees it: `[N:execute]Ename: evalue` and a traceback.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineError {
-    pub ename: String,
+    pub kind: ErrorKind,
     pub evalue: String,
     pub traceback: Vec<String>,
     /// Every engine that has this very error, in id order, when one compile served a whole
@@ -24,16 +24,21 @@ pub struct EngineError {
 }
 
 impl EngineError {
+    /// The name Jupyter shows.
+    pub fn ename(&self) -> &'static str {
+        self.kind.ename()
+    }
+
     /// `Ename: evalue`, the one line a report about several engines shows for each.
     pub fn summary(&self) -> String {
-        format!("{}: {}", self.ename, self.evalue)
+        format!("{}: {}", self.kind.ename(), self.evalue)
     }
 }
 
 impl From<crate::ErrorReport> for EngineError {
     fn from(report: crate::ErrorReport) -> Self {
         EngineError {
-            ename: report.ename,
+            kind: report.kind,
             evalue: report.evalue,
             traceback: report.traceback,
             shared_by: Vec::new(),

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::magics::Grouping;
 use crate::records::{CellRecord, EngineError, EngineRecord};
+use crate::ErrorKind;
 
 /// How many engine tracebacks a composite error draws.
 pub const TB_LIMIT: usize = 4;
@@ -192,7 +193,7 @@ fn error_lines(error: &EngineError) -> Vec<String> {
         .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
         .collect();
     if lines.is_empty() {
-        lines.push(format!("{}: {}", error.ename, error.evalue));
+        lines.push(error.summary());
     }
     lines
 }
@@ -351,7 +352,9 @@ pub fn final_error(cell: &CellRecord) -> Option<EngineError> {
         if let Some(error) = &record.error {
             evalue.push_str(&format!(
                 "\n[{}:execute]{}: {}",
-                record.engine, error.ename, error.evalue
+                record.engine,
+                error.ename(),
+                error.evalue
             ));
         }
     }
@@ -384,7 +387,7 @@ pub fn final_error(cell: &CellRecord) -> Option<EngineError> {
         ));
     }
     Some(EngineError {
-        ename: "CompositeError".into(),
+        kind: ErrorKind::Composite,
         evalue,
         traceback,
         shared_by: Vec::new(),
@@ -408,7 +411,7 @@ pub fn already_displayed(cell: &CellRecord) -> Option<EngineError> {
         format!("{count} errors")
     };
     Some(EngineError {
-        ename: "AlreadyDisplayedError".into(),
+        kind: ErrorKind::AlreadyDisplayed,
         evalue: text.clone(),
         traceback: vec![text],
         shared_by: Vec::new(),

@@ -98,7 +98,7 @@ impl Publisher {
     /// A failure as Jupyter shows it: the name, the value and the traceback.
     pub fn error(&self, parent: &WireMessage, report: &ErrorReport) {
         let content = ErrorOutput {
-            ename: report.ename.clone(),
+            ename: report.ename().to_owned(),
             evalue: report.evalue.clone(),
             traceback: report.traceback.clone(),
         };

@@ -174,7 +174,7 @@ fn plain_values_and_displays_get_no_html() {
 
 fn failing(c: &mut CellRecord, id: EngineId) {
     c.engines.get_mut(&id).unwrap().finish(Some(EngineError {
-        ename: "Panic".into(),
+        kind: ErrorKind::Panic,
         evalue: format!("boom {id}"),
         traceback: vec![format!("panicked at src/lib.rs:1:1: boom {id}")],
         shared_by: Vec::new(),
@@ -189,7 +189,7 @@ fn composite_error_shape_and_tb_limit() {
         failing(&mut c, id);
     }
     let e = final_error(&c).unwrap();
-    assert_eq!(e.ename, "CompositeError");
+    assert_eq!(e.ename(), "CompositeError");
     assert!(e
         .evalue
         .starts_with("one or more exceptions raised in: %px\n[0:execute]Panic: boom 0\n"));
@@ -209,7 +209,7 @@ fn streamed_errors_end_in_a_count() {
     failing(&mut c, 2);
     let e = already_displayed(&c).unwrap();
     assert_eq!(
-        (e.ename.as_str(), e.evalue.as_str()),
+        (e.ename(), e.evalue.as_str()),
         ("AlreadyDisplayedError", "2 errors")
     );
     assert!(streamed_failure(&c.engines[&1]).starts_with("[1:execute]:\npanicked at"));
@@ -217,7 +217,7 @@ fn streamed_errors_end_in_a_count() {
 
 fn failing_to_compile(c: &mut CellRecord, group: &[EngineId]) {
     let error = EngineError {
-        ename: "CompileError".into(),
+        kind: ErrorKind::Compilation,
         evalue: "mismatched types".into(),
         traceback: vec!["error[E0308]: mismatched types".into()],
         shared_by: group.to_vec(),
@@ -262,7 +262,7 @@ fn a_shared_compile_error_is_drawn_once_in_a_composite_error() {
     assert_eq!(e.evalue.lines().count(), 7);
     assert!(e
         .evalue
-        .contains("\n[4:execute]CompileError: mismatched types"));
+        .contains("\n[4:execute]CompilationError: mismatched types"));
     assert_eq!(
         e.traceback,
         vec![
@@ -305,6 +305,6 @@ fn the_traceback_limit_counts_drawn_errors_and_names_the_rest() {
 fn a_single_target_raises_the_engines_own_error() {
     let mut c = cell(vec![2], true);
     failing(&mut c, 2);
-    assert_eq!(final_error(&c).unwrap().ename, "Panic");
-    assert_eq!(already_displayed(&c).unwrap().ename, "Panic");
+    assert_eq!(final_error(&c).unwrap().ename(), "Panic");
+    assert_eq!(already_displayed(&c).unwrap().ename(), "Panic");
 }

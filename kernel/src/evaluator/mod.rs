@@ -21,10 +21,11 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use crate::iopub::Publisher;
+use rustpx_core::ErrorKind;
 /// A compile error as Jupyter shows it: the first message, and each error drawn on `cell`.
 pub fn compile_error_report(errors: &[evcxr::CompilationError], cell: &str) -> ErrorReport {
     ErrorReport {
-        ename: "CompilationError".into(),
+        kind: ErrorKind::Compilation,
         evalue: errors
             .first()
             .map(|e| e.message())
@@ -228,10 +229,8 @@ impl Evaluator {
 }
 
 fn evaluator_gone() -> ErrorReport {
-    ErrorReport {
-        ename: "KernelError".into(),
-        evalue: "the Rust evaluator thread has stopped; restart the kernel".into(),
-        traceback: vec![],
-        codes: Vec::new(),
-    }
+    ErrorReport::new(
+        ErrorKind::Kernel,
+        "the Rust evaluator thread has stopped; restart the kernel",
+    )
 }

@@ -13,6 +13,7 @@ use super::rerun::{self, RerunError, Rerunner};
 use super::runtime;
 use super::{compile_error_report, CompletionList, ErrorReport, Interrupter, Job, Outcome};
 use crate::iopub::Publisher;
+use rustpx_core::ErrorKind;
 
 /// The evaluator thread: start evcxr, then serve jobs until the front end goes away.
 pub(super) fn run(
@@ -80,14 +81,9 @@ pub(super) fn run(
                 let _ = reply.send(outcome);
             }
             (Err(error), Job::Execute { request, reply, .. }) => {
-                let report = ErrorReport {
-                    ename: "EvcxrStartError".into(),
-                    evalue: format!(
+                let report = ErrorReport::new(ErrorKind::EvcxrStart, format!(
                         "the Rust evaluation context could not start: {error}. Check that cargo and rustc are on the kernel's PATH, then restart the kernel."
-                    ),
-                    traceback: vec![],
-                    codes: Vec::new(),
-                };
+                    ));
                 publish_error(&publisher, &request, &report);
                 let _ = reply.send(Outcome::Error(report));
             }
@@ -132,12 +128,10 @@ pub(super) fn run(
                 let _ = reply.send(outcome);
             }
             (Err(error), Job::Hidden { reply, .. }) => {
-                let _ = reply.send(Err(ErrorReport {
-                    ename: "EvcxrStartError".into(),
-                    evalue: format!("the Rust evaluation context could not start: {error}"),
-                    traceback: vec![],
-                    codes: Vec::new(),
-                }));
+                let _ = reply.send(Err(ErrorReport::new(
+                    ErrorKind::EvcxrStart,
+                    format!("the Rust evaluation context could not start: {error}"),
+                )));
             }
             (Ok((context, _, _)), Job::Variables { reply }) => {
                 let _ = reply.send(variables_and_types(context));
@@ -354,7 +348,7 @@ pub(super) fn evaluate(
         Err(evcxr::Error::SubprocessTerminated(message)) if interrupted => {
             tracing::info!("plain cell interrupted ({message})");
             Err(ErrorReport {
-                ename: "KeyboardInterrupt".into(),
+                kind: ErrorKind::KeyboardInterrupt,
                 evalue: lost_sentence("Interrupted", &lost),
                 traceback: vec![format!(
                     "KeyboardInterrupt: the cell was stopped. {}",
@@ -363,21 +357,14 @@ pub(super) fn evaluate(
                 codes: Vec::new(),
             })
         }
-        Err(evcxr::Error::SubprocessTerminated(message)) => Err(ErrorReport {
-            ename: "SubprocessTerminated".into(),
-            evalue: format!(
+        Err(evcxr::Error::SubprocessTerminated(message)) => Err(ErrorReport::new(
+            ErrorKind::SubprocessTerminated,
+            format!(
                 "{message}. {}",
                 lost_sentence("The Rust process was restarted", &lost)
             ),
-            traceback: vec![],
-            codes: Vec::new(),
-        }),
-        Err(other) => Err(ErrorReport {
-            ename: "Error".into(),
-            evalue: other.to_string(),
-            traceback: vec![],
-            codes: Vec::new(),
-        }),
+        )),
+        Err(other) => Err(ErrorReport::new(ErrorKind::Other, other.to_string())),
     }
 }
 
@@ -397,7 +384,7 @@ pub(super) fn panic_report(panic: &PanicReport, lost: &[String]) -> ErrorReport 
         panic.message.clone()
     };
     ErrorReport {
-        ename: "Panic".into(),
+        kind: ErrorKind::Panic,
         evalue: message.clone(),
         traceback: vec![
             format!("panicked at {}: {message}", panic.location),

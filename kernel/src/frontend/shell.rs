@@ -50,12 +50,7 @@ impl Session {
     async fn run_cell(&mut self, request: &WireMessage, code: &str, count: u32) -> Outcome {
         match magics::parse_cell(code) {
             Err(error) => {
-                let report = ErrorReport {
-                    ename: "UsageError".into(),
-                    evalue: error.0.clone(),
-                    traceback: vec![format!("UsageError: {}", error.0)],
-                    codes: Vec::new(),
-                };
+                let report = ErrorReport::usage(error.0);
                 self.publisher.error(request, &report);
                 Outcome::Error(report)
             }
@@ -158,7 +153,7 @@ impl Session {
             Outcome::Ok => tracing::info!("cell {count}: ok in {:.2?}", started.elapsed()),
             Outcome::Error(report) => tracing::info!(
                 "cell {count}: {} in {:.2?}",
-                report.ename,
+                report.ename(),
                 started.elapsed()
             ),
         }
@@ -167,7 +162,7 @@ impl Session {
             Outcome::Error(report) => json!({
                 "status": "error",
                 "execution_count": count,
-                "ename": report.ename,
+                "ename": report.ename(),
                 "evalue": report.evalue,
                 "traceback": report.traceback,
             }),

@@ -20,6 +20,7 @@ use super::records::EngineError;
 use crate::evaluator::compile_error_report;
 
 // evcxr's markers, as the bridge answers them.
+use rustpx_core::ErrorKind;
 use rustpx_protocol::evcxr_markers::{
     CHANGED_TYPE, EXECUTION_COMPLETE, PANIC_NOTIFICATION, USER_ERROR,
 };
@@ -294,7 +295,7 @@ fn fail_all(hub: &Arc<Mutex<Hub>>, job: &CompileJob, message: &str) {
             &job.cell_id,
             engine,
             Some(EngineError {
-                ename: "KernelError".into(),
+                kind: ErrorKind::Kernel,
                 evalue: message.to_owned(),
                 traceback: vec![],
                 shared_by: Vec::new(),
@@ -397,7 +398,7 @@ fn compile_and_run<S: Clone>(
                 &job.cell_id,
                 gone,
                 Some(EngineError {
-                    ename: "EngineError".into(),
+                    kind: ErrorKind::Engine,
                     evalue: format!("Engine {gone} is not running"),
                     traceback: vec![format!(
                         "EngineError: Engine {gone} is not running; restart it with `%engines restart {gone}`"
@@ -417,7 +418,7 @@ fn compile_and_run<S: Clone>(
                     &job.cell_id,
                     engine,
                     Some(EngineError {
-                        ename: "UsageError".into(),
+                        kind: ErrorKind::Usage,
                         evalue: message.clone(),
                         traceback: vec![],
                         shared_by: Vec::new(),
@@ -496,7 +497,7 @@ fn compile_and_run<S: Clone>(
                 Some(error)
             }
             Err(other) => Some(EngineError {
-                ename: "Error".into(),
+                kind: ErrorKind::Other,
                 evalue: other.to_string(),
                 traceback: vec![],
                 shared_by: Vec::new(),

@@ -31,6 +31,7 @@ mod px;
 mod pxresult;
 
 use progress::{Progress, Waited};
+use rustpx_core::ErrorKind;
 
 /// How long a start of the local pool may take before we say why it did not come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -234,18 +235,12 @@ pub struct PxService {
 }
 
 fn usage(message: impl Into<String>) -> ErrorReport {
-    let message = message.into();
-    ErrorReport {
-        ename: "UsageError".into(),
-        evalue: message.clone(),
-        traceback: vec![format!("UsageError: {message}")],
-        codes: Vec::new(),
-    }
+    ErrorReport::usage(message)
 }
 
 fn to_report(error: EngineError) -> ErrorReport {
     ErrorReport {
-        ename: error.ename,
+        kind: error.kind,
         evalue: error.evalue,
         traceback: error.traceback,
         codes: error.codes,
@@ -404,11 +399,11 @@ impl PxService {
     }
 
     fn machinery(&self) -> Result<&Machinery, ErrorReport> {
-        self.machinery.as_ref().map_err(|error| ErrorReport {
-            ename: "KernelError".into(),
-            evalue: format!("the parallel magics are unavailable: {error}"),
-            traceback: vec![],
-            codes: Vec::new(),
+        self.machinery.as_ref().map_err(|error| {
+            ErrorReport::new(
+                ErrorKind::Kernel,
+                format!("the parallel magics are unavailable: {error}"),
+            )
         })
     }
 

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::cell_files::InputCache;
 use super::records::{CellRecord, EngineError};
 use super::shipping::ObjectCatalog;
+use rustpx_core::ErrorKind;
 
 /// An engine that has not been heard from for this long is declared dead.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -376,7 +377,7 @@ impl Hub {
                     format!("Variables lost: {}.", lost.join(", "))
                 };
                 record.finish(Some(EngineError {
-                    ename: "EngineError".into(),
+                    kind: ErrorKind::Engine,
                     evalue: format!("Engine {id} died while running task '{}'", record.task_id),
                     traceback: vec![
                         format!(

@@ -13,6 +13,7 @@ use rustpx_protocol::{
 use super::{parse_time, CellEvent, EngineState, Hub, PendingRun, RunEnd, Shipment};
 use crate::px::cell_files::{self, CellFiles};
 use crate::px::records::{EngineError, TaskState};
+use rustpx_core::ErrorKind;
 
 impl Hub {
     /// Sends a run to the process `incarnation` of engine `engine` (code is compiled for the
@@ -40,7 +41,7 @@ impl Hub {
                 .and_then(|c| c.engines.get_mut(&engine))
             {
                 record.finish(Some(EngineError {
-                    ename: "EngineError".into(),
+                    kind: ErrorKind::Engine,
                     evalue: format!(
                         "Engine {engine} was restarted before task '{}' ran",
                         record.task_id
@@ -265,7 +266,7 @@ impl Hub {
             let error = match &reply.status {
                 RunStatus::Ok => None,
                 RunStatus::Panic { message, location } => Some(EngineError {
-                    ename: "Panic".into(),
+                    kind: ErrorKind::Panic,
                     evalue: message.clone(),
                     traceback: vec![
                         format!("panicked at {location}: {message}"),
@@ -282,7 +283,7 @@ impl Hub {
                         .unwrap_or("the cell returned an error through `?`")
                         .to_owned();
                     Some(EngineError {
-                        ename: "Error".into(),
+                        kind: ErrorKind::Other,
                         evalue: last.clone(),
                         traceback: vec![format!("Error: {last}")],
                         shared_by: Vec::new(),
@@ -290,7 +291,7 @@ impl Hub {
                     })
                 }
                 RunStatus::LoadFailed { message } => Some(EngineError {
-                    ename: "LoadError".into(),
+                    kind: ErrorKind::Load,
                     evalue: message.clone(),
                     traceback: vec![],
                     shared_by: Vec::new(),

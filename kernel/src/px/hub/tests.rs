@@ -80,7 +80,7 @@ fn a_dead_engine_fails_its_runs_and_leaves_all() {
     assert!(matches!(done.try_recv(), Ok(RunEnd::Died(_))));
     let record = &hub.cell("c1").unwrap().engines[&id];
     let error = record.error.as_ref().unwrap();
-    assert_eq!(error.ename, "EngineError");
+    assert_eq!(error.ename(), "EngineError");
     assert_eq!(error.evalue, "Engine 0 died while running task 'c1_0'");
     assert!(error.traceback[1].contains("Variables lost: x."));
     assert!(hub.live_ids().is_empty());
@@ -107,7 +107,7 @@ fn a_restarted_engine_never_gets_code_compiled_for_its_predecessor() {
             .error
             .as_ref()
             .unwrap()
-            .ename,
+            .ename(),
         "EngineError"
     );
 }

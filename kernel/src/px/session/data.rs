@@ -20,14 +20,10 @@ use super::super::targets::{self, Targets};
 use super::super::transfer::{self, Plan, Request};
 use super::{lock, usage, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
+use rustpx_core::ErrorKind;
 
 pub(super) fn transfer_error(evalue: String, traceback: Vec<String>) -> ErrorReport {
-    ErrorReport {
-        ename: "TransferError".into(),
-        evalue,
-        traceback,
-        codes: Vec::new(),
-    }
+    ErrorReport::new(ErrorKind::Transfer, evalue).with_traceback(traceback)
 }
 
 /// What every data magic and `%pxmap` needs before it runs.
@@ -340,7 +336,7 @@ impl PxService {
                 let first = failures[0].1.clone();
                 let evalue = explain(
                     ErrorReport {
-                        ename: first.ename.clone(),
+                        kind: first.kind,
                         evalue: first.evalue.clone(),
                         traceback: vec![],
                         codes: first.codes.clone(),
@@ -385,7 +381,7 @@ impl PxService {
             vec![(
                 engines.first().copied().unwrap_or_default(),
                 EngineError {
-                    ename: report.ename,
+                    kind: report.kind,
                     evalue: report.evalue,
                     traceback: vec![],
                     shared_by: Vec::new(),
@@ -486,15 +482,13 @@ impl PxService {
             }
         }
         if !missing.is_empty() {
-            return Err(ErrorReport {
-                ename: "NameError".into(),
-                evalue: format!(
+            return Err(ErrorReport::new(
+                ErrorKind::Name,
+                format!(
                     "name '{name}' is not defined on engine {}",
                     missing.join(", ")
                 ),
-                traceback: vec![],
-                codes: Vec::new(),
-            });
+            ));
         }
         match types.len() {
             1 => Ok(types.remove(0).0),
@@ -568,14 +562,9 @@ pub(super) async fn local_types(
                 .iter()
                 .find(|(var, _)| var == name)
                 .map(|(_, ty)| ty.clone())
-                .ok_or_else(|| ErrorReport {
-                    ename: "NameError".into(),
-                    evalue: format!(
+                .ok_or_else(|| ErrorReport::new(ErrorKind::Name, format!(
                         "name '{name}' is not defined in the kernel's context (define it in a plain cell first)"
-                    ),
-                    traceback: vec![],
-                    codes: Vec::new(),
-                })
+                    )))
         })
         .collect()
 }

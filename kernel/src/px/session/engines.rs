@@ -15,6 +15,7 @@ use crate::launch::{self, LaunchOptions, Launcher, Reach};
 use crate::px::hub::EngineState;
 use crate::px::lock;
 use crate::px::magics::EnginesCommand;
+use rustpx_core::ErrorKind;
 
 impl PxService {
     /// Live engine ids, starting the local pool first if none are running.
@@ -44,12 +45,7 @@ impl PxService {
         n: u32,
     ) -> Result<Vec<EngineId>, ErrorReport> {
         let m = self.machinery()?;
-        let start_error = |evalue: String| ErrorReport {
-            ename: "EngineStartError".into(),
-            traceback: vec![format!("EngineStartError: {evalue}")],
-            evalue,
-            codes: Vec::new(),
-        };
+        let start_error = |evalue: String| ErrorReport::headline(ErrorKind::EngineStart, evalue);
         let reachable = m.address.reachable_from_other_hosts();
         if launcher.reach() == Reach::OtherHosts && !reachable && !launcher.tunnels() {
             return Err(start_error(format!(
@@ -176,7 +172,7 @@ impl PxService {
                     failures.join("; ")
                 };
                 return Err(ErrorReport {
-                    ename: "EngineStartError".into(),
+                    kind: ErrorKind::EngineStart,
                     evalue: format!("{label} failed: {why}"),
                     traceback: vec![format!(
                         "EngineStartError: {label} failed: {why}. The kernel log {} says why (RUSTPX_LOG=debug for more).",
@@ -248,12 +244,9 @@ impl PxService {
                         }
                     }
                     lock(&m.hub).engine_gone(id, None, "restarted by %engines restart");
-                    m.pool.restart(id).map_err(|e| ErrorReport {
-                        ename: "EngineStartError".into(),
-                        evalue: e.to_string(),
-                        traceback: vec![],
-                        codes: Vec::new(),
-                    })?;
+                    m.pool
+                        .restart(id)
+                        .map_err(|e| ErrorReport::new(ErrorKind::EngineStart, e.to_string()))?;
                     let lost = if variables.is_empty() {
                         "no variables were lost".to_owned()
                     } else {
@@ -273,12 +266,10 @@ impl PxService {
         let m = self.machinery()?;
         let hub = lock(&m.hub);
         match ids.iter().find(|id| hub.engine(**id).is_none()) {
-            Some(missing) => Err(ErrorReport {
-                ename: "IndexError".into(),
-                evalue: format!("No such engine: {missing}"),
-                traceback: vec![format!("IndexError: No such engine: {missing}")],
-                codes: Vec::new(),
-            }),
+            Some(missing) => Err(ErrorReport::headline(
+                ErrorKind::NoSuchEngine,
+                format!("No such engine: {missing}"),
+            )),
             None => Ok(()),
         }
     }

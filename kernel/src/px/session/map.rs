@@ -20,6 +20,7 @@ use super::super::transfer::vec_element;
 use super::data::{local_types, transfer_error, Prepared};
 use super::{lock, usage, Progress, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
+use rustpx_core::ErrorKind;
 
 /// Failures listed in an error before "and N more".
 const FAILURES_SHOWN: usize = 5;
@@ -164,16 +165,11 @@ impl PxService {
         };
         if job.interrupted && !job.is_done() {
             let out = options.out.as_deref().unwrap_or("the output");
-            return Err(ErrorReport {
-                ename: "KeyboardInterrupt".into(),
-                evalue: format!(
+            return Err(ErrorReport::new(ErrorKind::KeyboardInterrupt, format!(
                     "%pxmap {} {input} interrupted after {} of {total_items} items; {out} was not bound, and the engines kept their variables",
                     options.function,
                     job.done_items()
-                ),
-                traceback: vec![],
-                codes: Vec::new(),
-            });
+                )));
         }
         if !job.is_done() {
             let function = &options.function;
@@ -380,7 +376,7 @@ fn item_failures(job: &MapJob, function: &str, total: u64) -> ErrorReport {
         lines.push(format!("and {} more", failures.len() - FAILURES_SHOWN));
     }
     ErrorReport {
-        ename: "MapError".into(),
+        kind: ErrorKind::Map,
         evalue: format!(
             "{} of {total} items panicked in {function}: {}. The other items completed; rerun with --errors-in-place to keep every item's Result.",
             failures.len(),

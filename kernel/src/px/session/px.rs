@@ -19,6 +19,7 @@ use crate::px::magics::{Grouping, PxOptions};
 use crate::px::records::CellRecord;
 use crate::px::render;
 use crate::px::targets::{self, Targets};
+use rustpx_core::ErrorKind;
 
 impl PxService {
     pub(super) async fn px(
@@ -30,11 +31,11 @@ impl PxService {
     ) -> Result<(), ErrorReport> {
         let config = self.config.with(&options.exec);
         let live = self.ensure_engines(request).await?;
-        let engines = targets::resolve(&config.targets, &live).map_err(|missing| ErrorReport {
-            ename: "IndexError".into(),
-            evalue: format!("No such engine: {}", missing.0),
-            traceback: vec![format!("IndexError: No such engine: {}", missing.0)],
-            codes: Vec::new(),
+        let engines = targets::resolve(&config.targets, &live).map_err(|missing| {
+            ErrorReport::headline(
+                ErrorKind::NoSuchEngine,
+                format!("No such engine: {}", missing.0),
+            )
         })?;
         if engines.is_empty() {
             return Err(usage(format!(
@@ -63,12 +64,10 @@ impl PxService {
             engines,
             files: Default::default(),
         }) {
-            return Err(ErrorReport {
-                ename: "KernelError".into(),
-                evalue: "the px compiler has stopped; restart the kernel".into(),
-                traceback: vec![],
-                codes: Vec::new(),
-            });
+            return Err(ErrorReport::new(
+                ErrorKind::Kernel,
+                "the px compiler has stopped; restart the kernel",
+            ));
         }
         self.last = Some(cell_id.clone());
         self.map_is_last = false;
@@ -94,7 +93,7 @@ impl PxService {
         let active = lock(&self.active).take();
         if waited == Waited::StoppedWaiting {
             return Err(ErrorReport {
-                ename: "KeyboardInterrupt".into(),
+                kind: ErrorKind::KeyboardInterrupt,
                 evalue: "stopped waiting; the engines were not signalled and keep running".into(),
                 traceback: vec!["KeyboardInterrupt: stopped waiting for %px (--signal-on-interrupt 0); the engines keep running: %pxresult shows the result when it is ready".into()],
                 codes: Vec::new(),
