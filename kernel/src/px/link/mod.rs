@@ -140,3 +140,6 @@ async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

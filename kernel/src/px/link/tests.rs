@@ -1,0 +1,131 @@
+//! The hub's link in process, driven by raw signed frames from a real ZeroMQ DEALER: what an
+//! engine (or an attacker on the network) sends, and what the hub does with it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustpx_protocol::{to_wire, EngineConnection, Platform, RegisterReply, RegisterRequest};
+use rustpx_wire::{
+    decode, encode, Sequencer, Signer, SocketOptions, SocketType, WireMessage, ZmqSocket,
+};
+use tokio::sync::mpsc::unbounded_channel;
+
+use super::start;
+use crate::px::hub::Hub;
+use crate::px::hub_address::HubAddress;
+use crate::px::lock;
+
+/// A hub served on loopback, and what an engine needs to reach it.
+async fn hub() -> (Arc<Mutex<Hub>>, EngineConnection) {
+    let (outbox, outgoing) = unbounded_channel();
+    let hub = Arc::new(Mutex::new(Hub::new(outbox)));
+    let address = HubAddress {
+        bind: "127.0.0.1".into(),
+        location: "127.0.0.1".into(),
+    };
+    let connection = start(&address, hub.clone(), outgoing, |_| {})
+        .await
+        .expect("the hub binds on loopback");
+    (hub, connection)
+}
+
+/// A peer dialling the hub with `session` as its identity, as engines do.
+fn peer(connection: &EngineConnection, session: &str) -> ZmqSocket {
+    let options = SocketOptions {
+        identity: Some(session.as_bytes().to_vec()),
+        ..SocketOptions::limited_to(1 << 20)
+    };
+    ZmqSocket::connect(SocketType::DEALER, &connection.url, &options).expect("dial the hub")
+}
+
+fn registration(session: &str, numbering: &mut Sequencer) -> WireMessage {
+    let request = RegisterRequest {
+        requested_id: None,
+        pid: std::process::id(),
+        hostname: "test".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        platform: Platform::current(),
+        shares_files: true,
+    };
+    let mut message = to_wire(session, &request);
+    numbering.stamp(&mut message);
+    message
+}
+
+/// The next message the hub sends `socket`, if one comes within `wait`.
+async fn reply(socket: &mut ZmqSocket, signer: &Signer, wait: Duration) -> Option<WireMessage> {
+    let frames = tokio::time::timeout(wait, socket.recv()).await.ok()?.ok()?;
+    Some(decode(frames, signer).expect("the hub signs what it sends"))
+}
+
+fn signer(connection: &EngineConnection) -> Signer {
+    Signer::new(&connection.signature_scheme, &connection.key).expect("a valid key")
+}
+
+const ANSWER: Duration = Duration::from_secs(5);
+const SILENCE: Duration = Duration::from_millis(500);
+
+#[tokio::test]
+async fn a_signed_registration_is_answered_with_an_id() {
+    let (hub, connection) = hub().await;
+    let signer = signer(&connection);
+    let mut engine = peer(&connection, "engine-a");
+    let request = registration("engine-a", &mut Sequencer::default());
+    engine.send(encode(&request, &signer)).await.unwrap();
+
+    let answer = reply(&mut engine, &signer, ANSWER).await.expect("a reply");
+    assert_eq!(answer.msg_type(), "register_reply");
+    let content: RegisterReply = serde_json::from_value(answer.content).unwrap();
+    assert_eq!(content.refused, None);
+    let id = content.engine_id.expect("an engine id");
+    assert_eq!(lock(&hub).live_ids(), vec![id]);
+}
+
+#[tokio::test]
+async fn a_wrongly_signed_registration_is_dropped_and_the_hub_serves_on() {
+    let (hub, connection) = hub().await;
+    let signer = signer(&connection);
+    let forger = Signer::new("hmac-sha256", "not-the-key").unwrap();
+    let mut engine = peer(&connection, "engine-b");
+    let mut numbering = Sequencer::default();
+    let forged = registration("engine-b", &mut numbering);
+    engine.send(encode(&forged, &forger)).await.unwrap();
+    assert!(reply(&mut engine, &signer, SILENCE).await.is_none());
+    assert!(lock(&hub).live_ids().is_empty());
+
+    let genuine = registration("engine-b", &mut numbering);
+    engine.send(encode(&genuine, &signer)).await.unwrap();
+    assert!(reply(&mut engine, &signer, ANSWER).await.is_some());
+    assert_eq!(lock(&hub).live_ids().len(), 1);
+}
+
+#[tokio::test]
+async fn a_replayed_registration_registers_nobody() {
+    let (hub, connection) = hub().await;
+    let signer = signer(&connection);
+    let mut engine = peer(&connection, "engine-c");
+    let frames = encode(
+        &registration("engine-c", &mut Sequencer::default()),
+        &signer,
+    );
+    engine.send(frames.clone()).await.unwrap();
+    assert!(reply(&mut engine, &signer, ANSWER).await.is_some());
+
+    // The same signed frames again, byte for byte: the number is taken.
+    engine.send(frames).await.unwrap();
+    assert!(reply(&mut engine, &signer, SILENCE).await.is_none());
+    assert_eq!(lock(&hub).live_ids().len(), 1);
+}
+
+#[tokio::test]
+async fn a_message_signed_for_another_session_is_dropped() {
+    let (hub, connection) = hub().await;
+    let signer = signer(&connection);
+    // Correctly signed, but the header names a session that is not this connection's identity
+    // (a registration captured from another engine's connection).
+    let mut thief = peer(&connection, "thief");
+    let captured = registration("engine-d", &mut Sequencer::default());
+    thief.send(encode(&captured, &signer)).await.unwrap();
+    assert!(reply(&mut thief, &signer, SILENCE).await.is_none());
+    assert!(lock(&hub).live_ids().is_empty());
+}
