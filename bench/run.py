@@ -356,6 +356,53 @@ def bench_link(runs, results, baseline):
         os.environ["RUSTPX_ENGINE_BIN"] = ours
 
 
+STRUCTURE_CASES = {
+    "plain cell 1 + 1 (compiled each time)": ("{i} + 1", 1),
+    "%px value (compiled each time), n=4": ("%px {i} + 1", 1),
+    "%px re-run of a compiled cell, n=4": ("%px 1 + 1", 2),
+    "%push 10 MiB Vec<u8> to 4 engines": ("%push data", 1),
+    "%pxmap of 100,000 u64, default chunks, n=4": ("%pxmap inc tasks -o out", 1),
+}
+
+
+def bench_structure(runs, results, baseline):
+    """Before and after a change of the kernel's inside: the cells a user runs most (plain,
+    %px compiled and re-run, a transfer, a map) on this build and on --baseline-bin's, each
+    build in its own kernel with 4 local engines, alternating builds every round, in one run."""
+    if not baseline:
+        raise SystemExit("--only structure needs --baseline-bin DIR (an older build's rustpx and rustpx-engine)")
+    ours = os.environ.get("RUSTPX_ENGINE_BIN", "")
+    builds = [("rustpx", "rustpx", ours),
+              ("baseline", "rustpx-baseline", os.path.join(os.path.abspath(baseline), "rustpx-engine"))]
+    kernels = {}
+    try:
+        for label, kernel_name, engine in builds:
+            print(f"structure: starting {label} ...", flush=True)
+            env = {"RUSTPX_ENGINES": "4"}
+            if engine:
+                env["RUSTPX_ENGINE_BIN"] = engine
+            k = Timed(kernel_name, env)
+            k.run("%px 0")
+            k.run("let data: Vec<u8> = vec![7u8; 10 << 20];\nlet tasks: Vec<u64> = (0..100_000).collect();")
+            k.run("%%px\nfn inc(x: u64) -> u64 { x + 1 }")
+            k.run("%push data", timeout=900)
+            k.run("%pxmap inc tasks -o out", timeout=900)
+            k.run("%px 1 + 1")
+            kernels[label] = k
+        samples = {(label, case): [] for label in kernels for case in STRUCTURE_CASES}
+        for i in range(runs):
+            for label, k in kernels.items():
+                for case, (cell, _) in STRUCTURE_CASES.items():
+                    samples[(label, case)].append(k.run(cell.format(i=1000 + i), timeout=600))
+        for (label, case), values in samples.items():
+            results[f"{label}: {case}"] = median_ms(values)
+    finally:
+        for k in kernels.values():
+            k.close()
+        if ours:
+            os.environ["RUSTPX_ENGINE_BIN"] = ours
+
+
 def ipp_start(n, timeout=120):
     """The cell that starts a local ipyparallel cluster of `n` engines and returns once all of
     them registered (expects `import ipyparallel as ipp`)."""
@@ -442,10 +489,10 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
-    parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent", "link"],
+    parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent", "link", "structure"],
                         help="run one part of the benchmark")
     parser.add_argument("--baseline-bin", help="a directory with an older build's rustpx and rustpx-engine, "
-                        "installed by bench/run.sh as the kernel rustpx-baseline, for --only link")
+                        "installed by bench/run.sh as the kernel rustpx-baseline, for --only link and --only structure")
     args = parser.parse_args()
     load_before = load()
     results = {}
@@ -465,6 +512,8 @@ def main():
         bench_sent(args.runs, results)
     if args.only in (None, "link"):
         bench_link(args.runs, results, args.baseline_bin)
+    if args.only == "structure":
+        bench_structure(args.runs, results, args.baseline_bin)
     if args.only in (None, "scale"):
         bench_rustpx_scale(args.runs, results)
         if not args.skip_ipyparallel:
@@ -513,6 +562,10 @@ def main():
                     "%push 10 MiB Vec<u8> over the link to 4 engines"]:
         ratios[f"{measure}: rustpx / baseline build"] = ratio(
             results.get(f"rustpx: {measure}"), results.get(f"baseline: {measure}"))
+
+    for case in (c for c in STRUCTURE_CASES if f"rustpx: {c}" in results):
+        ratios[f"{case}: rustpx / baseline build"] = ratio(
+            results.get(f"rustpx: {case}"), results.get(f"baseline: {case}"))
 
     n = SCALE_N
     ratios[f"registration of {n} engines in a fresh kernel, rustpx / ipyparallel"] = ratio(

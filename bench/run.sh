@@ -15,6 +15,10 @@
 #                                     # the transport: shell round trip and the engine link, for
 #                                     # this build and an older one (DIR holds its rustpx and
 #                                     # rustpx-engine) in the same run
+#   bash bench/run.sh --only structure --baseline-bin DIR
+#                                     # before/after a change of the inside: plain and %px cells,
+#                                     # a re-run, %push and %pxmap, this build against DIR's, in
+#                                     # one run (builds alternate every round)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
