@@ -83,20 +83,41 @@ impl InputCache {
     }
 }
 
+/// Why a file an engine sent back was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputFileError {
+    #[error("refused a file the run did not ask for: {0}")]
+    NotAsked(String),
+    #[error("{0} arrived damaged (its hash does not match)")]
+    Damaged(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
 /// Writes a file an engine sent back, if the run asked for that path (an engine cannot make the
 /// kernel write anywhere else) and it arrived intact.
-pub fn write_output(expected: &[String], file: &ShippedFile, bytes: &[u8]) -> Result<(), String> {
+pub fn write_output(
+    expected: &[String],
+    file: &ShippedFile,
+    bytes: &[u8],
+) -> Result<(), OutputFileError> {
     let path = &file.path;
     if !expected.iter().any(|p| p == path) {
-        return Err(format!("refused a file the run did not ask for: {path}"));
+        return Err(OutputFileError::NotAsked(path.clone()));
     }
     if sha256_hex(bytes) != file.sha256 {
-        return Err(format!("{path} arrived damaged (its hash does not match)"));
+        return Err(OutputFileError::Damaged(path.clone()));
     }
     let partial = format!("{path}.partial-{}", std::process::id());
     std::fs::write(&partial, bytes)
         .and_then(|()| std::fs::rename(&partial, path))
-        .map_err(|e| format!("cannot write {path}: {e}"))
+        .map_err(|source| OutputFileError::Write {
+            path: path.clone(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -147,9 +168,12 @@ mod tests {
         let expected = std::slice::from_ref(&path);
         write_output(expected, &file(&path, b"abc"), b"abc").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");
-        assert!(write_output(expected, &file("/etc/passwd", b"x"), b"x").is_err());
+        assert!(matches!(
+            write_output(expected, &file("/etc/passwd", b"x"), b"x"),
+            Err(OutputFileError::NotAsked(_))
+        ));
         let damaged = write_output(expected, &file(&path, b"abc"), b"abd").unwrap_err();
-        assert!(damaged.contains("damaged"));
+        assert!(matches!(damaged, OutputFileError::Damaged(_)));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

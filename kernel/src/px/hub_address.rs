@@ -20,9 +20,22 @@ pub struct HubAddress {
 pub const IP_ENV: &str = "RUSTPX_HUB_IP";
 pub const LOCATION_ENV: &str = "RUSTPX_HUB_LOCATION";
 
+/// Why the hub's address cannot be what the environment asks for.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HubAddressError {
+    #[error(
+        "{IP_ENV}={0} is not an IP address: give the address of one interface, or 0.0.0.0 for all"
+    )]
+    NotAnAddress(String),
+    #[error("the hub would listen on {bind} only, so engines dialling {location} could never reach it: set {IP_ENV}=0.0.0.0 (or the address of the interface {location} is on)")]
+    Unreachable { bind: String, location: String },
+    #[error("{LOCATION_ENV}={0} is not an address engines can dial: give this host's name or address as other hosts see it")]
+    Undiallable(String),
+}
+
 impl HubAddress {
     /// From `$RUSTPX_HUB_IP` and `$RUSTPX_HUB_LOCATION`.
-    pub fn from_environment() -> Result<HubAddress, String> {
+    pub fn from_environment() -> Result<HubAddress, HubAddressError> {
         let ip = std::env::var(IP_ENV).ok().filter(|v| !v.is_empty());
         let location = std::env::var(LOCATION_ENV).ok().filter(|v| !v.is_empty());
         resolve(ip.as_deref(), location.as_deref(), first_public_ipv4)
@@ -39,22 +52,21 @@ pub fn resolve(
     ip: Option<&str>,
     location: Option<&str>,
     public_address: impl Fn() -> Option<Ipv4Addr>,
-) -> Result<HubAddress, String> {
+) -> Result<HubAddress, HubAddressError> {
     let bind = match ip.unwrap_or("127.0.0.1") {
         "*" => "0.0.0.0".to_owned(),
         other => other.to_owned(),
     };
     if bind.parse::<IpAddr>().is_err() {
-        return Err(format!(
-            "{IP_ENV}={bind} is not an IP address: give the address of one interface, or 0.0.0.0 for all"
-        ));
+        return Err(HubAddressError::NotAnAddress(bind));
     }
     let location = match location {
         Some(location) => {
             if is_loopback(&bind) && !is_loopback(location) {
-                return Err(format!(
-                    "the hub would listen on {bind} only, so engines dialling {location} could never reach it: set {IP_ENV}=0.0.0.0 (or the address of the interface {location} is on)"
-                ));
+                return Err(HubAddressError::Unreachable {
+                    bind,
+                    location: location.to_owned(),
+                });
             }
             location.to_owned()
         }
@@ -65,9 +77,7 @@ pub fn resolve(
         None => bind.clone(),
     };
     if is_unspecified(&location) {
-        return Err(format!(
-            "{LOCATION_ENV}={location} is not an address engines can dial: give this host's name or address as other hosts see it"
-        ));
+        return Err(HubAddressError::Undiallable(location));
     }
     Ok(HubAddress { bind, location })
 }
@@ -146,10 +156,18 @@ mod tests {
     #[test]
     fn mixing_up_the_two_is_refused_with_the_fix() {
         let error = resolve(None, Some("10.0.0.5"), public).unwrap_err();
-        assert!(error.contains("RUSTPX_HUB_IP=0.0.0.0"), "{error}");
+        assert!(matches!(error, HubAddressError::Unreachable { .. }));
+        assert!(
+            error.to_string().contains("RUSTPX_HUB_IP=0.0.0.0"),
+            "{error}"
+        );
         let error = resolve(Some("0.0.0.0"), Some("0.0.0.0"), public).unwrap_err();
-        assert!(error.contains("RUSTPX_HUB_LOCATION"), "{error}");
-        assert!(resolve(Some("not-an-ip"), None, public).is_err());
+        assert_eq!(error, HubAddressError::Undiallable("0.0.0.0".into()));
+        assert!(error.to_string().contains("RUSTPX_HUB_LOCATION"), "{error}");
+        assert_eq!(
+            resolve(Some("not-an-ip"), None, public),
+            Err(HubAddressError::NotAnAddress("not-an-ip".into()))
+        );
     }
 
     #[test]

@@ -61,29 +61,42 @@ pub struct MapJob {
     pub interrupted: bool,
 }
 
+/// Why a chunk file written by `rustpx::save_chunks` cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChunkFileError {
+    #[error("the chunk file is truncated")]
+    Truncated,
+    #[error("a chunk without its item count")]
+    NoItemCount,
+}
+
 impl MapJob {
     /// A job over chunks as `rustpx::save_chunks` wrote them (length-prefixed bincode, whose
     /// first eight bytes are the chunk's item count).
-    pub fn from_chunk_file(bytes: &[u8]) -> Result<MapJob, String> {
+    pub fn from_chunk_file(bytes: &[u8]) -> Result<MapJob, ChunkFileError> {
         let mut job = MapJob::default();
         let mut rest = bytes;
         let mut first_item = 0u64;
         while !rest.is_empty() {
-            let (len, tail) = rest
-                .split_at_checked(8)
-                .ok_or("the chunk file is truncated")?;
-            let len = u64::from_le_bytes(len.try_into().map_err(|_| "bad length")?) as usize;
-            let chunk = tail.get(..len).ok_or("the chunk file is truncated")?;
+            let (len, tail) = rest.split_at_checked(8).ok_or(ChunkFileError::Truncated)?;
+            let len = len
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| ChunkFileError::Truncated)?;
+            let chunk = usize::try_from(len)
+                .ok()
+                .and_then(|len| tail.get(..len))
+                .ok_or(ChunkFileError::Truncated)?;
             let items = chunk
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
-                .ok_or("a chunk without its item count")?;
+                .ok_or(ChunkFileError::NoItemCount)?;
             job.chunks.push(chunk.to_vec());
             job.first_items.push(first_item);
             job.chunk_lengths.push(items);
             first_item += items;
-            rest = &tail[len..];
+            rest = &tail[chunk.len()..];
         }
         let n = job.chunks.len();
         job.queue = (0..n).collect();
@@ -460,7 +473,10 @@ mod tests {
     fn a_truncated_chunk_file_is_an_error() {
         let mut bytes = chunk_file(&[&[1, 2]]);
         bytes.pop();
-        assert!(MapJob::from_chunk_file(&bytes).is_err());
+        assert_eq!(
+            MapJob::from_chunk_file(&bytes).unwrap_err(),
+            ChunkFileError::Truncated
+        );
     }
 
     #[test]

@@ -46,6 +46,6 @@ pub enum PxError {
     NoEngineBinary(String),
     #[error(transparent)]
     Launch(crate::launch::LaunchError),
-    #[error("{0}")]
-    HubAddress(String),
+    #[error(transparent)]
+    HubAddress(hub_address::HubAddressError),
 }
