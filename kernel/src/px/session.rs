@@ -24,6 +24,7 @@ use crate::iopub::{self, Publisher};
 use jupyter_protocol::Stdio;
 
 mod data;
+mod data_setup;
 mod engines;
 mod map;
 mod progress;
@@ -301,7 +302,7 @@ impl PxService {
         let compiler = Compiler::start(hub.clone());
         super::stale_files::sweep(
             &crate::paths::runtime_dir(),
-            &data::transfer_base(),
+            &data_setup::transfer_base(),
             &std::env::temp_dir(),
         );
         let connection_file = match super::connection_file::write(&connection) {
