@@ -6,7 +6,15 @@
 use std::path::PathBuf;
 
 const CARGO_TOML: &str = include_str!("../../../client/Cargo.toml");
-const LIB_RS: &str = include_str!("../../../client/src/lib.rs");
+/// Every source file of the crate, by its path under `src/` (a test checks none is missing).
+const SOURCES: [(&str, &str); 3] = [
+    ("lib.rs", include_str!("../../../client/src/lib.rs")),
+    ("numbers.rs", include_str!("../../../client/src/numbers.rs")),
+    (
+        "map_worker.rs",
+        include_str!("../../../client/src/map_worker.rs"),
+    ),
+];
 
 /// Writes the crate under the user's cache directory (once per version of its source) and
 /// returns evcxr's `:dep` line for it.
@@ -16,7 +24,9 @@ pub fn dep_line() -> std::io::Result<String> {
         let partial = dir.with_extension(format!("partial-{}", std::process::id()));
         std::fs::create_dir_all(partial.join("src"))?;
         std::fs::write(partial.join("Cargo.toml"), CARGO_TOML)?;
-        std::fs::write(partial.join("src/lib.rs"), LIB_RS)?;
+        for (name, text) in SOURCES {
+            std::fs::write(partial.join("src").join(name), text)?;
+        }
         if let Err(error) = std::fs::rename(&partial, &dir) {
             // Another kernel wrote the same version first; its copy is identical.
             let _ = std::fs::remove_dir_all(&partial);
@@ -43,9 +53,12 @@ fn base_dir() -> std::io::Result<PathBuf> {
 
 /// FNV-1a over the embedded source: a new kernel with a changed client gets a new directory.
 fn fingerprint() -> u64 {
+    let sources = SOURCES
+        .iter()
+        .flat_map(|(name, text)| name.bytes().chain(text.bytes()));
     CARGO_TOML
         .bytes()
-        .chain(LIB_RS.bytes())
+        .chain(sources)
         .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
         })
@@ -62,10 +75,23 @@ mod tests {
             .split('"')
             .nth(1)
             .expect("a quoted path in the dep line");
-        assert_eq!(
-            std::fs::read_to_string(PathBuf::from(path).join("src/lib.rs")).unwrap(),
-            LIB_RS
-        );
+        for (name, text) in SOURCES {
+            let written = PathBuf::from(path).join("src").join(name);
+            assert_eq!(std::fs::read_to_string(written).unwrap(), text);
+        }
         assert_eq!(dep_line().unwrap(), line);
+    }
+
+    #[test]
+    fn every_source_file_of_the_client_is_embedded() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../client/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = SOURCES.iter().map(|(n, _)| n.to_string()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk);
     }
 }
