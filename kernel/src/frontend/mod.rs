@@ -8,11 +8,13 @@
 
 mod abort;
 mod gate;
+mod handler;
 mod kernel_info;
 pub mod parent;
 mod shell;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ use crate::drop_report::DropReport;
 use crate::iopub::Publisher;
 use gate::Gate;
 
+pub use handler::{ControlHandler, ShellHandler};
 pub use shell::Session;
 
 /// Why the kernel could not start serving.
@@ -81,9 +84,22 @@ fn channel_options(kind: SocketType) -> SocketOptions {
     }
 }
 
-/// Binds every socket of `connection` and serves until a shutdown request, or until the client
-/// named by `$JPY_PARENT_PID` is gone.
+/// Binds every socket of `connection` and serves the kernel's [`Session`] until a shutdown
+/// request, or until the client named by `$JPY_PARENT_PID` is gone.
 pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
+    serve_with(connection, Session::new).await
+}
+
+/// [`serve`] for any session: `start` makes it once the sockets are bound, given the iopub
+/// publisher (the kernel's starts evcxr and the hub; a test's answers as it is told).
+pub async fn serve_with<H, Fut>(
+    connection: ConnectionInfo,
+    start: impl FnOnce(Publisher) -> Fut,
+) -> Result<(), FrontendError>
+where
+    H: ShellHandler,
+    Fut: Future<Output = H>,
+{
     let client_gone = parent::client_gone();
     tokio::pin!(client_gone);
     let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
@@ -123,14 +139,14 @@ pub async fn serve(connection: ConnectionInfo) -> Result<(), FrontendError> {
     publisher.starting();
 
     let session = tokio::select! {
-        session = Session::new(publisher.clone()) => Arc::new(Mutex::new(session)),
+        session = start(publisher.clone()) => Arc::new(Mutex::new(session)),
         pid = &mut client_gone => {
             // No engine runs before the session exists.
             tracing::info!("the client (pid {pid}) is gone; exiting");
             return Ok(());
         }
     };
-    let control_session = shell::ControlHandle::new(&session).await;
+    let control_session = session.lock().await.control();
     let on_client_gone = control_session.clone();
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(1);
     tokio::spawn(control_loop(
@@ -215,10 +231,10 @@ fn verified(frames: Vec<bytes::Bytes>, gate: &Gate, drops: &mut DropReport) -> O
 /// execute requests among them are answered `aborted` without running, the others are served
 /// as usual. That is ipykernel's snapshot of its queue; a request sent after the client saw the
 /// failure (or an `aborted` reply) is not in it, and runs.
-async fn shell_loop(
+async fn shell_loop<H: ShellHandler>(
     mut socket: ZmqSocket,
     gate: Gate,
-    session: Arc<Mutex<Session>>,
+    session: Arc<Mutex<H>>,
     publisher: Publisher,
     shutdown: mpsc::Sender<()>,
 ) {
@@ -273,10 +289,10 @@ async fn shell_loop(
     }
 }
 
-async fn control_loop(
+async fn control_loop<C: ControlHandler>(
     mut socket: ZmqSocket,
     gate: Gate,
-    control: shell::ControlHandle,
+    control: C,
     publisher: Publisher,
     shutdown: mpsc::Sender<()>,
 ) {
@@ -304,3 +320,6 @@ async fn finish(shutdown: &mpsc::Sender<()>) {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let _ = shutdown.send(()).await;
 }
+
+#[cfg(test)]
+mod tests;

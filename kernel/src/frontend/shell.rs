@@ -1,13 +1,13 @@
 //! What each shell and control request does.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use jupyter_protocol::{CompleteRequest, ExecuteRequest, InspectRequest, JupyterMessageContent};
 use rustpx_wire::WireMessage;
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
 
-use super::kernel_info;
+use super::{kernel_info, ControlHandler, ShellHandler};
 use crate::evaluator::{ErrorReport, Evaluator, Interrupter, Outcome};
 use crate::history::History;
 use crate::iopub::Publisher;
@@ -86,7 +86,7 @@ impl Session {
     }
 
     /// Serves one shell request; `None` for message types we log and drop.
-    pub async fn handle_shell(&mut self, request: &WireMessage) -> Option<WireMessage> {
+    async fn answer(&mut self, request: &WireMessage) -> Option<WireMessage> {
         if request.msg_type() == "history_request" {
             // Read by our own lenient parser: jupyter-protocol's type rejects the requests of
             // some clients (fields they leave out or send as null).
@@ -204,27 +204,37 @@ pub struct ControlHandle {
     history: History,
 }
 
-impl ControlHandle {
-    pub async fn new(session: &Arc<Mutex<Session>>) -> ControlHandle {
-        let guard = session.lock().await;
-        let px = guard.px.interrupter();
-        let stopper = px.clone();
-        ControlHandle {
-            interrupter: guard.evaluator.interrupter.clone(),
-            px,
-            stop_engines: Arc::new(move || stopper.stop_engines()),
-            history: guard.history.clone(),
-        }
+impl ShellHandler for Session {
+    type Control = ControlHandle;
+
+    fn handle_shell(
+        &mut self,
+        request: &WireMessage,
+    ) -> impl Future<Output = Option<WireMessage>> + Send {
+        self.answer(request)
     }
 
+    fn control(&self) -> ControlHandle {
+        let px = self.px.interrupter();
+        let stopper = px.clone();
+        ControlHandle {
+            interrupter: self.evaluator.interrupter.clone(),
+            px,
+            stop_engines: Arc::new(move || stopper.stop_engines()),
+            history: self.history.clone(),
+        }
+    }
+}
+
+impl ControlHandler for ControlHandle {
     /// Stops the engines and ends the history session (a shutdown request on control, or the
     /// client is gone).
-    pub async fn shutdown(&self) {
+    async fn shutdown(&self) {
         (self.stop_engines)();
         self.history.end_session().await;
     }
 
-    pub async fn handle(&self, request: &WireMessage) -> Option<WireMessage> {
+    async fn handle(&self, request: &WireMessage) -> Option<WireMessage> {
         let content = match typed(request)? {
             JupyterMessageContent::KernelInfoRequest(_) => kernel_info::content(),
             JupyterMessageContent::InterruptRequest(_) => {

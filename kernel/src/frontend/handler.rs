@@ -1,0 +1,30 @@
+//! What the front end serves: a session that answers shell requests one at a time, and a control
+//! side that answers while a cell runs. The kernel's [`Session`](super::Session) is one; a test
+//! can serve its own, so the sockets, the signature gate and Run All's aborts are tested in
+//! process without evcxr.
+
+use std::future::Future;
+
+use rustpx_wire::WireMessage;
+
+/// The shell side: requests in order, each answered (or not, for comm messages) before the next.
+pub trait ShellHandler: Send + 'static {
+    type Control: ControlHandler;
+
+    /// The reply to `request`, `None` for messages that get none.
+    fn handle_shell(
+        &mut self,
+        request: &WireMessage,
+    ) -> impl Future<Output = Option<WireMessage>> + Send;
+
+    /// The control side, taken once when serving starts.
+    fn control(&self) -> Self::Control;
+}
+
+/// The control side: interrupts, shutdown and kernel_info while the shell is busy.
+pub trait ControlHandler: Clone + Send + Sync + 'static {
+    fn handle(&self, request: &WireMessage) -> impl Future<Output = Option<WireMessage>> + Send;
+
+    /// Stops what the session started (engines) and ends it: a shutdown, or the client is gone.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
