@@ -10,6 +10,8 @@ import stat
 import subprocess
 import tempfile
 
+import pytest
+
 from conftest import Kernel, px_values
 
 
@@ -68,3 +70,76 @@ def test_without_home_the_cache_is_in_the_password_databases_home(tmp_path):
     run_one_fetching_engine(env=env)
     assert os.path.isfile(kept), f"the engine did not keep libstd in {kept}"
     assert not os.path.exists(old_fallback), f"the engine used the shared name {old_fallback}"
+
+
+# A uid that has no entry in the password database: no HOME, no home directory to find.
+NO_PASSWD_UID = 54321
+
+
+def engine_without_a_home(tmp_dir):
+    """An `--engine` for `%engines start` that runs this build's engine as a uid with no passwd
+    entry and no HOME or XDG_CACHE_HOME, from a copy that uid can execute."""
+    assert os.getuid() == 0, "this test becomes another user; run it as root (CI does)"
+    with pytest.raises(KeyError):
+        pwd.getpwuid(NO_PASSWD_UID)
+    os.makedirs(tmp_dir, exist_ok=True)
+    os.chmod(tmp_dir, 0o755)
+    engine = os.path.join(tmp_dir, "rustpx-engine")
+    shutil.copy(os.environ["RUSTPX_ENGINE_BIN"], engine)
+    os.chmod(engine, 0o755)
+    wrapper = os.path.join(tmp_dir, "as-another-user.sh")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec setpriv --reuid={NO_PASSWD_UID} --regid={NO_PASSWD_UID} --clear-groups "
+                f"env -u HOME -u XDG_CACHE_HOME {engine} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    return wrapper
+
+
+def fallback_cache():
+    return os.path.join(tempfile.gettempdir(), f"rustpx-objects-{NO_PASSWD_UID}")
+
+
+def run_as_another_user(wrapper):
+    """`%px 6 * 7` on one engine started through `wrapper`: the reply and the cell's text."""
+    k = Kernel()
+    try:
+        reply, msgs, _ = k.execute(f"%engines start -n 1 --engine {wrapper} --engine-arg --fetch-objects")
+        assert reply["status"] == "ok", reply
+        reply, msgs, _ = k.execute("%px 6 * 7")
+        return reply, msgs
+    finally:
+        k.shutdown()
+
+
+def test_without_any_home_the_cache_is_private_to_the_engines_uid():
+    cache = fallback_cache()
+    shutil.rmtree(cache, ignore_errors=True)
+    wrapper = engine_without_a_home(tempfile.mkdtemp(prefix="rustpx-nohome-"))
+    try:
+        reply, msgs = run_as_another_user(wrapper)
+        assert reply["status"] == "ok", (reply, msgs)
+        assert px_values(msgs) == {0: "42"}, msgs
+        info = os.stat(cache)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (NO_PASSWD_UID, 0o700)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(wrapper), ignore_errors=True)
+
+
+def test_a_fallback_cache_made_first_by_another_user_is_refused():
+    """Another user (root here) makes the engine's fallback name first, writable by all: the
+    engine must not write or load objects there, and says which directory and what to do."""
+    cache = fallback_cache()
+    shutil.rmtree(cache, ignore_errors=True)
+    os.mkdir(cache)
+    os.chmod(cache, 0o777)
+    wrapper = engine_without_a_home(tempfile.mkdtemp(prefix="rustpx-nohome-"))
+    try:
+        reply, msgs = run_as_another_user(wrapper)
+        assert reply["status"] == "error", reply
+        text = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
+        assert f"{cache} is not a directory of this user; choose another cache with --cache-dir" in text, text
+        assert os.listdir(cache) == []
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(wrapper), ignore_errors=True)
