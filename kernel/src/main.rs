@@ -167,11 +167,16 @@ fn init_logging() {
             .with_writer(std::sync::Mutex::new(bounded))
             .with_filter(filter())
     });
+    // One line per cell is for the log file; the server's terminal gets the rest.
+    let quiet_cells = format!("{}=warn", rustpx_kernel::frontend::CELLS_LOG)
+        .parse()
+        .map(|directive| filter().add_directive(directive))
+        .unwrap_or_else(|_| filter());
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(filter()),
+                .with_filter(quiet_cells),
         )
         .with(file_layer)
         .init();

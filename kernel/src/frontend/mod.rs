@@ -29,7 +29,7 @@ use crate::iopub::Publisher;
 use gate::Gate;
 
 pub use handler::{ControlHandler, ShellHandler};
-pub use shell::Session;
+pub use shell::{Session, CELLS_LOG};
 
 /// Why the kernel could not start serving.
 #[derive(Debug, Error)]

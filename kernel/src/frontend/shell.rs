@@ -146,12 +146,15 @@ impl Session {
         }
         // One line per cell in the kernel's log: what a failure report needs to tell a cell that
         // never arrived from one that never finished.
-        tracing::info!("cell {count}: running ({} bytes)", code.len());
+        tracing::info!(target: CELLS_LOG, "cell {count}: running ({} bytes)", code.len());
         let started = std::time::Instant::now();
         let outcome = self.run_cell(request, &code, count).await;
         match &outcome {
-            Outcome::Ok => tracing::info!("cell {count}: ok in {:.2?}", started.elapsed()),
+            Outcome::Ok => {
+                tracing::info!(target: CELLS_LOG, "cell {count}: ok in {:.2?}", started.elapsed())
+            }
             Outcome::Error(report) => tracing::info!(
+                target: CELLS_LOG,
                 "cell {count}: {} in {:.2?}",
                 report.ename(),
                 started.elapsed()
@@ -274,6 +277,10 @@ pub(super) fn reply_type(request_type: &str) -> String {
             .unwrap_or(request_type)
     )
 }
+
+/// The log target of the one line per cell: kept in the kernel's log file, not echoed to the
+/// terminal of the Jupyter server (ipykernel prints nothing there per cell).
+pub const CELLS_LOG: &str = "rustpx_kernel::cells";
 
 fn ok_reply(count: u32) -> Value {
     json!({"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []})
