@@ -356,12 +356,13 @@ def bench_link(runs, results, baseline):
         os.environ["RUSTPX_ENGINE_BIN"] = ours
 
 
+# Each case's cell; `{i}` makes a new cell every round (compiled each time).
 STRUCTURE_CASES = {
-    "plain cell 1 + 1 (compiled each time)": ("{i} + 1", 1),
-    "%px value (compiled each time), n=4": ("%px {i} + 1", 1),
-    "%px re-run of a compiled cell, n=4": ("%px 1 + 1", 2),
-    "%push 10 MiB Vec<u8> to 4 engines": ("%push data", 1),
-    "%pxmap of 100,000 u64, default chunks, n=4": ("%pxmap inc tasks -o out", 1),
+    "plain cell 1 + 1 (compiled each time)": "{i} + 1",
+    "%px value (compiled each time), n=4": "%px {i} + 1",
+    "%px re-run of a compiled cell, n=4": "%px 1 + 1",
+    "%push 10 MiB Vec<u8> to 4 engines": "%push data",
+    "%pxmap of 100,000 u64, default chunks, n=4": "%pxmap inc tasks -o out",
 }
 
 
@@ -392,7 +393,7 @@ def bench_structure(runs, results, baseline):
         samples = {(label, case): [] for label in kernels for case in STRUCTURE_CASES}
         for i in range(runs):
             for label, k in kernels.items():
-                for case, (cell, _) in STRUCTURE_CASES.items():
+                for case, cell in STRUCTURE_CASES.items():
                     samples[(label, case)].append(k.run(cell.format(i=1000 + i), timeout=600))
         for (label, case), values in samples.items():
             results[f"{label}: {case}"] = median_ms(values)

@@ -22,17 +22,24 @@ def toolchain_libstd():
     return found[0]
 
 
-def run_one_fetching_engine(engine_args="", **kernel_options):
-    """A kernel with one engine that fetches its objects into its cache runs `%px 6 * 7`."""
+def px_on_one_fetching_engine(start_args="", **kernel_options):
+    """A kernel starts one engine that fetches its objects into its cache (`start_args` go to
+    `%engines start`) and runs `%px 6 * 7`: its reply and messages."""
     k = Kernel(**kernel_options)
     try:
-        reply, msgs, _ = k.execute(f"%engines start -n 1 --engine-arg --fetch-objects{engine_args}")
+        reply, msgs, _ = k.execute(f"%engines start -n 1 --engine-arg --fetch-objects{start_args}")
         assert reply["status"] == "ok", reply
         reply, msgs, _ = k.execute("%px 6 * 7")
-        assert reply["status"] == "ok", (reply, msgs)
-        assert px_values(msgs) == {0: "42"}, msgs
+        return reply, msgs
     finally:
         k.shutdown()
+
+
+def run_one_fetching_engine(engine_args="", **kernel_options):
+    """A kernel with one engine that fetches its objects into its cache runs `%px 6 * 7`."""
+    reply, msgs = px_on_one_fetching_engine(engine_args, **kernel_options)
+    assert reply["status"] == "ok", (reply, msgs)
+    assert px_values(msgs) == {0: "42"}, msgs
 
 
 def test_a_planted_library_is_fetched_again_not_loaded(tmp_path):
@@ -99,24 +106,12 @@ def fallback_cache():
     return os.path.join(tempfile.gettempdir(), f"rustpx-objects-{NO_PASSWD_UID}")
 
 
-def run_as_another_user(wrapper):
-    """`%px 6 * 7` on one engine started through `wrapper`: the reply and the cell's text."""
-    k = Kernel()
-    try:
-        reply, msgs, _ = k.execute(f"%engines start -n 1 --engine {wrapper} --engine-arg --fetch-objects")
-        assert reply["status"] == "ok", reply
-        reply, msgs, _ = k.execute("%px 6 * 7")
-        return reply, msgs
-    finally:
-        k.shutdown()
-
-
 def test_without_any_home_the_cache_is_private_to_the_engines_uid():
     cache = fallback_cache()
     shutil.rmtree(cache, ignore_errors=True)
     wrapper = engine_without_a_home(tempfile.mkdtemp(prefix="rustpx-nohome-"))
     try:
-        reply, msgs = run_as_another_user(wrapper)
+        reply, msgs = px_on_one_fetching_engine(f" --engine {wrapper}")
         assert reply["status"] == "ok", (reply, msgs)
         assert px_values(msgs) == {0: "42"}, msgs
         info = os.stat(cache)
@@ -135,7 +130,7 @@ def test_a_fallback_cache_made_first_by_another_user_is_refused():
     os.chmod(cache, 0o777)
     wrapper = engine_without_a_home(tempfile.mkdtemp(prefix="rustpx-nohome-"))
     try:
-        reply, msgs = run_as_another_user(wrapper)
+        reply, msgs = px_on_one_fetching_engine(f" --engine {wrapper}")
         assert reply["status"] == "error", reply
         text = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
         assert f"{cache} is not a directory of this user; choose another cache with --cache-dir" in text, text

@@ -107,11 +107,6 @@ impl ErrorReport {
         self
     }
 
-    pub fn with_codes(mut self, codes: Vec<String>) -> Self {
-        self.codes = codes;
-        self
-    }
-
     /// The name Jupyter shows.
     pub fn ename(&self) -> &'static str {
         self.kind.ename()

@@ -9,6 +9,9 @@ use thiserror::Error;
 #[error("{0}")]
 pub struct LaunchUsageError(pub String);
 
+/// Why the ssh launcher cannot start anything without hosts (checked here and by the launcher).
+pub const SSH_NEEDS_HOSTS: &str = "the ssh launcher needs --hosts HOST:N[,HOST:N...]";
+
 /// The launchers users can name, for messages.
 pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm";
 
@@ -59,9 +62,7 @@ impl LaunchOptions {
         }
         match name {
             "local" => Ok(LauncherKind::Local),
-            "ssh" if self.hosts.is_empty() => Err(LaunchUsageError(
-                "the ssh launcher needs --hosts HOST:N[,HOST:N...]".into(),
-            )),
+            "ssh" if self.hosts.is_empty() => Err(LaunchUsageError(SSH_NEEDS_HOSTS.into())),
             "ssh" => Ok(LauncherKind::Ssh),
             "mpi" | "mpiexec" => Ok(LauncherKind::Mpi),
             "slurm" | "srun" => Ok(LauncherKind::Slurm),

@@ -47,6 +47,17 @@ impl From<crate::ErrorReport> for EngineError {
     }
 }
 
+impl From<EngineError> for crate::ErrorReport {
+    fn from(error: EngineError) -> Self {
+        crate::ErrorReport {
+            kind: error.kind,
+            evalue: error.evalue,
+            traceback: error.traceback,
+            codes: error.codes,
+        }
+    }
+}
+
 /// Where one engine's part of a cell stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskState {

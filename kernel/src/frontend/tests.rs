@@ -8,6 +8,7 @@ use jupyter_protocol::{ConnectionInfo, Transport};
 use rustpx_wire::{decode, encode, Signer, SocketOptions, SocketType, WireMessage, ZmqSocket};
 use serde_json::{json, Value};
 
+use super::shell::reply_type;
 use super::{kernel_info, serve_with, ControlHandler, ShellHandler};
 use crate::iopub::Publisher;
 
@@ -41,7 +42,7 @@ impl ShellHandler for Scripted {
             "shutdown_request" => json!({"status": "ok", "restart": false}),
             _ => return None,
         };
-        let reply_type = request.msg_type().replace("_request", "_reply");
+        let reply_type = reply_type(request.msg_type());
         Some(WireMessage::reply_to(request, &reply_type, content))
     }
 

@@ -35,7 +35,7 @@ impl SshLauncher {
     ) -> Result<SshLauncher, LaunchError> {
         if hosts.is_empty() {
             return Err(LaunchError::Usage(
-                "the ssh launcher needs --hosts HOST:N[,HOST:N...]".into(),
+                rustpx_core::launch_options::SSH_NEEDS_HOSTS.into(),
             ));
         }
         Ok(SshLauncher {

@@ -15,7 +15,7 @@ use super::hub::Hub;
 use super::hub_address::HubAddress;
 use super::magics::{ExecOptions, Magic};
 use super::pool::EnginePool;
-use super::records::{EngineError, TaskState};
+use super::records::TaskState;
 use super::render::Output;
 use super::targets::Targets;
 use super::{link, lock, PxError};
@@ -237,15 +237,6 @@ pub struct PxService {
 
 fn usage(message: impl Into<String>) -> ErrorReport {
     ErrorReport::usage(message)
-}
-
-fn to_report(error: EngineError) -> ErrorReport {
-    ErrorReport {
-        kind: error.kind,
-        evalue: error.evalue,
-        traceback: error.traceback,
-        codes: error.codes,
-    }
 }
 
 impl PxService {

@@ -10,7 +10,7 @@ use rustpx_wire::WireMessage;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::{to_report, usage, ActiveCell, Config, Progress, PxService, Waited};
+use super::{usage, ActiveCell, Config, Progress, PxService, Waited};
 use crate::evaluator::ErrorReport;
 use crate::px::compiler::CompileJob;
 use crate::px::hub::CellEvent;
@@ -122,7 +122,7 @@ impl PxService {
             return Ok(());
         }
         match error {
-            Some(error) => Err(to_report(error)),
+            Some(error) => Err(error.into()),
             None => Ok(()),
         }
     }

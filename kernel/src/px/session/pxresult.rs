@@ -2,7 +2,7 @@
 
 use rustpx_wire::WireMessage;
 
-use super::{to_report, usage, PxService};
+use super::{usage, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
 use crate::px::lock;
 use crate::px::magics::ResultOptions;
@@ -66,7 +66,7 @@ impl PxService {
             render::non_streamed(&cell, options.group_outputs.unwrap_or_default()),
         );
         match render::final_error(&cell) {
-            Some(error) => Err(to_report(error)),
+            Some(error) => Err(error.into()),
             None => Ok(()),
         }
     }
