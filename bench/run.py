@@ -204,7 +204,7 @@ def bench_solo_evcxr(results):
     results["start one evcxr context on its own (s)"] = round(statistics.median(samples), 3)
 
 
-FIRST_CELL_RUNS = 3
+FIRST_CELL_RUNS = 5
 
 
 def first_cell_seconds(kernel_name):

@@ -131,16 +131,16 @@ pub struct Evaluator {
 impl Evaluator {
     /// Starts the evaluator thread. evcxr starts (and warms up) at once in the background, ahead
     /// of anything else the kernel starts, because the first plain cell waits for it; jobs queue
-    /// behind it, so the kernel answers `kernel_info` at once. `when_ready` is called once the
-    /// context is up (or failed to start): the px compiler starts then, so that the two contexts
-    /// do not compete for a small machine's CPUs.
-    pub fn spawn(publisher: Publisher, when_ready: Box<dyn FnOnce() + Send>) -> Evaluator {
+    /// behind it, so the kernel answers `kernel_info` at once. `when_idle` is called the first
+    /// time the context is up (or failed to start) and no job waits: the px compiler starts
+    /// then, so that it competes neither with evcxr's start nor with a first cell already sent.
+    pub fn spawn(publisher: Publisher, when_idle: Box<dyn FnOnce() + Send>) -> Evaluator {
         let (jobs, receiver) = mpsc::channel();
         let interrupter = Interrupter::default();
         let thread_interrupter = interrupter.clone();
         std::thread::Builder::new()
             .name("evaluator".into())
-            .spawn(move || worker::run(receiver, publisher, thread_interrupter, when_ready))
+            .spawn(move || worker::run(receiver, publisher, thread_interrupter, when_idle))
             .ok();
         Evaluator { jobs, interrupter }
     }

@@ -20,7 +20,7 @@ pub(super) fn run(
     jobs: mpsc::Receiver<Job>,
     publisher: Publisher,
     interrupter: Interrupter,
-    when_ready: Box<dyn FnOnce() + Send>,
+    when_idle: Box<dyn FnOnce() + Send>,
 ) {
     let started = std::time::Instant::now();
     let context = match start_context() {
@@ -34,16 +34,20 @@ pub(super) fn run(
             Err(error)
         }
     };
-    when_ready();
     let mut context = context;
+    let mut when_idle = Some(when_idle);
     let mut warmed = false;
     loop {
         // The analyser's first look at std (2-3 s) is taken when nothing waits, so that a new
-        // kernel's first cell does not pay for it; a first `let` still finds it done.
+        // kernel's first cell does not pay for it; a first `let` still finds it done. The px
+        // compiler starts at that moment too: a first cell already queued runs before either.
         let job = match jobs.try_recv() {
             Ok(job) => job,
             Err(mpsc::TryRecvError::Disconnected) => return,
             Err(mpsc::TryRecvError::Empty) => {
+                if let Some(when_idle) = when_idle.take() {
+                    when_idle();
+                }
                 if !warmed {
                     warmed = true;
                     if let Ok((context, _, _)) = &mut context {
@@ -157,6 +161,11 @@ type Started = (CommandContext, evcxr::EvalContextOutputs, Option<Rerunner>);
 /// cannot be opened (then evcxr's own).
 pub(super) fn start_context() -> Result<Started, evcxr::Error> {
     crate::std_sources::ensure();
+    // The link-layout probe runs rustc once (0.2-0.4 s); it needs nothing from evcxr, so it
+    // runs beside evcxr's start-up, which keeps one core busy in rust-analyzer.
+    let layout_probe = std::thread::Builder::new()
+        .name("layout-probe".into())
+        .spawn(crate::cell_objects::compact_rustflags);
     let (rerunner, (mut eval_context, outputs)) = match Rerunner::bind() {
         Ok((rerunner, spec)) => {
             let mut command = std::process::Command::new(std::env::current_exe()?);
@@ -172,7 +181,11 @@ pub(super) fn start_context() -> Result<Started, evcxr::Error> {
         }
     };
     let mut snapshot = eval_context.state();
-    if let Some(flags) = crate::cell_objects::compact_rustflags() {
+    let flags = match layout_probe {
+        Ok(probe) => probe.join().ok().flatten(),
+        Err(_) => crate::cell_objects::compact_rustflags(),
+    };
+    if let Some(flags) = flags {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
     eval_context.eval_with_state("", snapshot)?;
