@@ -14,7 +14,7 @@ use rustpx_protocol::EngineId;
 use super::bridge::{self, Dispatch};
 use super::cell_files::CellFiles;
 use super::groups::Groups;
-use super::hub::{Hub, RunEnd};
+use super::hub::{HubHandle, RunEnd};
 use super::lock;
 use super::records::EngineError;
 use crate::evaluator::compile_error_report;
@@ -64,22 +64,14 @@ impl RunSummary {
 
 /// Runs one compiled object on `engines` (each pinned to its process) and waits for all of them.
 fn run_on_engines(
-    hub: &Mutex<Hub>,
+    hub: &HubHandle,
     cell_id: &str,
     engines: &[(EngineId, u64)],
     so_path: &str,
     fn_name: &str,
     files: &CellFiles,
 ) -> RunSummary {
-    let waits: Vec<std_mpsc::Receiver<RunEnd>> = {
-        let mut hub = lock(hub);
-        engines
-            .iter()
-            .map(|&(engine, incarnation)| {
-                hub.start_run(cell_id, engine, incarnation, so_path, fn_name, files)
-            })
-            .collect()
-    };
+    let waits = hub.start_runs(cell_id, engines, so_path, fn_name, files);
     let mut summary = RunSummary::default();
     for wait in waits {
         match wait.recv() {
@@ -120,7 +112,7 @@ impl Compiler {
     /// Starts the compiler thread. Its evcxr context comes up when [`Compiler::warm_up`] is
     /// called or when the first cell arrives, whichever is first: the kernel's plain context
     /// starts first, because the first plain cell waits for it.
-    pub fn start(hub: Arc<Mutex<Hub>>) -> Compiler {
+    pub fn start(hub: HubHandle) -> Compiler {
         let (requests, receiver) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("px-compiler".into())
@@ -141,7 +133,7 @@ impl Compiler {
 
 /// Runs one compiled object on the current engines and combines their outcomes into the markers
 /// evcxr expects: a panic anywhere drops the cell's new variables from the group's state.
-fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dispatch {
+fn dispatcher(hub: HubHandle, current: Arc<Mutex<Option<Current>>>) -> Dispatch {
     Arc::new(move |so_path: &str, fn_name: &str| {
         let target = lock(&current)
             .as_ref()
@@ -174,7 +166,7 @@ fn dispatcher(hub: Arc<Mutex<Hub>>, current: Arc<Mutex<Option<Current>>>) -> Dis
 }
 
 fn start_context(
-    hub: &Arc<Mutex<Hub>>,
+    hub: &HubHandle,
     current: &Arc<Mutex<Option<Current>>>,
 ) -> Result<(EvalContext, EvalContextOutputs), String> {
     crate::std_sources::ensure();
@@ -215,7 +207,7 @@ fn drain(outputs: EvalContextOutputs) {
     });
 }
 
-fn run(requests: std_mpsc::Receiver<Request>, hub: Arc<Mutex<Hub>>) {
+fn run(requests: std_mpsc::Receiver<Request>, hub: HubHandle) {
     let first = match requests.recv() {
         Ok(Request::Start) => None,
         Ok(Request::Compile(job)) => Some(job),
@@ -284,25 +276,19 @@ fn run(requests: std_mpsc::Receiver<Request>, hub: Arc<Mutex<Hub>>) {
                 ))
             },
         );
-        lock(&hub).finish_cell(&job.cell_id);
+        hub.finish_cell(&job.cell_id);
     }
 }
 
-fn fail_all(hub: &Arc<Mutex<Hub>>, job: &CompileJob, message: &str) {
-    let mut hub = lock(hub);
-    for &engine in &job.engines {
-        hub.finish_engine(
-            &job.cell_id,
-            engine,
-            Some(EngineError {
-                kind: ErrorKind::Kernel,
-                evalue: message.to_owned(),
-                traceback: vec![],
-                shared_by: Vec::new(),
-                codes: Vec::new(),
-            }),
-        );
-    }
+fn fail_all(hub: &HubHandle, job: &CompileJob, message: &str) {
+    let error = EngineError {
+        kind: ErrorKind::Kernel,
+        evalue: message.to_owned(),
+        traceback: vec![],
+        shared_by: Vec::new(),
+        codes: Vec::new(),
+    };
+    hub.finish_engines(&job.cell_id, &job.engines, Some(error));
     hub.finish_cell(&job.cell_id);
 }
 
@@ -378,12 +364,12 @@ fn may_bind_variables(code: &str) -> bool {
 fn compile_and_run<S: Clone>(
     groups: &mut Groups<(S, Signature)>,
     cache: &mut CompiledCache,
-    hub: &Arc<Mutex<Hub>>,
+    hub: &HubHandle,
     current: &Arc<Mutex<Option<Current>>>,
     job: &CompileJob,
     mut evaluate: impl FnMut(&str, S, &[(String, String)]) -> Evaluated<S>,
 ) {
-    let live: BTreeMap<EngineId, u64> = lock(hub).live_incarnations();
+    let live: BTreeMap<EngineId, u64> = hub.live_incarnations();
     groups.sync(&live);
     let targets: Vec<EngineId> = job
         .engines
@@ -391,41 +377,29 @@ fn compile_and_run<S: Clone>(
         .copied()
         .filter(|id| live.contains_key(id))
         .collect();
-    {
-        let mut hub = lock(hub);
-        for &gone in job.engines.iter().filter(|id| !live.contains_key(id)) {
-            hub.finish_engine(
-                &job.cell_id,
-                gone,
-                Some(EngineError {
-                    kind: ErrorKind::Engine,
-                    evalue: format!("Engine {gone} is not running"),
-                    traceback: vec![format!(
-                        "EngineError: Engine {gone} is not running; restart it with `%engines restart {gone}`"
-                    )],
-                    shared_by: Vec::new(),
-                    codes: Vec::new(),
-                }),
-            );
-        }
+    for &gone in job.engines.iter().filter(|id| !live.contains_key(id)) {
+        let error = EngineError {
+            kind: ErrorKind::Engine,
+            evalue: format!("Engine {gone} is not running"),
+            traceback: vec![format!(
+                "EngineError: Engine {gone} is not running; restart it with `%engines restart {gone}`"
+            )],
+            shared_by: Vec::new(),
+            codes: Vec::new(),
+        };
+        hub.finish_engines(&job.cell_id, &[gone], Some(error));
     }
     let (code, deps) = match split_dependencies(&job.code) {
         Ok(split) => split,
         Err(message) => {
-            let mut hub = lock(hub);
-            for &engine in &targets {
-                hub.finish_engine(
-                    &job.cell_id,
-                    engine,
-                    Some(EngineError {
-                        kind: ErrorKind::Usage,
-                        evalue: message.clone(),
-                        traceback: vec![],
-                        shared_by: Vec::new(),
-                        codes: Vec::new(),
-                    }),
-                );
-            }
+            let error = EngineError {
+                kind: ErrorKind::Usage,
+                evalue: message,
+                traceback: vec![],
+                shared_by: Vec::new(),
+                codes: Vec::new(),
+            };
+            hub.finish_engines(&job.cell_id, &targets, Some(error));
             return;
         }
     };
@@ -456,10 +430,7 @@ fn compile_and_run<S: Clone>(
                 for (so_path, fn_name) in sent {
                     run_on_engines(hub, &job.cell_id, &pinned, so_path, fn_name, &job.files);
                 }
-                let mut hub = lock(hub);
-                for &engine in &members {
-                    hub.finish_engine(&job.cell_id, engine, None);
-                }
+                hub.finish_engines(&job.cell_id, &members, None);
                 continue;
             }
         }
@@ -484,10 +455,7 @@ fn compile_and_run<S: Clone>(
                 }
                 let variables = after.variables.clone();
                 groups.advance(index, (state, after), changed);
-                let mut hub = lock(hub);
-                for &engine in &members {
-                    hub.set_variables(engine, variables.clone());
-                }
+                hub.set_variables(&members, &variables);
                 None
             }
             Err(evcxr::Error::CompilationErrors(errors)) => {
@@ -504,10 +472,7 @@ fn compile_and_run<S: Clone>(
                 codes: Vec::new(),
             }),
         };
-        let mut hub = lock(hub);
-        for &engine in &members {
-            hub.finish_engine(&job.cell_id, engine, error.clone());
-        }
+        hub.finish_engines(&job.cell_id, &members, error);
     }
 }
 

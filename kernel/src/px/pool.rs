@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use rustpx_protocol::{EngineConnection, EngineId};
 
-use super::hub::{Departure, Hub};
+use super::hub::{Departure, HubHandle, StartedEngineEnd};
 use super::{lock, PxError};
 use crate::launch::{
     EngineInvocation, LaunchCommand, LaunchOptions, Launcher, LocalLauncher, Reach,
@@ -93,13 +93,13 @@ struct PoolState {
 pub struct EnginePool {
     engine_binary: PathBuf,
     connection: Arc<EngineConnection>,
-    hub: Arc<Mutex<Hub>>,
+    hub: HubHandle,
     state: Arc<Mutex<PoolState>>,
     local: Arc<dyn Launcher>,
 }
 
 impl EnginePool {
-    pub fn new(connection: EngineConnection, hub: Arc<Mutex<Hub>>) -> Result<EnginePool, PxError> {
+    pub fn new(connection: EngineConnection, hub: HubHandle) -> Result<EnginePool, PxError> {
         Ok(EnginePool {
             engine_binary: engine_binary()?,
             connection: Arc::new(connection),
@@ -181,7 +181,7 @@ impl EnginePool {
             .spawn()
             .map_err(|e| PxError::Spawn(launch.program.clone(), e.to_string()))?;
         let pid = child.id().unwrap_or(0);
-        let first_incarnation = lock(&self.hub).next_incarnation();
+        let first_incarnation = self.hub.next_incarnation();
         {
             let mut state = self.state();
             if let Some(stdin) = child.stdin.take() {
@@ -241,21 +241,12 @@ impl EnginePool {
             format!("its {} process ({}) {exit}", launch.program, launch.place)
         };
         for (id, first_incarnation) in started {
-            let mut hub = lock(&self.hub);
-            let registered = hub
-                .engine(id)
-                .filter(|e| e.alive() && e.incarnation >= first_incarnation)
-                .map(|e| e.incarnation);
-            match registered {
-                Some(incarnation) => {
-                    hub.engine_gone(id, Some(incarnation), &reason);
-                    drop(hub);
+            match self.hub.end_started_engine(id, first_incarnation, &reason) {
+                StartedEngineEnd::WasRunning(incarnation) => {
                     self.restart_if_interrupted(id, incarnation);
                 }
-                None if hub
-                    .engine(id)
-                    .is_some_and(|e| e.incarnation >= first_incarnation) => {}
-                None => {
+                StartedEngineEnd::AlreadyGone => {}
+                StartedEngineEnd::NeverRegistered => {
                     let mut text = if local {
                         format!("engine {id} (pid {pid}) {exit} before registering")
                     } else {
@@ -268,7 +259,6 @@ impl EnginePool {
                         text.push_str(&format!(": {last_words}"));
                     }
                     tracing::error!("{text}");
-                    drop(hub);
                     self.state().start_failures.push(text);
                 }
             }
@@ -302,7 +292,7 @@ impl EnginePool {
                 signal(pid, signal_number);
                 true
             }
-            None => lock(&self.hub).signal_engine(id, signal_number),
+            None => self.hub.signal_engine(id, signal_number),
         }
     }
 
@@ -310,12 +300,12 @@ impl EnginePool {
     /// started it is ended when it started only that engine (ssh), which also closes the
     /// engine's stdin.
     pub fn kill_engine(&self, id: EngineId) {
-        lock(&self.hub).expect_exit(id);
+        self.hub.expect_exit(id);
         if let Some(pid) = self.is_local_process(id) {
             signal(pid, libc::SIGKILL);
             return;
         }
-        lock(&self.hub).signal_engine(id, libc::SIGKILL);
+        self.hub.signal_engine(id, libc::SIGKILL);
         let alone = {
             let state = self.state();
             state
@@ -343,7 +333,7 @@ impl EnginePool {
     /// Starts engine `id` again, the way it was started, when process `incarnation` ended
     /// because of an interrupt (however its end was seen: process exit, goodbye, silence).
     fn restart_if_interrupted(&self, id: EngineId, incarnation: u64) {
-        let interrupted = lock(&self.hub).take_interrupted(id, incarnation);
+        let interrupted = self.hub.take_interrupted(id, incarnation);
         if interrupted && self.started_here(id) {
             tracing::info!("engine {id} was interrupted; starting it again");
             if let Err(error) = self.restart(id) {
@@ -354,9 +344,9 @@ impl EnginePool {
 
     /// Kills every engine at once and removes private files (kernel shutdown).
     pub fn kill_all(&self) {
-        let ids: Vec<EngineId> = lock(&self.hub).live_ids();
+        let ids: Vec<EngineId> = self.hub.live_ids();
         for id in ids {
-            lock(&self.hub).shutdown_engine(id);
+            self.hub.shutdown_engine(id);
         }
         let mut state = self.state();
         state.stdins.clear();

@@ -11,11 +11,10 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 
 use super::compiler::Compiler;
-use super::hub::Hub;
+use super::hub::HubHandle;
 use super::hub_address::HubAddress;
 use super::magics::{ExecOptions, Magic};
 use super::pool::EnginePool;
-use super::records::TaskState;
 use super::render::Output;
 use super::targets::Targets;
 use super::{link, lock, PxError};
@@ -102,7 +101,7 @@ pub struct PxInterrupter {
     /// The `%pxmap` being waited for, with the request that waits.
     active_map: Arc<Mutex<Option<(WireMessage, super::map_server::MapServer)>>>,
     wake: Arc<Notify>,
-    hub: Option<Arc<Mutex<Hub>>>,
+    hub: Option<HubHandle>,
     pool: Option<EnginePool>,
     publisher: Publisher,
 }
@@ -137,29 +136,14 @@ impl PxInterrupter {
                 signal_name(cell.signal)
             ),
         );
-        let running: Vec<EngineId> = {
-            let mut hub = lock(hub);
-            let running: Vec<EngineId> = hub
-                .cell(&cell.cell_id)
-                .map(|c| {
-                    c.engines
-                        .values()
-                        .filter(|r| r.state != TaskState::Done)
-                        .map(|r| r.engine)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut signalled = Vec::new();
-            for engine in running {
-                if hub.engine(engine).is_some_and(|e| e.alive()) {
-                    let variables = hub.variables(engine);
-                    hub.mark_interrupted(engine);
-                    cell.interrupted.push((engine, variables));
-                    signalled.push(engine);
-                }
-            }
-            signalled
-        };
+        let running: Vec<EngineId> = hub
+            .interrupt_running(&cell.cell_id)
+            .into_iter()
+            .map(|(engine, variables)| {
+                cell.interrupted.push((engine, variables));
+                engine
+            })
+            .collect();
         for engine in running {
             // A local engine gets the signal from the kernel; a remote one over its link.
             pool.signal_engine(engine, cell.signal);
@@ -202,7 +186,7 @@ fn signal_name(signal: i32) -> String {
 
 /// The parts that exist once the hub is up.
 struct Machinery {
-    hub: Arc<Mutex<Hub>>,
+    hub: HubHandle,
     pool: EnginePool,
     compiler: Compiler,
     address: HubAddress,
@@ -279,7 +263,7 @@ impl PxService {
 
     async fn start_machinery() -> Result<Machinery, PxError> {
         let (outbox, outgoing) = mpsc::unbounded_channel();
-        let hub = Arc::new(Mutex::new(Hub::new(outbox)));
+        let hub = HubHandle::new(outbox);
         let address = HubAddress::from_environment().map_err(PxError::HubAddress)?;
         // A hung engine (SIGSTOP, deadlock outside user code) is killed once declared dead.
         let pool_slot: Arc<std::sync::OnceLock<EnginePool>> = Arc::default();

@@ -493,7 +493,10 @@ fn parse_time(text: &str) -> Option<chrono::DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+mod handle;
 mod results;
 mod runs;
+
+pub use handle::{HubHandle, StartedEngineEnd};
 #[cfg(test)]
 mod tests;

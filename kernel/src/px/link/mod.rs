@@ -1,6 +1,5 @@
 //! The hub's socket: a ROUTER that engines dial, HMAC-verified in both directions.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,9 +9,9 @@ use rustpx_wire::{
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::hub::{Departure, Hub, Outgoing};
+use super::hub::{Departure, HubHandle, Outgoing};
 use super::hub_address::HubAddress;
-use super::{lock, PxError};
+use super::PxError;
 use crate::drop_report::DropReport;
 
 /// How often heartbeats and departures are checked.
@@ -28,7 +27,7 @@ pub const MAX_FRAME_BYTES: i64 = 1 << 30;
 /// the address they dial.
 pub async fn start(
     address: &HubAddress,
-    hub: Arc<Mutex<Hub>>,
+    hub: HubHandle,
     outbox: UnboundedReceiver<Outgoing>,
     on_departed: impl Fn(Departure) + Send + 'static,
 ) -> Result<EngineConnection, PxError> {
@@ -71,7 +70,7 @@ pub async fn start(
 async fn serve(
     mut socket: ZmqSocket,
     signer: Signer,
-    hub: Arc<Mutex<Hub>>,
+    hub: HubHandle,
     mut outbox: UnboundedReceiver<Outgoing>,
     on_departed: impl Fn(Departure) + Send + 'static,
 ) {
@@ -109,7 +108,7 @@ async fn serve(
                             drops.dropped(&error);
                             continue;
                         }
-                        lock(&hub).receive(identity, &message);
+                        hub.receive(identity, &message);
                     }
                     Err(error) => drops.dropped(&error),
                 }
@@ -128,12 +127,7 @@ async fn serve(
                 }
             }
             _ = ticker.tick() => {
-                let departures = {
-                    let mut hub = lock(&hub);
-                    hub.check_heartbeats(Instant::now());
-                    hub.take_departures()
-                };
-                for departure in departures {
+                for departure in hub.check_heartbeats(Instant::now()) {
                     on_departed(departure);
                 }
             }

@@ -1,7 +1,6 @@
 //! The hub's link in process, driven by raw signed frames from a real ZeroMQ DEALER: what an
 //! engine (or an attacker on the network) sends, and what the hub does with it.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustpx_protocol::{to_wire, EngineConnection, Platform, RegisterReply, RegisterRequest};
@@ -11,14 +10,13 @@ use rustpx_wire::{
 use tokio::sync::mpsc::unbounded_channel;
 
 use super::start;
-use crate::px::hub::Hub;
+use crate::px::hub::HubHandle;
 use crate::px::hub_address::HubAddress;
-use crate::px::lock;
 
 /// A hub served on loopback, and what an engine needs to reach it.
-async fn hub() -> (Arc<Mutex<Hub>>, EngineConnection) {
+async fn hub() -> (HubHandle, EngineConnection) {
     let (outbox, outgoing) = unbounded_channel();
-    let hub = Arc::new(Mutex::new(Hub::new(outbox)));
+    let hub = HubHandle::new(outbox);
     let address = HubAddress {
         bind: "127.0.0.1".into(),
         location: "127.0.0.1".into(),
@@ -78,7 +76,7 @@ async fn a_signed_registration_is_answered_with_an_id() {
     let content: RegisterReply = serde_json::from_value(answer.content).unwrap();
     assert_eq!(content.refused, None);
     let id = content.engine_id.expect("an engine id");
-    assert_eq!(lock(&hub).live_ids(), vec![id]);
+    assert_eq!(hub.live_ids(), vec![id]);
 }
 
 #[tokio::test]
@@ -91,12 +89,12 @@ async fn a_wrongly_signed_registration_is_dropped_and_the_hub_serves_on() {
     let forged = registration("engine-b", &mut numbering);
     engine.send(encode(&forged, &forger)).await.unwrap();
     assert!(reply(&mut engine, &signer, SILENCE).await.is_none());
-    assert!(lock(&hub).live_ids().is_empty());
+    assert!(hub.live_ids().is_empty());
 
     let genuine = registration("engine-b", &mut numbering);
     engine.send(encode(&genuine, &signer)).await.unwrap();
     assert!(reply(&mut engine, &signer, ANSWER).await.is_some());
-    assert_eq!(lock(&hub).live_ids().len(), 1);
+    assert_eq!(hub.live_ids().len(), 1);
 }
 
 #[tokio::test]
@@ -114,7 +112,7 @@ async fn a_replayed_registration_registers_nobody() {
     // The same signed frames again, byte for byte: the number is taken.
     engine.send(frames).await.unwrap();
     assert!(reply(&mut engine, &signer, SILENCE).await.is_none());
-    assert_eq!(lock(&hub).live_ids().len(), 1);
+    assert_eq!(hub.live_ids().len(), 1);
 }
 
 #[tokio::test]
@@ -127,5 +125,5 @@ async fn a_message_signed_for_another_session_is_dropped() {
     let captured = registration("engine-d", &mut Sequencer::default());
     thief.send(encode(&captured, &signer)).await.unwrap();
     assert!(reply(&mut thief, &signer, SILENCE).await.is_none());
-    assert!(lock(&hub).live_ids().is_empty());
+    assert!(hub.live_ids().is_empty());
 }

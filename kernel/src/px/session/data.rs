@@ -16,7 +16,7 @@ use super::super::records::{CellRecord, EngineError};
 use super::super::rustc_codes;
 use super::super::transfer::{self, Plan, Request};
 use super::data_setup::{transfer_error, Prepared};
-use super::{lock, usage, PxService};
+use super::{usage, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
 use rustpx_core::ErrorKind;
 
@@ -112,8 +112,10 @@ impl PxService {
         engines: &[EngineId],
     ) -> Result<Vec<(EngineId, Vec<String>)>, ErrorReport> {
         let m = self.machinery()?;
-        let hub = lock(&m.hub);
-        Ok(engines.iter().map(|&id| (id, hub.variables(id))).collect())
+        Ok(engines
+            .iter()
+            .map(|&id| (id, m.hub.variables(id)))
+            .collect())
     }
 
     async fn run_plan(
@@ -214,8 +216,7 @@ impl PxService {
             .map_err(kernel_error)?;
         let hub = self.machinery().map_err(kernel_error)?.hub.clone();
         loop {
-            let done = lock(&hub).cell(&cell_id).is_none_or(CellRecord::is_done);
-            if done {
+            if hub.cell_done_or_dropped(&cell_id) {
                 break;
             }
             match events.recv().await {
@@ -244,23 +245,15 @@ impl PxService {
         };
         let cell_id = uuid::Uuid::new_v4().simple().to_string();
         let (observer, events) = mpsc::unbounded_channel();
-        {
-            let mut hub = lock(&hub);
-            hub.add_cell(CellRecord::new(
-                cell_id.clone(),
-                code.to_owned(),
-                engines.to_vec(),
-                false,
-            ));
-            hub.observe(&cell_id, observer);
-        }
+        let record = CellRecord::new(cell_id.clone(), code.to_owned(), engines.to_vec(), false);
+        hub.add_cell(record, Some(observer));
         if !compiler.submit(CompileJob {
             cell_id: cell_id.clone(),
             code: code.to_owned(),
             engines: engines.to_vec(),
             files,
         }) {
-            lock(&hub).unobserve(&cell_id);
+            hub.unobserve(&cell_id);
             return Err(transfer_error(
                 "the px compiler has stopped; restart the kernel".into(),
                 vec![],
@@ -274,26 +267,16 @@ impl PxService {
         let Ok(m) = self.machinery() else {
             return Vec::new();
         };
-        let mut hub = lock(&m.hub);
-        hub.unobserve(cell_id);
-        hub.cell(cell_id)
-            .map(|cell| {
-                cell.failures()
-                    .into_iter()
-                    .filter_map(|record| record.error.clone().map(|e| (record.engine, e)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        m.hub.unobserve_and_take_failures(cell_id)
     }
 
     /// The type of `name` on the targets; an error if it is missing or differs between them.
     fn engine_type(&self, name: &str, engines: &[EngineId]) -> Result<String, ErrorReport> {
         let m = self.machinery()?;
-        let hub = lock(&m.hub);
         let mut types: Vec<(String, Vec<EngineId>)> = Vec::new();
         let mut missing = Vec::new();
         for &id in engines {
-            match hub.variable_type(id, name) {
+            match m.hub.variable_type(id, name) {
                 Some(ty) => match types.iter_mut().find(|(known, _)| *known == ty) {
                     Some((_, ids)) => ids.push(id),
                     None => types.push((ty, vec![id])),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use rustpx_protocol::EngineId;
 use rustpx_wire::WireMessage;
 
-use super::{lock, usage, PxService};
+use super::{usage, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
 use crate::px::cell_files::CellFiles;
 use crate::px::client_crate;
@@ -98,14 +98,11 @@ impl PxService {
         magic: &str,
     ) -> Result<(), ErrorReport> {
         let m = self.machinery()?;
-        let remote: Vec<EngineId> = {
-            let hub = lock(&m.hub);
-            engines
-                .iter()
-                .copied()
-                .filter(|id| hub.engine(*id).is_some_and(|e| !e.shares_files))
-                .collect()
-        };
+        let remote: Vec<EngineId> = engines
+            .iter()
+            .copied()
+            .filter(|id| m.hub.engine(*id).is_some_and(|e| !e.shares_files))
+            .collect();
         if remote.is_empty() {
             return Ok(());
         }
@@ -204,7 +201,7 @@ impl PxService {
         engines: &[EngineId],
     ) -> Result<Vec<(EngineId, u64)>, ErrorReport> {
         let m = self.machinery()?;
-        let live = lock(&m.hub).live_incarnations();
+        let live = m.hub.live_incarnations();
         Ok(engines
             .iter()
             .filter_map(|id| live.get(id).map(|incarnation| (*id, *incarnation)))

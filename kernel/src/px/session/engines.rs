@@ -13,7 +13,6 @@ use super::{default_engine_count, join, usage, PxService, START_TIMEOUT};
 use crate::evaluator::ErrorReport;
 use crate::launch::{self, LaunchOptions, Launcher, Reach};
 use crate::px::hub::EngineState;
-use crate::px::lock;
 use crate::px::magics::EnginesCommand;
 use rustpx_core::ErrorKind;
 
@@ -24,7 +23,7 @@ impl PxService {
         request: &WireMessage,
     ) -> Result<Vec<EngineId>, ErrorReport> {
         let m = self.machinery()?;
-        let live = lock(&m.hub).live_ids();
+        let live = m.hub.live_ids();
         if !live.is_empty() {
             return Ok(live);
         }
@@ -32,7 +31,7 @@ impl PxService {
         let local = m.pool.local_launcher();
         self.start_engines(request, &local, &LaunchOptions::default(), n)
             .await?;
-        Ok(lock(&m.hub).live_ids())
+        Ok(m.hub.live_ids())
     }
 
     /// Starts `n` engines with `launcher` on the first block of free ids and waits for them,
@@ -60,7 +59,7 @@ impl PxService {
         // Failures and refusals from earlier starts (or engines started by hand) are not this
         // start's.
         m.pool.take_start_failures();
-        lock(&m.hub).take_refusals();
+        m.hub.take_refusals();
         m.pool
             .start(launcher, &ids, &engine)
             .map_err(|e| start_error(e.to_string()))?;
@@ -85,9 +84,7 @@ impl PxService {
     /// (mpiexec and srun number their engines from a base).
     pub(super) fn free_ids(&self, n: u32) -> Result<Vec<EngineId>, ErrorReport> {
         let m = self.machinery()?;
-        let hub = lock(&m.hub);
-        let free =
-            |id: EngineId| !hub.engine(id).is_some_and(|e| e.alive()) && m.pool.pid(id).is_none();
+        let free = |id: EngineId| !m.hub.is_alive(id) && m.pool.pid(id).is_none();
         let mut base = 0;
         loop {
             match (base..base + n).find(|id| !free(*id)) {
@@ -143,12 +140,7 @@ impl PxService {
         let started = Instant::now();
         let mut shown = None;
         loop {
-            let ready = {
-                let hub = lock(&m.hub);
-                ids.iter()
-                    .filter(|id| hub.engine(**id).is_some_and(|e| e.alive()))
-                    .count()
-            };
+            let ready = m.hub.count_alive(ids);
             let text = format!("{label}: {ready}/{} ready", ids.len());
             if shown.as_ref() != Some(&text) {
                 let mut data = Map::new();
@@ -160,7 +152,7 @@ impl PxService {
                 return Ok(());
             }
             let mut failures = m.pool.take_start_failures();
-            failures.extend(lock(&m.hub).take_refusals());
+            failures.extend(m.hub.take_refusals());
             if !failures.is_empty() || started.elapsed() > START_TIMEOUT {
                 let why = if failures.is_empty() {
                     format!(
@@ -209,10 +201,10 @@ impl PxService {
             }
             EnginesCommand::Stop { ids } => {
                 let m = self.machinery()?;
-                let ids = ids.unwrap_or_else(|| lock(&m.hub).live_ids());
+                let ids = ids.unwrap_or_else(|| m.hub.live_ids());
                 self.check_known(&ids)?;
                 for &id in &ids {
-                    lock(&m.hub).shutdown_engine(id);
+                    m.hub.shutdown_engine(id);
                 }
                 let deadline = Instant::now() + Duration::from_secs(3);
                 while Instant::now() < deadline && ids.iter().any(|id| m.pool.pid(*id).is_some()) {
@@ -222,7 +214,7 @@ impl PxService {
                     if m.pool.pid(*id).is_some() {
                         m.pool.kill_engine(*id);
                     }
-                    lock(&m.hub).engine_gone(*id, None, "stopped by %engines stop");
+                    m.hub.engine_gone(*id, None, "stopped by %engines stop");
                 }
                 self.say(request, &format!("stopped engines {}", join(&ids)));
                 Ok(())
@@ -232,7 +224,7 @@ impl PxService {
                 self.check_known(&ids)?;
                 let mut report = String::new();
                 for &id in &ids {
-                    let variables = lock(&m.hub).variables(id);
+                    let variables = m.hub.variables(id);
                     if let Some(pid) = m.pool.pid(id) {
                         m.pool.kill_engine(id);
                         // A process of ours ends within milliseconds; wait for it so the new
@@ -243,7 +235,7 @@ impl PxService {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
-                    lock(&m.hub).engine_gone(id, None, "restarted by %engines restart");
+                    m.hub.engine_gone(id, None, "restarted by %engines restart");
                     m.pool
                         .restart(id)
                         .map_err(|e| ErrorReport::new(ErrorKind::EngineStart, e.to_string()))?;
@@ -264,8 +256,7 @@ impl PxService {
 
     pub(super) fn check_known(&self, ids: &[EngineId]) -> Result<(), ErrorReport> {
         let m = self.machinery()?;
-        let hub = lock(&m.hub);
-        match ids.iter().find(|id| hub.engine(**id).is_none()) {
+        match m.hub.first_unknown(ids) {
             Some(missing) => Err(ErrorReport::headline(
                 ErrorKind::NoSuchEngine,
                 format!("No such engine: {missing}"),
@@ -276,13 +267,12 @@ impl PxService {
 
     pub(super) fn engine_table(&self) -> Result<Map<String, Value>, ErrorReport> {
         let m = self.machinery()?;
-        let hub = lock(&m.hub);
         let mut text = String::new();
         let mut html = String::from(
             "<table><tr><th>id</th><th>host</th><th>pid</th><th>state</th><th>queue</th><th>cells</th></tr>",
         );
         let mut any = false;
-        for engine in hub.engines() {
+        for engine in m.hub.engines() {
             any = true;
             let state = match &engine.state {
                 EngineState::Idle => "idle".to_owned(),

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::super::hub::CellEvent;
 use super::super::magics::MapOptions;
 use super::super::map_server::{short_type_name, MapJob, MapServer};
-use super::super::records::{CellRecord, EngineError};
+use super::super::records::EngineError;
 use super::super::rustc_codes;
 use super::super::transfer::vec_element;
 use super::data::local_types;
@@ -342,8 +342,7 @@ impl PxService {
         let total = pending.total_items as usize;
         *lock(&self.active_map) = Some((request.clone(), server.clone()));
         loop {
-            let done = lock(&hub).cell(&cell_id).is_none_or(CellRecord::is_done);
-            if done {
+            if hub.cell_done_or_dropped(&cell_id) {
                 break;
             }
             tokio::select! {

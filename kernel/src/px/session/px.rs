@@ -51,13 +51,7 @@ impl PxService {
         let cell_id = uuid::Uuid::new_v4().simple().to_string();
         let record = CellRecord::new(cell_id.clone(), code.to_owned(), engines.clone(), single);
         let (observer, mut events) = mpsc::unbounded_channel();
-        {
-            let mut hub = lock(&hub);
-            hub.add_cell(record);
-            if config.block {
-                hub.observe(&cell_id, observer);
-            }
-        }
+        hub.add_cell(record, config.block.then_some(observer));
         if !compiler.submit(CompileJob {
             cell_id: cell_id.clone(),
             code: code.to_owned(),
@@ -89,7 +83,7 @@ impl PxService {
         let waited = self
             .wait_streaming(request, &cell_id, &config, &mut events)
             .await;
-        lock(&hub).unobserve(&cell_id);
+        hub.unobserve(&cell_id);
         let active = lock(&self.active).take();
         if waited == Waited::StoppedWaiting {
             return Err(ErrorReport {
@@ -99,7 +93,7 @@ impl PxService {
                 codes: Vec::new(),
             });
         }
-        let cell = lock(&hub).cell(&cell_id).cloned();
+        let cell = hub.cell(&cell_id);
         let Some(cell) = cell else {
             return Ok(());
         };
@@ -195,9 +189,8 @@ impl PxService {
                 }
             };
             let Some(event) = event else { break };
-            let cell = match lock(&m.hub).cell(cell_id) {
-                Some(cell) => cell.clone(),
-                None => break,
+            let Some(cell) = m.hub.cell(cell_id) else {
+                break;
             };
             match &event {
                 CellEvent::Stream { engine, name } if config.stream && *engine != u32::MAX => {
@@ -266,7 +259,7 @@ impl PxService {
         let started = Instant::now();
         let mut progress = Progress::new(request, self.config.progress_after, "%pxresult");
         loop {
-            let cell = lock(&m.hub).cell(cell_id).cloned()?;
+            let cell = m.hub.cell(cell_id)?;
             if cell.is_done() {
                 progress.finish(self, cell.done_count(), cell.engines.len(), started);
                 return Some(cell);

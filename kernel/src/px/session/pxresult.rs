@@ -4,7 +4,6 @@ use rustpx_wire::WireMessage;
 
 use super::{usage, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
-use crate::px::lock;
 use crate::px::magics::ResultOptions;
 use crate::px::render;
 
@@ -37,7 +36,7 @@ impl PxService {
                 usage("%pxresult recalls last %px result, which has not yet been used.")
             })?,
         };
-        if lock(&self.machinery()?.hub).cell(&cell_id).is_none() {
+        if !self.machinery()?.hub.has_cell(&cell_id) {
             let which = match &options.name {
                 Some(name) => format!("named {name}"),
                 None => "of the last %px".to_owned(),
@@ -48,7 +47,7 @@ impl PxService {
             )));
         }
         if options.status {
-            let cell = lock(&self.machinery()?.hub).cell(&cell_id).cloned();
+            let cell = self.machinery()?.hub.cell(&cell_id);
             if let Some(cell) = cell {
                 self.display(request, render::status_view(&cell), None, false);
             }
