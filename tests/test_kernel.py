@@ -1,5 +1,6 @@
 """Issue 2: the kernel itself, driven over real ZeroMQ sockets by jupyter_client."""
 import json
+import queue
 import time
 
 import zmq
@@ -155,15 +156,36 @@ def test_history_and_comm_info_answer(kernel):
     assert kernel.kc.get_shell_msg(timeout=30)["content"]["comms"] == {}
 
 
+def wait_for_stream(k, msg_id, text, timeout):
+    """Reads `msg_id`'s iopub messages until a stream carries `text`; returns those read."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = k.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        seen.append(msg)
+        if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
+            return seen
+    raise AssertionError(f"no stream with {text!r} within {timeout} s; got {seen}")
+
+
 def test_interrupt_stops_a_sleeping_loop_and_the_kernel_stays_usable():
     k = Kernel()
     try:
         reply, _, _ = k.execute("let before = 7;")
         assert reply["status"] == "ok"
         msg_id = k.kc.execute(
+            'println!("looping");\n'
             "for _ in 0..600 { std::thread::sleep(std::time::Duration::from_millis(100)); }"
         )
-        time.sleep(3)
+        # Interrupt once the loop runs (its first line arrived), not after a guessed delay: the
+        # cell may wait for the analyser's warm-up first (an interrupt then cancels it before it
+        # starts: evaluator/mod.rs's tests).
+        wait_for_stream(k, msg_id, "looping", timeout=120)
         started = time.monotonic()
         k.km.interrupt_kernel()
         reply, msgs, _ = k.collect(msg_id, timeout=30)

@@ -13,7 +13,7 @@ pub mod runtime;
 mod worker;
 
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use rustpx_wire::WireMessage;
@@ -88,15 +88,22 @@ enum Job {
     },
 }
 
-/// Kills the running cell's child process from outside the evaluator thread.
+/// Kills the running cell's child process from outside the evaluator thread, or, when the
+/// user's cell is still waiting for the thread (behind the analyser's warm-up or a hidden
+/// cell), makes sure it never starts.
 #[derive(Clone, Default)]
 pub struct Interrupter {
     child: Arc<Mutex<Option<Arc<Mutex<Child>>>>>,
     requested: Arc<AtomicBool>,
+    /// Plain cells sent to the evaluator thread that it has not begun.
+    waiting: Arc<AtomicUsize>,
+    /// An interrupt came while a cell was waiting: the next cell to begin is not run.
+    cancel_next: Arc<AtomicBool>,
 }
 
 impl Interrupter {
-    /// Interrupts the running plain cell, if there is one. Returns whether one was running.
+    /// Interrupts the running plain cell, or the one waiting to run. Returns whether there was
+    /// one.
     pub fn interrupt(&self) -> bool {
         let running = self.child.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match running {
@@ -108,8 +115,26 @@ impl Interrupter {
                 }
                 true
             }
+            None if self.waiting.load(Ordering::SeqCst) > 0 => {
+                self.cancel_next.store(true, Ordering::SeqCst);
+                true
+            }
             None => false,
         }
+    }
+
+    /// A plain cell was sent to the evaluator thread.
+    fn cell_sent(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The evaluator thread takes a plain cell: whether it was interrupted while it waited
+    /// (then it must not run).
+    fn cell_begins(&self) -> bool {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        self.cancel_next.swap(false, Ordering::SeqCst)
     }
 
     fn running(&self, child: Option<Arc<Mutex<Child>>>) {
@@ -159,7 +184,9 @@ impl Evaluator {
             execution_count,
             reply,
         };
+        self.interrupter.cell_sent();
         if self.jobs.send(job).is_err() {
+            self.interrupter.cell_begins();
             return Outcome::Error(evaluator_gone());
         }
         answer
@@ -233,4 +260,37 @@ fn evaluator_gone() -> ErrorReport {
         ErrorKind::Kernel,
         "the Rust evaluator thread has stopped; restart the kernel",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Interrupter;
+
+    #[test]
+    fn an_interrupt_with_nothing_sent_or_running_is_not_taken() {
+        let interrupter = Interrupter::default();
+        assert!(!interrupter.interrupt());
+        interrupter.cell_sent();
+        assert!(
+            !interrupter.cell_begins(),
+            "no interrupt came while it waited"
+        );
+    }
+
+    #[test]
+    fn an_interrupt_while_a_cell_waits_cancels_that_cell_only() {
+        let interrupter = Interrupter::default();
+        interrupter.cell_sent();
+        interrupter.cell_sent();
+        assert!(
+            interrupter.interrupt(),
+            "a waiting cell counts as the one to interrupt"
+        );
+        assert!(
+            interrupter.cell_begins(),
+            "the first cell to begin is cancelled"
+        );
+        assert!(!interrupter.cell_begins(), "the one after it runs");
+        assert!(!interrupter.interrupt(), "nothing waits any more");
+    }
 }

@@ -61,7 +61,13 @@ pub(super) fn run(
                 }
             }
         };
+        let cancelled = matches!(job, Job::Execute { .. }) && interrupter.cell_begins();
         match (&mut context, job) {
+            (_, Job::Execute { request, reply, .. }) if cancelled => {
+                let report = interrupted_while_waiting();
+                publish_error(&publisher, &request, &report);
+                let _ = reply.send(Outcome::Error(report));
+            }
             (
                 Ok((context, pump, rerunner)),
                 Job::Execute {
@@ -308,6 +314,19 @@ pub(super) fn variable_names(context: &CommandContext) -> BTreeSet<String> {
         .variables_and_types()
         .map(|(name, _)| name.to_owned())
         .collect()
+}
+
+/// A cell interrupted before it began: nothing of it ran, and the context is untouched.
+fn interrupted_while_waiting() -> ErrorReport {
+    ErrorReport {
+        kind: ErrorKind::KeyboardInterrupt,
+        evalue: "Interrupted before the cell started: it did not run, and no variables were lost"
+            .into(),
+        traceback: vec![
+            "KeyboardInterrupt: the cell was interrupted while it waited for the Rust context; it did not run, and no variables were lost".into(),
+        ],
+        codes: Vec::new(),
+    }
 }
 
 pub(super) fn execute(
