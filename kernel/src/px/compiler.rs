@@ -21,7 +21,7 @@ use crate::evaluator::compile_error_report;
 
 // evcxr's markers, as the bridge answers them.
 use rustpx_core::ErrorKind;
-use rustpx_protocol::evcxr_markers::{
+use rustpx_runtime::markers::{
     CHANGED_TYPE, EXECUTION_COMPLETE, PANIC_NOTIFICATION, USER_ERROR,
 };
 
