@@ -17,14 +17,14 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{FromRawFd, RawFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use rustpx_protocol::{DisplayOutput, MimeBundle, StreamOutput};
 
+use rustpx_runtime::fds;
 // evcxr's control lines, as its generated code prints them.
-use rustpx_protocol::evcxr_markers::{
+use rustpx_runtime::markers::{
     BEGIN_CONTENT, CHANGED_TYPE, END_CONTENT, PANIC_NOTIFICATION, USER_ERROR,
 };
 
@@ -87,9 +87,9 @@ impl Capture {
     /// Redirects fds 1 and 2 into pipes and starts their readers. Returns the capture and a
     /// duplicate of the original stderr for the engine's own log.
     pub fn install(sink: StreamSink) -> std::io::Result<(Capture, File)> {
-        let log = dup(2)?;
-        let stdout_reader = redirect(1)?;
-        let stderr_reader = redirect(2)?;
+        let log = fds::duplicate(2)?;
+        let stdout_reader = fds::redirect_to_pipe(1)?;
+        let stderr_reader = fds::redirect_to_pipe(2)?;
         let sentinel = format!("\u{1}RUSTPX_RUN_DONE {}", uuid::Uuid::new_v4().simple());
         let current_run = Arc::new(Mutex::new(CurrentRun::default()));
         let (done_tx, done) = mpsc::channel();
@@ -132,7 +132,7 @@ impl Capture {
     pub fn finish(&self) -> RunReport {
         let line = format!("{}\n", self.sentinel);
         for fd in [1, 2] {
-            write_all(fd, line.as_bytes());
+            fds::write_all(fd, line.as_bytes());
         }
         let mut report = RunReport::default();
         for _ in 0..2 {
@@ -143,44 +143,6 @@ impl Capture {
             }
         }
         report
-    }
-}
-
-fn dup(fd: RawFd) -> std::io::Result<File> {
-    // SAFETY: dup has no memory-safety preconditions; we own the new descriptor.
-    let copy = unsafe { libc::dup(fd) };
-    if copy < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `copy` is a fresh descriptor nobody else owns.
-    Ok(unsafe { File::from_raw_fd(copy) })
-}
-
-/// Points `fd` at the write end of a new pipe; returns the read end.
-fn redirect(fd: RawFd) -> std::io::Result<File> {
-    let mut ends = [0 as RawFd; 2];
-    // SAFETY: `ends` has room for the two descriptors pipe writes.
-    if unsafe { libc::pipe(ends.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are valid; dup2 atomically replaces `fd`.
-    if unsafe { libc::dup2(ends[1], fd) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the write end is now duplicated onto `fd`; the original can close.
-    unsafe { libc::close(ends[1]) };
-    // SAFETY: we own the read end.
-    Ok(unsafe { File::from_raw_fd(ends[0]) })
-}
-
-fn write_all(fd: RawFd, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        // SAFETY: writing from a valid slice to a descriptor we own.
-        let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if written <= 0 {
-            return;
-        }
-        bytes = &bytes[written as usize..];
     }
 }
 
@@ -399,202 +361,4 @@ impl StreamReader {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    type Seen = Arc<Mutex<Vec<Captured>>>;
-
-    fn reader(name: &'static str, may_have_value: bool) -> (StreamReader, Seen, Receiver<Done>) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink_seen = seen.clone();
-        let sink: StreamSink = Arc::new(move |o| sink_seen.lock().unwrap().push(o));
-        let (tx, rx) = mpsc::channel();
-        let r = StreamReader::new(
-            name,
-            "\u{1}END".into(),
-            Arc::new(Mutex::new(CurrentRun {
-                run_id: "run-1".into(),
-                may_have_value,
-            })),
-            sink,
-            tx,
-        );
-        (r, seen, rx)
-    }
-
-    fn feed(r: &mut StreamReader, lines: &[&str]) {
-        for line in lines {
-            r.line(line, true);
-        }
-        r.flush();
-    }
-
-    fn stdout_report(done: &Receiver<Done>) -> StdoutReport {
-        match done.recv().unwrap() {
-            Done::Stdout(report) => report,
-            Done::Stderr(_) => panic!("expected the stdout report"),
-        }
-    }
-
-    /// What was forwarded, as short strings: `text:...` or `display:mime=content,...`.
-    fn forwarded(seen: &Seen) -> Vec<String> {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .map(|c| match c {
-                Captured::Stream(s) => format!("text:{}", s.text),
-                Captured::Display(d) => {
-                    assert_eq!(d.run_id, "run-1");
-                    let parts: Vec<String> =
-                        d.data.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    format!("display:{}", parts.join(","))
-                }
-            })
-            .collect()
-    }
-
-    fn block(mime: &str, content: &'static str) -> [String; 3] {
-        [
-            format!("EVCXR_BEGIN_CONTENT {mime}"),
-            content.to_owned(),
-            "EVCXR_END_CONTENT".to_owned(),
-        ]
-    }
-
-    fn lines(parts: &[&[String]]) -> Vec<String> {
-        parts.iter().flat_map(|p| p.iter().cloned()).collect()
-    }
-
-    fn feed_owned(r: &mut StreamReader, lines: &[String]) {
-        let borrowed: Vec<&str> = lines.iter().map(String::as_str).collect();
-        feed(r, &borrowed);
-    }
-
-    #[test]
-    fn text_is_forwarded_and_a_trailing_display_is_the_value() {
-        let (mut r, seen, done) = reader("stdout", true);
-        feed(
-            &mut r,
-            &[
-                "hello",
-                "EVCXR_BEGIN_CONTENT text/plain",
-                "42",
-                "EVCXR_END_CONTENT",
-                "\u{1}END",
-            ],
-        );
-        assert_eq!(forwarded(&seen), vec!["text:hello\n"]);
-        assert_eq!(
-            stdout_report(&done).value,
-            Some(MimeBundle::from([("text/plain".into(), "42".into())]))
-        );
-    }
-
-    #[test]
-    fn a_display_followed_by_text_is_forwarded_before_that_text() {
-        let (mut r, seen, done) = reader("stdout", true);
-        let before = ["before".to_owned()];
-        let after = ["after".to_owned()];
-        feed_owned(
-            &mut r,
-            &lines(&[&before, &block("text/html", "<b>x</b>"), &after]),
-        );
-        assert_eq!(
-            forwarded(&seen),
-            vec![
-                "text:before\n",
-                "display:text/html=<b>x</b>",
-                "text:after\n"
-            ]
-        );
-        r.line("\u{1}END", true);
-        assert_eq!(stdout_report(&done).value, None);
-    }
-
-    #[test]
-    fn without_a_final_expression_each_block_is_a_display_at_once() {
-        let (mut r, seen, done) = reader("stdout", false);
-        // No line follows the block: it is forwarded anyway, while the run goes on.
-        feed_owned(&mut r, &block("image/svg+xml", "<svg/>"));
-        assert_eq!(forwarded(&seen), vec!["display:image/svg+xml=<svg/>"]);
-        feed_owned(&mut r, &block("image/svg+xml", "<svg id='2'/>"));
-        r.line("\u{1}END", true);
-        assert_eq!(forwarded(&seen).len(), 2);
-        assert_eq!(stdout_report(&done).value, None);
-    }
-
-    #[test]
-    fn a_repeated_type_ends_the_pending_bundle_and_the_last_one_is_the_value() {
-        let (mut r, seen, done) = reader("stdout", true);
-        feed_owned(
-            &mut r,
-            &lines(&[
-                &block("text/plain", "chart"),
-                &block("image/svg+xml", "<svg id='1'/>"),
-                &block("image/svg+xml", "<svg id='2'/>"),
-            ]),
-        );
-        assert_eq!(
-            forwarded(&seen),
-            vec!["display:image/svg+xml=<svg id='1'/>,text/plain=chart"]
-        );
-        r.line("\u{1}END", true);
-        assert_eq!(
-            stdout_report(&done).value,
-            Some(MimeBundle::from([(
-                "image/svg+xml".into(),
-                "<svg id='2'/>".into()
-            )]))
-        );
-    }
-
-    #[test]
-    fn a_unit_value_after_a_block_makes_that_block_a_display() {
-        let (mut r, seen, done) = reader("stdout", true);
-        feed_owned(
-            &mut r,
-            &lines(&[&block("image/png", "iVBOR"), &block("text/plain", "()")]),
-        );
-        assert_eq!(forwarded(&seen), vec!["display:image/png=iVBOR"]);
-        r.line("\u{1}END", true);
-        assert_eq!(
-            stdout_report(&done).value,
-            Some(MimeBundle::from([("text/plain".into(), "()".into())]))
-        );
-    }
-
-    #[test]
-    fn markers_are_kept_out_of_the_text() {
-        let (mut r, seen, done) = reader("stdout", true);
-        feed(
-            &mut r,
-            &[
-                "EVCXR_PANIC_NOTIFICATION",
-                "EVCXR_VARIABLE_CHANGED_TYPE:x",
-                "partial\u{1}END",
-            ],
-        );
-        assert_eq!(forwarded(&seen), vec!["text:partial"]);
-        let report = stdout_report(&done);
-        assert!(report.panicked);
-        assert_eq!(report.changed_type, vec!["x".to_string()]);
-    }
-
-    #[test]
-    fn stderr_notes_the_panic_message() {
-        let (mut r, seen, done) = reader("stderr", true);
-        feed(
-            &mut r,
-            &[
-                "thread '<unnamed>' panicked at src/lib.rs:3:1:",
-                "boom",
-                "\u{1}END",
-            ],
-        );
-        assert!(forwarded(&seen)[0].contains("boom"));
-        let Done::Stderr(report) = done.recv().unwrap() else {
-            panic!()
-        };
-        assert_eq!(report.panic, Some(("src/lib.rs:3:1".into(), "boom".into())));
-    }
-}
+mod tests;

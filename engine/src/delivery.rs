@@ -85,7 +85,10 @@ impl Delivery {
             (Some(_), None, None) => {
                 Err(format!("object {} arrived without bytes", data.object.name))
             }
-            (Some(cache), None, Some(bytes)) => cache.store(&data.object, bytes).map(|_| ()),
+            (Some(cache), None, Some(bytes)) => cache
+                .store(&data.object, bytes)
+                .map(|_| ())
+                .map_err(|error| error.to_string()),
         };
         if let Err(why) = stored {
             tracing::error!("{why}");

@@ -19,11 +19,22 @@ use rustpx_protocol::{sha256_hex, ShippedFile};
 /// engine host's /dev/shm does not keep a kernel's values.
 static CREATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// A data magic's input file that could not be put where its cell reads it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}: {source}", path.display())]
+pub struct WriteError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
 /// Writes each `(path, bytes)`, creating its directory (mode 0700) when missing.
-pub fn write_inputs(files: &[(String, Bytes)]) -> Result<(), String> {
+pub fn write_inputs(files: &[(String, Bytes)]) -> Result<(), WriteError> {
     for (path, bytes) in files {
         let path = Path::new(path);
-        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let fail = |source| WriteError {
+            path: path.to_owned(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.exists()) {
             std::fs::DirBuilder::new()
                 .recursive(true)

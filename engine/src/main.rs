@@ -9,7 +9,6 @@ mod delivery;
 mod files;
 mod link;
 mod objects;
-mod runner;
 
 use std::path::PathBuf;
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -26,7 +25,7 @@ use tokio::sync::mpsc;
 use capture::{Capture, Captured, RunReport, StreamSink};
 use delivery::{Delivery, PreparedRun};
 use objects::ObjectCache;
-use runner::Runner;
+use rustpx_runtime::{Cells, LoadError};
 
 #[derive(Parser)]
 #[command(name = "rustpx-engine", version, about = "An engine of a rustpx pool")]
@@ -267,7 +266,7 @@ fn serve_runs(
     outgoing: &mpsc::UnboundedSender<WireMessage>,
     session: &str,
 ) {
-    let mut runner = Runner::new();
+    let mut cells = Cells::new();
     let mut execution_count = 0u32;
     let mut last_cell = String::new();
     for prepared in runs {
@@ -278,13 +277,7 @@ fn serve_runs(
         }
         capture.begin(&run.run_id, run.may_have_value);
         let started = now();
-        let loaded = match &prepared.error {
-            Some(error) => Err(error.clone()),
-            None => files::write_inputs(&prepared.files_in).and_then(|()| {
-                files::clear(&run.files_out);
-                runner.run(&prepared.libraries, &prepared.object, &run.fn_name)
-            }),
-        };
+        let loaded = start(&mut cells, &prepared);
         let (written, contents) = files::read_outputs(&run.files_out);
         let report = capture.finish();
         let completed = now();
@@ -304,9 +297,36 @@ fn serve_runs(
     }
 }
 
-fn status_of(loaded: Result<(), String>, report: &RunReport) -> RunStatus {
-    if let Err(message) = loaded {
-        return RunStatus::LoadFailed { message };
+/// Why a run's cell did not start; the hub hears it as a load failure, in these words.
+#[derive(Debug, thiserror::Error)]
+enum NotStarted {
+    /// The objects never arrived whole (the kernel's or the cache's words).
+    #[error("{0}")]
+    Delivery(String),
+    #[error(transparent)]
+    Inputs(#[from] files::WriteError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// Puts the run's input files in place and runs its cell (output goes to the capture).
+fn start(cells: &mut Cells, prepared: &PreparedRun) -> Result<(), NotStarted> {
+    if let Some(error) = &prepared.error {
+        return Err(NotStarted::Delivery(error.clone()));
+    }
+    let run = &prepared.request;
+    files::write_inputs(&prepared.files_in)?;
+    files::clear(&run.files_out);
+    cells.preload(&prepared.libraries)?;
+    cells.run(&prepared.object, &run.fn_name)?;
+    Ok(())
+}
+
+fn status_of(loaded: Result<(), NotStarted>, report: &RunReport) -> RunStatus {
+    if let Err(error) = loaded {
+        return RunStatus::LoadFailed {
+            message: error.to_string(),
+        };
     }
     if report.stdout.panicked {
         let (location, message) = report.stderr.panic.clone().unwrap_or_default();

@@ -141,19 +141,19 @@ impl ObjectCache {
     }
 
     /// Checks `bytes` against `object`'s hash and size, then stores them.
-    pub fn store(&self, object: &ObjectRef, bytes: &[u8]) -> Result<PathBuf, String> {
+    pub fn store(&self, object: &ObjectRef, bytes: &[u8]) -> Result<PathBuf, StoreError> {
         if object.name.contains('/') || object.name.starts_with('.') || object.name.is_empty() {
-            return Err(format!("refused an object named {:?}", object.name));
+            return Err(StoreError::BadName(object.name.clone()));
         }
         let hash = sha256_hex(bytes);
         if hash != object.sha256 || bytes.len() as u64 != object.size {
-            return Err(format!(
-                "object {} arrived damaged ({} bytes with hash {hash}, expected {} bytes with hash {})",
-                object.name,
-                bytes.len(),
-                object.size,
-                object.sha256
-            ));
+            return Err(StoreError::Damaged {
+                name: object.name.clone(),
+                size: bytes.len(),
+                hash,
+                expected_size: object.size,
+                expected_hash: object.sha256.clone(),
+            });
         }
         let dir = self.dir.join(&object.sha256);
         let write = || -> std::io::Result<PathBuf> {
@@ -173,14 +173,38 @@ impl ObjectCache {
             std::fs::rename(&partial, &path)?;
             Ok(path)
         };
-        write().map_err(|e| {
-            format!(
-                "cannot write object {} into the cache {}: {e}",
-                object.name,
-                self.dir.display()
-            )
+        write().map_err(|source| StoreError::Write {
+            name: object.name.clone(),
+            cache: self.dir.clone(),
+            source,
         })
     }
+}
+
+/// Why an object that arrived over the link was not put in the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A name that could leave the object's directory or hide in it: never written.
+    #[error("refused an object named {0:?}")]
+    BadName(String),
+    /// The bytes are not what the kernel described.
+    #[error(
+        "object {name} arrived damaged ({size} bytes with hash {hash}, expected {expected_size} bytes with hash {expected_hash})"
+    )]
+    Damaged {
+        name: String,
+        size: usize,
+        hash: String,
+        expected_size: u64,
+        expected_hash: String,
+    },
+    /// The cache directory or the file could not be written.
+    #[error("cannot write object {name} into the cache {}: {source}", cache.display())]
+    Write {
+        name: String,
+        cache: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Whether this engine sees the kernel's files: the connection file the kernel wrote is readable
@@ -257,8 +281,14 @@ mod tests {
     fn damaged_or_badly_named_objects_are_refused() {
         let cache = ObjectCache::new(std::env::temp_dir().join("rustpx-cache-refused"));
         let lib = object(b"good", "lib.so");
-        assert!(cache.store(&lib, b"evil").unwrap_err().contains("damaged"));
+        assert!(matches!(
+            cache.store(&lib, b"evil"),
+            Err(StoreError::Damaged { .. })
+        ));
         let escape = object(b"x", "../x.so");
-        assert!(cache.store(&escape, b"x").unwrap_err().contains("refused"));
+        assert!(matches!(
+            cache.store(&escape, b"x"),
+            Err(StoreError::BadName(_))
+        ));
     }
 }

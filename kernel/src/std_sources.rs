@@ -63,7 +63,7 @@ fn check_and_install() {
                 "rustup installed rust-src, but not into this sysroot"
             )
         ),
-        Err(why) => tracing::warn!("{}", missing(&sysroot, &why)),
+        Err(why) => tracing::warn!("{}", missing(&sysroot, &why.to_string())),
     }
 }
 
@@ -88,33 +88,61 @@ fn find(sysroot: &Path, rust_src_path: Option<&Path>) -> Option<PathBuf> {
     library.exists().then_some(library)
 }
 
+/// Why std's sources could not be looked for or installed (logged; the kernel carries on).
+#[derive(Debug, thiserror::Error)]
+enum StdSourcesError {
+    #[error("cannot run {rustc}: {source}")]
+    RunRustc {
+        rustc: String,
+        source: std::io::Error,
+    },
+    #[error("`rustc --print sysroot` failed: {0}")]
+    SysrootFailed(String),
+    #[error("`rustc --print sysroot` printed nothing")]
+    SysrootEmpty,
+    #[error("cannot run rustup: {0}")]
+    RunRustup(std::io::Error),
+    /// rustup ran and failed; its last line of stderr, if it wrote one, says why.
+    #[error("`rustup component add rust-src` failed ({status}){}", last_line.as_deref().map(|l| format!(": {l}")).unwrap_or_default())]
+    RustupFailed {
+        status: std::process::ExitStatus,
+        last_line: Option<String>,
+    },
+    #[error("`rustup component add rust-src` took more than {} s", INSTALL_TIMEOUT.as_secs())]
+    RustupTimedOut,
+    #[error("cannot wait for rustup: {0}")]
+    WaitRustup(std::io::Error),
+}
+
 /// `rustc --print sysroot` as rust-analyzer runs it: `$RUSTC` or `rustc`, from a directory
 /// without a `rust-toolchain` file of the kernel's working directory (evcxr's crate lives in
 /// the temporary directory).
-fn sysroot() -> Result<PathBuf, String> {
+fn sysroot() -> Result<PathBuf, StdSourcesError> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let output = Command::new(&rustc)
         .args(["--print", "sysroot"])
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", rustc.to_string_lossy()))?;
+        .map_err(|source| StdSourcesError::RunRustc {
+            rustc: rustc.to_string_lossy().into_owned(),
+            source,
+        })?;
     if !output.status.success() {
-        return Err(format!(
-            "`rustc --print sysroot` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
+        return Err(StdSourcesError::SysrootFailed(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         ));
     }
     let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     if path.is_empty() {
-        return Err("`rustc --print sysroot` printed nothing".into());
+        return Err(StdSourcesError::SysrootEmpty);
     }
     Ok(PathBuf::from(path))
 }
 
 /// `rustup component add rust-src` for the toolchain `rustc` resolves to from the temporary
 /// directory, with a time limit.
-fn install() -> Result<(), String> {
+fn install() -> Result<(), StdSourcesError> {
     let mut child = Command::new("rustup")
         .args(["component", "add", "rust-src"])
         .current_dir(std::env::temp_dir())
@@ -122,7 +150,7 @@ fn install() -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run rustup: {e}"))?;
+        .map_err(StdSourcesError::RunRustup)?;
     // Read on the side, so that a chatty rustup never blocks on a full pipe.
     let stderr = child.stderr.take().map(|mut pipe| {
         std::thread::spawn(move || {
@@ -140,21 +168,18 @@ fn install() -> Result<(), String> {
                     .and_then(|reader| reader.join().ok())
                     .unwrap_or_default();
                 let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
-                return Err(format!(
-                    "`rustup component add rust-src` failed ({status}){}",
-                    last.map(|l| format!(": {}", l.trim())).unwrap_or_default()
-                ));
+                return Err(StdSourcesError::RustupFailed {
+                    status,
+                    last_line: last.map(|l| l.trim().to_owned()),
+                });
             }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "`rustup component add rust-src` took more than {} s",
-                    INSTALL_TIMEOUT.as_secs()
-                ));
+                return Err(StdSourcesError::RustupTimedOut);
             }
-            Err(error) => return Err(format!("cannot wait for rustup: {error}")),
+            Err(error) => return Err(StdSourcesError::WaitRustup(error)),
         }
     }
 }

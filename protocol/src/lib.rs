@@ -5,7 +5,6 @@
 //! Each message is a `msg_type` plus a JSON content that (de)serialises to one of these structs,
 //! so both ends agree on the shapes through the compiler rather than through strings.
 
-pub mod evcxr_markers;
 pub mod user_dirs;
 
 use rustpx_wire::WireMessage;

@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use rustpx_protocol::evcxr_markers;
+use rustpx_runtime::markers as evcxr_markers;
 
 use super::fence::Fence;
 

@@ -14,20 +14,19 @@
 //! reads stdin without buffering, because a running cell reads its own input (evcxr's
 //! `input` requests) from the same descriptor.
 
-use std::ffi::c_void;
-use std::io::{Read, Seek, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
-use libloading::Library;
-use rustpx_protocol::evcxr_markers::EXECUTION_COMPLETE;
+use rustpx_runtime::fds::{self, CaptureError};
+use rustpx_runtime::markers::{EXECUTION_COMPLETE, LOAD_AND_RUN};
+use rustpx_runtime::LoadError;
 
 use super::fence::Fence;
 
 /// Set in the child's environment by the evaluator: `ADDRESS TOKEN` of its re-run listener.
 pub const RUNTIME_ENV: &str = "RUSTPX_PLAIN_RUNTIME";
-
-type CellFn = extern "C" fn(*mut c_void) -> *mut c_void;
 
 /// If this process is the plain context's child, serves until evcxr closes stdin, and exits.
 pub fn run_if_requested() {
@@ -44,10 +43,9 @@ pub fn run_if_requested() {
     std::process::exit(code);
 }
 
-/// The variables (behind evcxr's opaque pointer), every object loaded, and the last cell run.
+/// The variables and every object loaded (the runtime crate's), and the last cell run.
 struct Cells {
-    store: *mut c_void,
-    loaded: Vec<Library>,
+    cells: rustpx_runtime::Cells,
     runs: u64,
     last: Option<(String, String)>,
     /// Fences written so far (one per run, either way it ran).
@@ -72,21 +70,18 @@ impl Cells {
 }
 
 impl Cells {
-    fn run(&mut self, so_path: &str, fn_name: &str) -> Result<(), String> {
-        // SAFETY: evcxr compiled the object for this context's variables; its initialisers
-        // (none in evcxr's generated crates) are all that loading runs.
-        let library =
-            unsafe { Library::new(so_path) }.map_err(|e| format!("cannot load {so_path}: {e}"))?;
-        {
-            // SAFETY: evcxr declares every cell function with exactly this signature.
-            let cell = unsafe { library.get::<CellFn>(fn_name.as_bytes()) }
-                .map_err(|e| format!("no function {fn_name} in {so_path}: {e}"))?;
-            self.store = cell(self.store);
-        }
-        // Values in the store may point into the object: it stays loaded for good.
-        self.loaded.push(library);
-        Ok(())
+    fn run(&mut self, so_path: &str, fn_name: &str) -> Result<(), LoadError> {
+        self.cells.run(Path::new(so_path), fn_name)
     }
+}
+
+/// Why a re-run (`RUN`) did not happen or its output was lost; the kernel then compiles.
+#[derive(Debug, thiserror::Error)]
+enum RerunFailure {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
 }
 
 fn serve(spec: &str) -> std::io::Result<()> {
@@ -95,8 +90,7 @@ fn serve(spec: &str) -> std::io::Result<()> {
     writeln!(side, "{token}")?;
     let mut side_open = true;
     let mut cells = Cells {
-        store: std::ptr::null_mut(),
-        loaded: Vec::new(),
+        cells: rustpx_runtime::Cells::new(),
         runs: 0,
         last: None,
         fences: 0,
@@ -110,7 +104,7 @@ fn serve(spec: &str) -> std::io::Result<()> {
             };
             let mut words = line.split(' ');
             match (words.next(), words.next(), words.next()) {
-                (Some("LOAD_AND_RUN"), Some(so), Some(function)) => {
+                (Some(LOAD_AND_RUN), Some(so), Some(function)) => {
                     if let Err(error) = cells.run(so, function) {
                         // As evcxr's own runtime: end, so evcxr reports the cell as failed and
                         // restarts us, instead of recording variables that were never stored.
@@ -162,7 +156,7 @@ fn answer(cells: &mut Cells, request: &str, side: &mut UnixStream) -> std::io::R
                     writeln!(side, "DONE {} {} {}", stdout.len(), fence.pid, fence.n)?;
                     side.write_all(&stdout)
                 }
-                Err(error) => writeln!(side, "FAILED {}", error.replace('\n', " ")),
+                Err(error) => writeln!(side, "FAILED {}", error.to_string().replace('\n', " ")),
             }
         }
         _ => writeln!(side, "FAILED unknown request {request:?}"),
@@ -170,42 +164,24 @@ fn answer(cells: &mut Cells, request: &str, side: &mut UnixStream) -> std::io::R
 }
 
 /// Runs a cell with file descriptor 1 pointed at a memory file, and returns what it wrote.
-fn run_capturing_stdout(cells: &mut Cells, so: &str, function: &str) -> Result<Vec<u8>, String> {
-    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
-    // SAFETY: plain descriptor calls; every descriptor made here is owned and closed below.
-    let capture = unsafe { libc::memfd_create(c"rustpx-rerun".as_ptr(), libc::MFD_CLOEXEC) };
-    if capture < 0 {
-        return Err(os("memfd_create"));
-    }
-    // SAFETY: `capture` was just created and is owned by nobody else.
-    let capture = unsafe { OwnedFd::from_raw_fd(capture) };
-    // SAFETY: duplicating our own stdout.
-    let saved = unsafe { libc::dup(1) };
-    if saved < 0 {
-        return Err(os("dup"));
-    }
-    // SAFETY: as above.
-    let saved = unsafe { OwnedFd::from_raw_fd(saved) };
+fn run_capturing_stdout(
+    cells: &mut Cells,
+    so: &str,
+    function: &str,
+) -> Result<Vec<u8>, RerunFailure> {
     let _ = std::io::stdout().flush();
-    // SAFETY: both descriptors are open.
-    if unsafe { libc::dup2(capture.as_raw_fd(), 1) } < 0 {
-        return Err(os("dup2"));
+    match fds::capture(1, || cells.run(so, function)) {
+        Ok((outcome, stdout)) => {
+            outcome?;
+            Ok(stdout)
+        }
+        Err(CaptureError::Restore { source, .. }) => {
+            // Without its stdout evcxr cannot run another cell; let it see the process end.
+            eprintln!("rustpx runtime: cannot restore stdout: {source}");
+            std::process::exit(98);
+        }
+        Err(error) => Err(error.into()),
     }
-    let outcome = cells.run(so, function);
-    // SAFETY: both descriptors are open; this puts evcxr's pipe back.
-    let restored = unsafe { libc::dup2(saved.as_raw_fd(), 1) };
-    if restored < 0 {
-        // Without its stdout evcxr cannot run another cell; let it see the process end.
-        eprintln!("rustpx runtime: {}", os("cannot restore stdout"));
-        std::process::exit(98);
-    }
-    outcome?;
-    let mut file = std::fs::File::from(capture);
-    let mut captured = Vec::new();
-    file.rewind()
-        .and_then(|_| file.read_to_end(&mut captured))
-        .map_err(|e| format!("reading the captured output: {e}"))?;
-    Ok(captured)
 }
 
 /// Waits until stdin or the side socket (when open) has something to read.

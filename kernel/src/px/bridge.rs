@@ -11,6 +11,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use rustpx_runtime::markers::LOAD_AND_RUN;
+
 /// Set in the bridge child's environment: `PATH TOKEN`.
 pub const BRIDGE_ENV: &str = "RUSTPX_PX_BRIDGE";
 
@@ -110,7 +112,7 @@ fn answer(stream: UnixStream, token: &str, dispatch: &Dispatch) -> std::io::Resu
         let line = line?;
         let mut parts = line.splitn(3, ' ');
         let answer = match (parts.next(), parts.next(), parts.next()) {
-            (Some("LOAD_AND_RUN"), Some(so), Some(function)) => dispatch(so, function),
+            (Some(LOAD_AND_RUN), Some(so), Some(function)) => dispatch(so, function),
             _ => {
                 tracing::warn!("px bridge: unexpected line from evcxr: {line:?}");
                 // evcxr waits for input only after its input-request marker: answer empty.

@@ -37,6 +37,14 @@ impl CellFiles {
 
 /// Input files read and hashed once per version, however many engines they go to (a `%push`
 /// sends the same file to every target).
+/// A data magic's input file that could not be read to ship it to an engine.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path} to send it: {source}")]
+pub struct InputError {
+    path: String,
+    source: std::io::Error,
+}
+
 #[derive(Default)]
 pub struct InputCache {
     files: HashMap<String, (SystemTime, ShippedFile, Bytes)>,
@@ -44,11 +52,14 @@ pub struct InputCache {
 
 impl InputCache {
     /// Each input file with its hash, and its bytes, in order.
-    pub fn read(&mut self, paths: &[String]) -> Result<(Vec<ShippedFile>, Vec<Bytes>), String> {
+    pub fn read(&mut self, paths: &[String]) -> Result<(Vec<ShippedFile>, Vec<Bytes>), InputError> {
         let mut files = Vec::new();
         let mut contents = Vec::new();
         for path in paths {
-            let fail = |e: std::io::Error| format!("cannot read {path} to send it: {e}");
+            let fail = |source| InputError {
+                path: path.clone(),
+                source,
+            };
             let modified = std::fs::metadata(path)
                 .and_then(|m| m.modified())
                 .map_err(fail)?;

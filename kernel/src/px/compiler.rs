@@ -21,9 +21,7 @@ use crate::evaluator::compile_error_report;
 
 // evcxr's markers, as the bridge answers them.
 use rustpx_core::ErrorKind;
-use rustpx_protocol::evcxr_markers::{
-    CHANGED_TYPE, EXECUTION_COMPLETE, PANIC_NOTIFICATION, USER_ERROR,
-};
+use rustpx_runtime::markers::{CHANGED_TYPE, EXECUTION_COMPLETE, PANIC_NOTIFICATION, USER_ERROR};
 
 /// A `%px` cell to compile and run on `engines`.
 pub struct CompileJob {
@@ -165,18 +163,29 @@ fn dispatcher(hub: HubHandle, current: Arc<Mutex<Option<Current>>>) -> Dispatch 
     })
 }
 
+/// Why the px compiler's evcxr context could not start (every `%px` cell then fails with it).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot open the px bridge socket: {0}")]
+    BridgeSocket(std::io::Error),
+    /// The bridge is this binary re-executed, so it must be found again.
+    #[error("{0}")]
+    OwnPath(std::io::Error),
+    #[error("{0}")]
+    Evcxr(#[from] evcxr::Error),
+}
+
 fn start_context(
     hub: &HubHandle,
     current: &Arc<Mutex<Option<Current>>>,
-) -> Result<(EvalContext, EvalContextOutputs), String> {
+) -> Result<(EvalContext, EvalContextOutputs), StartError> {
     crate::std_sources::ensure();
     let spec = bridge::serve(dispatcher(hub.clone(), current.clone()))
-        .map_err(|e| format!("cannot open the px bridge socket: {e}"))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        .map_err(StartError::BridgeSocket)?;
+    let exe = std::env::current_exe().map_err(StartError::OwnPath)?;
     let mut command = std::process::Command::new(exe);
     command.env(bridge::BRIDGE_ENV, spec);
-    let (mut context, outputs) =
-        EvalContext::with_subprocess_command(command).map_err(|e| e.to_string())?;
+    let (mut context, outputs) = EvalContext::with_subprocess_command(command)?;
     // Move rust-analyzer's first analysis off the user's first `let` (see evcxr-notes.md).
     let mut snapshot = context.state();
     if let Some(flags) = crate::cell_objects::compact_rustflags() {
@@ -185,9 +194,7 @@ fn start_context(
     if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
         tracing::debug!("px warm-up cell failed (harmless): {error}");
     }
-    context
-        .eval_with_state("", snapshot)
-        .map_err(|e| e.to_string())?;
+    context.eval_with_state("", snapshot)?;
     Ok((context, outputs))
 }
 

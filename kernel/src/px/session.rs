@@ -198,7 +198,7 @@ struct Machinery {
 /// The kernel session's parallel side.
 pub struct PxService {
     publisher: Publisher,
-    machinery: Result<Machinery, String>,
+    machinery: Result<Machinery, PxError>,
     config: Config,
     autopx: bool,
     last: Option<String>,
@@ -227,7 +227,7 @@ impl PxService {
     /// Binds the hub (loopback, fresh key) and starts the compiler in the background. Engines
     /// start at the first `%px`.
     pub async fn start(publisher: Publisher) -> PxService {
-        let machinery = Self::start_machinery().await.map_err(|e| e.to_string());
+        let machinery = Self::start_machinery().await;
         if let Err(error) = &machinery {
             tracing::error!("the parallel magics are unavailable: {error}");
         }

@@ -15,6 +15,31 @@ use object::read::elf::FileHeader;
 use object::Endianness;
 use rustpx_protocol::{sha256_hex, ObjectRef};
 
+/// Why a cell's objects could not be described for shipping.
+#[derive(Debug, thiserror::Error)]
+pub enum ShippingError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not an ELF object this kernel can read: {source}", path.display())]
+    NotElf {
+        path: PathBuf,
+        source: object::read::Error,
+    },
+    #[error("{} has no file name", .0.display())]
+    NoFileName(PathBuf),
+}
+
+/// The `Read` error for `path`.
+fn unreadable(path: &Path) -> impl Fn(std::io::Error) -> ShippingError + '_ {
+    move |source| ShippingError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Every object the kernel has described, by hash (to answer engines' requests), and the
 /// description of each library by path (libstd is hashed once per kernel).
 #[derive(Default)]
@@ -27,7 +52,7 @@ impl ObjectCatalog {
     /// The objects a run of `so_path` needs, libraries first in load order, the cell last.
     /// Described once per file and modification time, so a cell sent to many engines is read
     /// and hashed once.
-    pub fn objects_for(&mut self, so_path: &Path) -> Result<Vec<ObjectRef>, String> {
+    pub fn objects_for(&mut self, so_path: &Path) -> Result<Vec<ObjectRef>, ShippingError> {
         self.library(so_path)
     }
 
@@ -38,10 +63,10 @@ impl ObjectCatalog {
 
     /// An object and the libraries it needs in turn, dependencies first; cached by
     /// modification time.
-    fn library(&mut self, path: &Path) -> Result<Vec<ObjectRef>, String> {
+    fn library(&mut self, path: &Path) -> Result<Vec<ObjectRef>, ShippingError> {
         let modified = std::fs::metadata(path)
             .and_then(|m| m.modified())
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .map_err(unreadable(path))?;
         if let Some((seen, objects)) = self.libraries.get(path) {
             if *seen == modified {
                 return Ok(objects.clone());
@@ -63,14 +88,13 @@ impl ObjectCatalog {
         Ok(objects)
     }
 
-    fn describe(&mut self, path: &Path) -> Result<ObjectRef, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    fn describe(&mut self, path: &Path) -> Result<ObjectRef, ShippingError> {
+        let bytes = std::fs::read(path).map_err(unreadable(path))?;
         let sha256 = sha256_hex(&bytes);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| format!("{} has no file name", path.display()))?;
+            .ok_or_else(|| ShippingError::NoFileName(path.to_owned()))?;
         self.by_hash.insert(sha256.clone(), path.to_owned());
         Ok(ObjectRef {
             name,
@@ -82,13 +106,11 @@ impl ObjectCatalog {
 
 /// The libraries `path` needs that live in its RUNPATH (or RPATH) directories: the toolchain's,
 /// not the system's.
-fn shipped_libraries(path: &Path) -> Result<Vec<PathBuf>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let (needed, search) = dynamic_entries(&data).map_err(|e| {
-        format!(
-            "{} is not an ELF object this kernel can read: {e}",
-            path.display()
-        )
+fn shipped_libraries(path: &Path) -> Result<Vec<PathBuf>, ShippingError> {
+    let data = std::fs::read(path).map_err(unreadable(path))?;
+    let (needed, search) = dynamic_entries(&data).map_err(|source| ShippingError::NotElf {
+        path: path.to_owned(),
+        source,
     })?;
     let origin = path.parent().unwrap_or(Path::new("/"));
     let dirs: Vec<PathBuf> = search

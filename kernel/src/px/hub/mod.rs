@@ -144,6 +144,15 @@ struct Shipment {
     buffers: Vec<Bytes>,
 }
 
+/// Why a run could not be sent to an engine on another host; its run fails in the kernel.
+#[derive(Debug, thiserror::Error)]
+enum ShipmentError {
+    #[error(transparent)]
+    Objects(#[from] super::shipping::ShippingError),
+    #[error(transparent)]
+    Inputs(#[from] super::cell_files::InputError),
+}
+
 /// An engine that left: which process of which id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Departure {

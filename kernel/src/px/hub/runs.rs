@@ -10,7 +10,7 @@ use rustpx_protocol::{
     RunStatus, StreamOutput,
 };
 
-use super::{parse_time, CellEvent, EngineState, Hub, PendingRun, RunEnd, Shipment};
+use super::{parse_time, CellEvent, EngineState, Hub, PendingRun, RunEnd, Shipment, ShipmentError};
 use crate::px::cell_files::{self, CellFiles};
 use crate::px::records::{EngineError, TaskState};
 use rustpx_core::ErrorKind;
@@ -135,7 +135,7 @@ impl Hub {
         engine: EngineId,
         so_path: &str,
         files: &CellFiles,
-    ) -> Result<Shipment, String> {
+    ) -> Result<Shipment, ShipmentError> {
         let (inputs, files_out) = files.for_engine(engine);
         let objects = self.catalog.objects_for(std::path::Path::new(so_path))?;
         let (files_in, buffers) = self.inputs.read(&inputs)?;

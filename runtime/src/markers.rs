@@ -16,3 +16,5 @@ pub const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
 pub const BEGIN_CONTENT: &str = "EVCXR_BEGIN_CONTENT ";
 /// Closes a rich output.
 pub const END_CONTENT: &str = "EVCXR_END_CONTENT";
+/// The instruction evcxr writes to its runtime child's stdin: `LOAD_AND_RUN <so> <fn>`.
+pub const LOAD_AND_RUN: &str = "LOAD_AND_RUN";

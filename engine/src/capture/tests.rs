@@ -1,0 +1,185 @@
+//! The capture's line reader, fed lines by hand: what is forwarded, what is kept for the reply.
+
+use super::*;
+use rustpx_runtime::markers::{BEGIN_CONTENT, CHANGED_TYPE, END_CONTENT, PANIC_NOTIFICATION};
+
+type Seen = Arc<Mutex<Vec<Captured>>>;
+
+fn reader(name: &'static str, may_have_value: bool) -> (StreamReader, Seen, Receiver<Done>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink_seen = seen.clone();
+    let sink: StreamSink = Arc::new(move |o| sink_seen.lock().unwrap().push(o));
+    let (tx, rx) = mpsc::channel();
+    let r = StreamReader::new(
+        name,
+        "\u{1}END".into(),
+        Arc::new(Mutex::new(CurrentRun {
+            run_id: "run-1".into(),
+            may_have_value,
+        })),
+        sink,
+        tx,
+    );
+    (r, seen, rx)
+}
+
+fn feed(r: &mut StreamReader, lines: &[&str]) {
+    for line in lines {
+        r.line(line, true);
+    }
+    r.flush();
+}
+
+fn stdout_report(done: &Receiver<Done>) -> StdoutReport {
+    match done.recv().unwrap() {
+        Done::Stdout(report) => report,
+        Done::Stderr(_) => panic!("expected the stdout report"),
+    }
+}
+
+/// What was forwarded, as short strings: `text:...` or `display:mime=content,...`.
+fn forwarded(seen: &Seen) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|c| match c {
+            Captured::Stream(s) => format!("text:{}", s.text),
+            Captured::Display(d) => {
+                assert_eq!(d.run_id, "run-1");
+                let parts: Vec<String> = d.data.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("display:{}", parts.join(","))
+            }
+        })
+        .collect()
+}
+
+fn block(mime: &str, content: &'static str) -> [String; 3] {
+    [
+        format!("{BEGIN_CONTENT}{mime}"),
+        content.to_owned(),
+        END_CONTENT.to_owned(),
+    ]
+}
+
+fn lines(parts: &[&[String]]) -> Vec<String> {
+    parts.iter().flat_map(|p| p.iter().cloned()).collect()
+}
+
+fn feed_owned(r: &mut StreamReader, lines: &[String]) {
+    let borrowed: Vec<&str> = lines.iter().map(String::as_str).collect();
+    feed(r, &borrowed);
+}
+
+#[test]
+fn text_is_forwarded_and_a_trailing_display_is_the_value() {
+    let (mut r, seen, done) = reader("stdout", true);
+    let begin = format!("{BEGIN_CONTENT}text/plain");
+    feed(&mut r, &["hello", &begin, "42", END_CONTENT, "\u{1}END"]);
+    assert_eq!(forwarded(&seen), vec!["text:hello\n"]);
+    assert_eq!(
+        stdout_report(&done).value,
+        Some(MimeBundle::from([("text/plain".into(), "42".into())]))
+    );
+}
+
+#[test]
+fn a_display_followed_by_text_is_forwarded_before_that_text() {
+    let (mut r, seen, done) = reader("stdout", true);
+    let before = ["before".to_owned()];
+    let after = ["after".to_owned()];
+    feed_owned(
+        &mut r,
+        &lines(&[&before, &block("text/html", "<b>x</b>"), &after]),
+    );
+    assert_eq!(
+        forwarded(&seen),
+        vec![
+            "text:before\n",
+            "display:text/html=<b>x</b>",
+            "text:after\n"
+        ]
+    );
+    r.line("\u{1}END", true);
+    assert_eq!(stdout_report(&done).value, None);
+}
+
+#[test]
+fn without_a_final_expression_each_block_is_a_display_at_once() {
+    let (mut r, seen, done) = reader("stdout", false);
+    // No line follows the block: it is forwarded anyway, while the run goes on.
+    feed_owned(&mut r, &block("image/svg+xml", "<svg/>"));
+    assert_eq!(forwarded(&seen), vec!["display:image/svg+xml=<svg/>"]);
+    feed_owned(&mut r, &block("image/svg+xml", "<svg id='2'/>"));
+    r.line("\u{1}END", true);
+    assert_eq!(forwarded(&seen).len(), 2);
+    assert_eq!(stdout_report(&done).value, None);
+}
+
+#[test]
+fn a_repeated_type_ends_the_pending_bundle_and_the_last_one_is_the_value() {
+    let (mut r, seen, done) = reader("stdout", true);
+    feed_owned(
+        &mut r,
+        &lines(&[
+            &block("text/plain", "chart"),
+            &block("image/svg+xml", "<svg id='1'/>"),
+            &block("image/svg+xml", "<svg id='2'/>"),
+        ]),
+    );
+    assert_eq!(
+        forwarded(&seen),
+        vec!["display:image/svg+xml=<svg id='1'/>,text/plain=chart"]
+    );
+    r.line("\u{1}END", true);
+    assert_eq!(
+        stdout_report(&done).value,
+        Some(MimeBundle::from([(
+            "image/svg+xml".into(),
+            "<svg id='2'/>".into()
+        )]))
+    );
+}
+
+#[test]
+fn a_unit_value_after_a_block_makes_that_block_a_display() {
+    let (mut r, seen, done) = reader("stdout", true);
+    feed_owned(
+        &mut r,
+        &lines(&[&block("image/png", "iVBOR"), &block("text/plain", "()")]),
+    );
+    assert_eq!(forwarded(&seen), vec!["display:image/png=iVBOR"]);
+    r.line("\u{1}END", true);
+    assert_eq!(
+        stdout_report(&done).value,
+        Some(MimeBundle::from([("text/plain".into(), "()".into())]))
+    );
+}
+
+#[test]
+fn markers_are_kept_out_of_the_text() {
+    let (mut r, seen, done) = reader("stdout", true);
+    let changed = format!("{CHANGED_TYPE}x");
+    feed(&mut r, &[PANIC_NOTIFICATION, &changed, "partial\u{1}END"]);
+    assert_eq!(forwarded(&seen), vec!["text:partial"]);
+    let report = stdout_report(&done);
+    assert!(report.panicked);
+    assert_eq!(report.changed_type, vec!["x".to_string()]);
+}
+
+#[test]
+fn stderr_notes_the_panic_message() {
+    let (mut r, seen, done) = reader("stderr", true);
+    feed(
+        &mut r,
+        &[
+            "thread '<unnamed>' panicked at src/lib.rs:3:1:",
+            "boom",
+            "\u{1}END",
+        ],
+    );
+    assert!(forwarded(&seen)[0].contains("boom"));
+    let Done::Stderr(report) = done.recv().unwrap() else {
+        panic!()
+    };
+    assert_eq!(report.panic, Some(("src/lib.rs:3:1".into(), "boom".into())));
+}
