@@ -130,55 +130,6 @@ fn split_args(args: &str) -> Result<Vec<String>, UsageError> {
     })
 }
 
-/// Walks the arguments, handing each option and its value (if it takes one) to `accept`.
-struct Args<'a> {
-    items: &'a [String],
-    index: usize,
-}
-
-impl<'a> Args<'a> {
-    fn new(items: &'a [String]) -> Self {
-        Args { items, index: 0 }
-    }
-
-    fn next(&mut self) -> Option<&'a str> {
-        let item = self.items.get(self.index)?;
-        self.index += 1;
-        Some(item)
-    }
-
-    /// The next argument whatever it looks like (`--launcher-arg -i`).
-    fn raw_value(&mut self, display: &str) -> Result<&'a str, UsageError> {
-        let item = self
-            .items
-            .get(self.index)
-            .ok_or_else(|| UsageError(format!("argument {display}: expected one argument")))?;
-        self.index += 1;
-        Ok(item)
-    }
-
-    /// The value of `display` (e.g. `-t/--targets`): the next argument.
-    fn value(&mut self, display: &str) -> Result<&'a str, UsageError> {
-        match self.items.get(self.index) {
-            Some(v) if !(v.starts_with('-') && v.len() > 1 && v.parse::<f64>().is_err()) => {
-                self.index += 1;
-                Ok(v)
-            }
-            _ => Err(UsageError(format!(
-                "argument {display}: expected one argument"
-            ))),
-        }
-    }
-}
-
-/// Splits `--name=value` into its two parts.
-fn split_equals(arg: &str) -> (&str, Option<&str>) {
-    match arg.split_once('=') {
-        Some((name, value)) if name.starts_with("--") => (name, Some(value)),
-        _ => (arg, None),
-    }
-}
-
 /// argparse's error for a word no option or positional takes.
 fn unrecognized(arg: &str) -> UsageError {
     UsageError(format!("unrecognized arguments: {arg}"))
