@@ -15,20 +15,28 @@ pub const SSH_NEEDS_HOSTS: &str = "the ssh launcher needs --hosts HOST:N[,HOST:N
 /// The launchers users can name, for messages.
 pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm";
 
-/// The options of `%engines start` and `rustpx engines` that choose and shape a launcher.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The options of `%engines start` and `rustpx engines` that choose and shape a launcher; also
+/// the clap option group `%engines start` flattens in.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct LaunchOptions {
     /// `local`, `ssh`, `mpi` or `slurm`; `None` is local.
+    #[arg(long)]
     pub launcher: Option<String>,
-    /// `--hosts a:2,b:1` for ssh.
-    pub hosts: Vec<(String, u32)>,
+    /// `--hosts a:2,b:1` for ssh. The last `--hosts` gives the whole list (the `::std` path
+    /// keeps clap from reading a `Vec` as a repeatable option); none is `""`, no hosts.
+    #[arg(long, value_parser = parse_hosts, default_value = "")]
+    pub hosts: ::std::vec::Vec<(String, u32)>,
     /// `--engine PATH`: the engine binary to run (on the engine hosts for remote launchers).
+    #[arg(long)]
     pub engine: Option<String>,
     /// `--launcher-arg ARG`, repeatable: extra arguments for ssh, mpiexec or srun.
+    #[arg(long = "launcher-arg", allow_hyphen_values = true)]
     pub launcher_args: Vec<String>,
     /// `--engine-arg ARG`, repeatable: extra arguments for every engine.
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
     pub engine_args: Vec<String>,
     /// `--tunnel` (ssh): engines reach the hub through their ssh session.
+    #[arg(long)]
     pub tunnel: bool,
 }
 

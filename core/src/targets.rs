@@ -41,8 +41,10 @@ impl fmt::Display for Targets {
     }
 }
 
-/// A targets string that is not in the grammar; the text is the usage error.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A targets string that is not in the grammar; the text is the usage error (and an `Error`, so
+/// that [`parse`] can be a magic's clap value parser as it is).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct TargetsError(pub String);
 
 /// Parses a `-t` value.

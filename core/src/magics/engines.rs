@@ -1,7 +1,9 @@
 //! `%engines [list] | start [...] | stop [IDS] | restart IDS`.
 
-use super::{split_equals, Args, UsageError};
-use crate::launch_options::{self, LaunchOptions};
+use clap::Args;
+
+use super::{argparse, UsageError};
+use crate::launch_options::LaunchOptions;
 
 /// `%engines …`.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,57 +43,36 @@ pub(super) const START_USAGE: &str = "%engines start [-n N] [--launcher local|ss
 /// 2 cores), well below what would exhaust the kernel building their records.
 pub const MAX_ENGINES_PER_START: u32 = 65_536;
 
-pub(super) fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
-    let mut n = None;
-    let mut launch = LaunchOptions::default();
-    let mut print = false;
-    let mut args = Args::new(items);
-    while let Some(arg) = args.next() {
-        let (name, inline) = split_equals(arg);
-        let mut value = |display: &str| -> Result<String, UsageError> {
-            match inline {
-                Some(v) => Ok(v.to_owned()),
-                None => args.value(display).map(str::to_owned),
-            }
-        };
-        match name {
-            "-n" | "--n" => {
-                let v = value("-n")?;
-                let count: u32 = v
-                    .parse()
-                    .map_err(|_| UsageError(format!("argument -n: invalid int value: '{v}'")))?;
-                if count == 0 {
-                    return Err(UsageError("argument -n: start at least 1 engine".into()));
-                }
-                if count > MAX_ENGINES_PER_START {
-                    return Err(UsageError(format!(
-                        "argument -n: {count} engines is more than one start may ask for ({MAX_ENGINES_PER_START}); start them in several steps"
-                    )));
-                }
-                n = Some(count);
-            }
-            "--launcher" => launch.launcher = Some(value("--launcher")?),
-            "--hosts" => {
-                launch.hosts = launch_options::parse_hosts(&value("--hosts")?)
-                    .map_err(|e| UsageError(e.to_string()))?;
-            }
-            "--engine" => launch.engine = Some(value("--engine")?),
-            "--launcher-arg" | "--engine-arg" => {
-                let v = match inline {
-                    Some(v) => v.to_owned(),
-                    None => args.raw_value(name)?.to_owned(),
-                };
-                if name == "--launcher-arg" {
-                    launch.launcher_args.push(v);
-                } else {
-                    launch.engine_args.push(v);
-                }
-            }
-            "--print" => print = true,
-            "--tunnel" => launch.tunnel = true,
-            _ => return Err(UsageError(format!("unrecognized arguments: {arg}"))),
-        }
+/// `%engines start`'s arguments: a count, the launcher's options, and `--print`.
+#[derive(Args)]
+struct StartArgs {
+    /// `-n N`, also spelt `--n` (hidden, so that errors name it `-n` as they always did).
+    #[arg(short = 'n', alias = "n", value_parser = engine_count)]
+    n: Option<u32>,
+    #[command(flatten)]
+    launch: LaunchOptions,
+    #[arg(long)]
+    print: bool,
+}
+
+/// `-n`'s value parser: a count between 1 and [`MAX_ENGINES_PER_START`].
+fn engine_count(value: &str) -> Result<u32, UsageError> {
+    let count: u32 = value
+        .parse()
+        .map_err(|_| UsageError(format!("argument -n: invalid int value: '{value}'")))?;
+    if count == 0 {
+        return Err(UsageError("argument -n: start at least 1 engine".into()));
     }
+    if count > MAX_ENGINES_PER_START {
+        return Err(UsageError(format!(
+            "argument -n: {count} engines is more than one start may ask for ({MAX_ENGINES_PER_START}); start them in several steps"
+        )));
+    }
+    Ok(count)
+}
+
+fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
+    let StartArgs { n, launch, print } = argparse::parse(items)?;
     if n.is_some() && !launch.hosts.is_empty() {
         return Err(UsageError(
             "-n and --hosts both count engines: give the counts in --hosts HOST:N only".into(),

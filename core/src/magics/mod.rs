@@ -1,22 +1,21 @@
 //! The magic-line parser: a cell in, a magic with its options (or a usage error) out.
 //!
 //! Pure: no engine is consulted, so bad input fails before anything is sent. Options and error
-//! texts follow ipyparallel's argparse-based magics, which is what our users know. One file per
-//! magic ([`px`], [`pxconfig`], [`pxresult`], [`engines`], [`transfer`] for the data magics,
-//! [`pxmap`]); the options `%%px`, `%pxconfig` and `%pxresult` share are in [`options`], as
-//! ipyparallel shares its `exec_args` and `output_args`.
+//! texts follow ipyparallel's argparse-based magics, which is what our users know. Each magic's
+//! arguments are a `#[derive(clap::Args)]` struct in its own file ([`px`], [`pxresult`],
+//! [`engines`], [`transfer`] for the data magics, [`pxmap`]); the option groups `%%px`,
+//! `%pxconfig` and `%pxresult` flatten in are in [`options`], as ipyparallel shares its
+//! `exec_args` and `output_args`; [`argparse`] runs clap with argparse's word rules and texts.
 
+mod argparse;
 mod engines;
 mod options;
 mod px;
-mod pxconfig;
 mod pxmap;
 mod pxresult;
 #[cfg(test)]
 mod tests;
 mod transfer;
-
-use std::fmt;
 
 pub use engines::{EnginesCommand, MAX_ENGINES_PER_START};
 pub use options::{signal_number, ExecOptions, Grouping};
@@ -26,21 +25,17 @@ pub use pxresult::ResultOptions;
 pub use transfer::{Transfer, TransferKind};
 
 use engines::parse_engines;
-use px::parse_px_options;
-use pxconfig::parse_config_options;
+use options::ExecArgs;
+use px::PxArgs;
 use pxmap::parse_map;
-use pxresult::parse_result_options;
+use pxresult::ResultArgs;
 use transfer::parse_transfer;
 
-/// A usage error: the text after `UsageError: `.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A usage error: the text after `UsageError: ` (an `Error` so that value parsers can return it
+/// to clap, which hands it back whole).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A recognised magic.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +65,7 @@ pub fn parse_cell(cell: &str) -> Result<Option<Magic>, UsageError> {
     };
     let magic = match name {
         "%px" => Magic::Px {
-            options: parse_px_options(&split_args(args)?)?,
+            options: argparse::parse::<PxArgs>(&split_args(args)?)?.into(),
             code: rest.to_owned(),
         },
         "px" => {
@@ -88,8 +83,9 @@ pub fn parse_cell(cell: &str) -> Result<Option<Magic>, UsageError> {
                 code,
             }
         }
-        "pxresult" => Magic::PxResult(parse_result_options(&split_args(args)?)?),
-        "pxconfig" => Magic::PxConfig(parse_config_options(&split_args(args)?)?),
+        "pxresult" => Magic::PxResult(argparse::parse::<ResultArgs>(&split_args(args)?)?.into()),
+        // `%pxconfig` takes the exec options and nothing else.
+        "pxconfig" => Magic::PxConfig(argparse::parse::<ExecArgs>(&split_args(args)?)?.into()),
         "autopx" => {
             if !args.is_empty() {
                 return Err(UsageError(format!("unrecognized arguments: {args}")));
@@ -134,59 +130,12 @@ fn split_args(args: &str) -> Result<Vec<String>, UsageError> {
     })
 }
 
-/// Walks the arguments, handing each option and its value (if it takes one) to `accept`.
-struct Args<'a> {
-    items: &'a [String],
-    index: usize,
-}
-
-impl<'a> Args<'a> {
-    fn new(items: &'a [String]) -> Self {
-        Args { items, index: 0 }
-    }
-
-    fn next(&mut self) -> Option<&'a str> {
-        let item = self.items.get(self.index)?;
-        self.index += 1;
-        Some(item)
-    }
-
-    /// The next argument whatever it looks like (`--launcher-arg -i`).
-    fn raw_value(&mut self, display: &str) -> Result<&'a str, UsageError> {
-        let item = self
-            .items
-            .get(self.index)
-            .ok_or_else(|| UsageError(format!("argument {display}: expected one argument")))?;
-        self.index += 1;
-        Ok(item)
-    }
-
-    /// The value of `display` (e.g. `-t/--targets`): the next argument.
-    fn value(&mut self, display: &str) -> Result<&'a str, UsageError> {
-        match self.items.get(self.index) {
-            Some(v) if !(v.starts_with('-') && v.len() > 1 && v.parse::<f64>().is_err()) => {
-                self.index += 1;
-                Ok(v)
-            }
-            _ => Err(UsageError(format!(
-                "argument {display}: expected one argument"
-            ))),
-        }
-    }
-}
-
-/// Splits `--name=value` into its two parts.
-fn split_equals(arg: &str) -> (&str, Option<&str>) {
-    match arg.split_once('=') {
-        Some((name, value)) if name.starts_with("--") => (name, Some(value)),
-        _ => (arg, None),
-    }
-}
-
+/// argparse's error for a word no option or positional takes.
 fn unrecognized(arg: &str) -> UsageError {
     UsageError(format!("unrecognized arguments: {arg}"))
 }
 
+/// `value` if it can name a Rust variable; `display` names the argument in the error.
 fn identifier(value: &str, display: &str) -> Result<String, UsageError> {
     let ok = value
         .chars()

@@ -1,8 +1,16 @@
-//! The options several magics share: where and how a cell runs (`-t`, `--block`, `--stream`,
-//! `--verbose`, `--progress-after`, `--signal-on-interrupt`), and how its outputs are shown
-//! (`--group-outputs`, `-o`).
+//! The option groups several magics flatten in, as ipyparallel shares `exec_args` and
+//! `output_args`: where and how a cell runs ([`ExecArgs`]: `-t`, `--block`, `--stream`,
+//! `--verbose`, `--progress-after`, `--signal-on-interrupt`; `%%px` and `%pxconfig`), and how its
+//! outputs are shown ([`OutputArgs`]: `--group-outputs`, `-e`, `-r`, `-o`; `%%px` and
+//! `%pxresult`).
+//!
+//! clap wants one field per spelling (`--block` and `--noblock`), the kernel one `Option<bool>`
+//! per setting, where `None` means "not given here" so that `%pxconfig` merges only what it
+//! names; so the clap structs stay private and convert into [`ExecOptions`] and [`Grouping`].
 
-use super::{identifier, Args, UsageError};
+use clap::Args;
+
+use super::{identifier, UsageError};
 use crate::targets::{self, Targets};
 
 /// How `--group-outputs` orders outputs of several engines.
@@ -29,7 +37,8 @@ pub struct ExecOptions {
     pub signal_on_interrupt: Option<i32>,
 }
 
-pub(super) fn grouping(value: &str) -> Result<Grouping, UsageError> {
+/// `--group-outputs`' value parser.
+fn grouping(value: &str) -> Result<Grouping, UsageError> {
     match value {
         "type" => Ok(Grouping::Type),
         "engine" => Ok(Grouping::Engine),
@@ -40,7 +49,8 @@ pub(super) fn grouping(value: &str) -> Result<Grouping, UsageError> {
     }
 }
 
-pub(super) fn seconds(value: &str) -> Result<f64, UsageError> {
+/// `--progress-after`'s value parser.
+fn seconds(value: &str) -> Result<f64, UsageError> {
     value.parse::<f64>().map_err(|_| {
         UsageError(format!(
             "argument --progress-after: invalid float value: '{value}'"
@@ -74,66 +84,72 @@ pub fn signal_number(value: &str) -> Result<i32, UsageError> {
     Ok(number)
 }
 
-/// Handles an option shared by `%%px` and `%pxconfig`; `false` if `name` is not one of them.
-pub(super) fn exec_option(
-    name: &str,
-    inline: Option<&str>,
-    args: &mut Args,
-    options: &mut ExecOptions,
-) -> Result<bool, UsageError> {
-    let mut value = |display: &str| -> Result<String, UsageError> {
-        match inline {
-            Some(v) => Ok(v.to_owned()),
-            None => args.value(display).map(str::to_owned),
-        }
-    };
-    match name {
-        "-t" | "--targets" => {
-            let text = value("-t/--targets")?;
-            options.targets = Some(targets::parse(&text).map_err(|e| UsageError(e.0))?);
-        }
-        "-b" | "--block" => options.block = Some(true),
-        "-a" | "--noblock" => options.block = Some(false),
-        "--stream" => options.stream = Some(true),
-        "--no-stream" => options.stream = Some(false),
-        "--verbose" => options.verbose = Some(true),
-        "--no-verbose" => options.verbose = Some(false),
-        "--progress-after" => options.progress_after = Some(seconds(&value("--progress-after")?)?),
-        "--signal-on-interrupt" => {
-            options.signal_on_interrupt = Some(signal_number(&value("--signal-on-interrupt")?)?)
-        }
-        _ => return Ok(false),
-    }
-    Ok(true)
+/// `-o/--out NAME`'s value parser: a variable the result is stored in.
+pub(super) fn out_name(value: &str) -> Result<String, UsageError> {
+    identifier(value, "-o/--out")
 }
 
-/// Handles an output option shared by `%%px` and `%pxresult` (`--group-outputs`, `-e`, `-r`,
-/// `-o/--out`); `false` if `name` is not one of them.
-pub(super) fn output_option(
-    name: &str,
-    inline: Option<&str>,
-    args: &mut Args,
-    group_outputs: &mut Option<Grouping>,
-    out: &mut Option<String>,
-) -> Result<bool, UsageError> {
-    match name {
-        "--group-outputs" => {
-            let value = match inline {
-                Some(v) => v,
-                None => args.value("--group-outputs")?,
-            };
-            *group_outputs = Some(grouping(value)?);
+/// The exec options. Of each pair (`-b`/`-a`, `--stream`/`--no-stream`, ...) the one given last
+/// wins, as with argparse's `store_true`/`store_false` on one destination.
+#[derive(Args)]
+pub(super) struct ExecArgs {
+    #[arg(short, long, value_parser = targets::parse)]
+    targets: Option<Targets>,
+    #[arg(short, long, overrides_with = "noblock")]
+    block: bool,
+    #[arg(short = 'a', long)]
+    noblock: bool,
+    #[arg(long, overrides_with = "no_stream")]
+    stream: bool,
+    #[arg(long)]
+    no_stream: bool,
+    #[arg(long, overrides_with = "no_verbose")]
+    verbose: bool,
+    #[arg(long)]
+    no_verbose: bool,
+    #[arg(long, value_parser = seconds)]
+    progress_after: Option<f64>,
+    #[arg(long, value_parser = signal_number)]
+    signal_on_interrupt: Option<i32>,
+}
+
+impl From<ExecArgs> for ExecOptions {
+    fn from(args: ExecArgs) -> Self {
+        ExecOptions {
+            targets: args.targets,
+            block: either(args.block, args.noblock),
+            stream: either(args.stream, args.no_stream),
+            verbose: either(args.verbose, args.no_verbose),
+            progress_after: args.progress_after,
+            signal_on_interrupt: args.signal_on_interrupt,
         }
-        "-e" => *group_outputs = Some(Grouping::Engine),
-        "-r" => *group_outputs = Some(Grouping::Order),
-        "-o" | "--out" => {
-            let value = match inline {
-                Some(v) => v,
-                None => args.value("-o/--out")?,
-            };
-            *out = Some(identifier(value, "-o/--out")?);
-        }
-        _ => return Ok(false),
     }
-    Ok(true)
+}
+
+/// A flag pair as one setting: at most one of them is left once the last has won.
+fn either(on: bool, off: bool) -> Option<bool> {
+    (on || off).then_some(on)
+}
+
+/// The output options; `-e` and `-r` are `--group-outputs engine` and `--group-outputs order`,
+/// and the last of the three given wins.
+#[derive(Args)]
+pub(super) struct OutputArgs {
+    #[arg(long, value_parser = grouping, overrides_with_all = ["by_engine", "by_order"])]
+    group_outputs: Option<Grouping>,
+    #[arg(short = 'e', overrides_with = "by_order")]
+    by_engine: bool,
+    #[arg(short = 'r')]
+    by_order: bool,
+    #[arg(short, long, value_parser = out_name)]
+    pub(super) out: Option<String>,
+}
+
+impl OutputArgs {
+    /// The grouping asked for, if any.
+    pub(super) fn grouping(&self) -> Option<Grouping> {
+        self.group_outputs
+            .or(self.by_engine.then_some(Grouping::Engine))
+            .or(self.by_order.then_some(Grouping::Order))
+    }
 }

@@ -1,7 +1,8 @@
 //! `%%px [options]` (and the line form `%px CODE`, which takes none).
 
-use super::options::{exec_option, output_option, ExecOptions, Grouping};
-use super::{split_equals, unrecognized, Args, UsageError};
+use clap::Args;
+
+use super::options::{ExecArgs, ExecOptions, Grouping, OutputArgs};
 
 /// Options of `%%px` (and of `%pxresult` for the output part).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -13,27 +14,24 @@ pub struct PxOptions {
     pub local: bool,
 }
 
-pub(super) fn parse_px_options(items: &[String]) -> Result<PxOptions, UsageError> {
-    let mut options = PxOptions::default();
-    let mut args = Args::new(items);
-    while let Some(arg) = args.next() {
-        let (name, inline) = split_equals(arg);
-        if exec_option(name, inline, &mut args, &mut options.exec)? {
-            continue;
-        }
-        if output_option(
-            name,
-            inline,
-            &mut args,
-            &mut options.group_outputs,
-            &mut options.out,
-        )? {
-            continue;
-        }
-        match name {
-            "--local" => options.local = true,
-            _ => return Err(unrecognized(arg)),
+/// `%%px`'s arguments: both shared groups and `--local`.
+#[derive(Args)]
+pub(super) struct PxArgs {
+    #[command(flatten)]
+    exec: ExecArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[arg(long)]
+    local: bool,
+}
+
+impl From<PxArgs> for PxOptions {
+    fn from(args: PxArgs) -> Self {
+        PxOptions {
+            exec: args.exec.into(),
+            group_outputs: args.output.grouping(),
+            out: args.output.out,
+            local: args.local,
         }
     }
-    Ok(options)
 }

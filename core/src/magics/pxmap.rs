@@ -1,6 +1,9 @@
 //! `%pxmap FUNCTION INPUT [-o OUT] [--chunksize N] [--errors-in-place] [-a] [-t TARGETS]`.
 
-use super::{identifier, split_equals, unrecognized, Args, UsageError};
+use clap::Args;
+
+use super::options::out_name;
+use super::{argparse, identifier, UsageError};
 use crate::targets::{self, Targets};
 
 /// `%pxmap FUNCTION INPUT [-o OUT] [--chunksize N] [--errors-in-place] [-a] [-t TARGETS]`.
@@ -19,42 +22,37 @@ pub struct MapOptions {
     pub noblock: bool,
 }
 
+/// `%pxmap`'s arguments; FUNCTION and INPUT are checked once every option is read.
+#[derive(Args)]
+struct MapArgs {
+    words: Vec<String>,
+    #[arg(short, long, value_parser = out_name)]
+    out: Option<String>,
+    #[arg(long = "chunksize", value_parser = chunk_size)]
+    chunk_size: Option<usize>,
+    #[arg(long)]
+    errors_in_place: bool,
+    #[arg(short, long, value_parser = targets::parse)]
+    targets: Option<Targets>,
+    #[arg(short = 'a', long)]
+    noblock: bool,
+}
+
+/// `--chunksize`'s value parser: a positive number of items.
+fn chunk_size(text: &str) -> Result<usize, UsageError> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(UsageError(format!(
+            "argument --chunksize: '{text}' is not a positive number of items"
+        ))),
+    }
+}
+
 pub(super) fn parse_map(items: &[String]) -> Result<MapOptions, UsageError> {
     let usage =
         "usage: %pxmap FUNCTION INPUT [-o OUT] [--chunksize N] [--errors-in-place] [-a] [-t TARGETS]";
-    let mut options = MapOptions::default();
-    let mut positional = Vec::new();
-    let mut args = Args::new(items);
-    while let Some(arg) = args.next() {
-        let (name, inline) = split_equals(arg);
-        let mut value = |display: &str| match inline {
-            Some(value) => Ok(value),
-            None => args.value(display),
-        };
-        match name {
-            "-t" | "--targets" => {
-                let text = value("-t/--targets")?;
-                options.targets = Some(targets::parse(text).map_err(|e| UsageError(e.0))?);
-            }
-            "-o" | "--out" => options.out = Some(identifier(value("-o/--out")?, "-o/--out")?),
-            "--chunksize" => {
-                let text = value("--chunksize")?;
-                match text.parse::<usize>() {
-                    Ok(n) if n > 0 => options.chunk_size = Some(n),
-                    _ => {
-                        return Err(UsageError(format!(
-                            "argument --chunksize: '{text}' is not a positive number of items"
-                        )))
-                    }
-                }
-            }
-            "--errors-in-place" => options.errors_in_place = true,
-            "-a" | "--noblock" => options.noblock = true,
-            other if !other.starts_with('-') => positional.push(other.to_owned()),
-            _ => return Err(unrecognized(arg)),
-        }
-    }
-    let [function, input] = positional.as_slice() else {
+    let args: MapArgs = argparse::parse(items)?;
+    let [function, input] = args.words.as_slice() else {
         return Err(UsageError(format!(
             "%pxmap takes a function and a local Vec; {usage}"
         )));
@@ -67,7 +65,13 @@ pub(super) fn parse_map(items: &[String]) -> Result<MapOptions, UsageError> {
             "argument FUNCTION: '{function}' is not a function name or path (define the function with %%px, then name it)"
         )));
     }
-    options.function = function.clone();
-    options.input = identifier(input, "INPUT")?;
-    Ok(options)
+    Ok(MapOptions {
+        function: function.clone(),
+        input: identifier(input, "INPUT")?,
+        out: args.out,
+        chunk_size: args.chunk_size,
+        errors_in_place: args.errors_in_place,
+        targets: args.targets,
+        noblock: args.noblock,
+    })
 }

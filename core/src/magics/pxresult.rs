@@ -1,7 +1,9 @@
 //! `%pxresult [NAME] [--group-outputs G] [-o NAME] [--status]`.
 
-use super::options::{output_option, Grouping};
-use super::{identifier, split_equals, unrecognized, Args, UsageError};
+use clap::Args;
+
+use super::identifier;
+use super::options::{Grouping, OutputArgs};
 
 /// `%pxresult [NAME] [--group-outputs G] [-o NAME] [--status]`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -12,27 +14,24 @@ pub struct ResultOptions {
     pub status: bool,
 }
 
-pub(super) fn parse_result_options(items: &[String]) -> Result<ResultOptions, UsageError> {
-    let mut options = ResultOptions::default();
-    let mut args = Args::new(items);
-    while let Some(arg) = args.next() {
-        let (name, inline) = split_equals(arg);
-        if output_option(
-            name,
-            inline,
-            &mut args,
-            &mut options.group_outputs,
-            &mut options.out,
-        )? {
-            continue;
-        }
-        match name {
-            "--status" => options.status = true,
-            positional if !positional.starts_with('-') && options.name.is_none() => {
-                options.name = Some(identifier(positional, "NAME")?);
-            }
-            _ => return Err(unrecognized(arg)),
+/// `%pxresult`'s arguments: the output group, a result's name and `--status`.
+#[derive(Args)]
+pub(super) struct ResultArgs {
+    #[arg(value_parser = |name: &str| identifier(name, "NAME"))]
+    name: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[arg(long)]
+    status: bool,
+}
+
+impl From<ResultArgs> for ResultOptions {
+    fn from(args: ResultArgs) -> Self {
+        ResultOptions {
+            name: args.name,
+            group_outputs: args.output.grouping(),
+            out: args.output.out,
+            status: args.status,
         }
     }
-    Ok(options)
 }

@@ -218,3 +218,137 @@ fn arguments_split_as_a_shell_splits_them() {
         "unterminated quote (or a trailing backslash) in the magic's arguments"
     );
 }
+
+/// Every text a bad argument can give, exactly: they imitate argparse, and users (and the Python
+/// tests) know them.
+#[test]
+fn usage_errors_keep_their_argparse_texts() {
+    let start = |text: &str| {
+        format!(
+            "{text}\nusage: %engines [list] | start [-n N] | stop [IDS] | restart IDS\n{}",
+            engines::START_USAGE
+        )
+    };
+    let expected_one = |option: &str| format!("argument {option}: expected one argument");
+    let cases = [
+        ("%%px -t\nx", expected_one("-t/--targets")),
+        ("%%px -t --block\nx", expected_one("-t/--targets")),
+        ("%%px --targets --frobnicate\nx", expected_one("-t/--targets")),
+        ("%%px --group-outputs\nx", expected_one("--group-outputs")),
+        ("%%px -o -x\nx", expected_one("-o/--out")),
+        ("%%px --progress-after -inf -t\nx", expected_one("-t/--targets")),
+        ("%pxconfig --progress-after", expected_one("--progress-after")),
+        ("%pxconfig --signal-on-interrupt", expected_one("--signal-on-interrupt")),
+        ("%pxresult --out", expected_one("-o/--out")),
+        ("%pull x -o", expected_one("-o/--out")),
+        ("%pxmap f xs --chunksize", expected_one("--chunksize")),
+        ("%engines start -n", start(&expected_one("-n"))),
+        ("%engines start --n --print", start(&expected_one("-n"))),
+        ("%engines start --launcher-arg", start(&expected_one("--launcher-arg"))),
+        (
+            "%%px --group-outputs=bogus\nx",
+            "argument --group-outputs: invalid choice: 'bogus' (choose from 'engine', 'order', 'type')".into(),
+        ),
+        ("%%px --progress-after soon\nx", "argument --progress-after: invalid float value: 'soon'".into()),
+        (
+            "%pxconfig --signal-on-interrupt SIGFOO",
+            "argument --signal-on-interrupt: invalid signal 'SIGFOO' (use a name like SIGINT, a number, or 0 for none)".into(),
+        ),
+        ("%%px -t 1:2:0\nx", "argument -t/--targets: slice step cannot be zero".into()),
+        (
+            "%push x -t some",
+            "argument -t/--targets: invalid targets \"some\" (use all, an id like 1, a list like 0,2 or [0,2], or a slice like ::2)".into(),
+        ),
+        ("%%px -o 1x\nx", "argument -o/--out: '1x' is not a valid name (letters, digits and _)".into()),
+        ("%%px --out=-x\nx", "argument -o/--out: '-x' is not a valid name (letters, digits and _)".into()),
+        ("%pxresult 1x", "argument NAME: '1x' is not a valid name (letters, digits and _)".into()),
+        ("%pxresult 1x b", "argument NAME: '1x' is not a valid name (letters, digits and _)".into()),
+        ("%push a 9lives,b", "argument NAME: '9lives' is not a valid name (letters, digits and _)".into()),
+        ("%pxmap f xs --chunksize 0", "argument --chunksize: '0' is not a positive number of items".into()),
+        ("%pxmap f 1x", "argument INPUT: '1x' is not a valid name (letters, digits and _)".into()),
+        ("%engines start -n x", start("argument -n: invalid int value: 'x'")),
+        ("%engines start -n 0", start("argument -n: start at least 1 engine")),
+        (
+            "%engines start -n 65537",
+            start("argument -n: 65537 engines is more than one start may ask for (65536); start them in several steps"),
+        ),
+        (
+            "%engines start --launcher ssh --hosts a:0",
+            start("--hosts: 'a:0' needs a positive engine count after the colon (host:n)"),
+        ),
+        // Words argparse refuses, with the whole word.
+        ("%%px --frobnicate=1\nx", "unrecognized arguments: --frobnicate=1".into()),
+        ("%%px -t1\nx", "unrecognized arguments: -t1".into()),
+        ("%%px -t=1\nx", "unrecognized arguments: -t=1".into()),
+        ("%%px -ab\nx", "unrecognized arguments: -ab".into()),
+        ("%%px -- -t 1\nx", "unrecognized arguments: --".into()),
+        ("%%px -h\nx", "unrecognized arguments: -h".into()),
+        ("%%px code\nx", "unrecognized arguments: code".into()),
+        ("%%px ''\nx", "unrecognized arguments: ".into()),
+        ("%pxconfig -e", "unrecognized arguments: -e".into()),
+        ("%pxconfig --local", "unrecognized arguments: --local".into()),
+        ("%pxresult a b", "unrecognized arguments: b".into()),
+        ("%pxresult -", "unrecognized arguments: -".into()),
+        ("%push a -o b", "unrecognized arguments: -o".into()),
+        ("%pxmap f -5 xs", "unrecognized arguments: -5".into()),
+        ("%engines start --print=x --frob", start("unrecognized arguments: --frob")),
+        // The first bad word is the one reported.
+        (
+            "%%px --group-outputs bogus --frobnicate\nx",
+            "argument --group-outputs: invalid choice: 'bogus' (choose from 'engine', 'order', 'type')".into(),
+        ),
+        ("%pxresult a b --group-outputs bogus", "unrecognized arguments: b".into()),
+        ("%push 1x -t some", "argument NAME: '1x' is not a valid name (letters, digits and _)".into()),
+        ("%engines start -n 0 --hosts a:0", start("argument -n: start at least 1 engine")),
+    ];
+    for (cell, text) in cases {
+        assert_eq!(usage(cell), text, "{cell}");
+    }
+}
+
+/// The spellings rustpx has always taken: `--opt=value` and `-o value` (not `-ovalue`), a
+/// number that starts with `-` as a value, the last of repeated or opposite options.
+#[test]
+fn option_spellings_and_the_last_one_given_wins() {
+    let exec = |cell: &str| px(&format!("%%px {cell}\nx")).exec;
+    assert_eq!(exec("-t 1").targets, exec("--targets=1").targets);
+    assert_eq!(exec("-t 0 --targets 1").targets, Some(Targets::Single(1)));
+    assert_eq!(
+        exec("--progress-after=-inf").progress_after,
+        Some(f64::NEG_INFINITY)
+    );
+    assert_eq!(exec("--progress-after -.5").progress_after, Some(-0.5));
+    assert_eq!(exec("-b -a").block, Some(false));
+    assert_eq!(exec("--noblock --block").block, Some(true));
+    assert_eq!(exec("--block=no").block, Some(true));
+    assert_eq!(exec("--no-stream --stream --no-verbose").stream, Some(true));
+    assert_eq!(exec("--verbose --no-verbose").verbose, Some(false));
+    let grouping = |cell: &str| px(&format!("%%px {cell}\nx")).group_outputs;
+    assert_eq!(grouping("-e --group-outputs order"), Some(Grouping::Order));
+    assert_eq!(grouping("--group-outputs type -e"), Some(Grouping::Engine));
+    assert_eq!(grouping("-r -e"), Some(Grouping::Engine));
+    assert_eq!(grouping("-e -r"), Some(Grouping::Order));
+    assert_eq!(grouping("--local"), None);
+    let Some(Magic::Transfer(push)) = parse_cell("%push a -t 0 b,c -t 1").unwrap() else {
+        panic!("not a transfer");
+    };
+    assert_eq!(
+        (push.names.len(), push.targets),
+        (3, Some(Targets::Single(1)))
+    );
+    let cell = "%engines start --launcher ssh --hosts a:1 --hosts=b:2 --launcher-arg -i --launcher-arg=--x --engine-arg --";
+    let Some(Magic::Engines(EnginesCommand::Start { launch, .. })) = parse_cell(cell).unwrap()
+    else {
+        panic!("not a start: {cell}");
+    };
+    assert_eq!(launch.hosts, [("b".to_owned(), 2)]);
+    assert_eq!(launch.launcher_args, ["-i", "--x"]);
+    assert_eq!(launch.engine_args, ["--"]);
+    let Some(Magic::Engines(EnginesCommand::Start { n, .. })) =
+        parse_cell("%engines start --n 2 -n 3").unwrap()
+    else {
+        panic!("not a start");
+    };
+    assert_eq!(n, Some(3));
+    assert!(usage("%engines start -n=3").starts_with("unrecognized arguments: -n=3\n"));
+}

@@ -1,6 +1,9 @@
 //! The data magics: `%push`, `%pull`, `%scatter`, `%gather`.
 
-use super::{identifier, split_equals, unrecognized, Args, UsageError};
+use clap::Args;
+
+use super::options::out_name;
+use super::{argparse, identifier, UsageError};
 use crate::targets::{self, Targets};
 
 /// Which way a data magic moves values.
@@ -38,51 +41,68 @@ pub struct Transfer {
     pub out: Option<String>,
 }
 
+/// `%push` and `%scatter`: names (`a b,c`) and `-t`.
+#[derive(Args)]
+struct SendArgs {
+    /// Each word is checked as it comes, so a bad name is reported before later options.
+    #[arg(value_parser = names)]
+    names: Vec<Names>,
+    #[arg(short, long, value_parser = targets::parse)]
+    targets: Option<Targets>,
+}
+
+/// `%pull` and `%gather`: what `%push` takes, and `-o` for the local variable.
+#[derive(Args)]
+struct FetchArgs {
+    #[command(flatten)]
+    send: SendArgs,
+    #[arg(short, long, value_parser = out_name)]
+    out: Option<String>,
+}
+
+/// One word's variable names: `a` or `a,b`.
+#[derive(Clone)]
+struct Names(Vec<String>);
+
+/// The value parser of the names.
+fn names(word: &str) -> Result<Names, UsageError> {
+    let names = word.split(',').filter(|part| !part.is_empty());
+    names
+        .map(|name| identifier(name, "NAME"))
+        .collect::<Result<_, _>>()
+        .map(Names)
+}
+
 pub(super) fn parse_transfer(kind: TransferKind, items: &[String]) -> Result<Transfer, UsageError> {
-    let magic = kind.magic();
-    let mut transfer = Transfer {
-        kind,
-        names: Vec::new(),
-        targets: None,
-        out: None,
-    };
-    let mut args = Args::new(items);
-    while let Some(arg) = args.next() {
-        let (name, inline) = split_equals(arg);
-        match name {
-            "-t" | "--targets" => {
-                let value = match inline {
-                    Some(value) => value,
-                    None => args.value("-t/--targets")?,
-                };
-                transfer.targets = Some(targets::parse(value).map_err(|e| UsageError(e.0))?);
-            }
-            "-o" | "--out" if matches!(kind, TransferKind::Pull | TransferKind::Gather) => {
-                let value = match inline {
-                    Some(value) => value,
-                    None => args.value("-o/--out")?,
-                };
-                transfer.out = Some(identifier(value, "-o/--out")?);
-            }
-            positional if !positional.starts_with('-') => {
-                for part in positional.split(',').filter(|p| !p.is_empty()) {
-                    transfer.names.push(identifier(part, "NAME")?);
-                }
-            }
-            _ => return Err(unrecognized(arg)),
+    let (send, out) = match kind {
+        TransferKind::Push | TransferKind::Scatter => (argparse::parse::<SendArgs>(items)?, None),
+        TransferKind::Pull | TransferKind::Gather => {
+            let FetchArgs { send, out } = argparse::parse(items)?;
+            (send, out)
         }
-    }
+    };
+    let names: Vec<String> = send
+        .names
+        .into_iter()
+        .flat_map(|Names(names)| names)
+        .collect();
+    let magic = kind.magic();
     let usage = match kind {
         TransferKind::Push => "usage: %push NAME [NAME ...] [-t TARGETS]",
         TransferKind::Pull => "usage: %pull NAME [-t TARGETS] [-o LOCAL]",
         TransferKind::Scatter => "usage: %scatter NAME [-t TARGETS]",
         TransferKind::Gather => "usage: %gather NAME [-t TARGETS] [-o LOCAL]",
     };
-    match (kind, transfer.names.len()) {
+    match (kind, names.len()) {
         (_, 0) => Err(UsageError(format!(
             "{magic} needs a variable name; {usage}"
         ))),
-        (TransferKind::Push, _) | (_, 1) => Ok(transfer),
+        (TransferKind::Push, _) | (_, 1) => Ok(Transfer {
+            kind,
+            names,
+            targets: send.targets,
+            out,
+        }),
         _ => Err(UsageError(format!(
             "{magic} moves one variable at a time; {usage}"
         ))),
