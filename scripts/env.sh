@@ -15,7 +15,7 @@ if [ ! -x "$RUSTPX_VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$RUSTPX_VENV/bin/activate"
-if ! python -c "import jupyter_client, jupyter_kernel_test, pytest, nbclient, nbformat, jupyterlab, jupyter_console" 2>/dev/null; then
+if ! python -c "import jupyter_client, jupyter_kernel_test, pytest, nbclient, nbformat, jupyterlab, jupyter_console, cryptography" 2>/dev/null; then
   step "install the Python test requirements"
   pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi

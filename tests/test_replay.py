@@ -17,6 +17,7 @@ import zmq
 from jupyter_client.session import Session
 
 from conftest import ENGINE_ROW, kernel_with_runtime_dir
+from link_seal import link_key, serialize_sealed
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,8 @@ def test_a_shell_request_sent_twice_is_answered_once(kernel):
 def engine_link(kernel):
     path = kernel.runtime_dir / f"rustpx-engines-{kernel.km.provisioner.process.pid}.json"
     connection = json.loads(path.read_text())
-    return connection["url"], Session(key=connection["key"].encode(), signature_scheme="hmac-sha256")
+    session = Session(key=connection["key"].encode(), signature_scheme="hmac-sha256")
+    return connection["url"], session, link_key(connection["key"])
 
 
 def this_platform():
@@ -99,7 +101,7 @@ def this_platform():
 def test_a_replayed_registration_or_heartbeat_gets_no_engine(kernel):
     """One recorded register_request registered three engines and one recorded heartbeat kept
     them alive; a fake engine is sent cells, data and objects, and makes %px wait for it."""
-    url, session = engine_link(kernel)
+    url, session, key = engine_link(kernel)
     before = live_engines(kernel)
     sleeper = subprocess.Popen(["sleep", "120"])
     identity = session.bsession
@@ -110,10 +112,10 @@ def test_a_replayed_registration_or_heartbeat_gets_no_engine(kernel):
             "platform": this_platform(), "shares_files": False,
         })
         register["metadata"] = {"seq": 1}
-        recorded_register = session.serialize(register)
+        recorded_register = serialize_sealed(session, register, key)
         heartbeat = session.msg("heartbeat", {})
         heartbeat["metadata"] = {"seq": 2}
-        recorded_heartbeat = session.serialize(heartbeat)
+        recorded_heartbeat = serialize_sealed(session, heartbeat, key)
 
         # The original registration is accepted: one engine more.
         sock.send_multipart(recorded_register)
@@ -131,7 +133,7 @@ def test_a_replayed_registration_or_heartbeat_gets_no_engine(kernel):
             for _ in range(seconds):
                 fresh = session.msg("heartbeat", {})
                 fresh["metadata"] = {"seq": next(numbers)}
-                sock.send_multipart(session.serialize(fresh))
+                sock.send_multipart(serialize_sealed(session, fresh, key))
                 got += replies_within(listener, 1)
             return got
 

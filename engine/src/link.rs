@@ -15,8 +15,8 @@ use rustpx_protocol::{
     SignalRequest,
 };
 use rustpx_wire::{
-    decode, encode, SequenceCheck, Sequencer, Signer, SocketOptions, SocketType, WireMessage,
-    ZmqSocket,
+    decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer, SocketOptions,
+    SocketType, WireError, WireMessage, ZmqSocket,
 };
 use tokio::sync::mpsc;
 
@@ -52,9 +52,12 @@ pub async fn serve(
     registered: std_mpsc::Sender<EngineId>,
 ) -> Result<()> {
     let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
+    // Everything on the link is sealed with a key derived from the same secret.
+    let cipher = LinkCipher::from_link_key(&connection.key);
     let session = uuid::Uuid::new_v4().to_string();
     let mut seal = Seal {
         signer: signer.clone(),
+        cipher: cipher.clone(),
         session: session.clone(),
         numbering: Sequencer::default(),
     };
@@ -98,9 +101,7 @@ pub async fn serve(
                 patience.register_timeout
             )
         })??;
-    let reply = decode(reply, &signer).context("the hub's registration reply")?;
-    numbers_seen
-        .accept(&reply)
+    let reply = admit(reply, &signer, &cipher, &mut numbers_seen)
         .context("the hub's registration reply")?;
     let reply: RegisterReply = from_wire(&reply)?;
     let engine_id = match (reply.engine_id, reply.refused) {
@@ -135,9 +136,7 @@ pub async fn serve(
                 socket.send(seal.frames(message)).await?;
             }
             frames = socket.recv() => {
-                let message = match decode(frames?, &signer)
-                    .and_then(|message| numbers_seen.accept(&message).map(|()| message))
-                {
+                let message = match admit(frames?, &signer, &cipher, &mut numbers_seen) {
                     Ok(message) => message,
                     Err(error) => {
                         tracing::warn!("dropped a message from the hub: {error}");
@@ -196,11 +195,26 @@ pub async fn serve(
     }
 }
 
-/// Signs and numbers what the engine sends, so the hub can tell a replay from a new message.
+/// The message in `frames` from the hub, if its signature and number are right (checked before
+/// anything is decrypted) and it opens.
+fn admit(
+    frames: Vec<bytes::Bytes>,
+    signer: &Signer,
+    cipher: &LinkCipher,
+    numbers_seen: &mut SequenceCheck,
+) -> Result<WireMessage, WireError> {
+    let sealed = decode_sealed(frames, signer)?;
+    numbers_seen.accept(sealed.envelope())?;
+    sealed.open(cipher)
+}
+
+/// Signs, seals and numbers what the engine sends, so that only the hub can read it and can
+/// tell a replay from a new message.
 /// Every message goes out in the link's session, which is also the socket's identity: the hub
 /// takes a message only from the connection whose identity is its session.
 struct Seal {
     signer: Signer,
+    cipher: LinkCipher,
     session: String,
     numbering: Sequencer,
 }
@@ -209,7 +223,7 @@ impl Seal {
     fn frames(&mut self, mut message: WireMessage) -> Vec<bytes::Bytes> {
         message.header.session.clone_from(&self.session);
         self.numbering.stamp(&mut message);
-        encode(&message, &self.signer)
+        encode_sealed(&message, &self.signer, &self.cipher)
     }
 }
 

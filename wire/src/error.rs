@@ -24,6 +24,8 @@ pub enum WireError {
     Replayed,
     #[error("a link message without its sequence number")]
     Unnumbered,
+    #[error("an engine-link message that does not decrypt: {0}")]
+    Sealed(#[from] crate::cipher::CipherError),
     #[error("unsupported signature scheme {0:?}; rustpx signs with hmac-sha256")]
     UnsupportedScheme(String),
 }

@@ -2,6 +2,7 @@
 
 use crate::{SeenSignatures, Signer, WireError, WireMessage};
 use bytes::Bytes;
+use jupyter_protocol::Header;
 use serde_json::Value;
 
 /// The frame that separates routing identities from the message.
@@ -9,25 +10,12 @@ pub const DELIMITER: &[u8] = b"<IDS|MSG>";
 
 /// Serialises `message` into frames, signing it with `signer`.
 pub fn encode(message: &WireMessage, signer: &Signer) -> Vec<Bytes> {
-    // Serialising these JSON values cannot fail: they are already `Value`s or plain structs.
-    let header = serde_json::to_vec(&message.header).unwrap_or_default();
-    let parent = match &message.parent_header {
-        Some(parent) => serde_json::to_vec(parent).unwrap_or_default(),
-        None => b"{}".to_vec(),
-    };
-    let metadata = serde_json::to_vec(&message.metadata).unwrap_or_default();
-    let content = serde_json::to_vec(&message.content).unwrap_or_default();
-    let signature = signer.sign(&[&header, &parent, &metadata, &content]);
-
-    let mut frames: Vec<Bytes> = message.identities.clone();
-    frames.push(Bytes::from_static(DELIMITER));
-    frames.push(Bytes::from(signature));
-    frames.push(Bytes::from(header));
-    frames.push(Bytes::from(parent));
-    frames.push(Bytes::from(metadata));
-    frames.push(Bytes::from(content));
-    frames.extend(message.buffers.iter().cloned());
-    frames
+    signed_frames(
+        &message.identities,
+        json_frames(message),
+        message.buffers.iter().cloned(),
+        signer,
+    )
 }
 
 /// Splits frames into a message, verifying the signature before any JSON is parsed.
@@ -47,65 +35,120 @@ pub fn decode_once(
     Ok(message)
 }
 
-fn decode_signed(
-    mut frames: Vec<Bytes>,
-    signer: &Signer,
-) -> Result<(WireMessage, Bytes), WireError> {
-    let delimiter = frames
-        .iter()
-        .position(|f| f.as_ref() == DELIMITER)
-        .ok_or(WireError::MissingDelimiter(frames.len()))?;
-    let after = frames.len() - delimiter - 1;
-    if after < 5 {
-        return Err(WireError::TooFewFrames(after));
-    }
-    let mut rest = frames.split_off(delimiter + 1);
-    frames.pop(); // the delimiter
-    let identities = frames;
-    let buffers = rest.split_off(5);
-    let [signature, header, parent, metadata, content]: [Bytes; 5] = rest
-        .try_into()
-        .map_err(|v: Vec<Bytes>| WireError::TooFewFrames(v.len()))?;
-
-    // Buffers are not signed, as the specification says.
-    signer.verify(&[&header, &parent, &metadata, &content], &signature)?;
-
-    let header = serde_json::from_slice(&header).map_err(|source| WireError::BadJson {
-        part: "header",
-        source,
-    })?;
-    let parent_value: Value =
-        serde_json::from_slice(&parent).map_err(|source| WireError::BadJson {
-            part: "parent header",
-            source,
-        })?;
-    // An empty object means "no parent".
-    let parent_header = match &parent_value {
-        Value::Object(map) if map.is_empty() => None,
-        _ => Some(
-            serde_json::from_value(parent_value).map_err(|source| WireError::BadJson {
-                part: "parent header",
-                source,
-            })?,
-        ),
-    };
-    let metadata = serde_json::from_slice(&metadata).map_err(|source| WireError::BadJson {
-        part: "metadata",
-        source,
-    })?;
-    let content = serde_json::from_slice(&content).map_err(|source| WireError::BadJson {
-        part: "content",
-        source,
-    })?;
+fn decode_signed(frames: Vec<Bytes>, signer: &Signer) -> Result<(WireMessage, Bytes), WireError> {
+    let parts = Parts::verified(frames, signer)?;
+    let (header, parent_header, metadata) = parts.envelope()?;
+    let content = parse_json(&parts.content, "content")?;
     let message = WireMessage {
-        identities,
+        identities: parts.identities,
         header,
         parent_header,
         metadata,
         content,
-        buffers,
+        buffers: parts.buffers,
     };
-    Ok((message, signature))
+    Ok((message, parts.signature))
+}
+
+/// The frames of one message, split at the delimiter, before any JSON is read.
+pub(crate) struct Parts {
+    pub identities: Vec<Bytes>,
+    pub signature: Bytes,
+    pub header: Bytes,
+    pub parent: Bytes,
+    pub metadata: Bytes,
+    pub content: Bytes,
+    pub buffers: Vec<Bytes>,
+}
+
+impl Parts {
+    /// Splits `frames` and checks the signature over header, parent header, metadata and content
+    /// (buffers are not signed, as the specification says).
+    pub fn verified(mut frames: Vec<Bytes>, signer: &Signer) -> Result<Parts, WireError> {
+        let delimiter = frames
+            .iter()
+            .position(|f| f.as_ref() == DELIMITER)
+            .ok_or(WireError::MissingDelimiter(frames.len()))?;
+        let after = frames.len() - delimiter - 1;
+        if after < 5 {
+            return Err(WireError::TooFewFrames(after));
+        }
+        let mut rest = frames.split_off(delimiter + 1);
+        frames.pop(); // the delimiter
+        let buffers = rest.split_off(5);
+        let [signature, header, parent, metadata, content]: [Bytes; 5] = rest
+            .try_into()
+            .map_err(|v: Vec<Bytes>| WireError::TooFewFrames(v.len()))?;
+        signer.verify(&[&header, &parent, &metadata, &content], &signature)?;
+        Ok(Parts {
+            identities: frames,
+            signature,
+            header,
+            parent,
+            metadata,
+            content,
+            buffers,
+        })
+    }
+
+    /// The header, parent header (`None` for `{}`) and metadata, parsed.
+    pub fn envelope(&self) -> Result<(Header, Option<Header>, Value), WireError> {
+        let header = parse_json(&self.header, "header")?;
+        let parent_value: Value = parse_json(&self.parent, "parent header")?;
+        // An empty object means "no parent".
+        let parent_header =
+            match &parent_value {
+                Value::Object(map) if map.is_empty() => None,
+                _ => Some(serde_json::from_value(parent_value).map_err(|source| {
+                    WireError::BadJson {
+                        part: "parent header",
+                        source,
+                    }
+                })?),
+            };
+        let metadata = parse_json(&self.metadata, "metadata")?;
+        Ok((header, parent_header, metadata))
+    }
+}
+
+/// `bytes` as JSON of type `T`, or why not, naming the `part` of the message.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    part: &'static str,
+) -> Result<T, WireError> {
+    serde_json::from_slice(bytes).map_err(|source| WireError::BadJson { part, source })
+}
+
+/// The JSON frames of `message`: header, parent header (`{}` for none), metadata and content.
+pub(crate) fn json_frames(message: &WireMessage) -> [Vec<u8>; 4] {
+    // Serialising these JSON values cannot fail: they are already `Value`s or plain structs.
+    let header = serde_json::to_vec(&message.header).unwrap_or_default();
+    let parent = match &message.parent_header {
+        Some(parent) => serde_json::to_vec(parent).unwrap_or_default(),
+        None => b"{}".to_vec(),
+    };
+    let metadata = serde_json::to_vec(&message.metadata).unwrap_or_default();
+    let content = serde_json::to_vec(&message.content).unwrap_or_default();
+    [header, parent, metadata, content]
+}
+
+/// The frames of a message whose four JSON parts (the last possibly sealed) are given, signed.
+pub(crate) fn signed_frames(
+    identities: &[Bytes],
+    [header, parent, metadata, content]: [Vec<u8>; 4],
+    buffers: impl IntoIterator<Item = Bytes>,
+    signer: &Signer,
+) -> Vec<Bytes> {
+    let signature = signer.sign(&[&header, &parent, &metadata, &content]);
+    let mut frames: Vec<Bytes> = identities.to_vec();
+    frames.push(Bytes::from_static(DELIMITER));
+    frames.push(Bytes::from(signature));
+    frames.push(Bytes::from(header));
+    frames.push(Bytes::from(parent));
+    frames.push(Bytes::from(metadata));
+    frames.push(Bytes::from(content));
+    frames.extend(buffers);
+    frames
 }
 
 #[cfg(test)]

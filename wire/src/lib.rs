@@ -3,19 +3,24 @@
 //! It knows how a Jupyter message is split into ZeroMQ frames (`<IDS|MSG>` framing) and how each
 //! message is signed with HMAC-SHA256, and nothing about what the messages mean. Keeping signing
 //! and framing in one crate means there is exactly one place where a signature is checked, so the
-//! kernel and the engines cannot disagree on what a valid message is.
+//! kernel and the engines cannot disagree on what a valid message is. The engine link, which may
+//! cross a network, also seals its messages' content and buffers ([`LinkCipher`]).
 
+mod cipher;
 mod error;
 mod frame;
 mod message;
 pub mod replay;
+mod sealed;
 mod signing;
 pub mod socket;
 
+pub use cipher::{CipherError, LinkCipher};
 pub use error::WireError;
 pub use frame::{decode, decode_once, encode, DELIMITER};
 pub use message::{new_header, WireMessage};
 pub use replay::{SeenSignatures, SequenceCheck, Sequencer};
+pub use sealed::{decode_sealed, encode_sealed, SealedMessage};
 pub use signing::Signer;
 pub use socket::{Options as SocketOptions, SocketError, SocketType, ZmqSocket};
 

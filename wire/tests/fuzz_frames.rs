@@ -5,10 +5,17 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use rustpx_wire::{decode, encode, Signer, WireError, WireMessage, DELIMITER};
+use rustpx_wire::{
+    decode, decode_sealed, encode, encode_sealed, LinkCipher, Signer, WireError, WireMessage,
+    DELIMITER,
+};
 
 fn signer() -> Signer {
     Signer::new("hmac-sha256", "fuzz-key").unwrap()
+}
+
+fn cipher() -> LinkCipher {
+    LinkCipher::from_link_key("fuzz-key")
 }
 
 fn frames_from(parts: Vec<Vec<u8>>) -> Option<Vec<Bytes>> {
@@ -60,5 +67,30 @@ proptest! {
         parts[index] = Bytes::from(frame);
         let result = decode(parts, &signer());
         prop_assert!(matches!(result, Err(WireError::BadSignature)), "{:?}", result.err());
+    }
+
+    #[test]
+    fn arbitrary_buffers_after_a_signed_sealed_message_never_open(
+        buffers in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..96), 1..4),
+    ) {
+        // Buffers are not signed: anyone on the path can replace them, and the cipher must refuse
+        // them without panicking.
+        let message = WireMessage::new("push_request", "s", serde_json::json!({}));
+        let mut frames = encode_sealed(&message, &signer(), &cipher());
+        frames.extend(buffers.into_iter().map(Bytes::from));
+        let sealed = decode_sealed(frames, &signer()).unwrap();
+        prop_assert!(matches!(sealed.open(&cipher()), Err(WireError::Sealed(_))));
+    }
+
+    #[test]
+    fn sealed_messages_round_trip(text in "\\PC{0,100}", buffer in prop::collection::vec(any::<u8>(), 0..256)) {
+        let mut message = WireMessage::new("run_request", "s", serde_json::json!({"text": text}));
+        message.buffers = vec![Bytes::from(buffer)];
+        let opened = decode_sealed(encode_sealed(&message, &signer(), &cipher()), &signer())
+            .unwrap()
+            .open(&cipher())
+            .unwrap();
+        prop_assert_eq!(opened.content, message.content);
+        prop_assert_eq!(opened.buffers, message.buffers);
     }
 }

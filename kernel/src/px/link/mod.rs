@@ -1,11 +1,13 @@
-//! The hub's socket: a ROUTER that engines dial, HMAC-verified in both directions.
+//! The hub's socket: a ROUTER that engines dial, HMAC-verified and sealed (XChaCha20-Poly1305,
+//! keyed from the same secret) in both directions.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustpx_protocol::EngineConnection;
 use rustpx_wire::{
-    decode, encode, SequenceCheck, Sequencer, Signer, SocketOptions, SocketType, ZmqSocket,
+    decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer, SocketOptions,
+    SocketType, WireError, WireMessage, ZmqSocket,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -58,7 +60,12 @@ pub async fn start(
     };
     let url = format!("tcp://{host}:{port}");
     tracing::info!("hub listening on {endpoint}; engines dial {url}");
-    tokio::spawn(serve(socket, signer, hub, outbox, on_departed));
+    // Always sealed, on loopback too: one mode, nothing to misconfigure, and the cost is small.
+    let keys = LinkKeys {
+        signer,
+        cipher: LinkCipher::from_link_key(&key),
+    };
+    tokio::spawn(serve(socket, keys, hub, outbox, on_departed));
     Ok(EngineConnection {
         url,
         key,
@@ -67,9 +74,15 @@ pub async fn start(
     })
 }
 
+/// What the link signs with and seals with, both from the one secret in the connection file.
+struct LinkKeys {
+    signer: Signer,
+    cipher: LinkCipher,
+}
+
 async fn serve(
     mut socket: ZmqSocket,
-    signer: Signer,
+    keys: LinkKeys,
     hub: HubHandle,
     mut outbox: UnboundedReceiver<Outgoing>,
     on_departed: impl Fn(Departure) + Send + 'static,
@@ -90,33 +103,15 @@ async fn serve(
                         continue;
                     }
                 };
-                match decode(frames, &signer) {
-                    Ok(mut message) => {
-                        // A ROUTER puts the peer's identity first.
-                        if message.identities.is_empty() {
-                            drops.dropped(&"no peer identity");
-                            continue;
-                        }
-                        let identity: Bytes = message.identities.remove(0);
-                        // An engine's connection identity is its (signed) session: a message
-                        // replayed from another connection does not match it.
-                        if identity.as_ref() != message.header.session.as_bytes() {
-                            drops.dropped(&"a message whose session is not its sender's");
-                            continue;
-                        }
-                        if let Err(error) = numbers_seen.accept(&message) {
-                            drops.dropped(&error);
-                            continue;
-                        }
-                        hub.receive(identity, &message);
-                    }
-                    Err(error) => drops.dropped(&error),
+                match admit(frames, &keys, &mut numbers_seen) {
+                    Ok((identity, message)) => hub.receive(identity, &message),
+                    Err(reason) => drops.dropped(&reason),
                 }
             }
             Some((identity, mut message)) = outbox.recv() => {
                 message.identities = vec![identity];
                 numbering.stamp(&mut message);
-                if let Err(error) = socket.send(encode(&message, &signer)).await {
+                if let Err(error) = socket.send(encode_sealed(&message, &keys.signer, &keys.cipher)).await {
                     // A shutdown request races the kill that follows it (kernel shutdown,
                     // `%engines stop`): an engine already gone needs no request.
                     if message.msg_type() == "shutdown_request" {
@@ -133,6 +128,41 @@ async fn serve(
             }
         }
     }
+}
+
+/// The sender's identity and the message in `frames`, opened, if it passes every check in
+/// order: signature, sender, number, then decryption. Nothing is decrypted for a message that
+/// is forged, altered, replayed or sent on another engine's behalf.
+fn admit(
+    frames: Vec<Bytes>,
+    keys: &LinkKeys,
+    numbers_seen: &mut SequenceCheck,
+) -> Result<(Bytes, WireMessage), Refused> {
+    let sealed = decode_sealed(frames, &keys.signer)?;
+    // A ROUTER puts the peer's identity first.
+    let Some(identity) = sealed.envelope().identities.first().cloned() else {
+        return Err(Refused::NoIdentity);
+    };
+    // An engine's connection identity is its (signed) session: a message replayed from another
+    // connection does not match it.
+    if identity.as_ref() != sealed.envelope().header.session.as_bytes() {
+        return Err(Refused::NotItsSession);
+    }
+    numbers_seen.accept(sealed.envelope())?;
+    let mut message = sealed.open(&keys.cipher)?;
+    message.identities.remove(0);
+    Ok((identity, message))
+}
+
+/// Why the hub dropped a message from the link.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("no peer identity")]
+    NoIdentity,
+    #[error("a message whose session is not its sender's")]
+    NotItsSession,
 }
 
 #[cfg(test)]
