@@ -159,9 +159,14 @@ def test_cells_pushes_and_outputs_cross_the_network_encrypted(kernel, relayed):
     assert reply["status"] == "ok", (reply, msgs)
     assert f"{PUSHED} has {len(PUSHED)} bytes" in shown_text(msgs), msgs
 
-    # The cells ran on the relayed engine only: everything above crossed the relay.
+    # The cells ran on the relayed engine only (the one engine there is), so everything above
+    # crossed the relay; the readable headers show the runs and their output did.
+    assert re.findall(r"^\s*(\d+)\s", engines_table(kernel), re.M) == ["0"], engines_table(kernel)
+    assert "[stdout:0]" in shown_text(msgs), msgs
     assert relayed.connections >= 1
     recorded = relayed.recorded()
+    assert b"run_request" in recorded["to engine"]
+    assert b"stream" in recorded["to hub"] and b"run_reply" in recorded["to hub"]
     # Compiled cells (and the libstd they need) went to the engine; outputs came back.
     assert len(recorded["to engine"]) > 100_000, len(recorded["to engine"])
     assert len(recorded["to hub"]) > 1_000, len(recorded["to hub"])

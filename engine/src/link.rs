@@ -15,8 +15,8 @@ use rustpx_protocol::{
     SignalRequest,
 };
 use rustpx_wire::{
-    decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer, SocketOptions,
-    SocketType, WireError, WireMessage, ZmqSocket,
+    check_addressed_to, decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer,
+    SocketOptions, SocketType, WireError, WireMessage, ZmqSocket,
 };
 use tokio::sync::mpsc;
 
@@ -51,6 +51,10 @@ pub async fn serve(
     runs: std_mpsc::Sender<PreparedRun>,
     registered: std_mpsc::Sender<EngineId>,
 ) -> Result<()> {
+    // An empty key would switch signing off and seal with a key anyone can derive.
+    if connection.key.is_empty() {
+        bail!("the connection file's key is empty: the engine link is always signed and sealed; use the file the kernel wrote (%engines shows where)");
+    }
     let signer = Signer::new(&connection.signature_scheme, &connection.key)?;
     // Everything on the link is sealed with a key derived from the same secret.
     let cipher = LinkCipher::from_link_key(&connection.key);
@@ -101,7 +105,7 @@ pub async fn serve(
                 patience.register_timeout
             )
         })??;
-    let reply = admit(reply, &signer, &cipher, &mut numbers_seen)
+    let reply = admit(reply, &signer, &cipher, &session, &mut numbers_seen)
         .context("the hub's registration reply")?;
     let reply: RegisterReply = from_wire(&reply)?;
     let engine_id = match (reply.engine_id, reply.refused) {
@@ -121,7 +125,6 @@ pub async fn serve(
         connection.url
     );
 
-    let heartbeat = to_wire(&session, &Heartbeat {});
     let mut ticker = tokio::time::interval(HEARTBEAT_PERIOD);
     let mut last_heard = Instant::now();
     loop {
@@ -130,13 +133,14 @@ pub async fn serve(
                 if last_heard.elapsed() > patience.hub_silence {
                     bail!("the hub at {} has been silent for {:?}; exiting", connection.url, patience.hub_silence);
                 }
-                socket.send(seal.frames(heartbeat.clone())).await?;
+                // A new message each time: each header (id, date) is unique.
+                socket.send(seal.frames(to_wire(&session, &Heartbeat {}))).await?;
             }
             Some(message) = outgoing.recv() => {
                 socket.send(seal.frames(message)).await?;
             }
             frames = socket.recv() => {
-                let message = match admit(frames?, &signer, &cipher, &mut numbers_seen) {
+                let message = match admit(frames?, &signer, &cipher, &session, &mut numbers_seen) {
                     Ok(message) => message,
                     Err(error) => {
                         tracing::warn!("dropped a message from the hub: {error}");
@@ -195,15 +199,18 @@ pub async fn serve(
     }
 }
 
-/// The message in `frames` from the hub, if its signature and number are right (checked before
-/// anything is decrypted) and it opens.
+/// The message in `frames` from the hub, if its signature is right, it is addressed to this
+/// engine (`me`, its session) and its number is new (all checked before anything is decrypted),
+/// and it opens.
 fn admit(
     frames: Vec<bytes::Bytes>,
     signer: &Signer,
     cipher: &LinkCipher,
+    me: &str,
     numbers_seen: &mut SequenceCheck,
 ) -> Result<WireMessage, WireError> {
     let sealed = decode_sealed(frames, signer)?;
+    check_addressed_to(sealed.envelope(), me)?;
     numbers_seen.accept(sealed.envelope())?;
     sealed.open(cipher)
 }

@@ -24,8 +24,12 @@ pub enum WireError {
     Replayed,
     #[error("a link message without its sequence number")]
     Unnumbered,
+    #[error("a link message addressed to another engine (moved between connections on the way)")]
+    NotAddressedHere,
     #[error("an engine-link message that does not decrypt: {0}")]
     Sealed(#[from] crate::cipher::CipherError),
     #[error("unsupported signature scheme {0:?}; rustpx signs with hmac-sha256")]
     UnsupportedScheme(String),
+    #[error("a signature of {0} bytes; an hmac-sha256 signature is 64 hex digits")]
+    SignatureLength(usize),
 }

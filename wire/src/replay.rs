@@ -82,6 +82,31 @@ impl Sequencer {
     }
 }
 
+/// The signed metadata field naming a link message's recipient (its session).
+const RECIPIENT: &str = "to";
+
+/// Names `recipient` (an engine's session, which is also its connection's identity) in
+/// `message`'s signed metadata. The hub numbers what it sends to all engines with one counter, so
+/// without this a message to one engine, moved by someone on the path onto another engine's
+/// connection, would be taken there.
+pub fn address_to(message: &mut WireMessage, recipient: &[u8]) {
+    if !message.metadata.is_object() {
+        message.metadata = Value::Object(Default::default());
+    }
+    if let Value::Object(map) = &mut message.metadata {
+        let recipient = String::from_utf8_lossy(recipient).into_owned();
+        map.insert(RECIPIENT.to_owned(), Value::from(recipient));
+    }
+}
+
+/// Refuses a message whose signed recipient is not `me`.
+pub fn check_addressed_to(message: &WireMessage, me: &str) -> Result<(), WireError> {
+    match message.metadata.get(RECIPIENT).and_then(Value::as_str) {
+        Some(recipient) if recipient == me => Ok(()),
+        _ => Err(WireError::NotAddressedHere),
+    }
+}
+
 /// The last number accepted from each session.
 #[derive(Debug, Default)]
 pub struct SequenceCheck {
@@ -145,6 +170,21 @@ mod tests {
         assert!(matches!(
             check.accept(&unnumbered),
             Err(WireError::Unnumbered)
+        ));
+    }
+
+    #[test]
+    fn a_link_message_is_taken_only_by_the_engine_it_names() {
+        let mut message = WireMessage::new("run_request", "hub", Value::Null);
+        assert!(matches!(
+            check_addressed_to(&message, "engine-a"),
+            Err(WireError::NotAddressedHere)
+        ));
+        address_to(&mut message, b"engine-a");
+        assert!(check_addressed_to(&message, "engine-a").is_ok());
+        assert!(matches!(
+            check_addressed_to(&message, "engine-b"),
+            Err(WireError::NotAddressedHere)
         ));
     }
 }

@@ -25,6 +25,9 @@ impl std::fmt::Debug for Signer {
     }
 }
 
+/// The length of a hex hmac-sha256 signature.
+const SIGNATURE_HEX_LEN: usize = 64;
+
 impl Signer {
     /// A signer for `scheme` (only `hmac-sha256` is supported) and `key`.
     pub fn new(scheme: &str, key: &str) -> Result<Self, WireError> {
@@ -58,6 +61,10 @@ impl Signer {
         let Some(mac) = &self.mac else {
             return Ok(());
         };
+        // Decoding is bounded by what the scheme can produce, whatever size a peer sent.
+        if signature.len() != SIGNATURE_HEX_LEN {
+            return Err(WireError::SignatureLength(signature.len()));
+        }
         let expected = hex::decode(signature).map_err(|_| WireError::BadSignature)?;
         let mut mac = mac.clone();
         for part in parts {
@@ -84,6 +91,21 @@ mod tests {
         assert!(matches!(
             other.verify(&parts, sig.as_bytes()),
             Err(WireError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn a_signature_of_the_wrong_length_is_refused_before_decoding() {
+        let signer = Signer::new("hmac-sha256", "secret").unwrap();
+        let parts: [&[u8]; 1] = [b"{}"];
+        let huge = vec![b'0'; 1 << 20];
+        assert!(matches!(
+            signer.verify(&parts, &huge),
+            Err(WireError::SignatureLength(n)) if n == 1 << 20
+        ));
+        assert!(matches!(
+            signer.verify(&parts, b"00"),
+            Err(WireError::SignatureLength(2))
         ));
     }
 

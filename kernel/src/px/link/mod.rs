@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rustpx_protocol::EngineConnection;
 use rustpx_wire::{
-    decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer, SocketOptions,
-    SocketType, WireError, WireMessage, ZmqSocket,
+    address_to, decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer,
+    SocketOptions, SocketType, WireError, WireMessage, ZmqSocket,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -109,6 +109,7 @@ async fn serve(
                 }
             }
             Some((identity, mut message)) = outbox.recv() => {
+                address_to(&mut message, &identity);
                 message.identities = vec![identity];
                 numbering.stamp(&mut message);
                 if let Err(error) = socket.send(encode_sealed(&message, &keys.signer, &keys.cipher)).await {
