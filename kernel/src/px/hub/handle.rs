@@ -43,11 +43,9 @@ impl HubHandle {
     }
 
     /// A hub that panicked mid-step still holds consistent bookkeeping for everything else:
-    /// the other engines and cells go on.
+    /// the other engines and cells go on (see [`crate::px::lock`]).
     fn lock(&self) -> MutexGuard<'_, Hub> {
-        self.hub
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::px::lock(&self.hub)
     }
 
     // --- The link: what engines send, and the heartbeat clock.
