@@ -73,12 +73,18 @@ impl Sequencer {
     /// Puts the next number into `message`'s (signed) metadata.
     pub fn stamp(&mut self, message: &mut WireMessage) {
         self.last += 1;
-        if !message.metadata.is_object() {
-            message.metadata = Value::Object(Default::default());
-        }
-        if let Value::Object(map) = &mut message.metadata {
-            map.insert("seq".to_owned(), Value::from(self.last));
-        }
+        set_metadata(message, "seq", Value::from(self.last));
+    }
+}
+
+/// Sets one field of `message`'s metadata (which the signature covers), making it an object if
+/// it is not one.
+fn set_metadata(message: &mut WireMessage, field: &str, value: Value) {
+    if !message.metadata.is_object() {
+        message.metadata = Value::Object(Default::default());
+    }
+    if let Value::Object(map) = &mut message.metadata {
+        map.insert(field.to_owned(), value);
     }
 }
 
@@ -90,13 +96,8 @@ const RECIPIENT: &str = "to";
 /// without this a message to one engine, moved by someone on the path onto another engine's
 /// connection, would be taken there.
 pub fn address_to(message: &mut WireMessage, recipient: &[u8]) {
-    if !message.metadata.is_object() {
-        message.metadata = Value::Object(Default::default());
-    }
-    if let Value::Object(map) = &mut message.metadata {
-        let recipient = String::from_utf8_lossy(recipient).into_owned();
-        map.insert(RECIPIENT.to_owned(), Value::from(recipient));
-    }
+    let recipient = String::from_utf8_lossy(recipient).into_owned();
+    set_metadata(message, RECIPIENT, Value::from(recipient));
 }
 
 /// Refuses a message whose signed recipient is not `me`.
