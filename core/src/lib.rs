@@ -1,6 +1,7 @@
 //! The decisions of rustpx's parallel magics, with no I/O: what a magic's text asks for
 //! ([`magics`], [`targets`], [`launch_options`]), which engines share a compile ([`groups`]),
-//! what happened on each engine ([`records`]), how ipyparallel shows it ([`render`]), and what
+//! what happened on each engine ([`records`]), the hub's rules as events and effects ([`hub`])
+//! over the link's message types ([`link_messages`]), how ipyparallel shows it ([`render`]), and what
 //! rustc's error codes mean for a transfer or a map ([`rustc_codes`]).
 //!
 //! The kernel performs what these decide (sockets, processes, evcxr); keeping them here, free of
@@ -13,7 +14,9 @@ pub use errors::{ErrorKind, ErrorReport};
 
 pub mod errors;
 pub mod groups;
+pub mod hub;
 pub mod launch_options;
+pub mod link_messages;
 pub mod magics;
 pub mod records;
 pub mod render;

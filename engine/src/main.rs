@@ -106,7 +106,7 @@ fn requested_id(cli: &Cli) -> Result<Option<EngineId>> {
 /// This host's platform, or the one `--pretend-platform` names.
 fn reported_platform(pretend: Option<&str>) -> Platform {
     let Some(text) = pretend else {
-        return Platform::current();
+        return rustpx_protocol::this_platform();
     };
     let mut parts = text.splitn(3, '-');
     Platform {

@@ -1,27 +1,44 @@
 //! The one way the rest of the kernel reaches the hub: a cloneable handle whose methods each
-//! take the hub's lock for one step and let go before returning.
+//! take the hub's lock for one step, perform the effects the step decided, and let go before
+//! returning.
 //!
 //! Callers never hold the lock themselves, so none can keep it across an `.await`, a blocking
 //! receive or a compile, and every step that must see the hub in one state (end a group of
 //! engines' runs, count who is ready, start runs on several engines) is one method here.
+//! Messages are queued for the link while the lock is held, so each engine gets them in the
+//! order the hub decided them; files are read and written only after it is released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use rustpx_protocol::EngineId;
+use chrono::Utc;
+use rustpx_core::hub::{Effect, FromEngine, Hub, RunOrder, Shipment};
+use rustpx_protocol::{from_engine_wire, to_engine_wire, EngineId};
 use rustpx_wire::WireMessage;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{CellEvent, Departure, EngineEntry, Hub, Outgoing, RunEnd};
+use super::shipping_files::{write_returned_files, ShippingFiles};
+use super::{CellEvent, Departure, EngineEntry, Outgoing, RunEnd};
 use crate::px::cell_files::CellFiles;
 use crate::px::records::{CellRecord, EngineError, TaskState};
 
 /// Shared access to the hub, one locked step per call.
 #[derive(Clone)]
 pub struct HubHandle {
-    hub: Arc<Mutex<Hub>>,
+    state: Arc<Mutex<State>>,
+    shipping: ShippingFiles,
+    outbox: UnboundedSender<Outgoing>,
+    /// The link session every message to engines carries.
+    session: Arc<str>,
+}
+
+/// The hub and who is told of what it decides: cells' watchers and runs' waiters.
+struct State {
+    hub: Hub,
+    observers: HashMap<String, UnboundedSender<CellEvent>>,
+    waiters: HashMap<String, std_mpsc::Sender<RunEnd>>,
 }
 
 /// What became of an engine the pool started, once the process that held it ended.
@@ -35,96 +52,179 @@ pub enum StartedEngineEnd {
     NeverRegistered,
 }
 
+/// Objects an engine asked for, to read and send once the lock is released.
+type ObjectAsks = Vec<(Bytes, Vec<String>)>;
+
+impl State {
+    /// Performs the hub's effects that need no file: queue messages, tell watchers and
+    /// waiters. Returns the object requests, which read files.
+    fn deliver(&mut self, session: &str, outbox: &UnboundedSender<Outgoing>) -> ObjectAsks {
+        let mut asks = Vec::new();
+        for effect in self.hub.take_effects() {
+            match effect {
+                Effect::Send { to, message } => {
+                    let _ = outbox.send((to, to_engine_wire(session, message)));
+                }
+                Effect::SendObjects { to, sha256 } => asks.push((to, sha256)),
+                Effect::RunEnded { run_id, end } => {
+                    if let Some(waiter) = self.waiters.remove(&run_id) {
+                        let _ = waiter.send(end);
+                    }
+                }
+                Effect::Notify { cell_id, event } => {
+                    if let Some(observer) = self.observers.get(&cell_id) {
+                        let _ = observer.send(event);
+                    }
+                }
+                Effect::Forget { cell_id } => {
+                    self.observers.remove(&cell_id);
+                }
+            }
+        }
+        asks
+    }
+}
+
 impl HubHandle {
     pub fn new(outbox: UnboundedSender<Outgoing>) -> HubHandle {
         HubHandle {
-            hub: Arc::new(Mutex::new(Hub::new(outbox))),
+            state: Arc::new(Mutex::new(State {
+                hub: Hub::new(rustpx_protocol::this_platform()),
+                observers: HashMap::new(),
+                waiters: HashMap::new(),
+            })),
+            shipping: ShippingFiles::default(),
+            outbox,
+            session: uuid::Uuid::new_v4().to_string().into(),
         }
     }
 
     /// A hub that panicked mid-step still holds consistent bookkeeping for everything else:
     /// the other engines and cells go on (see [`crate::px::lock`]).
-    fn lock(&self) -> MutexGuard<'_, Hub> {
-        crate::px::lock(&self.hub)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        crate::px::lock(&self.state)
+    }
+
+    /// Runs one step on the hub under its lock, performs what it decided, and answers object
+    /// requests after letting go.
+    fn step<R>(&self, step: impl FnOnce(&mut Hub) -> R) -> R {
+        let (result, asks) = {
+            let mut state = self.lock();
+            let result = step(&mut state.hub);
+            (result, state.deliver(&self.session, &self.outbox))
+        };
+        for (to, hashes) in asks {
+            self.shipping
+                .send_objects(&self.session, &self.outbox, &to, hashes);
+        }
+        result
+    }
+
+    /// A read of the hub's state (no effects).
+    fn read<R>(&self, read: impl FnOnce(&Hub) -> R) -> R {
+        read(&self.lock().hub)
     }
 
     // --- The link: what engines send, and the heartbeat clock.
 
+    /// Handles one message from the engine with link identity `identity`.
     pub fn receive(&self, identity: Bytes, message: &WireMessage) {
-        self.lock().receive(identity, message);
+        let decoded = match from_engine_wire(message) {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) => {
+                tracing::warn!(
+                    "hub: dropped an unknown message type {:?}",
+                    message.msg_type()
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!("hub: dropped a message: {error}");
+                return;
+            }
+        };
+        if let FromEngine::RunReply(reply) = &decoded {
+            if !reply.files.is_empty() {
+                if let Some((engine, files_out)) = self.read(|hub| hub.files_out(&reply.run_id)) {
+                    write_returned_files(engine, &files_out, reply, &message.buffers);
+                }
+            }
+        }
+        self.step(|hub| hub.receive(identity, decoded, Instant::now()));
     }
 
     /// Declares silent engines dead and returns every engine that left since the last look.
     pub fn check_heartbeats(&self, now: Instant) -> Vec<Departure> {
-        let mut hub = self.lock();
-        hub.check_heartbeats(now);
-        hub.take_departures()
+        self.step(|hub| {
+            hub.check_heartbeats(now);
+            hub.take_departures()
+        })
     }
 
     // --- The registry.
 
     pub fn live_ids(&self) -> Vec<EngineId> {
-        self.lock().live_ids()
+        self.read(Hub::live_ids)
     }
 
     pub fn live_incarnations(&self) -> BTreeMap<EngineId, u64> {
-        self.lock().live_incarnations()
+        self.read(Hub::live_incarnations)
     }
 
     pub fn next_incarnation(&self) -> u64 {
-        self.lock().next_incarnation()
+        self.read(Hub::next_incarnation)
     }
 
     pub fn take_refusals(&self) -> Vec<String> {
-        self.lock().take_refusals()
+        self.step(Hub::take_refusals)
     }
 
     /// A copy of engine `id`'s entry, alive or dead.
     pub fn engine(&self, id: EngineId) -> Option<EngineEntry> {
-        self.lock().engine(id).cloned()
+        self.read(|hub| hub.engine(id).cloned())
     }
 
     /// Copies of every known engine's entry, by id.
     pub fn engines(&self) -> Vec<EngineEntry> {
-        self.lock().engines().cloned().collect()
+        self.read(|hub| hub.engines().cloned().collect())
     }
 
     pub fn is_alive(&self, id: EngineId) -> bool {
-        self.lock().engine(id).is_some_and(EngineEntry::alive)
+        self.read(|hub| hub.engine(id).is_some_and(EngineEntry::alive))
     }
 
     /// How many of `ids` are registered and alive.
     pub fn count_alive(&self, ids: &[EngineId]) -> usize {
-        let hub = self.lock();
-        ids.iter()
-            .filter(|id| hub.engine(**id).is_some_and(EngineEntry::alive))
-            .count()
+        self.read(|hub| {
+            ids.iter()
+                .filter(|id| hub.engine(**id).is_some_and(EngineEntry::alive))
+                .count()
+        })
     }
 
     /// The first of `ids` the hub has never seen.
     pub fn first_unknown(&self, ids: &[EngineId]) -> Option<EngineId> {
-        let hub = self.lock();
-        ids.iter().copied().find(|id| hub.engine(*id).is_none())
+        self.read(|hub| ids.iter().copied().find(|id| hub.engine(*id).is_none()))
     }
 
     pub fn signal_engine(&self, id: EngineId, signal: i32) -> bool {
-        self.lock().signal_engine(id, signal)
+        self.step(|hub| hub.signal_engine(id, signal))
     }
 
     pub fn engine_gone(&self, id: EngineId, incarnation: Option<u64>, reason: &str) {
-        self.lock().engine_gone(id, incarnation, reason);
+        self.step(|hub| hub.engine_gone(id, incarnation, reason));
     }
 
     pub fn shutdown_engine(&self, id: EngineId) {
-        self.lock().shutdown_engine(id);
+        self.step(|hub| hub.shutdown_engine(id));
     }
 
     pub fn expect_exit(&self, id: EngineId) {
-        self.lock().expect_exit(id);
+        self.step(|hub| hub.expect_exit(id));
     }
 
     pub fn take_interrupted(&self, id: EngineId, incarnation: u64) -> bool {
-        self.lock().take_interrupted(id, incarnation)
+        self.step(|hub| hub.take_interrupted(id, incarnation))
     }
 
     /// Settles an engine the pool started from `first_incarnation` on, whose process ended:
@@ -135,96 +235,105 @@ impl HubHandle {
         first_incarnation: u64,
         reason: &str,
     ) -> StartedEngineEnd {
-        let mut hub = self.lock();
-        let Some(entry) = hub
-            .engine(id)
-            .filter(|e| e.incarnation >= first_incarnation)
-        else {
-            return StartedEngineEnd::NeverRegistered;
-        };
-        if !entry.alive() {
-            return StartedEngineEnd::AlreadyGone;
-        }
-        let incarnation = entry.incarnation;
-        hub.engine_gone(id, Some(incarnation), reason);
-        StartedEngineEnd::WasRunning(incarnation)
+        self.step(|hub| {
+            let Some(entry) = hub
+                .engine(id)
+                .filter(|e| e.incarnation >= first_incarnation)
+            else {
+                return StartedEngineEnd::NeverRegistered;
+            };
+            if !entry.alive() {
+                return StartedEngineEnd::AlreadyGone;
+            }
+            let incarnation = entry.incarnation;
+            hub.engine_gone(id, Some(incarnation), reason);
+            StartedEngineEnd::WasRunning(incarnation)
+        })
     }
 
     // --- Variables as the compiler last knew them.
 
     /// Records the same variables for every engine of a group.
     pub fn set_variables(&self, ids: &[EngineId], variables: &[(String, String)]) {
-        let mut hub = self.lock();
-        for &id in ids {
-            hub.set_variables(id, variables.to_vec());
-        }
+        self.step(|hub| {
+            for &id in ids {
+                hub.set_variables(id, variables.to_vec());
+            }
+        });
     }
 
     pub fn variables(&self, id: EngineId) -> Vec<String> {
-        self.lock().variables(id)
+        self.read(|hub| hub.variables(id))
     }
 
     pub fn variable_type(&self, id: EngineId, name: &str) -> Option<String> {
-        self.lock().variable_type(id, name)
+        self.read(|hub| hub.variable_type(id, name))
     }
 
     // --- Cells, their runs and their results.
 
     /// Records a new cell, and subscribes `observer` to its events when one is given.
     pub fn add_cell(&self, cell: CellRecord, observer: Option<UnboundedSender<CellEvent>>) {
-        let mut hub = self.lock();
+        self.shipping.prune_inputs();
         let cell_id = cell.cell_id.clone();
-        hub.add_cell(cell);
-        if let Some(observer) = observer {
-            hub.observe(&cell_id, observer);
-        }
+        let asks = {
+            let mut state = self.lock();
+            if let Some(observer) = observer {
+                state.observers.insert(cell_id, observer);
+            }
+            state.hub.add_cell(cell);
+            state.deliver(&self.session, &self.outbox)
+        };
+        debug_assert!(asks.is_empty(), "adding a cell reads no object");
     }
 
     pub fn unobserve(&self, cell_id: &str) {
-        self.lock().unobserve(cell_id);
+        self.lock().observers.remove(cell_id);
     }
 
     /// A copy of a cell's record, if the hub still keeps it.
     pub fn cell(&self, cell_id: &str) -> Option<CellRecord> {
-        self.lock().cell(cell_id).cloned()
+        self.read(|hub| hub.cell(cell_id).cloned())
     }
 
     pub fn has_cell(&self, cell_id: &str) -> bool {
-        self.lock().cell(cell_id).is_some()
+        self.read(|hub| hub.cell(cell_id).is_some())
     }
 
     /// Whether a cell is finished, or no longer kept (which waiting treats the same).
     pub fn cell_done_or_dropped(&self, cell_id: &str) -> bool {
-        self.lock().cell(cell_id).is_none_or(CellRecord::is_done)
+        self.read(|hub| hub.cell(cell_id).is_none_or(CellRecord::is_done))
     }
 
     /// The live engines of a cell still running, with the variables each holds, each marked
     /// as interrupted in the same step (so that its death is expected).
     pub fn interrupt_running(&self, cell_id: &str) -> Vec<(EngineId, Vec<String>)> {
-        let mut hub = self.lock();
-        let running: Vec<EngineId> = hub
-            .cell(cell_id)
-            .map(|cell| {
-                cell.engines
-                    .values()
-                    .filter(|record| record.state != TaskState::Done)
-                    .map(|record| record.engine)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut signalled = Vec::new();
-        for id in running {
-            if hub.engine(id).is_some_and(EngineEntry::alive) {
-                let variables = hub.variables(id);
-                hub.mark_interrupted(id);
-                signalled.push((id, variables));
+        self.step(|hub| {
+            let running: Vec<EngineId> = hub
+                .cell(cell_id)
+                .map(|cell| {
+                    cell.engines
+                        .values()
+                        .filter(|record| record.state != TaskState::Done)
+                        .map(|record| record.engine)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut signalled = Vec::new();
+            for id in running {
+                if hub.engine(id).is_some_and(EngineEntry::alive) {
+                    let variables = hub.variables(id);
+                    hub.mark_interrupted(id);
+                    signalled.push((id, variables));
+                }
             }
-        }
-        signalled
+            signalled
+        })
     }
 
-    /// Sends one compiled object to each of `engines` (pinned to a process) in one step; each
-    /// receiver answers when that run ended.
+    /// Sends one compiled object to each of `engines` (pinned to a process); each receiver
+    /// answers when that run ended. What engines on other hosts need is read first, with the
+    /// lock released; the runs then start in one step.
     pub fn start_runs(
         &self,
         cell_id: &str,
@@ -233,32 +342,68 @@ impl HubHandle {
         fn_name: &str,
         files: &CellFiles,
     ) -> Vec<std_mpsc::Receiver<RunEnd>> {
-        let mut hub = self.lock();
-        engines
-            .iter()
-            .map(|&(engine, incarnation)| {
-                hub.start_run(cell_id, engine, incarnation, so_path, fn_name, files)
-            })
-            .collect()
+        let (remote, code) = self.read(|hub| {
+            let remote: Vec<EngineId> = engines
+                .iter()
+                .filter(|&&(engine, incarnation)| hub.needs_shipment(engine, incarnation))
+                .map(|&(engine, _)| engine)
+                .collect();
+            (remote, hub.cell(cell_id).map(|cell| cell.code.clone()))
+        });
+        let may_have_value = code
+            .as_deref()
+            .is_none_or(crate::cell_text::ends_in_expression);
+        let mut shipments: HashMap<EngineId, Result<Shipment, String>> = remote
+            .into_iter()
+            .map(|engine| (engine, self.shipping.shipment(engine, so_path, files)))
+            .collect();
+        let (receivers, asks) = {
+            let mut state = self.lock();
+            let now = Utc::now();
+            let mut receivers = Vec::with_capacity(engines.len());
+            for &(engine, incarnation) in engines {
+                let order = RunOrder {
+                    cell_id,
+                    engine,
+                    incarnation,
+                    so_path,
+                    fn_name,
+                    may_have_value,
+                    shipment: shipments
+                        .remove(&engine)
+                        .unwrap_or_else(|| Ok(Shipment::default())),
+                };
+                let run_id = state.hub.start_run(order, now);
+                let (done, receiver) = std_mpsc::channel();
+                state.waiters.insert(run_id, done);
+                receivers.push(receiver);
+            }
+            (receivers, state.deliver(&self.session, &self.outbox))
+        };
+        debug_assert!(asks.is_empty(), "starting runs reads no object");
+        receivers
     }
 
     /// Ends each of `engines`' part of a cell with the same outcome.
     pub fn finish_engines(&self, cell_id: &str, engines: &[EngineId], error: Option<EngineError>) {
-        let mut hub = self.lock();
-        for &engine in engines {
-            hub.finish_engine(cell_id, engine, error.clone());
-        }
+        self.step(|hub| {
+            for &engine in engines {
+                hub.finish_engine(cell_id, engine, error.clone());
+            }
+        });
     }
 
     pub fn finish_cell(&self, cell_id: &str) {
-        self.lock().finish_cell(cell_id);
+        self.step(|hub| hub.finish_cell(cell_id));
     }
 
     /// Stops watching a cell and returns each engine's error in it.
     pub fn unobserve_and_take_failures(&self, cell_id: &str) -> Vec<(EngineId, EngineError)> {
-        let mut hub = self.lock();
-        hub.unobserve(cell_id);
-        hub.cell(cell_id)
+        let mut state = self.lock();
+        state.observers.remove(cell_id);
+        state
+            .hub
+            .cell(cell_id)
             .map(|cell| {
                 cell.failures()
                     .into_iter()

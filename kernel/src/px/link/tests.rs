@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rustpx_protocol::{to_wire, EngineConnection, Platform, RegisterReply, RegisterRequest};
+use rustpx_protocol::{to_wire, EngineConnection, RegisterReply, RegisterRequest};
 use rustpx_wire::{
     decode_sealed, encode, encode_sealed, LinkCipher, Sequencer, Signer, SocketOptions, SocketType,
     WireMessage, ZmqSocket,
@@ -44,7 +44,7 @@ fn registration(session: &str, numbering: &mut Sequencer) -> WireMessage {
         pid: std::process::id(),
         hostname: "test".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        platform: Platform::current(),
+        platform: rustpx_protocol::this_platform(),
         shares_files: true,
     };
     let mut message = to_wire(session, &request);

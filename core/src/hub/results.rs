@@ -1,16 +1,12 @@
 //! The results store: a record per `%px` cell, watched while it runs, and kept (the newest
-//! [`KEPT_RESULTS`](super::KEPT_RESULTS)) for `%pxresult` once it is done.
+//! [`KEPT_RESULTS`]) for `%pxresult` once it is done.
 
-use rustpx_protocol::EngineId;
-use tokio::sync::mpsc::UnboundedSender;
-
-use super::{CellEvent, Hub, KEPT_RESULTS};
-use crate::px::records::{CellRecord, EngineError, TaskState};
+use super::{CellEvent, Effect, Hub, KEPT_RESULTS};
+use crate::records::{CellRecord, EngineError, TaskState};
+use crate::EngineId;
 
 impl Hub {
     pub fn add_cell(&mut self, cell: CellRecord) {
-        // An earlier data magic's files are deleted when it ends: let their bytes go too.
-        self.inputs.prune();
         self.cell_order.push_back(cell.cell_id.clone());
         self.cells.insert(cell.cell_id.clone(), cell);
         self.drop_oldest_results();
@@ -18,14 +14,15 @@ impl Hub {
 
     /// Past [`KEPT_RESULTS`] cells, drops the oldest finished ones (a cell still running stays,
     /// however old). `%pxresult` says when a name's result was dropped.
-    pub(super) fn drop_oldest_results(&mut self) {
+    fn drop_oldest_results(&mut self) {
         let mut index = 0;
         while self.cells.len() > KEPT_RESULTS && index < self.cell_order.len() {
             let id = &self.cell_order[index];
             if self.cells.get(id).is_none_or(CellRecord::is_done) {
                 self.cells.remove(id);
-                self.observers.remove(id);
-                self.cell_order.remove(index);
+                if let Some(cell_id) = self.cell_order.remove(index) {
+                    self.effects.push(Effect::Forget { cell_id });
+                }
             } else {
                 index += 1;
             }
@@ -34,14 +31,6 @@ impl Hub {
 
     pub fn cell(&self, cell_id: &str) -> Option<&CellRecord> {
         self.cells.get(cell_id)
-    }
-
-    pub fn observe(&mut self, cell_id: &str, observer: UnboundedSender<CellEvent>) {
-        self.observers.insert(cell_id.to_owned(), observer);
-    }
-
-    pub fn unobserve(&mut self, cell_id: &str) {
-        self.observers.remove(cell_id);
     }
 
     /// Finishes one engine's part of a cell (compile errors, or success after its runs).
