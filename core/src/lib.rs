@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 pub use errors::{ErrorKind, ErrorReport};
 
+pub mod cell_files;
 pub mod errors;
 pub mod groups;
 pub mod hub;
@@ -22,6 +23,7 @@ pub mod records;
 pub mod render;
 pub mod rustc_codes;
 pub mod targets;
+pub mod transfer;
 
 /// An engine's id in the pool: its place in every output label (`[stdout:N]`, `Out[N:C]`).
 pub type EngineId = u32;

@@ -10,30 +10,8 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use rustpx_protocol::{sha256_hex, EngineId, ShippedFile};
-
-/// The placeholder for the engine id in a path.
-pub const ENGINE: &str = "{engine}";
-
-/// Input and output files of one cell's engine side, as path patterns.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CellFiles {
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
-}
-
-impl CellFiles {
-    /// The input and output paths of engine `id`.
-    pub fn for_engine(&self, id: EngineId) -> (Vec<String>, Vec<String>) {
-        let fill = |patterns: &[String]| -> Vec<String> {
-            patterns
-                .iter()
-                .map(|p| p.replace(ENGINE, &id.to_string()))
-                .collect()
-        };
-        (fill(&self.inputs), fill(&self.outputs))
-    }
-}
+pub use rustpx_core::cell_files::CellFiles;
+use rustpx_protocol::{sha256_hex, ShippedFile};
 
 /// Input files read and hashed once per version, however many engines they go to (a `%push`
 /// sends the same file to every target).
@@ -134,17 +112,6 @@ pub fn write_output(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_name_each_engines_files() {
-        let files = CellFiles {
-            inputs: vec!["/d/x.scatter.{engine}.bin".into(), "/d/y.push.bin".into()],
-            outputs: vec!["/d/z.gather.{engine}.bin".into()],
-        };
-        let (inputs, outputs) = files.for_engine(3);
-        assert_eq!(inputs, ["/d/x.scatter.3.bin", "/d/y.push.bin"]);
-        assert_eq!(outputs, ["/d/z.gather.3.bin"]);
-    }
 
     #[test]
     fn an_input_is_read_again_only_when_it_changed() {

@@ -17,12 +17,11 @@ mod pool;
 mod session;
 mod shipping;
 mod stale_files;
-mod transfer;
 
 use thiserror::Error;
 
 // The pure decisions live in rustpx-core; here under the names the px parts have always used.
-pub use rustpx_core::{groups, magics, records, render, rustc_codes, targets};
+pub use rustpx_core::{groups, magics, records, render, rustc_codes, targets, transfer};
 
 /// Locks a mutex shared by the px parts. A poisoned lock only means a thread panicked while
 /// holding it; the registry, pool and scheduler states stay usable, so their users go on.

@@ -10,10 +10,10 @@
 
 use std::path::Path;
 
-use super::cell_files::{self, CellFiles};
-use super::magics::TransferKind;
-use super::rustc_codes;
-use rustpx_protocol::EngineId;
+use crate::cell_files::{self, CellFiles};
+use crate::magics::TransferKind;
+use crate::rustc_codes;
+use crate::EngineId;
 
 /// The generated code of one data magic, in the order it runs.
 #[derive(Debug, Clone, PartialEq)]
