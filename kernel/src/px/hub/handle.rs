@@ -25,10 +25,16 @@ pub struct HubHandle {
 }
 
 /// What became of an engine the pool started, once the process that held it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartedEngineEnd {
     /// It had registered (as this incarnation), and is now marked gone.
-    WasRunning(u64),
+    WasRunning {
+        incarnation: u64,
+        /// The kernel stopped, restarted or interrupted it: its end was no surprise.
+        on_purpose: bool,
+        /// The variables it held.
+        lost: Vec<String>,
+    },
     /// It registered and is already marked gone: nothing to do.
     AlreadyGone,
     /// It never registered.
@@ -146,8 +152,16 @@ impl HubHandle {
             return StartedEngineEnd::AlreadyGone;
         }
         let incarnation = entry.incarnation;
+        // Read before `engine_gone`, which forgets both.
+        let on_purpose = hub.stopping.get(&id) == Some(&incarnation)
+            || hub.interrupted.get(&id) == Some(&incarnation);
+        let lost = hub.variables(id);
         hub.engine_gone(id, Some(incarnation), reason);
-        StartedEngineEnd::WasRunning(incarnation)
+        StartedEngineEnd::WasRunning {
+            incarnation,
+            on_purpose,
+            lost,
+        }
     }
 
     // --- Variables as the compiler last knew them.
@@ -223,6 +237,54 @@ impl HubHandle {
         signalled
     }
 
+    /// The live engines that have been running a cell for `limit` or longer (its `--timeout`),
+    /// not yet interrupted, with the variables each holds, each marked as interrupted in the
+    /// same step. The time counts from when the engine was sent the cell, so the compile does
+    /// not count against it.
+    pub fn interrupt_overdue(
+        &self,
+        cell_id: &str,
+        limit: std::time::Duration,
+    ) -> Vec<(EngineId, Vec<String>)> {
+        let mut hub = self.lock();
+        let Ok(limit) = chrono::TimeDelta::from_std(limit) else {
+            return Vec::new();
+        };
+        let now = chrono::Utc::now();
+        // An engine whose run replied waits only for the rest of its group: not stuck.
+        let running: std::collections::HashSet<EngineId> = hub
+            .runs
+            .values()
+            .filter(|run| run.cell_id == cell_id)
+            .map(|run| run.engine)
+            .collect();
+        let overdue: Vec<EngineId> = hub
+            .cell(cell_id)
+            .map(|cell| {
+                cell.engines
+                    .values()
+                    .filter(|r| r.state == TaskState::Running && running.contains(&r.engine))
+                    .filter(|r| r.started.is_some_and(|started| now - started >= limit))
+                    .map(|r| r.engine)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut signalled = Vec::new();
+        for id in overdue {
+            let Some(incarnation) = hub.engine(id).filter(|e| e.alive()).map(|e| e.incarnation)
+            else {
+                continue;
+            };
+            if hub.interrupted.get(&id) == Some(&incarnation) {
+                continue;
+            }
+            let variables = hub.variables(id);
+            hub.mark_interrupted(id);
+            signalled.push((id, variables));
+        }
+        signalled
+    }
+
     /// Sends one compiled object to each of `engines` (pinned to a process) in one step; each
     /// receiver answers when that run ended.
     pub fn start_runs(
@@ -247,6 +309,13 @@ impl HubHandle {
         let mut hub = self.lock();
         for &engine in engines {
             hub.finish_engine(cell_id, engine, error.clone());
+        }
+    }
+
+    /// Adds a note of the compiler's to a cell (shown after the engines' outputs).
+    pub fn add_note(&self, cell_id: &str, text: String) {
+        if let Some(cell) = self.lock().cells.get_mut(cell_id) {
+            cell.notes.push(text);
         }
     }
 
