@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Panic,
     /// An interrupt stopped the cell.
     KeyboardInterrupt,
+    /// Engines still ran the cell when its `--timeout` passed, and were interrupted.
+    Timeout,
     /// evcxr's child process ended while running the cell.
     SubprocessTerminated,
     /// Any other failure of a cell, with the text evcxr or the engine gave.
@@ -53,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Compilation => "CompilationError",
             ErrorKind::Panic => "Panic",
             ErrorKind::KeyboardInterrupt => "KeyboardInterrupt",
+            ErrorKind::Timeout => "TimeoutError",
             ErrorKind::SubprocessTerminated => "SubprocessTerminated",
             ErrorKind::Other => "Error",
             ErrorKind::EngineStart => "EngineStartError",

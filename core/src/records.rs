@@ -148,6 +148,9 @@ pub struct CellRecord {
     pub single: bool,
     pub submitted: DateTime<Utc>,
     pub engines: BTreeMap<EngineId, EngineRecord>,
+    /// What the px compiler says about the cell itself, each text ending in a newline: what
+    /// the evcxr commands in it (`:opt`, `:vars`, `:timing`) answered, per engine group.
+    pub notes: Vec<String>,
 }
 
 impl CellRecord {
@@ -170,6 +173,7 @@ impl CellRecord {
             single,
             submitted,
             engines,
+            notes: Vec::new(),
         }
     }
 

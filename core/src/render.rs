@@ -261,6 +261,7 @@ pub fn non_streamed(cell: &CellRecord, grouping: Grouping) -> Vec<Output> {
                 out.push(value);
             }
         }
+        out.outputs.extend(notes(cell));
         return out.outputs;
     }
     let records: Vec<&EngineRecord> = cell.in_order().collect();
@@ -329,12 +330,24 @@ pub fn non_streamed(cell: &CellRecord, grouping: Grouping) -> Vec<Output> {
             }
         }
     }
+    out.outputs.extend(notes(cell));
     out.outputs
 }
 
-/// The values of a streamed cell, shown at the end (streams were shown live).
+/// The values of a streamed cell, shown at the end (streams were shown live), and its notes.
 pub fn streamed_values(cell: &CellRecord) -> Vec<Output> {
-    cell.in_order().filter_map(value_output).collect()
+    cell.in_order()
+        .filter_map(value_output)
+        .chain(notes(cell))
+        .collect()
+}
+
+/// The compiler's notes on a cell (`[0-3:vars]` ...), on stdout after the engines' outputs.
+fn notes(cell: &CellRecord) -> Option<Output> {
+    (!cell.notes.is_empty()).then(|| Output::Stream {
+        name: "stdout",
+        text: cell.notes.concat(),
+    })
 }
 
 /// The error a finished cell ends with when not streamed: the engine's own for a single-int

@@ -503,6 +503,13 @@ impl Hub {
         }
     }
 
+    /// Whether the end of engine `id`'s process `incarnation` is one the kernel caused (a stop,
+    /// a restart, an interrupt) rather than news.
+    pub fn end_expected(&self, id: EngineId, incarnation: u64) -> bool {
+        self.stopping.get(&id) == Some(&incarnation)
+            || self.interrupted.get(&id) == Some(&incarnation)
+    }
+
     /// Whether the dead engine `id` died because we interrupted it (and forgets that).
     pub fn take_interrupted(&mut self, id: EngineId, incarnation: u64) -> bool {
         self.interrupted.remove(&id) == Some(incarnation)

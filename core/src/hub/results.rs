@@ -1,6 +1,10 @@
 //! The results store: a record per `%px` cell, watched while it runs, and kept (the newest
 //! [`KEPT_RESULTS`]) for `%pxresult` once it is done.
 
+use std::collections::HashSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
 use super::{CellEvent, Effect, Hub, KEPT_RESULTS};
 use crate::records::{CellRecord, EngineError, TaskState};
 use crate::EngineId;
@@ -49,6 +53,39 @@ impl Hub {
         if changed {
             self.notify(cell_id, CellEvent::EngineDone { engine });
         }
+    }
+
+    /// Adds a note of the compiler's to a cell (shown after the engines' outputs).
+    pub fn add_note(&mut self, cell_id: &str, text: String) {
+        if let Some(cell) = self.cells.get_mut(cell_id) {
+            cell.notes.push(text);
+        }
+    }
+
+    /// The live engines of a cell whose run has gone on for `limit` or longer at `now` and that
+    /// were not interrupted yet: what its `--timeout` interrupts. An engine whose run already
+    /// replied only waits for the rest of its group, so it is not overdue.
+    pub fn overdue(&self, cell_id: &str, limit: TimeDelta, now: DateTime<Utc>) -> Vec<EngineId> {
+        let running: HashSet<EngineId> = self
+            .runs
+            .values()
+            .filter(|run| run.cell_id == cell_id)
+            .map(|run| run.engine)
+            .collect();
+        let Some(cell) = self.cells.get(cell_id) else {
+            return Vec::new();
+        };
+        cell.engines
+            .values()
+            .filter(|r| r.state == TaskState::Running && running.contains(&r.engine))
+            .filter(|r| r.started.is_some_and(|started| now - started >= limit))
+            .map(|r| r.engine)
+            .filter(|id| {
+                self.engines
+                    .get(id)
+                    .is_some_and(|e| e.alive() && self.interrupted.get(id) != Some(&e.incarnation))
+            })
+            .collect()
     }
 
     /// Every engine of the cell finished.

@@ -331,3 +331,49 @@ fn a_run_reply_fills_the_record() {
         Some(EngineState::Idle)
     );
 }
+
+#[test]
+fn only_a_run_past_its_limit_and_not_yet_interrupted_is_overdue() {
+    let mut hub = Hub::new(platform());
+    let id = register(&mut hub, "a", None);
+    let other = register(&mut hub, "b", None);
+    hub.add_cell(CellRecord::new(
+        "c".into(),
+        "x".into(),
+        vec![id, other],
+        false,
+    ));
+    let sent = Utc::now();
+    let run_a = hub.start_run(order("c", id, 1), sent);
+    let run_b = hub.start_run(order("c", other, 2), sent);
+    let limit = chrono::TimeDelta::seconds(2);
+    assert!(hub
+        .overdue("c", limit, sent + chrono::TimeDelta::seconds(1))
+        .is_empty());
+    let reply = |run_id: String| RunReply {
+        run_id,
+        execution_count: 1,
+        status: RunStatus::Ok,
+        value: None,
+        changed_type: vec![],
+        started: sent.to_rfc3339(),
+        completed: sent.to_rfc3339(),
+        files: vec![],
+    };
+    // b replied and only waits for a: it is not stuck.
+    hub.receive(
+        Bytes::from_static(b"b"),
+        FromEngine::RunReply(reply(run_b)),
+        Instant::now(),
+    );
+    let later = sent + chrono::TimeDelta::seconds(3);
+    assert_eq!(hub.overdue("c", limit, later), vec![id]);
+    hub.mark_interrupted(id);
+    assert!(hub.overdue("c", limit, later).is_empty());
+    hub.receive(
+        Bytes::from_static(b"a"),
+        FromEngine::RunReply(reply(run_a)),
+        Instant::now(),
+    );
+    assert!(hub.overdue("c", limit, later).is_empty());
+}

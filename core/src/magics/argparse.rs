@@ -43,7 +43,7 @@ fn words_for_clap(
         .get_positionals()
         .map(|arg| arg.get_num_args().map_or(1, |n| n.max_values()))
         .fold(0, usize::saturating_add);
-    let (mut items, mut positionals) = (items.iter(), 0);
+    let (mut items, mut positionals) = (items.iter().peekable(), 0);
     while let Some(item) = items.next() {
         if !item.starts_with('-') {
             positionals += 1;
@@ -59,6 +59,16 @@ fn words_for_clap(
         };
         let arg = option(command, name).ok_or_else(|| unrecognized(item))?;
         if !arg.get_action().takes_values() {
+            words.push(name.to_owned());
+            continue;
+        }
+        // An option whose value may be left out (argparse's `nargs='?'`) takes the next word
+        // only when it can be a value.
+        let optional = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
+        if optional
+            && inline.is_none()
+            && items.peek().is_none_or(|next| looks_like_an_option(next))
+        {
             words.push(name.to_owned());
             continue;
         }

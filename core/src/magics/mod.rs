@@ -11,6 +11,7 @@ mod argparse;
 mod engines;
 mod options;
 mod px;
+mod pxconfig;
 mod pxmap;
 mod pxresult;
 #[cfg(test)]
@@ -20,13 +21,14 @@ mod transfer;
 pub use engines::{EnginesCommand, MAX_ENGINES_PER_START};
 pub use options::{signal_number, ExecOptions, Grouping};
 pub use px::PxOptions;
+pub use pxconfig::{PxConfigOptions, DEFAULT_RESTART_LIMIT, MAX_RESTART_LIMIT};
 pub use pxmap::MapOptions;
 pub use pxresult::ResultOptions;
 pub use transfer::{Transfer, TransferKind};
 
 use engines::parse_engines;
-use options::ExecArgs;
 use px::PxArgs;
+use pxconfig::PxConfigArgs;
 use pxmap::parse_map;
 use pxresult::ResultArgs;
 use transfer::parse_transfer;
@@ -42,7 +44,7 @@ pub struct UsageError(pub String);
 pub enum Magic {
     Px { options: PxOptions, code: String },
     PxResult(ResultOptions),
-    PxConfig(ExecOptions),
+    PxConfig(PxConfigOptions),
     AutoPx,
     Engines(EnginesCommand),
     Transfer(Transfer),
@@ -84,8 +86,10 @@ pub fn parse_cell(cell: &str) -> Result<Option<Magic>, UsageError> {
             }
         }
         "pxresult" => Magic::PxResult(argparse::parse::<ResultArgs>(&split_args(args)?)?.into()),
-        // `%pxconfig` takes the exec options and nothing else.
-        "pxconfig" => Magic::PxConfig(argparse::parse::<ExecArgs>(&split_args(args)?)?.into()),
+        // `%pxconfig` takes the exec options and the pool's restart policy.
+        "pxconfig" => {
+            Magic::PxConfig(argparse::parse::<PxConfigArgs>(&split_args(args)?)?.into())
+        }
         "autopx" => {
             if !args.is_empty() {
                 return Err(UsageError(format!("unrecognized arguments: {args}")));

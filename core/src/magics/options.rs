@@ -2,7 +2,8 @@
 //! `output_args`: where and how a cell runs ([`ExecArgs`]: `-t`, `--block`, `--stream`,
 //! `--verbose`, `--progress-after`, `--signal-on-interrupt`; `%%px` and `%pxconfig`), and how its
 //! outputs are shown ([`OutputArgs`]: `--group-outputs`, `-e`, `-r`, `-o`; `%%px` and
-//! `%pxresult`).
+//! `%pxresult`). `--timeout` is one of the exec options, so that `%pxconfig` can make it the
+//! default of unattended runs.
 //!
 //! clap wants one field per spelling (`--block` and `--noblock`), the kernel one `Option<bool>`
 //! per setting, where `None` means "not given here" so that `%pxconfig` merges only what it
@@ -35,6 +36,9 @@ pub struct ExecOptions {
     pub progress_after: Option<f64>,
     /// The signal to send on interrupt; `Some(0)` sends none.
     pub signal_on_interrupt: Option<i32>,
+    /// Seconds after which engines still running the cell are interrupted; `Some(0.0)` waits
+    /// as long as they run (the default).
+    pub timeout: Option<f64>,
 }
 
 /// `--group-outputs`' value parser.
@@ -56,6 +60,20 @@ fn seconds(value: &str) -> Result<f64, UsageError> {
             "argument --progress-after: invalid float value: '{value}'"
         ))
     })
+}
+
+/// `--timeout`'s value parser: seconds, 0 for no limit. A negative or non-finite limit would
+/// interrupt at once or never, which is not what anyone typing a number means.
+fn timeout_seconds(value: &str) -> Result<f64, UsageError> {
+    match value.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok(seconds),
+        Ok(_) => Err(UsageError(format!(
+            "argument --timeout: '{value}' is not a number of seconds (use a positive number, or 0 for no limit)"
+        ))),
+        Err(_) => Err(UsageError(format!(
+            "argument --timeout: invalid float value: '{value}'"
+        ))),
+    }
 }
 
 /// `SIGINT`, `INT`, `2` or `0` (no signal).
@@ -111,6 +129,8 @@ pub(super) struct ExecArgs {
     progress_after: Option<f64>,
     #[arg(long, value_parser = signal_number)]
     signal_on_interrupt: Option<i32>,
+    #[arg(long, value_parser = timeout_seconds)]
+    timeout: Option<f64>,
 }
 
 impl From<ExecArgs> for ExecOptions {
@@ -122,6 +142,7 @@ impl From<ExecArgs> for ExecOptions {
             verbose: either(args.verbose, args.no_verbose),
             progress_after: args.progress_after,
             signal_on_interrupt: args.signal_on_interrupt,
+            timeout: args.timeout,
         }
     }
 }

@@ -138,8 +138,9 @@ fn pxresult_pxconfig_autopx_engines() {
     else {
         panic!()
     };
-    assert_eq!(c.targets, Some(Targets::All));
-    assert_eq!(c.stream, Some(false));
+    assert_eq!(c.exec.targets, Some(Targets::All));
+    assert_eq!(c.exec.stream, Some(false));
+    assert_eq!(c.restart_dead, None);
     assert!(parse_cell("%pxconfig --local").is_err());
     assert_eq!(parse_cell("%autopx").unwrap().unwrap(), Magic::AutoPx);
     assert_eq!(
@@ -351,4 +352,48 @@ fn option_spellings_and_the_last_one_given_wins() {
     };
     assert_eq!(n, Some(3));
     assert!(usage("%engines start -n=3").starts_with("unrecognized arguments: -n=3\n"));
+}
+
+fn pxconfig(cell: &str) -> PxConfigOptions {
+    match parse_cell(cell).unwrap().unwrap() {
+        Magic::PxConfig(options) => options,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn timeout_is_an_exec_option_of_px_and_pxconfig() {
+    assert_eq!(px("%%px --timeout 2\nloop {}").exec.timeout, Some(2.0));
+    assert_eq!(px("%%px --timeout=0.5 -t 1\nx").exec.timeout, Some(0.5));
+    assert_eq!(pxconfig("%pxconfig --timeout 30").exec.timeout, Some(30.0));
+    assert_eq!(pxconfig("%pxconfig --timeout 0").exec.timeout, Some(0.0));
+    assert_eq!(
+        usage("%%px --timeout soon\nx"),
+        "argument --timeout: invalid float value: 'soon'"
+    );
+    assert!(usage("%%px --timeout -1\nx").contains("positive number, or 0 for no limit"));
+    assert_eq!(
+        usage("%%px --timeout\nx"),
+        "argument --timeout: expected one argument"
+    );
+}
+
+#[test]
+fn restart_dead_takes_an_optional_limit() {
+    assert_eq!(
+        pxconfig("%pxconfig --restart-dead").restart_dead,
+        Some(DEFAULT_RESTART_LIMIT)
+    );
+    assert_eq!(pxconfig("%pxconfig --restart-dead 5").restart_dead, Some(5));
+    assert_eq!(pxconfig("%pxconfig --restart-dead=0").restart_dead, Some(0));
+    let both = pxconfig("%pxconfig --restart-dead --timeout 10");
+    assert_eq!(both.restart_dead, Some(DEFAULT_RESTART_LIMIT));
+    assert_eq!(both.exec.timeout, Some(10.0));
+    assert!(usage("%pxconfig --restart-dead many").contains("0 turns restarting off"));
+    assert!(usage("%pxconfig --restart-dead 5000").contains("0 to 1000"));
+    // A per-cell option only: the policy belongs to the pool.
+    assert_eq!(
+        usage("%%px --restart-dead\nx"),
+        "unrecognized arguments: --restart-dead"
+    );
 }

@@ -12,6 +12,7 @@ use evcxr::{EvalContext, EvalContextOutputs};
 use rustpx_protocol::EngineId;
 
 use super::bridge::{self, Dispatch};
+use super::cell_commands::{self, next_opt_level, OptRequest};
 use super::cell_files::CellFiles;
 use super::groups::Groups;
 use super::hub::{HubHandle, RunEnd};
@@ -44,6 +45,8 @@ struct Current {
     /// No engine panicked, returned an error through `?` or lost a variable to a type change.
     clean: bool,
     files: CellFiles,
+    /// Time spent waiting for the engines' runs (the rest of an evaluation is the compile).
+    running: std::time::Duration,
 }
 
 /// What the engines of one run reported, combined.
@@ -140,10 +143,12 @@ fn dispatcher(hub: HubHandle, current: Arc<Mutex<Option<Current>>>) -> Dispatch 
             // evcxr's own start-up and warm-up cells: nothing to run them on.
             return vec![EXECUTION_COMPLETE.to_owned()];
         };
+        let started = std::time::Instant::now();
         let summary = run_on_engines(&hub, &cell_id, &engines, so_path, fn_name, &files);
         if let Some(current) = lock(&current).as_mut() {
             current.sent.push((so_path.to_owned(), fn_name.to_owned()));
             current.clean &= summary.clean();
+            current.running += started.elapsed();
         }
         let mut lines = Vec::new();
         if summary.panicked {
@@ -251,14 +256,20 @@ fn run(requests: std_mpsc::Receiver<Request>, hub: HubHandle) {
     // where the type is inferred, and the bookkeeping stays generic.
     let mut groups = Groups::new((context.state(), Signature::default()));
     let mut cache = CompiledCache::default();
+    let mut timing = false;
     for job in jobs {
         compile_and_run(
             &mut groups,
             &mut cache,
+            &mut timing,
             &hub,
             &current,
             &job,
-            |code, mut state, deps| {
+            |code, mut state, deps, opt| {
+                if let Some(request) = opt {
+                    let level = next_opt_level(request, state.opt_level());
+                    state.set_opt_level(&level)?;
+                }
                 for (name, config) in deps {
                     state.add_dep(name, config).map_err(|e| {
                         evcxr::Error::Message(format!(":dep {name} = {config}: {e}"))
@@ -273,12 +284,15 @@ fn run(requests: std_mpsc::Receiver<Request>, hub: HubHandle) {
                 let mut items: Vec<String> =
                     context.defined_item_names().map(str::to_owned).collect();
                 items.sort();
+                let state = context.state();
+                let opt_level = state.opt_level().to_owned();
                 Ok((
-                    context.state(),
+                    state,
                     Signature {
                         variables,
                         items,
                         deps: Vec::new(),
+                        opt_level,
                     },
                 ))
             },
@@ -299,30 +313,6 @@ fn fail_all(hub: &HubHandle, job: &CompileJob, message: &str) {
     hub.finish_cell(&job.cell_id);
 }
 
-/// Splits `:dep` lines (evcxr's dependency command) from the Rust code.
-fn split_dependencies(code: &str) -> Result<(String, Vec<(String, String)>), String> {
-    let mut deps = Vec::new();
-    let mut rust = Vec::new();
-    for line in code.lines() {
-        let trimmed = line.trim();
-        if let Some(spec) = trimmed.strip_prefix(":dep ") {
-            let spec = spec.trim();
-            let (name, config) = match spec.split_once('=') {
-                Some((name, config)) => (name.trim().to_owned(), config.trim().to_owned()),
-                None => (spec.to_owned(), "\"*\"".to_owned()),
-            };
-            deps.push((name, config));
-        } else if trimmed.starts_with(':') {
-            return Err(format!(
-                "`{trimmed}`: only the :dep command works in %px cells; other evcxr commands act on the kernel's own context, so run them in a plain cell"
-            ));
-        } else {
-            rust.push(line);
-        }
-    }
-    Ok((rust.join("\n"), deps))
-}
-
 /// What later cells compile against, as far as evcxr shows it: variables with their types, and
 /// the names of defined items.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -332,6 +322,8 @@ pub struct Signature {
     /// `:dep` lines the group's state already has: repeating one changes nothing, so a cell
     /// that starts with it can still be cached.
     pub deps: Vec<(String, String)>,
+    /// The cargo opt-level the group's cells are built at (`:opt`).
+    pub opt_level: String,
 }
 
 /// The new state of a group and its signature, or why the cell failed.
@@ -371,10 +363,11 @@ fn may_bind_variables(code: &str) -> bool {
 fn compile_and_run<S: Clone>(
     groups: &mut Groups<(S, Signature)>,
     cache: &mut CompiledCache,
+    timing: &mut bool,
     hub: &HubHandle,
     current: &Arc<Mutex<Option<Current>>>,
     job: &CompileJob,
-    mut evaluate: impl FnMut(&str, S, &[(String, String)]) -> Evaluated<S>,
+    mut evaluate: impl FnMut(&str, S, &[(String, String)], Option<&OptRequest>) -> Evaluated<S>,
 ) {
     let live: BTreeMap<EngineId, u64> = hub.live_incarnations();
     groups.sync(&live);
@@ -396,8 +389,8 @@ fn compile_and_run<S: Clone>(
         };
         hub.finish_engines(&job.cell_id, &[gone], Some(error));
     }
-    let (code, deps) = match split_dependencies(&job.code) {
-        Ok(split) => split,
+    let cell = match cell_commands::split(&job.code) {
+        Ok(cell) => cell,
         Err(message) => {
             let error = EngineError {
                 kind: ErrorKind::Usage,
@@ -410,6 +403,11 @@ fn compile_and_run<S: Clone>(
             return;
         }
     };
+    let (code, deps) = (&cell.code, &cell.deps);
+    if cell.timing_toggles % 2 == 1 {
+        *timing = !*timing;
+        hub.add_note(&job.cell_id, format!("Timing: {timing}\n"));
+    }
     let parts = groups.partition(&targets);
     tracing::debug!(
         "cell {}: {} engines in {} of {} groups",
@@ -432,10 +430,23 @@ fn compile_and_run<S: Clone>(
             .filter(|dep| !groups.group(index).state.1.deps.contains(dep))
             .cloned()
             .collect();
-        if new_deps.is_empty() {
-            if let Some(sent) = cache.get(lineage, &code) {
+        let label = crate::px::render::engine_ranges(&members);
+        if new_deps.is_empty() && cell.opt.is_none() {
+            if let Some(sent) = cache.get(lineage, code) {
                 for (so_path, fn_name) in sent {
                     run_on_engines(hub, &job.cell_id, &pinned, so_path, fn_name, &job.files);
+                }
+                if *timing {
+                    hub.add_note(
+                        &job.cell_id,
+                        format!("[{label}:timing] compile: none (compiled before)\n"),
+                    );
+                }
+                if cell.vars {
+                    hub.add_note(
+                        &job.cell_id,
+                        vars_note(&label, &groups.group(index).state.1),
+                    );
                 }
                 hub.finish_engines(&job.cell_id, &members, None);
                 continue;
@@ -448,17 +459,36 @@ fn compile_and_run<S: Clone>(
             sent: Vec::new(),
             clean: true,
             files: job.files.clone(),
+            running: std::time::Duration::ZERO,
         });
-        let result = evaluate(&code, state, &new_deps);
+        let evaluation = std::time::Instant::now();
+        let result = evaluate(code, state, &new_deps, cell.opt.as_ref());
         let ran = lock(current).take();
+        if *timing && !code.trim().is_empty() {
+            let running = ran.as_ref().map(|r| r.running).unwrap_or_default();
+            let compile = evaluation.elapsed().saturating_sub(running);
+            hub.add_note(
+                &job.cell_id,
+                format!("[{label}:timing] compile: {}\n", duration_text(compile)),
+            );
+        }
         let error = match result {
             Ok((state, mut after)) => {
                 after.deps = before.deps.iter().chain(&new_deps).cloned().collect();
-                let changed = after != before || crate::cell_text::may_define_items(&code);
+                let changed = after != before || crate::cell_text::may_define_items(code);
                 if let Some(ran) = ran.filter(|r| r.clean && !r.sent.is_empty()) {
-                    if !changed && !may_bind_variables(&code) {
-                        cache.insert(lineage, &code, ran.sent);
+                    if !changed && !may_bind_variables(code) {
+                        cache.insert(lineage, code, ran.sent);
                     }
+                }
+                if cell.opt.is_some() {
+                    hub.add_note(
+                        &job.cell_id,
+                        format!("[{label}:opt] Optimization: {}\n", after.opt_level),
+                    );
+                }
+                if cell.vars {
+                    hub.add_note(&job.cell_id, vars_note(&label, &after));
                 }
                 let variables = after.variables.clone();
                 groups.advance(index, (state, after), changed);
@@ -466,7 +496,7 @@ fn compile_and_run<S: Clone>(
                 None
             }
             Err(evcxr::Error::CompilationErrors(errors)) => {
-                let mut error: EngineError = compile_error_report(&errors, &code).into();
+                let mut error: EngineError = compile_error_report(&errors, code).into();
                 // One compile, one error: every engine of the group shares it.
                 error.shared_by = members.clone();
                 Some(error)
@@ -481,6 +511,49 @@ fn compile_and_run<S: Clone>(
         };
         hub.finish_engines(&job.cell_id, &members, error);
     }
+    if *timing {
+        run_time_notes(hub, &job.cell_id);
+    }
+}
+
+/// `:vars` for one group: its variables and their types, one a line, as evcxr lists them.
+fn vars_note(label: &str, signature: &Signature) -> String {
+    if signature.variables.is_empty() {
+        return format!("[{label}:vars] no variables\n");
+    }
+    let mut text = format!("[{label}:vars]\n");
+    for (name, ty) in &signature.variables {
+        text.push_str(&format!("{name}: {ty}\n"));
+    }
+    text
+}
+
+/// `:timing`'s run times: each engine's own, from when it started the cell to when it was done.
+fn run_time_notes(hub: &HubHandle, cell_id: &str) {
+    let Some(cell) = hub.cell(cell_id) else {
+        return;
+    };
+    for record in cell.in_order() {
+        if let (Some(started), Some(completed)) = (record.started, record.completed) {
+            let run = (completed - started).to_std().unwrap_or_default();
+            hub.add_note(
+                cell_id,
+                format!("[{}:timing] run: {}\n", record.engine, duration_text(run)),
+            );
+        }
+    }
+}
+
+/// A duration the way a person reads it: `312 ms`, `1.52 s`, `0.41 ms`.
+fn duration_text(duration: std::time::Duration) -> String {
+    let ms = duration.as_secs_f64() * 1000.0;
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
 }
 
 #[cfg(test)]
@@ -494,21 +567,5 @@ mod tests {
         assert!(!may_bind_variables("outlet.len() + 1"));
         // Conservative: the word inside a string literal counts too (no caching, still correct).
         assert!(may_bind_variables("println!(\"let me\")"));
-    }
-
-    #[test]
-    fn dep_lines_are_split_from_code() {
-        let (code, deps) = split_dependencies(":dep itoa = \"1\"\n:dep rand\nlet x = 1;").unwrap();
-        assert_eq!(code, "let x = 1;");
-        assert_eq!(
-            deps,
-            vec![
-                ("itoa".to_owned(), "\"1\"".to_owned()),
-                ("rand".to_owned(), "\"*\"".to_owned())
-            ]
-        );
-        assert!(split_dependencies(":vars")
-            .unwrap_err()
-            .contains("only the :dep"));
     }
 }

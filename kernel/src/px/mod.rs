@@ -5,6 +5,7 @@
 //! Magic text is parsed by [`magics`] before anything is sent.
 
 mod bridge;
+mod cell_commands;
 mod cell_files;
 mod client_crate;
 mod compiler;
@@ -14,6 +15,7 @@ pub mod hub_address;
 mod link;
 mod map_server;
 mod pool;
+mod restart_policy;
 mod session;
 mod shipping;
 mod stale_files;

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use rustpx_protocol::{EngineConnection, EngineId};
 
 use super::hub::{Departure, HubHandle, StartedEngineEnd};
+use super::restart_policy::{RestartNotice, RestartPolicy};
 use super::{lock, PxError};
 use crate::launch::{
     EngineInvocation, LaunchCommand, LaunchOptions, Launcher, LocalLauncher, Reach,
@@ -86,6 +87,8 @@ struct PoolState {
     stdins: HashMap<u32, tokio::sync::oneshot::Sender<()>>,
     /// Engines that exited before they registered, with why: shown when a start times out.
     start_failures: Vec<String>,
+    /// `%pxconfig --restart-dead`: which engines that die are started again.
+    restarts: RestartPolicy,
 }
 
 /// The kernel's engine processes, whatever launched them; cheap to clone.
@@ -242,8 +245,15 @@ impl EnginePool {
         };
         for (id, first_incarnation) in started {
             match self.hub.end_started_engine(id, first_incarnation, &reason) {
-                StartedEngineEnd::WasRunning(incarnation) => {
-                    self.restart_if_interrupted(id, incarnation);
+                StartedEngineEnd::WasRunning {
+                    incarnation,
+                    on_purpose,
+                    lost,
+                } => {
+                    let restarted = self.restart_if_interrupted(id, incarnation);
+                    if !restarted && !on_purpose {
+                        self.restart_if_dead(id, &reason, &lost);
+                    }
                 }
                 StartedEngineEnd::AlreadyGone => {}
                 StartedEngineEnd::NeverRegistered => {
@@ -332,7 +342,8 @@ impl EnginePool {
 
     /// Starts engine `id` again, the way it was started, when process `incarnation` ended
     /// because of an interrupt (however its end was seen: process exit, goodbye, silence).
-    fn restart_if_interrupted(&self, id: EngineId, incarnation: u64) {
+    /// Returns whether it was an interrupt's end.
+    fn restart_if_interrupted(&self, id: EngineId, incarnation: u64) -> bool {
         let interrupted = self.hub.take_interrupted(id, incarnation);
         if interrupted && self.started_here(id) {
             tracing::info!("engine {id} was interrupted; starting it again");
@@ -340,6 +351,29 @@ impl EnginePool {
                 tracing::error!("could not restart engine {id}: {error}");
             }
         }
+        interrupted
+    }
+
+    /// Engine `id` died on its own: start it again if `--restart-dead` allows.
+    fn restart_if_dead(&self, id: EngineId, why: &str, lost: &[String]) {
+        if !self.started_here(id) || !self.state().restarts.on_death(id, why, lost) {
+            return;
+        }
+        tracing::info!("engine {id} died ({why}); restarting it (--restart-dead)");
+        if let Err(error) = self.restart(id) {
+            tracing::error!("could not restart engine {id}: {error}");
+            self.state().restarts.restart_failed(id, &error.to_string());
+        }
+    }
+
+    /// Sets `--restart-dead`'s limit of restarts per engine (0: off).
+    pub fn set_restart_limit(&self, limit: u32) {
+        self.state().restarts.set_limit(limit);
+    }
+
+    /// What the restart policy did since the last call.
+    pub fn take_restart_notices(&self) -> Vec<RestartNotice> {
+        self.state().restarts.take_notices()
     }
 
     /// Kills every engine at once and removes private files (kernel shutdown).

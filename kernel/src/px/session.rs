@@ -29,6 +29,7 @@ mod map;
 mod progress;
 mod px;
 mod pxresult;
+mod supervision;
 
 use progress::{Progress, Waited};
 use rustpx_core::ErrorKind;
@@ -45,6 +46,8 @@ struct Config {
     verbose: bool,
     progress_after: f64,
     signal_on_interrupt: i32,
+    /// Seconds a blocking cell's engines may run before they are interrupted; 0: no limit.
+    timeout: f64,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             verbose: false,
             progress_after: 2.0,
             signal_on_interrupt: libc::SIGINT,
+            timeout: 0.0,
         }
     }
 }
@@ -75,6 +79,7 @@ impl Config {
             signal_on_interrupt: options
                 .signal_on_interrupt
                 .unwrap_or(self.signal_on_interrupt),
+            timeout: options.timeout.unwrap_or(self.timeout),
         }
     }
 
@@ -92,6 +97,8 @@ struct ActiveCell {
     interrupted: Vec<(EngineId, Vec<String>)>,
     /// Set when an interrupt with no signal asks to stop waiting.
     stop_waiting: bool,
+    /// Set when the cell's `--timeout` passed and its running engines were interrupted.
+    timed_out: bool,
 }
 
 /// What control needs to interrupt a running `%px` cell.
@@ -136,21 +143,23 @@ impl PxInterrupter {
                 signal_name(cell.signal)
             ),
         );
-        let running: Vec<EngineId> = hub
-            .interrupt_running(&cell.cell_id)
-            .into_iter()
-            .map(|(engine, variables)| {
-                cell.interrupted.push((engine, variables));
-                engine
-            })
-            .collect();
-        for engine in running {
-            // A local engine gets the signal from the kernel; a remote one over its link.
-            pool.signal_engine(engine, cell.signal);
-        }
+        signal_running(hub, pool, cell, cell.signal);
         self.wake.notify_one();
         true
     }
+}
+
+/// Signals the engines still running `cell` and notes each with the variables it held (its
+/// death is then expected, and the pool starts it again). Returns how many were signalled.
+fn signal_running(hub: &HubHandle, pool: &EnginePool, cell: &mut ActiveCell, signal: i32) -> usize {
+    let running = hub.interrupt_running(&cell.cell_id);
+    let count = running.len();
+    for (engine, variables) in running {
+        // A local engine gets the signal from the kernel; a remote one over its link.
+        pool.signal_engine(engine, signal);
+        cell.interrupted.push((engine, variables));
+    }
+    count
 }
 
 impl PxInterrupter {
@@ -344,13 +353,11 @@ impl PxService {
         count: u32,
         evaluator: &Evaluator,
     ) -> Outcome {
+        self.report_restarts(request).await;
         let result = match magic {
             Magic::Px { options, code } => self.px(request, &options, &code, count).await,
             Magic::PxResult(options) => self.pxresult(request, &options, evaluator).await,
-            Magic::PxConfig(options) => {
-                self.config.update(&options);
-                Ok(())
-            }
+            Magic::PxConfig(options) => self.pxconfig(request, &options),
             Magic::AutoPx => {
                 self.autopx = !self.autopx;
                 let text = if self.autopx {

@@ -42,10 +42,16 @@ struct State {
 }
 
 /// What became of an engine the pool started, once the process that held it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartedEngineEnd {
     /// It had registered (as this incarnation), and is now marked gone.
-    WasRunning(u64),
+    WasRunning {
+        incarnation: u64,
+        /// The kernel stopped, restarted or interrupted it: its end was no surprise.
+        on_purpose: bool,
+        /// The variables it held.
+        lost: Vec<String>,
+    },
     /// It registered and is already marked gone: nothing to do.
     AlreadyGone,
     /// It never registered.
@@ -246,8 +252,15 @@ impl HubHandle {
                 return StartedEngineEnd::AlreadyGone;
             }
             let incarnation = entry.incarnation;
+            // Read before `engine_gone`, which forgets both.
+            let on_purpose = hub.end_expected(id, incarnation);
+            let lost = hub.variables(id);
             hub.engine_gone(id, Some(incarnation), reason);
-            StartedEngineEnd::WasRunning(incarnation)
+            StartedEngineEnd::WasRunning {
+                incarnation,
+                on_purpose,
+                lost,
+            }
         })
     }
 
@@ -331,6 +344,31 @@ impl HubHandle {
         })
     }
 
+    /// The live engines that have been running a cell for `limit` or longer (its `--timeout`),
+    /// not yet interrupted, with the variables each holds, each marked as interrupted in the
+    /// same step. The time counts from when the engine was sent the cell, so the compile does
+    /// not count against it.
+    pub fn interrupt_overdue(
+        &self,
+        cell_id: &str,
+        limit: std::time::Duration,
+    ) -> Vec<(EngineId, Vec<String>)> {
+        let Ok(limit) = chrono::TimeDelta::from_std(limit) else {
+            return Vec::new();
+        };
+        self.step(|hub| {
+            let overdue = hub.overdue(cell_id, limit, Utc::now());
+            overdue
+                .into_iter()
+                .map(|id| {
+                    let variables = hub.variables(id);
+                    hub.mark_interrupted(id);
+                    (id, variables)
+                })
+                .collect()
+        })
+    }
+
     /// Sends one compiled object to each of `engines` (pinned to a process); each receiver
     /// answers when that run ended. What engines on other hosts need is read first, with the
     /// lock released; the runs then start in one step.
@@ -391,6 +429,11 @@ impl HubHandle {
                 hub.finish_engine(cell_id, engine, error.clone());
             }
         });
+    }
+
+    /// Adds a note of the compiler's to a cell (shown after the engines' outputs).
+    pub fn add_note(&self, cell_id: &str, text: String) {
+        self.step(|hub| hub.add_note(cell_id, text));
     }
 
     pub fn finish_cell(&self, cell_id: &str) {

@@ -1,10 +1,16 @@
-//! Waiting in one place: the `%px: k/n tasks` display a long wait shows, and how a wait ended.
+//! Waiting in one place: the `%px: k/n tasks` display a long wait shows, the `--timeout` that
+//! ends a wait nobody watches, and how a wait ended.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use jupyter_protocol::Stdio;
 
 use rustpx_wire::WireMessage;
 
-use super::PxService;
+use rustpx_protocol::EngineId;
+
+use super::{lock, signal_name, Config, PxService};
+use crate::px::records::TaskState;
 use crate::px::render;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -73,6 +79,101 @@ impl Progress {
                 started.elapsed().as_secs_f64(),
             );
             px.display(&self.request, data, Some(&self.display_id()), true);
+        }
+    }
+}
+
+/// How long engines a timeout signalled get to end before they are killed: an engine ends
+/// within milliseconds of SIGINT unless the signal is caught or blocked.
+const KILL_AFTER_SIGNAL: Duration = Duration::from_secs(5);
+
+/// A blocking `%px` cell's `--timeout`, checked at every turn of the wait: an engine that has
+/// run the cell that long is signalled as an interrupt would signal it (its death expected, the
+/// pool starting it again), and killed if it still runs [`KILL_AFTER_SIGNAL`] later.
+pub(super) struct Timeout {
+    limit: Option<Duration>,
+    seconds: f64,
+    signal: i32,
+    /// Engines signalled, with when; `None` once killed.
+    signalled: Vec<(EngineId, Option<Instant>)>,
+}
+
+impl Timeout {
+    pub(super) fn new(config: &Config) -> Timeout {
+        let limit = (config.timeout > 0.0)
+            .then(|| Duration::try_from_secs_f64(config.timeout).ok())
+            .flatten();
+        // `--signal-on-interrupt 0` is about interrupts someone watches; a timeout must stop
+        // the engines, so it sends SIGINT then.
+        let signal = match config.signal_on_interrupt {
+            0 => libc::SIGINT,
+            signal => signal,
+        };
+        Timeout {
+            limit,
+            seconds: config.timeout,
+            signal,
+            signalled: Vec::new(),
+        }
+    }
+
+    /// Signals the engines past the limit, and kills those that outlived their signal.
+    pub(super) fn check(&mut self, px: &PxService) {
+        let Some(limit) = self.limit else {
+            return;
+        };
+        let Ok(m) = px.machinery() else {
+            return;
+        };
+        let mut active = lock(&px.active);
+        let Some(cell) = active.as_mut() else {
+            return;
+        };
+        let overdue = m.hub.interrupt_overdue(&cell.cell_id, limit);
+        if !overdue.is_empty() {
+            cell.timed_out = true;
+            let ids: Vec<String> = overdue.iter().map(|(id, _)| id.to_string()).collect();
+            px.publisher.stream(
+                &cell.request,
+                Stdio::Stderr,
+                format!(
+                    "Timeout: {} s passed. Sending signal {} to engines {}...\n",
+                    super::px::seconds_text(self.seconds),
+                    signal_name(self.signal),
+                    ids.join(", ")
+                ),
+            );
+            for (engine, variables) in overdue {
+                m.pool.signal_engine(engine, self.signal);
+                cell.interrupted.push((engine, variables));
+                self.signalled.push((engine, Some(Instant::now())));
+            }
+        }
+        let late: Vec<EngineId> = self
+            .signalled
+            .iter()
+            .filter(|(_, at)| at.is_some_and(|at| at.elapsed() >= KILL_AFTER_SIGNAL))
+            .map(|(engine, _)| *engine)
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        let record = m.hub.cell(&cell.cell_id);
+        for engine in late {
+            let running = record
+                .as_ref()
+                .and_then(|r| r.engines.get(&engine))
+                .is_some_and(|r| r.state != TaskState::Done);
+            if running {
+                tracing::warn!(
+                    "engine {engine} still runs {} s after the timeout's signal; killing it",
+                    KILL_AFTER_SIGNAL.as_secs()
+                );
+                m.pool.kill_engine(engine);
+            }
+            for entry in self.signalled.iter_mut().filter(|(id, _)| *id == engine) {
+                entry.1 = None;
+            }
         }
     }
 }

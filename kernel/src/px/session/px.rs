@@ -10,6 +10,7 @@ use rustpx_wire::WireMessage;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use super::progress::Timeout;
 use super::{usage, ActiveCell, Config, Progress, PxService, Waited};
 use crate::evaluator::ErrorReport;
 use crate::px::compiler::CompileJob;
@@ -29,6 +30,8 @@ impl PxService {
         code: &str,
         count: u32,
     ) -> Result<(), ErrorReport> {
+        // A refused evcxr command fails before anything is sent, like a bad option.
+        crate::px::cell_commands::split(code).map_err(usage)?;
         let config = self.config.with(&options.exec);
         let live = self.ensure_engines(request).await?;
         let engines = targets::resolve(&config.targets, &live).map_err(|missing| {
@@ -79,6 +82,7 @@ impl PxService {
             signal: config.signal_on_interrupt,
             interrupted: Vec::new(),
             stop_waiting: false,
+            timed_out: false,
         });
         let waited = self
             .wait_streaming(request, &cell_id, &config, &mut events)
@@ -98,10 +102,13 @@ impl PxService {
             return Ok(());
         };
         let grouping = options.group_outputs.unwrap_or_default();
-        let interrupted = active.map(|a| a.interrupted).unwrap_or_default();
+        let (interrupted, timed_out) = active
+            .map(|a| (a.interrupted, a.timed_out))
+            .unwrap_or_default();
         if !interrupted.is_empty() {
+            let timeout = timed_out.then_some(config.timeout);
             return self
-                .after_interrupt(request, &cell, &config, grouping, &interrupted)
+                .after_interrupt(request, &cell, &config, grouping, &interrupted, timeout)
                 .await;
         }
         let error = if config.stream {
@@ -121,7 +128,9 @@ impl PxService {
         }
     }
 
-    /// After an interrupt: the outputs so far, which engines lost what, and the engines back up.
+    /// After an interrupt or a timeout: the outputs so far, which engines lost what, and the
+    /// engines back up. A timeout (`Some(seconds)`) then fails the cell with a `TimeoutError`
+    /// naming the engines, as an unattended run must not look like it succeeded.
     pub(super) async fn after_interrupt(
         &self,
         request: &WireMessage,
@@ -129,6 +138,7 @@ impl PxService {
         config: &Config,
         grouping: Grouping,
         interrupted: &[(EngineId, Vec<String>)],
+        timeout: Option<f64>,
     ) -> Result<(), ErrorReport> {
         if config.stream {
             self.publish_outputs(request, render::streamed_values(cell));
@@ -138,6 +148,13 @@ impl PxService {
         let m = self.machinery()?;
         let mut text = String::new();
         let mut restarting = Vec::new();
+        let what = match timeout {
+            Some(seconds) => format!(
+                "still running after {} s: interrupted",
+                seconds_text(seconds)
+            ),
+            None => "interrupted".to_owned(),
+        };
         for (engine, variables) in interrupted {
             let lost = if variables.is_empty() {
                 "it held no variables".to_owned()
@@ -147,11 +164,11 @@ impl PxService {
             if m.pool.started_here(*engine) {
                 restarting.push(*engine);
                 text.push_str(&format!(
-                    "[{engine}:execute] interrupted; engine {engine} was restarted ({lost})\n"
+                    "[{engine}:execute] {what}; engine {engine} was restarted ({lost})\n"
                 ));
             } else {
                 text.push_str(&format!(
-                    "[{engine}:execute] interrupted; engine {engine} exited ({lost}). It was started outside this kernel: start it again where it ran (rustpx-engine --connect FILE)\n"
+                    "[{engine}:execute] {what}; engine {engine} exited ({lost}). It was started outside this kernel: start it again where it ran (rustpx-engine --connect FILE)\n"
                 ));
             }
         }
@@ -161,7 +178,11 @@ impl PxService {
             &restarting,
             &format!("restarting {} engines", restarting.len()),
         )
-        .await
+        .await?;
+        match timeout {
+            Some(seconds) => Err(timeout_error(cell, interrupted, seconds)),
+            None => Ok(()),
+        }
     }
 
     pub(super) async fn wait_streaming(
@@ -177,6 +198,7 @@ impl PxService {
         let started = Instant::now();
         let mut shown: HashMap<String, bool> = HashMap::new();
         let mut progress = Progress::new(request, config.progress_after, "%px");
+        let mut timeout = Timeout::new(config);
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
@@ -189,6 +211,7 @@ impl PxService {
                 }
             };
             let Some(event) = event else { break };
+            timeout.check(self);
             let Some(cell) = m.hub.cell(cell_id) else {
                 break;
             };
@@ -267,5 +290,52 @@ impl PxService {
             progress.tick(self, cell.done_count(), cell.engines.len(), started);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Seconds as a user typed them: `2`, not `2.0`; `0.5` stays.
+pub(super) fn seconds_text(seconds: f64) -> String {
+    format!("{seconds}")
+}
+
+/// The error of a cell whose engines ran past its `--timeout`: which engines, after how long,
+/// and what each lost, in the shape of ipyparallel's errors (`[N:execute]` lines).
+fn timeout_error(
+    cell: &CellRecord,
+    interrupted: &[(EngineId, Vec<String>)],
+    seconds: f64,
+) -> ErrorReport {
+    let ids: Vec<EngineId> = interrupted.iter().map(|(id, _)| *id).collect();
+    let (noun, verb) = if ids.len() == 1 {
+        ("Engine", "was")
+    } else {
+        ("Engines", "were")
+    };
+    let evalue = format!(
+        "{noun} {} still running %px after {} s {verb} interrupted",
+        super::join(&ids),
+        seconds_text(seconds)
+    );
+    let mut traceback = vec![format!("TimeoutError: {evalue}")];
+    for (engine, variables) in interrupted {
+        let task = cell
+            .engines
+            .get(engine)
+            .map(|r| r.task_id.as_str())
+            .unwrap_or("?");
+        let lost = if variables.is_empty() {
+            "it held no variables".to_owned()
+        } else {
+            format!("variables lost: {}", variables.join(", "))
+        };
+        traceback.push(format!(
+            "[{engine}:execute] task '{task}' timed out ({lost})"
+        ));
+    }
+    ErrorReport {
+        kind: ErrorKind::Timeout,
+        evalue,
+        traceback,
+        codes: Vec::new(),
     }
 }
