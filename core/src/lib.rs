@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 pub use errors::{ErrorKind, ErrorReport};
 
+pub mod batch_job;
 pub mod errors;
 pub mod groups;
 pub mod launch_options;

@@ -115,6 +115,11 @@ impl HubHandle {
         self.lock().engine_gone(id, incarnation, reason);
     }
 
+    /// Engines `ids` run in batch job `job` (`None`: in none), which their departures name.
+    pub fn set_job(&self, ids: &[EngineId], job: Option<&str>) {
+        self.lock().set_job(ids, job);
+    }
+
     pub fn shutdown_engine(&self, id: EngineId) {
         self.lock().shutdown_engine(id);
     }

@@ -131,6 +131,9 @@ pub struct Hub {
     refusals: Vec<String>,
     /// Engines gone without a process exit the pool saw, since the last look.
     departures: Vec<Departure>,
+    /// The batch job each engine id was last submitted in (`slurm job 12`): every reason it
+    /// leaves for names the job, which is what the user can look up with the scheduler.
+    jobs: HashMap<EngineId, String>,
 }
 
 /// What a run request carries to an engine on another host; empty for one that shares the
@@ -180,6 +183,17 @@ impl Hub {
             platform: Platform::current(),
             refusals: Vec::new(),
             departures: Vec::new(),
+            jobs: HashMap::new(),
+        }
+    }
+
+    /// Engines `ids` run in batch job `job` from now on (`None`: in none).
+    pub fn set_job(&mut self, ids: &[EngineId], job: Option<&str>) {
+        for id in ids {
+            match job {
+                Some(job) => self.jobs.insert(*id, job.to_owned()),
+                None => self.jobs.remove(id),
+            };
         }
     }
 
@@ -349,6 +363,10 @@ impl Hub {
             return;
         }
         let incarnation = entry.incarnation;
+        let reason = &match self.jobs.get(&id) {
+            Some(job) => format!("{job}: {reason}"),
+            None => reason.to_owned(),
+        };
         let on_purpose = self.stopping.remove(&id) == Some(incarnation)
             || self.interrupted.get(&id) == Some(&incarnation);
         if on_purpose {
