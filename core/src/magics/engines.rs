@@ -15,7 +15,8 @@ pub enum EnginesCommand {
     /// of running them.
     Start {
         n: Option<u32>,
-        launch: LaunchOptions,
+        /// Boxed: the launcher's options outweigh every other command.
+        launch: Box<LaunchOptions>,
         print: bool,
     },
     Stop {
@@ -81,7 +82,11 @@ fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
         ));
     }
     launch.check().map_err(|e| UsageError(e.0))?;
-    Ok(EnginesCommand::Start { n, launch, print })
+    Ok(EnginesCommand::Start {
+        n,
+        launch: Box::new(launch),
+        print,
+    })
 }
 
 pub(super) fn parse_engines(items: &[String]) -> Result<EnginesCommand, UsageError> {

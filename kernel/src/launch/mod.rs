@@ -242,7 +242,7 @@ pub fn launcher_for(options: &LaunchOptions) -> Result<Arc<dyn Launcher>, Launch
         LauncherKind::Slurm => Arc::new(SlurmLauncher::new(args)),
         LauncherKind::Batch(scheduler) => {
             let template = match &options.template {
-                Some(path) => Some(std::fs::read_to_string(path).map_err(|error| {
+                Some(path) => Some(std::fs::read_to_string(home_path(path)).map_err(|error| {
                     LaunchError::Usage(format!(
                         "--template {path}: cannot read the job template: {error}"
                     ))
@@ -261,6 +261,14 @@ pub fn launcher_for(options: &LaunchOptions) -> Result<Arc<dyn Launcher>, Launch
             ))
         }
     })
+}
+
+/// `path` with a leading `~/` read as the home directory, as a shell would.
+fn home_path(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
 }
 
 /// Quotes `word` for a POSIX shell when it needs it.
