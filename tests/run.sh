@@ -50,6 +50,12 @@ fi
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v salloc >/dev/null; then
   apt_install_for_tests slurmctld slurmd slurm-client
 fi
+# The sge launcher's end-to-end test runs a single-node Grid Engine cell of its own
+# (tests/sge_cluster.py); the packages' postinst initialises the default cell, which it leaves alone.
+if [ ! -x /usr/lib/gridengine/sge_qmaster ] || [ ! -x /usr/lib/gridengine/sge_execd ] \
+  || [ ! -x /usr/lib/gridengine/qsub ]; then
+  apt_install_for_tests gridengine-master gridengine-exec gridengine-client
+fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   step "npm ci (playwright-core)"
   (cd tests/browser && npm ci --no-audit --no-fund --silent)

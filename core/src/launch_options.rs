@@ -4,6 +4,8 @@
 
 use thiserror::Error;
 
+use crate::batch_job::Scheduler;
+
 /// A launcher choice that cannot work, in words the user can act on.
 #[derive(Debug, Clone, Error, PartialEq)]
 #[error("{0}")]
@@ -13,13 +15,13 @@ pub struct LaunchUsageError(pub String);
 pub const SSH_NEEDS_HOSTS: &str = "the ssh launcher needs --hosts HOST:N[,HOST:N...]";
 
 /// The launchers users can name, for messages.
-pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm";
+pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm, sge";
 
 /// The options of `%engines start` and `rustpx engines` that choose and shape a launcher; also
 /// the clap option group `%engines start` flattens in.
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct LaunchOptions {
-    /// `local`, `ssh`, `mpi` or `slurm`; `None` is local.
+    /// `local`, `ssh`, `mpi`, `slurm` or `sge`; `None` is local.
     #[arg(long)]
     pub launcher: Option<String>,
     /// `--hosts a:2,b:1` for ssh. The last `--hosts` gives the whole list (the `::std` path
@@ -29,7 +31,8 @@ pub struct LaunchOptions {
     /// `--engine PATH`: the engine binary to run (on the engine hosts for remote launchers).
     #[arg(long)]
     pub engine: Option<String>,
-    /// `--launcher-arg ARG`, repeatable: extra arguments for ssh, mpiexec or srun.
+    /// `--launcher-arg ARG`, repeatable: extra arguments for ssh, mpiexec or srun (or for
+    /// sbatch or qsub, when a job is submitted).
     #[arg(long = "launcher-arg", allow_hyphen_values = true)]
     pub launcher_args: Vec<String>,
     /// `--engine-arg ARG`, repeatable: extra arguments for every engine.
@@ -38,6 +41,22 @@ pub struct LaunchOptions {
     /// `--tunnel` (ssh): engines reach the hub through their ssh session.
     #[arg(long)]
     pub tunnel: bool,
+    /// `--submit` (slurm): submit a batch job with `sbatch` instead of running `srun` inside
+    /// the kernel's allocation (the sge launcher always submits).
+    #[arg(long)]
+    pub submit: bool,
+    /// `--queue NAME`: the Slurm partition or Grid Engine queue of a submitted job.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// `--time HH:MM:SS`: a submitted job's wall-clock limit.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// `--resource ARG`, repeatable: one more `#SBATCH` / `#$` line in the job script.
+    #[arg(long = "resource", allow_hyphen_values = true)]
+    pub resources: Vec<String>,
+    /// `--template FILE`: the job script's template (see `rustpx_core::batch_job`).
+    #[arg(long)]
+    pub template: Option<String>,
 }
 
 /// The launchers, by what they need.
@@ -46,7 +65,10 @@ pub enum LauncherKind {
     Local,
     Ssh,
     Mpi,
+    /// `srun` inside the kernel's allocation.
     Slurm,
+    /// A job submitted to a batch system.
+    Batch(Scheduler),
 }
 
 impl LaunchOptions {
@@ -65,19 +87,42 @@ impl LaunchOptions {
         }
         if name == "local" && !self.launcher_args.is_empty() {
             return Err(LaunchUsageError(
-                "--launcher-arg is for the ssh, mpi and slurm launchers".into(),
+                "--launcher-arg is for the ssh, mpi, slurm and sge launchers".into(),
             ));
         }
-        match name {
-            "local" => Ok(LauncherKind::Local),
-            "ssh" if self.hosts.is_empty() => Err(LaunchUsageError(SSH_NEEDS_HOSTS.into())),
-            "ssh" => Ok(LauncherKind::Ssh),
-            "mpi" | "mpiexec" => Ok(LauncherKind::Mpi),
-            "slurm" | "srun" => Ok(LauncherKind::Slurm),
-            other => Err(LaunchUsageError(format!(
-                "unknown launcher '{other}': choose one of {LAUNCHER_NAMES}"
-            ))),
+        let kind = match name {
+            "local" => LauncherKind::Local,
+            "ssh" if self.hosts.is_empty() => return Err(LaunchUsageError(SSH_NEEDS_HOSTS.into())),
+            "ssh" => LauncherKind::Ssh,
+            "mpi" | "mpiexec" => LauncherKind::Mpi,
+            "slurm" | "srun" if self.submit => LauncherKind::Batch(Scheduler::Slurm),
+            "slurm" | "srun" => LauncherKind::Slurm,
+            "sge" | "gridengine" | "qsub" => LauncherKind::Batch(Scheduler::GridEngine),
+            other => {
+                return Err(LaunchUsageError(format!(
+                    "unknown launcher '{other}': choose one of {LAUNCHER_NAMES}"
+                )))
+            }
+        };
+        if self.submit && !matches!(kind, LauncherKind::Batch(_)) {
+            return Err(LaunchUsageError(format!(
+                "--submit is for the slurm launcher (sge always submits), not {name}"
+            )));
         }
+        if !matches!(kind, LauncherKind::Batch(_)) {
+            let job_only = [
+                ("--queue", self.queue.is_some()),
+                ("--time", self.time.is_some()),
+                ("--resource", !self.resources.is_empty()),
+                ("--template", self.template.is_some()),
+            ];
+            if let Some((option, _)) = job_only.iter().find(|(_, given)| *given) {
+                return Err(LaunchUsageError(format!(
+                    "{option} shapes a submitted job: use it with --launcher slurm --submit or --launcher sge"
+                )));
+            }
+        }
+        Ok(kind)
     }
 }
 
@@ -140,6 +185,39 @@ mod tests {
             options.check().unwrap_err().0,
             "--hosts is for the ssh launcher, not mpi"
         );
+    }
+
+    #[test]
+    fn job_options_need_a_submitted_job() {
+        let options = LaunchOptions {
+            launcher: Some("slurm".into()),
+            queue: Some("debug".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            options.check().unwrap_err().0,
+            "--queue shapes a submitted job: use it with --launcher slurm --submit or --launcher sge"
+        );
+        let submitted = LaunchOptions {
+            submit: true,
+            ..options
+        };
+        assert_eq!(submitted.check(), Ok(LauncherKind::Batch(Scheduler::Slurm)));
+        let mpi = LaunchOptions {
+            launcher: Some("mpi".into()),
+            submit: true,
+            ..Default::default()
+        };
+        assert!(mpi
+            .check()
+            .unwrap_err()
+            .0
+            .starts_with("--submit is for the slurm"));
+        let sge = LaunchOptions {
+            launcher: Some("sge".into()),
+            ..Default::default()
+        };
+        assert_eq!(sge.check(), Ok(LauncherKind::Batch(Scheduler::GridEngine)));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 pub use errors::{ErrorKind, ErrorReport};
 
+pub mod batch_job;
 pub mod cell_files;
 pub mod errors;
 pub mod groups;

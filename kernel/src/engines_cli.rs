@@ -71,7 +71,7 @@ pub fn start(args: EnginesStart) -> Result<()> {
         engine: args.engine.clone(),
         launcher_args: args.launcher_args.clone(),
         engine_args: args.engine_args.clone(),
-        tunnel: false,
+        ..Default::default()
     };
     let launcher = launch::launcher_for(&options)?;
     let n = args.n.or(launcher.default_count()).unwrap_or(1);

@@ -187,6 +187,9 @@ pub struct Hub {
     refusals: Vec<String>,
     /// Engines gone without a process exit the pool saw, since the last look.
     departures: Vec<Departure>,
+    /// The batch job each engine id was last submitted in (`slurm job 12`): every reason it
+    /// leaves for names the job, which is what the user can look up with the scheduler.
+    jobs: HashMap<EngineId, String>,
     /// What the kernel must do, in order, since it last took them.
     effects: Vec<Effect>,
 }
@@ -207,7 +210,18 @@ impl Hub {
             platform,
             refusals: Vec::new(),
             departures: Vec::new(),
+            jobs: HashMap::new(),
             effects: Vec::new(),
+        }
+    }
+
+    /// Engines `ids` run in batch job `job` from now on (`None`: in none).
+    pub fn set_job(&mut self, ids: &[EngineId], job: Option<&str>) {
+        for id in ids {
+            match job {
+                Some(job) => self.jobs.insert(*id, job.to_owned()),
+                None => self.jobs.remove(id),
+            };
         }
     }
 
@@ -376,6 +390,10 @@ impl Hub {
             return;
         }
         let incarnation = entry.incarnation;
+        let reason = &match self.jobs.get(&id) {
+            Some(job) => format!("{job}: {reason}"),
+            None => reason.to_owned(),
+        };
         let on_purpose = self.stopping.remove(&id) == Some(incarnation)
             || self.interrupted.get(&id) == Some(&incarnation);
         if on_purpose {

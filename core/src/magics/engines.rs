@@ -9,11 +9,14 @@ use crate::launch_options::LaunchOptions;
 #[derive(Debug, Clone, PartialEq)]
 pub enum EnginesCommand {
     List,
-    /// `start [-n N] [--launcher NAME] [--hosts H:N,...] [--engine PATH] [--launcher-arg A]...
-    /// [--engine-arg A]... [--print]`; `print` shows the commands instead of running them.
+    /// `start [-n N] [--launcher NAME] [--hosts H:N,...] [--submit] [--queue Q] [--time T]
+    /// [--resource R]... [--template FILE] [--engine PATH] [--launcher-arg A]...
+    /// [--engine-arg A]... [--print]`; `print` shows the commands (or the job script) instead
+    /// of running them.
     Start {
         n: Option<u32>,
-        launch: LaunchOptions,
+        /// Boxed: the launcher's options outweigh every other command.
+        launch: Box<LaunchOptions>,
         print: bool,
     },
     Stop {
@@ -37,7 +40,7 @@ pub(super) fn ids(items: &[String], what: &str) -> Result<Vec<u32>, UsageError> 
 }
 
 /// The options of `%engines start`, shown with its usage errors.
-pub(super) const START_USAGE: &str = "%engines start [-n N] [--launcher local|ssh|mpi|slurm] [--hosts HOST:N,...] [--tunnel] [--engine PATH] [--launcher-arg ARG]... [--engine-arg ARG]... [--print]";
+pub(super) const START_USAGE: &str = "%engines start [-n N] [--launcher local|ssh|mpi|slurm|sge] [--hosts HOST:N,...] [--tunnel] [--submit] [--queue Q] [--time HH:MM:SS] [--resource ARG]... [--template FILE] [--engine PATH] [--launcher-arg ARG]... [--engine-arg ARG]... [--print]";
 
 /// The most engines one `%engines start` may ask for: far beyond one machine's pool (1024 run on
 /// 2 cores), well below what would exhaust the kernel building their records.
@@ -79,7 +82,11 @@ fn parse_engines_start(items: &[String]) -> Result<EnginesCommand, UsageError> {
         ));
     }
     launch.check().map_err(|e| UsageError(e.0))?;
-    Ok(EnginesCommand::Start { n, launch, print })
+    Ok(EnginesCommand::Start {
+        n,
+        launch: Box::new(launch),
+        print,
+    })
 }
 
 pub(super) fn parse_engines(items: &[String]) -> Result<EnginesCommand, UsageError> {

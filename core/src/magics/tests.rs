@@ -1,5 +1,4 @@
 use super::*;
-use crate::launch_options::LaunchOptions;
 use crate::targets::{self, Targets};
 
 /// The usage error `cell` must give.
@@ -151,7 +150,7 @@ fn pxresult_pxconfig_autopx_engines() {
         parse_cell("%engines start -n 3").unwrap().unwrap(),
         Magic::Engines(EnginesCommand::Start {
             n: Some(3),
-            launch: LaunchOptions::default(),
+            launch: Box::default(),
             print: false
         })
     );
@@ -197,6 +196,22 @@ fn engines_start_takes_a_launcher_and_its_options() {
         .unwrap_err()
         .to_string();
     assert!(no_hosts.contains("needs --hosts"), "{no_hosts}");
+}
+
+#[test]
+fn a_submitted_job_takes_its_queue_time_resources_and_template() {
+    let cell = "%engines start --launcher slurm --submit -n 4 --queue short --time 01:00:00 --resource --mem=4G --resource --gres=gpu:1 --template ~/job.sh --launcher-arg --account=x";
+    let Some(Magic::Engines(EnginesCommand::Start { n, launch, .. })) = parse_cell(cell).unwrap()
+    else {
+        panic!("not a start");
+    };
+    assert_eq!(n, Some(4));
+    assert!(launch.submit);
+    assert_eq!(launch.queue.as_deref(), Some("short"));
+    assert_eq!(launch.time.as_deref(), Some("01:00:00"));
+    assert_eq!(launch.resources, ["--mem=4G", "--gres=gpu:1"]);
+    assert_eq!(launch.template.as_deref(), Some("~/job.sh"));
+    assert_eq!(launch.launcher_args, ["--account=x"]);
 }
 
 #[test]

@@ -11,7 +11,10 @@
 //! - [`SshLauncher`]: one `ssh HOST rustpx-engine` per engine, for a `host: n` map.
 //! - [`MpiLauncher`]: one `mpiexec -n N rustpx-engine`; each rank's engine id is its rank.
 //! - [`SlurmLauncher`]: one `srun --ntasks N rustpx-engine` inside an existing allocation.
+//! - [`BatchLauncher`]: a job script submitted with `sbatch` or `qsub`, from outside any
+//!   allocation; it starts no process of the kernel's, so its [`Launcher::batch`] is what counts.
 
+mod batch;
 mod local;
 mod mpi;
 mod slurm;
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use rustpx_protocol::{EngineId, CONNECTION_ENV};
 use thiserror::Error;
 
+pub use batch::{BatchLauncher, JobOptions};
 pub use local::LocalLauncher;
 pub use mpi::MpiLauncher;
 pub use slurm::SlurmLauncher;
@@ -188,6 +192,12 @@ pub trait Launcher: Send + Sync {
         Ok(())
     }
 
+    /// The batch launcher this is, when its engines come from a submitted job rather than from
+    /// processes the kernel starts.
+    fn batch(&self) -> Option<&BatchLauncher> {
+        None
+    }
+
     /// The launcher that starts engine `id` again where `command` started it (a restart).
     fn for_restart(&self, command: &LaunchCommand) -> Arc<dyn Launcher>;
 }
@@ -230,7 +240,35 @@ pub fn launcher_for(options: &LaunchOptions) -> Result<Arc<dyn Launcher>, Launch
         )?),
         LauncherKind::Mpi => Arc::new(MpiLauncher::new(args)),
         LauncherKind::Slurm => Arc::new(SlurmLauncher::new(args)),
+        LauncherKind::Batch(scheduler) => {
+            let template = match &options.template {
+                Some(path) => Some(std::fs::read_to_string(home_path(path)).map_err(|error| {
+                    LaunchError::Usage(format!(
+                        "--template {path}: cannot read the job template: {error}"
+                    ))
+                })?),
+                None => None,
+            };
+            Arc::new(BatchLauncher::new(
+                scheduler,
+                JobOptions {
+                    queue: options.queue.clone(),
+                    time: options.time.clone(),
+                    resources: options.resources.clone(),
+                    template,
+                    submit_args: args,
+                },
+            ))
+        }
     })
+}
+
+/// `path` with a leading `~/` read as the home directory, as a shell would.
+fn home_path(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
 }
 
 /// Quotes `word` for a POSIX shell when it needs it.

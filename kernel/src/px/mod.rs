@@ -12,6 +12,7 @@ mod compiler;
 mod connection_file;
 mod hub;
 pub mod hub_address;
+mod jobs;
 mod link;
 mod map_server;
 mod pool;

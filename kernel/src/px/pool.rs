@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use rustpx_protocol::{EngineConnection, EngineId};
 
 use super::hub::{Departure, HubHandle, StartedEngineEnd};
+use super::jobs::BatchJobs;
 use super::restart_policy::{RestartNotice, RestartPolicy};
 use super::{lock, PxError};
 use crate::launch::{
@@ -99,13 +100,17 @@ pub struct EnginePool {
     hub: HubHandle,
     state: Arc<Mutex<PoolState>>,
     local: Arc<dyn Launcher>,
+    /// Engines that come from submitted batch jobs rather than processes of ours.
+    jobs: BatchJobs,
 }
 
 impl EnginePool {
     pub fn new(connection: EngineConnection, hub: HubHandle) -> Result<EnginePool, PxError> {
+        let connection = Arc::new(connection);
         Ok(EnginePool {
             engine_binary: engine_binary()?,
-            connection: Arc::new(connection),
+            jobs: BatchJobs::new(hub.clone(), connection.clone()),
+            connection,
             hub,
             state: Arc::default(),
             local: Arc::new(LocalLauncher::new(std::process::id())),
@@ -138,6 +143,30 @@ impl EnginePool {
         engine: &EngineInvocation,
     ) -> Result<Vec<LaunchCommand>, PxError> {
         launcher.check_ready().map_err(PxError::Launch)?;
+        if let Some(batch) = launcher.batch() {
+            let label = self.jobs.submit(batch, ids, engine)?;
+            // Remembered for a restart, which submits a job of one engine.
+            let command = LaunchCommand {
+                program: String::new(),
+                args: Vec::new(),
+                delivery: crate::launch::ConnectionDelivery::Environment,
+                ids: ids.to_vec(),
+                place: label,
+            };
+            let launched = Launched {
+                pid: 0,
+                launcher: launcher.clone(),
+                command: command.clone(),
+                engine: engine.clone(),
+                first_incarnation: self.hub.next_incarnation(),
+            };
+            let mut state = self.state();
+            for id in ids {
+                state.origins.insert(*id, launched.clone());
+            }
+            return Ok(vec![command]);
+        }
+        self.hub.set_job(ids, None);
         let commands = launcher.commands(ids, engine).map_err(PxError::Launch)?;
         for command in &commands {
             self.spawn(launcher, command, engine)?;
@@ -277,7 +306,19 @@ impl EnginePool {
 
     /// Why engines failed to start since the last call.
     pub fn take_start_failures(&self) -> Vec<String> {
-        std::mem::take(&mut self.state().start_failures)
+        let mut failures = std::mem::take(&mut self.state().start_failures);
+        failures.extend(self.jobs.take_start_failures());
+        failures
+    }
+
+    /// The kernel's submitted batch jobs.
+    pub fn jobs(&self) -> &BatchJobs {
+        &self.jobs
+    }
+
+    /// Whether engine id `id` is taken by a process or a queued job of this pool.
+    pub fn holds(&self, id: EngineId) -> bool {
+        self.pid(id).is_some() || self.jobs.holds(id)
     }
 
     /// The pid of the process started for engine `id` (an ssh or mpiexec for remote engines).
@@ -376,12 +417,14 @@ impl EnginePool {
         self.state().restarts.take_notices()
     }
 
-    /// Kills every engine at once and removes private files (kernel shutdown).
+    /// Kills every engine at once, cancels every job and removes private files (kernel
+    /// shutdown).
     pub fn kill_all(&self) {
         let ids: Vec<EngineId> = self.hub.live_ids();
         for id in ids {
             self.hub.shutdown_engine(id);
         }
+        self.jobs.cancel_all();
         let mut state = self.state();
         state.stdins.clear();
         for launched in state.processes.values() {

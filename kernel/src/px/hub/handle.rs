@@ -221,6 +221,11 @@ impl HubHandle {
         self.step(|hub| hub.engine_gone(id, incarnation, reason));
     }
 
+    /// Engines `ids` run in batch job `job` (`None`: in none), which their departures name.
+    pub fn set_job(&self, ids: &[EngineId], job: Option<&str>) {
+        self.step(|hub| hub.set_job(ids, job));
+    }
+
     pub fn shutdown_engine(&self, id: EngineId) {
         self.step(|hub| hub.shutdown_engine(id));
     }

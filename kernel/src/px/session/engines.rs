@@ -60,9 +60,18 @@ impl PxService {
         // start's.
         m.pool.take_start_failures();
         m.hub.take_refusals();
-        m.pool
+        let started = m
+            .pool
             .start(launcher, &ids, &engine)
             .map_err(|e| start_error(e.to_string()))?;
+        if launcher.batch().is_some() {
+            if let Some(job) = started.first() {
+                self.say(
+                    request,
+                    &format!("submitted {} for engines {}", job.place, join(&ids)),
+                );
+            }
+        }
         if launcher.reach() == Reach::MaybeOtherHosts && !reachable {
             self.say(request, &format!(
                 "note: the hub listens on {} only, so {} ranks on other nodes cannot reach it (start the kernel with RUSTPX_HUB_IP=0.0.0.0 for them)",
@@ -84,7 +93,7 @@ impl PxService {
     /// (mpiexec and srun number their engines from a base).
     pub(super) fn free_ids(&self, n: u32) -> Result<Vec<EngineId>, ErrorReport> {
         let m = self.machinery()?;
-        let free = |id: EngineId| !m.hub.is_alive(id) && m.pool.pid(id).is_none();
+        let free = |id: EngineId| !m.hub.is_alive(id) && !m.pool.holds(id);
         let mut base = 0;
         loop {
             match (base..base + n).find(|id| !free(*id)) {
@@ -105,6 +114,24 @@ impl PxService {
         let m = self.machinery()?;
         let ids = self.free_ids(n)?;
         let engine = m.pool.invocation(&**launcher, options);
+        if let Some(batch) = launcher.batch() {
+            let plan = m
+                .pool
+                .jobs()
+                .plan(batch, &ids, &engine)
+                .map_err(|e| usage(e.to_string()))?;
+            let text = format!(
+                "The {} launcher would submit engines {} as a batch job:\n  {}\n{} (mode 0600; the engines read the hub's address and key from {}, mode 0600):\n{}",
+                launcher.name(),
+                join(&ids),
+                plan.submit_line(),
+                plan.script_path.display(),
+                plan.connection_file.display(),
+                plan.script
+            );
+            self.say(request, text.trim_end());
+            return Ok(());
+        }
         let commands = launcher
             .commands(&ids, &engine)
             .map_err(|e| usage(e.to_string()))?;
@@ -217,6 +244,11 @@ impl PxService {
                     m.hub.engine_gone(*id, None, "stopped by %engines stop");
                 }
                 self.say(request, &format!("stopped engines {}", join(&ids)));
+                // A job whose engines are all gone holds its nodes for nothing.
+                let cancelled = m.pool.jobs().cancel_unused(|id| m.hub.is_alive(id));
+                if !cancelled.is_empty() {
+                    self.say(request, &format!("cancelled {}", cancelled.join(", ")));
+                }
                 Ok(())
             }
             EnginesCommand::Restart { ids } => {
@@ -225,6 +257,11 @@ impl PxService {
                 let mut report = String::new();
                 for &id in &ids {
                     let variables = m.hub.variables(id);
+                    if m.pool.pid(id).is_none() && m.pool.jobs().holds(id) {
+                        // An engine of a batch job: it is asked to exit over the link, and its
+                        // replacement comes in a job of its own.
+                        m.pool.kill_engine(id);
+                    }
                     if let Some(pid) = m.pool.pid(id) {
                         m.pool.kill_engine(id);
                         // A process of ours ends within milliseconds; wait for it so the new
