@@ -428,3 +428,18 @@ def test_the_cli_prints_a_launchers_command(runtime_dir, px):
         capture_output=True, text=True, check=True,
     ).stdout
     assert out.strip() == f'RUSTPX_ENGINE_CONNECTION="$(cat {conn})" mpiexec -n 4 {rustpx.parent / "rustpx-engine"} --id-base 0'
+
+
+def test_the_cli_refuses_to_submit_a_job_and_says_where_to(runtime_dir, px):
+    rustpx = pathlib.Path(json.load(open(kernelspec_path()))["argv"][0])
+    conn = glob.glob(str(runtime_dir / "rustpx-engines-*.json"))[0]
+    done = subprocess.run(
+        [str(rustpx), "engines", "start", "--connect", conn, "--launcher", "sge", "-n", "2"],
+        capture_output=True, text=True, env={**os.environ, "RUST_BACKTRACE": "0"},
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "Error: rustpx engines start runs its engines in this terminal and waits for them; "
+        "to submit a batch job, use `%engines start --launcher slurm --submit` (or `--launcher sge`) "
+        "in the notebook, or run `rustpx engines start --launcher slurm` inside your own job script"
+    )

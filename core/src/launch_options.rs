@@ -22,40 +22,74 @@ pub const LAUNCHER_NAMES: &str = "local, ssh, mpi, slurm, sge";
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct LaunchOptions {
     /// `local`, `ssh`, `mpi`, `slurm` or `sge`; `None` is local.
-    #[arg(long)]
+    #[arg(long, help = "local (the default), ssh, mpi, slurm or sge")]
     pub launcher: Option<String>,
     /// `--hosts a:2,b:1` for ssh. The last `--hosts` gives the whole list (the `::std` path
     /// keeps clap from reading a `Vec` as a repeatable option); none is `""`, no hosts.
-    #[arg(long, value_parser = parse_hosts, default_value = "")]
+    #[arg(long, value_parser = parse_hosts, default_value = "", hide_default_value = true,
+          help = "For ssh: HOST:N,HOST:N... (the engines per host)")]
     pub hosts: ::std::vec::Vec<(String, u32)>,
     /// `--engine PATH`: the engine binary to run (on the engine hosts for remote launchers).
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "PATH",
+        help = "The engine binary (default: beside this binary for local, rustpx-engine on the hosts' PATH otherwise)"
+    )]
     pub engine: Option<String>,
     /// `--launcher-arg ARG`, repeatable: extra arguments for ssh, mpiexec or srun (or for
     /// sbatch or qsub, when a job is submitted).
-    #[arg(long = "launcher-arg", allow_hyphen_values = true)]
+    #[arg(
+        long = "launcher-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        help = "An extra argument for ssh, mpiexec, srun, sbatch or qsub (repeatable)"
+    )]
     pub launcher_args: Vec<String>,
     /// `--engine-arg ARG`, repeatable: extra arguments for every engine.
-    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    #[arg(
+        long = "engine-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        help = "An extra argument for every engine (repeatable), e.g. --fetch-objects"
+    )]
     pub engine_args: Vec<String>,
     /// `--tunnel` (ssh): engines reach the hub through their ssh session.
-    #[arg(long)]
+    #[arg(
+        long,
+        help = "For ssh: engines reach the hub through their ssh session"
+    )]
     pub tunnel: bool,
     /// `--submit` (slurm): submit a batch job with `sbatch` instead of running `srun` inside
     /// the kernel's allocation (the sge launcher always submits).
-    #[arg(long)]
+    #[arg(
+        long,
+        help = "For slurm: submit a batch job (from the notebook's %engines start)"
+    )]
     pub submit: bool,
     /// `--queue NAME`: the Slurm partition or Grid Engine queue of a submitted job.
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "A submitted job's partition or queue"
+    )]
     pub queue: Option<String>,
     /// `--time HH:MM:SS`: a submitted job's wall-clock limit.
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "HH:MM:SS",
+        help = "A submitted job's wall-clock limit"
+    )]
     pub time: Option<String>,
     /// `--resource ARG`, repeatable: one more `#SBATCH` / `#$` line in the job script.
-    #[arg(long = "resource", allow_hyphen_values = true)]
+    #[arg(
+        long = "resource",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        help = "One more #SBATCH / #$ line in a submitted job's script (repeatable)"
+    )]
     pub resources: Vec<String>,
     /// `--template FILE`: the job script's template (see `rustpx_core::batch_job`).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE", help = "A submitted job's script template")]
     pub template: Option<String>,
 }
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use rustpx_core::launch_options::LauncherKind;
 use rustpx_kernel::launch::{self, LaunchOptions};
 
 /// The options of `rustpx engines start`.
@@ -22,22 +23,9 @@ pub struct EnginesStart {
     /// How many engines (ssh takes the counts from --hosts).
     #[arg(short = 'n', long)]
     n: Option<u32>,
-    /// local, ssh, mpi or slurm.
-    #[arg(long, default_value = "local")]
-    launcher: String,
-    /// For ssh: HOST:N,HOST:N...
-    #[arg(long)]
-    hosts: Option<String>,
-    /// The engine binary to run (default: beside this binary for local, rustpx-engine on the
-    /// engine hosts' PATH otherwise).
-    #[arg(long, value_name = "PATH")]
-    engine: Option<String>,
-    /// An extra argument for ssh, mpiexec or srun (repeatable).
-    #[arg(long = "launcher-arg", value_name = "ARG", allow_hyphen_values = true)]
-    launcher_args: Vec<String>,
-    /// An extra argument for every engine (repeatable), e.g. --fetch-objects.
-    #[arg(long = "engine-arg", value_name = "ARG", allow_hyphen_values = true)]
-    engine_args: Vec<String>,
+    /// The launcher and its options, as `%engines start` takes them.
+    #[command(flatten)]
+    launch: LaunchOptions,
     /// The id the first engine asks for (the hub gives the next free one if it is taken).
     #[arg(long, default_value_t = 0)]
     first_id: u32,
@@ -61,25 +49,21 @@ pub fn start(args: EnginesStart) -> Result<()> {
         )
     })?;
     let json = json.to_string();
-    let hosts = match &args.hosts {
-        Some(text) => launch::parse_hosts(text)?,
-        None => Vec::new(),
-    };
-    let options = LaunchOptions {
-        launcher: Some(args.launcher.clone()),
-        hosts,
-        engine: args.engine.clone(),
-        launcher_args: args.launcher_args.clone(),
-        engine_args: args.engine_args.clone(),
-        ..Default::default()
-    };
-    let launcher = launch::launcher_for(&options)?;
+    let options = &args.launch;
+    if let Ok(LauncherKind::Batch(_)) = options.check() {
+        bail!(
+            "rustpx engines start runs its engines in this terminal and waits for them; to submit \
+             a batch job, use `%engines start --launcher slurm --submit` (or `--launcher sge`) in \
+             the notebook, or run `rustpx engines start --launcher slurm` inside your own job script"
+        );
+    }
+    let launcher = launch::launcher_for(options)?;
     let n = args.n.or(launcher.default_count()).unwrap_or(1);
     let beside = std::env::current_exe()?
         .parent()
         .map(|dir| dir.join("rustpx-engine"))
         .context("cannot find the directory of this binary")?;
-    let engine = launch::invocation(&options, &*launcher, &beside);
+    let engine = launch::invocation(options, &*launcher, &beside);
     let ids: Vec<u32> = (args.first_id..args.first_id + n).collect();
     let commands = launcher.commands(&ids, &engine)?;
     if args.print {
