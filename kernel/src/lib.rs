@@ -6,6 +6,7 @@
 
 pub mod cell_objects;
 pub mod cell_text;
+pub mod dep_cache;
 pub mod drop_report;
 pub mod evaluator;
 pub mod frontend;

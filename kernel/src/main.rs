@@ -88,6 +88,8 @@ fn main() -> Result<()> {
     // (or evcxr itself) as its runtime, these calls never return.
     rustpx_kernel::px::run_bridge_if_requested();
     rustpx_kernel::evaluator::runtime::run_if_requested();
+    // As evcxr's rustc wrapper: keep the dependency cache private (see dep_cache).
+    rustpx_kernel::dep_cache::prepare_rustc_wrapper();
     evcxr::runtime_hook();
     let cli = Cli::parse();
     match cli.command {

@@ -79,6 +79,7 @@ pub(super) fn run(
             ) => {
                 forget_compiled_if_changed(rerunner, &code);
                 enable_fences(rerunner);
+                crate::dep_cache::note_plain_cell(&code);
                 let outcome = execute(
                     context,
                     pump,
@@ -194,6 +195,7 @@ pub(super) fn start_context() -> Result<Started, evcxr::Error> {
     if let Some(flags) = flags {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
+    snapshot.set_cache_bytes(crate::dep_cache::bytes_for_context());
     eval_context.eval_with_state("", snapshot)?;
     // evcxr's own start-up cell printed nothing, but drain anything it may have queued.
     while outputs.stdout.try_recv().is_ok() {}

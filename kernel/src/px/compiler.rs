@@ -196,6 +196,7 @@ fn start_context(
     if let Some(flags) = crate::cell_objects::compact_rustflags() {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
+    snapshot.set_cache_bytes(crate::dep_cache::bytes_for_context());
     if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
         tracing::debug!("px warm-up cell failed (harmless): {error}");
     }
@@ -270,6 +271,8 @@ fn run(requests: std_mpsc::Receiver<Request>, hub: HubHandle) {
                     let level = next_opt_level(request, state.opt_level());
                     state.set_opt_level(&level)?;
                 }
+                // The plain context's `:cache N` holds here too.
+                state.set_cache_bytes(crate::dep_cache::bytes());
                 for (name, config) in deps {
                     state.add_dep(name, config).map_err(|e| {
                         evcxr::Error::Message(format!(":dep {name} = {config}: {e}"))
