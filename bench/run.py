@@ -18,6 +18,8 @@ from jupyter_client.manager import start_new_kernel
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from conftest import descendants, parse_engine_pids, still_running  # noqa: E402
 from soak import rss_mb  # noqa: E402  (one reader of /proc/PID/status for the project)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import deps  # noqa: E402
 
 # Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
 # so that every run really compiles (the cached path is measured separately).
@@ -490,7 +492,8 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
-    parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent", "link", "structure"],
+    parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent", "link", "structure",
+                                           "deps", "memory"],
                         help="run one part of the benchmark")
     parser.add_argument("--baseline-bin", help="a directory with an older build's rustpx and rustpx-engine, "
                         "installed by bench/run.sh as the kernel rustpx-baseline, for --only link and --only structure")
@@ -515,6 +518,10 @@ def main():
         bench_link(args.runs, results, args.baseline_bin)
     if args.only == "structure":
         bench_structure(args.runs, results, args.baseline_bin)
+    if args.only in (None, "deps"):
+        deps.bench_deps(min(args.runs, 3), results, Timed)
+    if args.only in (None, "memory"):
+        deps.bench_memory(args.runs, results, Timed)
     if args.only in (None, "scale"):
         bench_rustpx_scale(args.runs, results)
         if not args.skip_ipyparallel:
@@ -568,6 +575,8 @@ def main():
         ratios[f"{case}: rustpx / baseline build"] = ratio(
             results.get(f"rustpx: {case}"), results.get(f"baseline: {case}"))
 
+    deps.add_ratios(results, ratios, ratio)
+
     n = SCALE_N
     ratios[f"registration of {n} engines in a fresh kernel, rustpx / ipyparallel"] = ratio(
         results.get(f"rustpx %engines start -n {n} in a fresh kernel until registered (s)"),
@@ -585,12 +594,12 @@ def main():
     for key, value in results.items():
         print(f"  {key:<{width}}  {value}")
     print("\nratios")
-    targets = {"n=4 / plain": 1.3, "n=8 / n=1": 1.5, "pool of 4": 1.5}
+    targets = {"n=4 / plain": 1.3, "n=8 / n=1": 1.5, "pool of 4": 1.5, "RSS after two plain cells": 1.15}
     for key, value in ratios.items():
         if value is None and args.only:
             continue  # a part of the bench that was not run
         target = next((t for k, t in targets.items() if k in key), None)
-        verdict = "" if target is None or value is None else ("  (target <= %.1f: %s)" % (target, "met" if value <= target else "NOT met"))
+        verdict = "" if target is None or value is None else ("  (target <= %g: %s)" % (target, "met" if value <= target else "NOT met"))
         print(f"  {key:<{width}}  {value}{verdict}")
     first_cell = results.get("rustpx kernel start until the first `1 + 1` replied (s)")
     if first_cell is not None:

@@ -15,6 +15,10 @@
 #                                     # the transport: shell round trip and the engine link, for
 #                                     # this build and an older one (DIR holds its rustpx and
 #                                     # rustpx-engine) in the same run
+#   bash bench/run.sh --only deps     # `:dep rand = "0.8"` in the plain context and in %px, in a
+#                                     # first kernel (empty crate cache) and after a restart,
+#                                     # against evcxr_jupyter's own :dep in the same run
+#   bash bench/run.sh --only memory   # kernel RSS after two plain cells, against evcxr_jupyter
 #   bash bench/run.sh --only structure --baseline-bin DIR
 #                                     # before/after a change of the inside: plain and %px cells,
 #                                     # a re-run, %push and %pxmap, this build against DIR's, in
@@ -32,7 +36,7 @@ fi
 python -m ipykernel install --sys-prefix --name python3 >/dev/null
 # The first-cell baseline is evcxr_jupyter of the same evcxr release, built once from crates.io with
 # the lock file it was published with (an unlocked build fails: salsa 0.28.5 breaks it).
-if [[ " $* " != *" --only "* || " $* " == *" first-cell "* ]]; then
+if [[ " $* " != *" --only "* || " $* " == *" first-cell "* || " $* " == *" deps "* || " $* " == *" memory "* ]]; then
   tools="${RUSTPX_BENCH_TOOLS:-$HOME/.cache/rustpx/bench-tools}"
   if [ ! -x "$tools/bin/evcxr_jupyter" ]; then
     step "cargo install evcxr_jupyter 0.22.0 --locked (the first-cell baseline, built once)"
