@@ -90,28 +90,48 @@ PLAIN_CELLS = ["1 + 1", "let v = vec![1, 2, 3];"]
 SETTLE_S = 20
 
 
-def kernel_rss_after_plain_cells(timed, kernel_name):
+def kernel_rss_after_plain_cells(timed, kernel_name, then_px=False):
     """RSS (MB) of the kernel process after PLAIN_CELLS and SETTLE_S seconds idle (rustpx warms
-    its analyser when idle; evcxr_jupyter's analyser works in its cells)."""
-    k = timed(kernel_name)
+    its analyser when idle; evcxr_jupyter's analyser works in its cells). With `then_px`, also
+    the first `%px` after that (1 engine; the px compiler's context starts with it), the `%px`
+    sent right after it, and the RSS then."""
+    k = timed(kernel_name, {"RUSTPX_ENGINES": "1"} if then_px else None)
     try:
         for cell in PLAIN_CELLS:
             k.run(cell)
         time.sleep(SETTLE_S)
-        return rss_mb(k.pid())
+        rss = rss_mb(k.pid())
+        if not then_px:
+            return rss, None, None, None
+        first = k.run("%px 1 + 1")
+        second = k.run("%px 2 + 1")
+        return rss, first, second, rss_mb(k.pid())
     finally:
         k.close()
 
 
-def bench_memory(runs, results, timed):
+def bench_memory(runs, results, timed, baseline_bin=None):
+    """rustpx (and, with --baseline-bin, the older build as kernel rustpx-baseline) against
+    evcxr_jupyter, alternating, in one run."""
     baseline = os.environ.get("RUSTPX_BENCH_EVCXR_KERNEL")
-    ours, theirs = [], []
+    builds = ["rustpx"] + (["rustpx-baseline"] if baseline_bin else [])
+    ours, theirs = {b: [] for b in builds}, []
     for i in range(max(1, min(runs, 3))):
         print(f"memory, run {i + 1} ...", flush=True)
-        ours.append(kernel_rss_after_plain_cells(timed, "rustpx"))
+        for build in builds:
+            ours[build].append(kernel_rss_after_plain_cells(timed, build, then_px=True))
         if baseline:
-            theirs.append(kernel_rss_after_plain_cells(timed, baseline))
-    results["rustpx kernel RSS after two plain cells, no %px (MB)"] = round(statistics.median(ours), 1)
+            theirs.append(kernel_rss_after_plain_cells(timed, baseline)[0])
+
+    for build, samples in ours.items():
+        def median(index):
+            return round(statistics.median(sample[index] for sample in samples), 2)
+
+        label = "rustpx" if build == "rustpx" else "baseline build"
+        results[f"{label} kernel RSS after two plain cells, no %px (MB)"] = median(0)
+        results[f"{label} first %px 1 + 1 after them, 1 engine (s)"] = median(1)
+        results[f"{label} %px 2 + 1 sent right after it (s)"] = median(2)
+        results[f"{label} kernel RSS once %px ran (MB)"] = median(3)
     if theirs:
         results["evcxr_jupyter RSS after the same cells (MB)"] = round(statistics.median(theirs), 1)
 
@@ -127,3 +147,9 @@ def add_ratios(results, ratios, ratio):
     ratios["kernel RSS after two plain cells, rustpx / evcxr_jupyter"] = ratio(
         results.get("rustpx kernel RSS after two plain cells, no %px (MB)"),
         results.get("evcxr_jupyter RSS after the same cells (MB)"))
+    ratios["first %px after two plain cells, rustpx / baseline build"] = ratio(
+        results.get("rustpx first %px 1 + 1 after them, 1 engine (s)"),
+        results.get("baseline build first %px 1 + 1 after them, 1 engine (s)"))
+    ratios["kernel RSS after two plain cells, rustpx / baseline build"] = ratio(
+        results.get("rustpx kernel RSS after two plain cells, no %px (MB)"),
+        results.get("baseline build kernel RSS after two plain cells, no %px (MB)"))

@@ -496,7 +496,7 @@ def main():
                                            "deps", "memory"],
                         help="run one part of the benchmark")
     parser.add_argument("--baseline-bin", help="a directory with an older build's rustpx and rustpx-engine, "
-                        "installed by bench/run.sh as the kernel rustpx-baseline, for --only link and --only structure")
+                        "installed by bench/run.sh as the kernel rustpx-baseline, for --only link, structure and memory")
     args = parser.parse_args()
     load_before = load()
     results = {}
@@ -521,7 +521,7 @@ def main():
     if args.only in (None, "deps"):
         deps.bench_deps(min(args.runs, 3), results, Timed)
     if args.only in (None, "memory"):
-        deps.bench_memory(args.runs, results, Timed)
+        deps.bench_memory(args.runs, results, Timed, args.baseline_bin)
     if args.only in (None, "scale"):
         bench_rustpx_scale(args.runs, results)
         if not args.skip_ipyparallel:

@@ -18,7 +18,9 @@
 #   bash bench/run.sh --only deps     # `:dep rand = "0.8"` in the plain context and in %px, in a
 #                                     # first kernel (empty crate cache) and after a restart,
 #                                     # against evcxr_jupyter's own :dep in the same run
-#   bash bench/run.sh --only memory   # kernel RSS after two plain cells, against evcxr_jupyter
+#   bash bench/run.sh --only memory [--baseline-bin DIR]
+#                                     # kernel RSS after two plain cells, against evcxr_jupyter,
+#                                     # then the first %px (and DIR's build, alternating)
 #   bash bench/run.sh --only structure --baseline-bin DIR
 #                                     # before/after a change of the inside: plain and %px cells,
 #                                     # a re-run, %push and %pxmap, this build against DIR's, in
