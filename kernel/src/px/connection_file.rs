@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustpx_protocol::EngineConnection;
 
@@ -12,9 +12,16 @@ pub fn write(connection: &EngineConnection) -> std::io::Result<PathBuf> {
     let dir = crate::paths::runtime_dir();
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("rustpx-engines-{}.json", std::process::id()));
-    // A new file of ours, never one that was there (a planted file or symlink would be handed
-    // the key): whatever has this name is removed, then the file is created exclusively.
-    match std::fs::remove_file(&path) {
+    write_new_private(&path, serde_json::to_string_pretty(connection)?.as_bytes())?;
+    Ok(path)
+}
+
+/// Writes `bytes` to a new file of ours at `path`, mode 0600, never one that was there: a
+/// planted file or symlink would be handed a secret (the link key, a job's connection), so
+/// whatever has the name is removed, then the file is created exclusively without following a
+/// link.
+pub(super) fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
         _ => {}
     }
@@ -23,9 +30,8 @@ pub fn write(connection: &EngineConnection) -> std::io::Result<PathBuf> {
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)?;
-    file.write_all(serde_json::to_string_pretty(connection)?.as_bytes())?;
-    Ok(path)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 #[cfg(test)]

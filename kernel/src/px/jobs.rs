@@ -13,14 +13,14 @@
 //! scheduler's output. It must be on a filesystem the compute nodes see.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustpx_protocol::{EngineConnection, EngineId};
 
+use super::connection_file::write_new_private;
 use super::hub::{HubHandle, StartedEngineEnd};
 use super::{lock, PxError};
 use crate::launch::{shell_quote, BatchLauncher, EngineInvocation, LaunchError};
@@ -305,20 +305,9 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `text` to a new file at `path` with mode 0600 (whatever had the name is replaced,
-/// and a link there is never followed).
+/// Writes `text` to a new private file at `path` (see [`write_new_private`]).
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-        _ => {}
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(text.as_bytes())
+    write_new_private(path, text.as_bytes())
 }
 
 /// Runs a scheduler command to its end (bounded by [`COMMAND_TIMEOUT`]); its stdout, or why
