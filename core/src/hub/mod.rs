@@ -521,6 +521,22 @@ impl Hub {
         }
     }
 
+    /// Marks the live ones of `ids` as interrupted on purpose (their death is then expected)
+    /// and returns each with the variables it holds, which an interrupt may cost.
+    pub fn interrupt(&mut self, ids: &[EngineId]) -> Vec<(EngineId, Vec<String>)> {
+        let live: Vec<EngineId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.engines.get(id).is_some_and(EngineEntry::alive))
+            .collect();
+        live.into_iter()
+            .map(|id| {
+                self.mark_interrupted(id);
+                (id, self.variables(id))
+            })
+            .collect()
+    }
+
     /// Whether the end of engine `id`'s process `incarnation` is one the kernel caused (a stop,
     /// a restart, an interrupt) rather than news.
     pub fn end_expected(&self, id: EngineId, incarnation: u64) -> bool {

@@ -114,9 +114,15 @@ impl HubHandle {
     /// Runs one step on the hub under its lock, performs what it decided, and answers object
     /// requests after letting go.
     fn step<R>(&self, step: impl FnOnce(&mut Hub) -> R) -> R {
+        self.step_state(|state| step(&mut state.hub))
+    }
+
+    /// [`Self::step`] for a step that also registers who is told (a watcher, a waiter) before
+    /// the effects are delivered.
+    fn step_state<R>(&self, step: impl FnOnce(&mut State) -> R) -> R {
         let (result, asks) = {
             let mut state = self.lock();
-            let result = step(&mut state.hub);
+            let result = step(&mut state);
             (result, state.deliver(&self.session, &self.outbox))
         };
         for (to, hashes) in asks {
@@ -293,16 +299,12 @@ impl HubHandle {
     /// Records a new cell, and subscribes `observer` to its events when one is given.
     pub fn add_cell(&self, cell: CellRecord, observer: Option<UnboundedSender<CellEvent>>) {
         self.shipping.prune_inputs();
-        let cell_id = cell.cell_id.clone();
-        let asks = {
-            let mut state = self.lock();
+        self.step_state(|state| {
             if let Some(observer) = observer {
-                state.observers.insert(cell_id, observer);
+                state.observers.insert(cell.cell_id.clone(), observer);
             }
             state.hub.add_cell(cell);
-            state.deliver(&self.session, &self.outbox)
-        };
-        debug_assert!(asks.is_empty(), "adding a cell reads no object");
+        });
     }
 
     pub fn unobserve(&self, cell_id: &str) {
@@ -337,15 +339,7 @@ impl HubHandle {
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut signalled = Vec::new();
-            for id in running {
-                if hub.engine(id).is_some_and(EngineEntry::alive) {
-                    let variables = hub.variables(id);
-                    hub.mark_interrupted(id);
-                    signalled.push((id, variables));
-                }
-            }
-            signalled
+            hub.interrupt(&running)
         })
     }
 
@@ -363,14 +357,7 @@ impl HubHandle {
         };
         self.step(|hub| {
             let overdue = hub.overdue(cell_id, limit, Utc::now());
-            overdue
-                .into_iter()
-                .map(|id| {
-                    let variables = hub.variables(id);
-                    hub.mark_interrupted(id);
-                    (id, variables)
-                })
-                .collect()
+            hub.interrupt(&overdue)
         })
     }
 
@@ -400,8 +387,7 @@ impl HubHandle {
             .into_iter()
             .map(|engine| (engine, self.shipping.shipment(engine, so_path, files)))
             .collect();
-        let (receivers, asks) = {
-            let mut state = self.lock();
+        self.step_state(|state| {
             let now = Utc::now();
             let mut receivers = Vec::with_capacity(engines.len());
             for &(engine, incarnation) in engines {
@@ -421,10 +407,8 @@ impl HubHandle {
                 state.waiters.insert(run_id, done);
                 receivers.push(receiver);
             }
-            (receivers, state.deliver(&self.session, &self.outbox))
-        };
-        debug_assert!(asks.is_empty(), "starting runs reads no object");
-        receivers
+            receivers
+        })
     }
 
     /// Ends each of `engines`' part of a cell with the same outcome.
