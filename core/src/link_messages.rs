@@ -103,9 +103,13 @@ pub struct RegisterReply {
 }
 link_message!(RegisterReply, "register_reply");
 
-/// Both ways, every heartbeat period: I am alive.
+/// Both ways, every heartbeat period: I am alive. The hub's answer carries the period the
+/// engine should keep (it grows with the pool; see `hub::heartbeats`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Heartbeat {}
+pub struct Heartbeat {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_ms: Option<u64>,
+}
 link_message!(Heartbeat, "heartbeat");
 
 /// Hub to engine: load this compiled cell and run it against your variables.

@@ -156,12 +156,8 @@ pub struct CellRecord {
 impl CellRecord {
     pub fn new(cell_id: String, code: String, targets: Vec<EngineId>, single: bool) -> Self {
         let submitted = Utc::now();
-        let mut unique = Vec::new();
-        for id in targets {
-            if !unique.contains(&id) {
-                unique.push(id);
-            }
-        }
+        let mut seen = std::collections::BTreeSet::new();
+        let unique: Vec<EngineId> = targets.into_iter().filter(|id| seen.insert(*id)).collect();
         let engines = unique
             .iter()
             .map(|&id| (id, EngineRecord::new(id, &cell_id, submitted)))

@@ -134,7 +134,7 @@ pub async fn serve(
                     bail!("the hub at {} has been silent for {:?}; exiting", connection.url, patience.hub_silence);
                 }
                 // A new message each time: each header (id, date) is unique.
-                socket.send(seal.frames(to_wire(&session, &Heartbeat {}))).await?;
+                socket.send(seal.frames(to_wire(&session, &Heartbeat::default()))).await?;
             }
             Some(message) = outgoing.recv() => {
                 socket.send(seal.frames(message)).await?;
@@ -149,7 +149,13 @@ pub async fn serve(
                 };
                 last_heard = Instant::now();
                 match message.msg_type() {
-                    Heartbeat::MSG_TYPE => {}
+                    Heartbeat::MSG_TYPE => {
+                        // The hub slows heartbeats down as its pool grows.
+                        let asked = from_wire::<Heartbeat>(&message).ok().and_then(|h| h.period_ms);
+                        if let Some(period) = asked.map(heartbeat_period).filter(|p| *p != ticker.period()) {
+                            ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                        }
+                    }
                     RunRequest::MSG_TYPE => match from_wire::<RunRequest>(&message) {
                         Ok(run) => {
                             let (ask, ready) = delivery.arrived(run, message.buffers.clone());
@@ -197,6 +203,12 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// The heartbeat period the hub asked for, within bounds that keep a confused hub from making
+/// an engine beat constantly or fall silent.
+fn heartbeat_period(asked_ms: u64) -> Duration {
+    Duration::from_millis(asked_ms).clamp(HEARTBEAT_PERIOD / 5, HEARTBEAT_PERIOD * 20)
 }
 
 /// The message in `frames` from the hub, if its signature is right, it is addressed to this

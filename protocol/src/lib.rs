@@ -91,7 +91,12 @@ pub fn from_wire<M: LinkMessage>(message: &WireMessage) -> Result<M, ContentErro
 pub fn to_engine_wire(session: &str, message: ToEngine) -> WireMessage {
     match message {
         ToEngine::Registered(reply) => to_wire(session, &reply),
-        ToEngine::Heartbeat => to_wire(session, &Heartbeat {}),
+        ToEngine::Heartbeat { period } => to_wire(
+            session,
+            &Heartbeat {
+                period_ms: Some(u64::try_from(period.as_millis()).unwrap_or(u64::MAX)),
+            },
+        ),
         ToEngine::Run(request, buffers) => {
             let mut wire = to_wire(session, &request);
             wire.buffers = buffers;

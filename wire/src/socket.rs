@@ -48,6 +48,9 @@ pub struct Options {
     /// ipykernel does on shell, control and stdin, so a client that reconnects gets its
     /// replies). Off where an identity must stay with its first owner (the engine hub).
     pub router_handover: bool,
+    /// Messages queued for each peer before libzmq drops (PUB) or holds back (others) more;
+    /// libzmq's default of 1,000 when `None`.
+    pub send_queue: Option<i32>,
 }
 
 impl Options {
@@ -57,6 +60,7 @@ impl Options {
             max_frame_bytes,
             identity: None,
             router_handover: false,
+            send_queue: None,
         }
     }
 }
@@ -104,6 +108,9 @@ fn configured(kind: SocketType, options: &Options) -> Result<zmq::Socket, zmq::E
     }
     if options.router_handover {
         socket.set_router_handover(true)?;
+    }
+    if let Some(messages) = options.send_queue {
+        socket.set_sndhwm(messages)?;
     }
     Ok(socket)
 }

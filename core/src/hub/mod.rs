@@ -20,6 +20,7 @@ use crate::link_messages::{
 use crate::records::{CellRecord, EngineError};
 use crate::{EngineId, ErrorKind};
 
+mod heartbeats;
 mod results;
 mod runs;
 
@@ -27,8 +28,7 @@ pub use runs::RunOrder;
 #[cfg(test)]
 mod tests;
 
-/// An engine that has not been heard from for this long is declared dead.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use heartbeats::{heartbeat_period, HEARTBEAT_TIMEOUT};
 
 /// How many cells' results the hub keeps; past it, the oldest finished ones are dropped, as
 /// ipyparallel's hub culls its in-memory database past its record limit (1024).
@@ -113,7 +113,10 @@ pub enum FromEngine {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToEngine {
     Registered(RegisterReply),
-    Heartbeat,
+    /// The answer to an engine's heartbeat, with the period it should send them at.
+    Heartbeat {
+        period: Duration,
+    },
     /// A run, with the bytes of its `files_in` as the message's buffers.
     Run(RunRequest, Vec<Bytes>),
     Signal(SignalRequest),
@@ -192,6 +195,11 @@ pub struct Hub {
     jobs: HashMap<EngineId, String>,
     /// What the kernel must do, in order, since it last took them.
     effects: Vec<Effect>,
+    /// Which engine each link identity registered as, so that a message finds its sender
+    /// without a walk over a pool of a thousand engines (checked against `engines` on use).
+    by_identity: HashMap<Bytes, EngineId>,
+    /// How often engines are asked to send heartbeats, for the pool's current size.
+    heartbeat_period: Duration,
 }
 
 impl Hub {
@@ -212,6 +220,8 @@ impl Hub {
             departures: Vec::new(),
             jobs: HashMap::new(),
             effects: Vec::new(),
+            by_identity: HashMap::new(),
+            heartbeat_period: heartbeat_period(0),
         }
     }
 
@@ -228,6 +238,13 @@ impl Hub {
     /// Everything the hub asked for since the last call, in the order it decided it.
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
+    }
+
+    /// [`Self::take_effects`] for a caller that performs them at once: the queue keeps its
+    /// capacity, so a step over a thousand engines does not grow it from empty (and through
+    /// the allocator's large-block path) every time.
+    pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
     }
 
     fn send(&mut self, to: &Bytes, message: ToEngine) {
@@ -283,7 +300,8 @@ impl Hub {
             FromEngine::Register(request) => self.register(identity, request, now),
             FromEngine::Heartbeat => {
                 if sender.is_some() {
-                    self.send(&identity, ToEngine::Heartbeat);
+                    let period = self.heartbeat_period;
+                    self.send(&identity, ToEngine::Heartbeat { period });
                 }
             }
             FromEngine::Stream(output) => self.stream(output),
@@ -306,9 +324,10 @@ impl Hub {
     }
 
     fn engine_by_identity(&self, identity: &Bytes) -> Option<EngineId> {
+        let id = *self.by_identity.get(identity)?;
         self.engines
-            .values()
-            .find(|e| e.alive() && e.identity == identity)
+            .get(&id)
+            .filter(|e| e.alive() && e.identity == identity)
             .map(|e| e.id)
     }
 
@@ -356,6 +375,7 @@ impl Hub {
             },
         );
         self.variables.remove(&id);
+        self.by_identity.insert(identity.clone(), id);
         self.send(
             &identity,
             ToEngine::Registered(RegisterReply {
@@ -403,6 +423,7 @@ impl Hub {
         }
         entry.state = EngineState::Dead(reason.to_owned());
         entry.queue = 0;
+        self.by_identity.remove(&entry.identity);
         let lost: Vec<String> = self
             .variables
             .remove(&id)
@@ -453,29 +474,10 @@ impl Hub {
         }
     }
 
-    /// Declares dead the engines not heard from within [`HEARTBEAT_TIMEOUT`] of `now`; they
-    /// are among the departures ([`Hub::take_departures`]), to be killed by the pool.
-    pub fn check_heartbeats(&mut self, now: Instant) {
-        let silent: Vec<(EngineId, f64)> = self
-            .engines
-            .values()
-            .filter(|e| e.alive() && now.duration_since(e.last_seen) > HEARTBEAT_TIMEOUT)
-            .map(|e| (e.id, now.duration_since(e.last_seen).as_secs_f64()))
-            .collect();
-        for (id, seconds) in silent {
-            self.departed(
-                id,
-                &format!(
-                    "no heartbeat for {seconds:.1} s; the process is hung or stopped, or its host is unreachable"
-                ),
-            );
-        }
-    }
-
     /// Engine `id` left without the pool seeing its process end (it said goodbye, or went
     /// silent): it is gone now, and whoever watches departures (the pool, to restart an
     /// interrupted engine) hears of it from [`Hub::take_departures`].
-    fn departed(&mut self, id: EngineId, reason: &str) {
+    pub(super) fn departed(&mut self, id: EngineId, reason: &str) {
         let Some(entry) = self.engines.get(&id).filter(|e| e.alive()) else {
             return;
         };

@@ -229,8 +229,67 @@ fn a_heartbeat_is_answered_only_for_a_registered_engine() {
     );
     assert_eq!(
         sends(&hub.take_effects()),
-        vec![(Bytes::from_static(b"a"), ToEngine::Heartbeat)]
+        vec![(
+            Bytes::from_static(b"a"),
+            ToEngine::Heartbeat {
+                period: Duration::from_millis(500)
+            }
+        )]
     );
+}
+
+#[test]
+fn a_large_pool_is_asked_for_slower_heartbeats_and_allowed_longer_silence() {
+    let mut hub = Hub::new(platform());
+    let names: Vec<&'static str> = (0..300)
+        .map(|i| &*Box::leak(format!("engine-{i}").into_boxed_str()))
+        .collect();
+    for name in &names {
+        register(&mut hub, name, None);
+    }
+    let start = Instant::now();
+    hub.check_heartbeats(start);
+    hub.take_effects();
+    hub.receive(
+        Bytes::from_static(names[7].as_bytes()),
+        FromEngine::Heartbeat,
+        start,
+    );
+    assert_eq!(
+        sends(&hub.take_effects()),
+        vec![(
+            Bytes::from_static(names[7].as_bytes()),
+            ToEngine::Heartbeat {
+                period: Duration::from_millis(1200)
+            }
+        )]
+    );
+    // Ten periods of 1.2 s: silent for 8 s is still alive, for 13 s is not.
+    hub.check_heartbeats(start + Duration::from_secs(8));
+    assert!(hub.take_departures().is_empty());
+    hub.check_heartbeats(start + Duration::from_secs(13));
+    assert_eq!(hub.take_departures().len(), 300);
+}
+
+#[test]
+fn a_message_from_a_dead_engines_identity_is_not_taken_for_its_successor() {
+    let mut hub = Hub::new(platform());
+    register(&mut hub, "first", Some(0));
+    hub.engine_gone(0, None, "killed");
+    register(&mut hub, "second", Some(0));
+    hub.take_effects();
+    hub.receive(
+        Bytes::from_static(b"first"),
+        FromEngine::Heartbeat,
+        Instant::now(),
+    );
+    assert!(sends(&hub.take_effects()).is_empty());
+    hub.receive(
+        Bytes::from_static(b"second"),
+        FromEngine::Heartbeat,
+        Instant::now(),
+    );
+    assert_eq!(sends(&hub.take_effects()).len(), 1);
 }
 
 #[test]

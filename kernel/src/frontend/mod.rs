@@ -80,9 +80,17 @@ fn bind(kind: SocketType, channel: &'static str, url: String) -> Result<ZmqSocke
 fn channel_options(kind: SocketType) -> SocketOptions {
     SocketOptions {
         router_handover: kind == SocketType::ROUTER,
+        send_queue: (kind == SocketType::PUB).then_some(IOPUB_QUEUE_MESSAGES),
         ..SocketOptions::limited_to(MAX_FRAME_BYTES)
     }
 }
+
+/// Messages iopub holds for a subscriber that has not read them yet. A `%px` on 1,024 engines
+/// publishes an output per engine at once, more than libzmq's default of 1,000, and a PUB
+/// socket drops what does not fit, `idle` included, so the client would wait forever. Still
+/// bounded: a subscriber that never reads (anyone on the machine may connect one) holds at
+/// most this many of the kernel's messages.
+const IOPUB_QUEUE_MESSAGES: i32 = 65_536;
 
 /// Binds every socket of `connection` and serves the kernel's [`Session`] until a shutdown
 /// request, or until the client named by `$JPY_PARENT_PID` is gone.

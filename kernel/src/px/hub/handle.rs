@@ -66,7 +66,7 @@ impl State {
     /// waiters. Returns the object requests, which read files.
     fn deliver(&mut self, session: &str, outbox: &UnboundedSender<Outgoing>) -> ObjectAsks {
         let mut asks = Vec::new();
-        for effect in self.hub.take_effects() {
+        for effect in self.hub.drain_effects() {
             match effect {
                 Effect::Send { to, message } => {
                     let _ = outbox.send((to, to_engine_wire(session, message)));
@@ -314,6 +314,13 @@ impl HubHandle {
     /// A copy of a cell's record, if the hub still keeps it.
     pub fn cell(&self, cell_id: &str) -> Option<CellRecord> {
         self.read(|hub| hub.cell(cell_id).cloned())
+    }
+
+    /// What `look` reads from a cell's record, without copying the record: a wait that runs on
+    /// every engine's event must not copy all engines' records each time (at 1024 engines that
+    /// made a re-run quadratic).
+    pub fn with_cell<R>(&self, cell_id: &str, look: impl FnOnce(&CellRecord) -> R) -> Option<R> {
+        self.read(|hub| hub.cell(cell_id).map(look))
     }
 
     pub fn has_cell(&self, cell_id: &str) -> bool {

@@ -18,7 +18,7 @@ use crate::px::hub::CellEvent;
 use crate::px::lock;
 use crate::px::magics::{Grouping, PxOptions};
 use crate::px::records::CellRecord;
-use crate::px::render;
+use crate::px::render::{self, Output};
 use crate::px::targets::{self, Targets};
 use rustpx_core::ErrorKind;
 
@@ -212,63 +212,38 @@ impl PxService {
             };
             let Some(event) = event else { break };
             timeout.check(self);
-            let Some(cell) = m.hub.cell(cell_id) else {
+            // Engines an interrupt signalled are reported once, with their restart.
+            let signalled = match &event {
+                CellEvent::EngineDone { engine } => lock(&self.active)
+                    .as_ref()
+                    .is_some_and(|a| a.interrupted.iter().any(|(id, _)| id == engine)),
+                _ => false,
+            };
+            let Some((shown_now, done, total)) = m.hub.with_cell(cell_id, |cell| {
+                let shown_now = config
+                    .stream
+                    .then(|| what_to_show(cell, &event, signalled))
+                    .flatten();
+                (shown_now, cell.done_count(), cell.engines.len())
+            }) else {
                 break;
             };
-            match &event {
-                CellEvent::Stream { engine, name } if config.stream && *engine != u32::MAX => {
-                    if let Some(record) = cell.engines.get(engine) {
-                        let text = if name == "stderr" {
-                            &record.stderr
-                        } else {
-                            &record.stdout
-                        };
-                        let display_id = format!("{}-{name}", record.task_id);
-                        let mut data = Map::new();
-                        data.insert(
-                            "text/plain".into(),
-                            Value::String(render::stream_display_text(*engine, name, text)),
-                        );
-                        let update = shown.insert(display_id.clone(), true).is_some();
-                        self.display(request, data, Some(&display_id), update);
-                    }
+            match shown_now {
+                Some(Shown::Stream { display_id, text }) => {
+                    let mut data = Map::new();
+                    data.insert("text/plain".into(), Value::String(text));
+                    let update = shown.insert(display_id.clone(), true).is_some();
+                    self.display(request, data, Some(&display_id), update);
                 }
-                CellEvent::Display { engine, index } if config.stream => {
-                    if let Some(bundle) = cell
-                        .engines
-                        .get(engine)
-                        .and_then(|r| r.displays.get(*index))
-                    {
-                        self.publish_outputs(
-                            request,
-                            vec![
-                                render::output_header(*engine),
-                                render::rich_output(*engine, bundle),
-                            ],
-                        );
-                    }
-                }
-                CellEvent::EngineDone { engine } if config.stream => {
-                    // Engines an interrupt signalled are reported once, with their restart.
-                    let signalled = lock(&self.active)
-                        .as_ref()
-                        .is_some_and(|a| a.interrupted.iter().any(|(id, _)| id == engine));
-                    if let Some(record) = cell
-                        .engines
-                        .get(engine)
-                        .filter(|r| r.error.is_some() && !signalled)
-                    {
-                        let text = render::streamed_failure(record);
-                        self.publisher.stream(request, Stdio::Stderr, text);
-                    }
-                }
-                CellEvent::CellDone => {
-                    progress.finish(self, cell.done_count(), cell.engines.len(), started);
-                    return Waited::Done;
-                }
-                _ => {}
+                Some(Shown::Outputs(outputs)) => self.publish_outputs(request, outputs),
+                Some(Shown::Failure(text)) => self.publisher.stream(request, Stdio::Stderr, text),
+                None => {}
             }
-            progress.tick(self, cell.done_count(), cell.engines.len(), started);
+            if matches!(event, CellEvent::CellDone) {
+                progress.finish(self, done, total, started);
+                return Waited::Done;
+            }
+            progress.tick(self, done, total, started);
         }
         Waited::Done
     }
@@ -290,6 +265,48 @@ impl PxService {
             progress.tick(self, cell.done_count(), cell.engines.len(), started);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// What one engine's event adds to a streaming cell's output.
+enum Shown {
+    /// The engine's stream so far, shown in (or updating) its own display.
+    Stream { display_id: String, text: String },
+    /// A rich output with its `[output:N]` header.
+    Outputs(Vec<Output>),
+    /// An engine's failure, on stderr as soon as it finished.
+    Failure(String),
+}
+
+/// What `event` shows, read from the cell's record while the hub is locked; only the engine the
+/// event is about is looked at.
+fn what_to_show(cell: &CellRecord, event: &CellEvent, signalled: bool) -> Option<Shown> {
+    match event {
+        CellEvent::Stream { engine, name } if *engine != u32::MAX => {
+            let record = cell.engines.get(engine)?;
+            let text = if name == "stderr" {
+                &record.stderr
+            } else {
+                &record.stdout
+            };
+            Some(Shown::Stream {
+                display_id: format!("{}-{name}", record.task_id),
+                text: render::stream_display_text(*engine, name, text),
+            })
+        }
+        CellEvent::Display { engine, index } => {
+            let bundle = cell.engines.get(engine)?.displays.get(*index)?;
+            Some(Shown::Outputs(vec![
+                render::output_header(*engine),
+                render::rich_output(*engine, bundle),
+            ]))
+        }
+        CellEvent::EngineDone { engine } => cell
+            .engines
+            .get(engine)
+            .filter(|r| r.error.is_some() && !signalled)
+            .map(|record| Shown::Failure(render::streamed_failure(record))),
+        _ => None,
     }
 }
 
