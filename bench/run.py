@@ -20,6 +20,7 @@ from conftest import descendants, parse_engine_pids, still_running  # noqa: E402
 from soak import rss_mb  # noqa: E402  (one reader of /proc/PID/status for the project)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import deps  # noqa: E402
+import scale  # noqa: E402
 
 # Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
 # so that every run really compiles (the cached path is measured separately).
@@ -29,10 +30,8 @@ CELLS = {
     'println!("hi")': 'println!("hi");',
 }
 ENGINE_COUNTS = [1, 2, 4, 8]
-# The scale case: one large local pool, for rustpx and for ipyparallel (32 Python engines on a
-# 2-core machine take a while to register, hence the long timeouts).
-SCALE_N = 32
-SCALE_TIMEOUT = 900
+SCALE_N = scale.IPYPARALLEL_N
+SCALE_TIMEOUT = scale.TIMEOUT
 
 
 def load():
@@ -168,31 +167,6 @@ def bench_rustpx(runs, results):
         del pool
     finally:
         k.close()
-
-
-def bench_rustpx_scale(runs, results):
-    """A fresh kernel asked for a pool of SCALE_N engines (`%engines start` waits until they all
-    registered), then %px latency on all of them, as the cells case measures it on 4."""
-    n = SCALE_N
-    print(f"rustpx with {n} engines ...", flush=True)
-    started = time.monotonic()
-    k = Timed("rustpx")
-    try:
-        results[f"rustpx %engines start -n {n} in a fresh kernel until registered (s)"] = round(
-            k.run(f"%engines start -n {n}", timeout=SCALE_TIMEOUT), 3)
-        k.note_children()
-        registered = len(engine_pids(k))
-        if registered != n:
-            raise RuntimeError(f"%engines lists {registered} engines, not {n}")
-        for label, cell in [("a compiled cell", "%px 1 + 1"), ('println!("hi")', '%px println!("hi");')]:
-            k.run(cell, timeout=SCALE_TIMEOUT)  # the first run compiles
-            results[f"%px re-run of {label}, n={n}"] = median_ms([k.run(cell, timeout=SCALE_TIMEOUT) for _ in range(runs)])
-        for label, cell in CELLS.items():
-            samples = [k.run(f"%px {cell} // run {i}", timeout=SCALE_TIMEOUT) for i in range(runs)]
-            results[f"%px {label}, n={n}"] = median_ms(samples)
-    finally:
-        results[f"rustpx processes killed after the kernel's shutdown, n={n}"] = len(k.close_and_reap())
-    print(f"rustpx with {n} engines: {time.monotonic() - started:.1f} s", flush=True)
 
 
 def bench_solo_evcxr(results):
@@ -523,7 +497,7 @@ def main():
     if args.only in (None, "memory"):
         deps.bench_memory(args.runs, results, Timed, args.baseline_bin)
     if args.only in (None, "scale"):
-        bench_rustpx_scale(args.runs, results)
+        scale.bench_rustpx(args.runs, results, Timed, engine_pids, median_ms)
         if not args.skip_ipyparallel:
             bench_ipyparallel(args.runs, results, n=SCALE_N)
     load_after = load()
@@ -577,16 +551,7 @@ def main():
 
     deps.add_ratios(results, ratios, ratio)
 
-    n = SCALE_N
-    ratios[f"registration of {n} engines in a fresh kernel, rustpx / ipyparallel"] = ratio(
-        results.get(f"rustpx %engines start -n {n} in a fresh kernel until registered (s)"),
-        results.get(f"ipyparallel Cluster(n={n}) start until all registered (s)"), digits=4)
-    ratios[f"%px 1+1 re-run on {n} engines, rustpx / ipyparallel"] = ratio(
-        results.get(f"%px re-run of a compiled cell, n={n}"), results.get(f"ipyparallel %px 1+1, n={n}"))
-    ratios[f"%px print re-run on {n} engines, rustpx / ipyparallel"] = ratio(
-        results.get(f'%px re-run of println!("hi"), n={n}'), results.get(f"ipyparallel %px print, n={n}"))
-    ratios[f"%px 1+1 re-run, rustpx n={n} / n=4"] = ratio(
-        results.get(f"%px re-run of a compiled cell, n={n}"), results.get("%px re-run of a compiled cell, n=4"))
+    scale.add_ratios(results, ratios, ratio)
 
     width = max(len(k) for k in list(results) + list(ratios))
     print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}, load before {load_before}, after {load_after}")
@@ -601,6 +566,7 @@ def main():
         target = next((t for k, t in targets.items() if k in key), None)
         verdict = "" if target is None or value is None else ("  (target <= %g: %s)" % (target, "met" if value <= target else "NOT met"))
         print(f"  {key:<{width}}  {value}{verdict}")
+    scale.print_targets(results, width)
     first_cell = results.get("rustpx kernel start until the first `1 + 1` replied (s)")
     if first_cell is not None:
         print(f"  {'first plain cell under 4 s':<{width}}  {'met' if first_cell < 4 else 'NOT met'} ({first_cell} s)")

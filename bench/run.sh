@@ -7,8 +7,8 @@
 #   bash bench/run.sh --only transfer # only %push/%pull/%scatter/%gather against ipyparallel
 #   bash bench/run.sh --only sent     # what sending cells over the engine link costs (engines
 #                                     # that fetch every cell, as on other hosts, against local ones)
-#   bash bench/run.sh --only scale    # only a 32-engine pool: registration time and %px latency,
-#                                     # against ipyparallel's Cluster(n=32) (about 1 minute on 2 cores)
+#   bash bench/run.sh --only scale    # pools of 64, 256 and 1024 engines: registration time and %px
+#                                     # re-run, against ipyparallel's Cluster(n=64) (about 5 minutes)
 #   bash bench/run.sh --only first-cell  # a new kernel's first plain cell, against evcxr_jupyter's
 #                                        # (built once from crates.io: about 30 minutes on 2 cores)
 #   bash bench/run.sh --only link --baseline-bin DIR
