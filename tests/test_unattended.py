@@ -100,6 +100,38 @@ def test_a_killed_engine_comes_back_under_restart_dead_and_the_next_px_runs_on_a
     assert values[1] == f'("1", {parse_engine_pids(table)[1]})'
 
 
+def test_an_engine_that_stops_answering_heartbeats_comes_back_under_restart_dead(two):
+    """A hung engine (SIGSTOP: its process is alive, the pool sees no exit) is declared dead
+    after 5 s without a heartbeat, killed, and started again like one that died."""
+    reply, msgs, _ = two.execute("%pxconfig --restart-dead 1")
+    assert reply["status"] == "ok", reply
+    reply, _, _ = two.execute("%%px -t 1\nlet kept = 7;")
+    assert reply["status"] == "ok", reply
+    table, _ = engine_table(two)
+    old = parse_engine_pids(table)[1]
+    os.kill(old, signal.SIGSTOP)
+    said = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        table, stderr = engine_table(two)
+        said += stderr
+        pid = parse_engine_pids(table).get(1)
+        if pid not in (None, old) and re.search(r"^\s*1\s+\S+\s+\d+\s+\d+\s+\S+\s+idle", table, re.M):
+            break
+        time.sleep(0.5)
+    assert re.fullmatch(
+        r"engine 1 died \(no heartbeat for [5-9]\.\d s; the process is hung or stopped, or its host is "
+        r"unreachable; variables lost: kept\): restarted it with the same id \(restart 1 of 1, --restart-dead\)\n",
+        said,
+    ), said
+    assert not os.path.exists(f"/proc/{old}") or open(f"/proc/{old}/stat").read().split()[2] == "Z"
+    reply, msgs, _ = two.execute(f"%px ({ENGINE_ID}, std::process::id())")
+    assert reply["status"] == "ok", reply
+    values = px_values(msgs)
+    assert values[1] == f'("1", {parse_engine_pids(table)[1]})'
+    assert sorted(values) == [0, 1]
+
+
 def seconds(text):
     """`312 ms` or `1.52 s` as seconds."""
     number, unit = text.split()

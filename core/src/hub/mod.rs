@@ -149,12 +149,18 @@ pub struct Shipment {
     pub buffers: Vec<Bytes>,
 }
 
-/// An engine that left: which process of which id.
+/// An engine that left: which process of which id, why, and what went with it (what
+/// `--restart-dead` tells the notebook).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Departure {
     pub id: EngineId,
     pub incarnation: u64,
     pub pid: u32,
+    pub reason: String,
+    /// The kernel stopped or interrupted it: not a death to restart it for.
+    pub on_purpose: bool,
+    /// The variables it held.
+    pub lost: Vec<String>,
 }
 
 struct PendingRun {
@@ -482,11 +488,17 @@ impl Hub {
             return;
         };
         let (incarnation, pid) = (entry.incarnation, entry.pid);
+        // Read before `engine_gone`, which forgets both.
+        let on_purpose = self.end_expected(id, incarnation);
+        let lost = self.variables(id);
         self.engine_gone(id, Some(incarnation), reason);
         self.departures.push(Departure {
             id,
             incarnation,
             pid,
+            reason: reason.to_owned(),
+            on_purpose,
+            lost,
         });
     }
 

@@ -202,15 +202,21 @@ fn silent_engines_are_declared_dead_and_depart() {
     let mut hub = Hub::new(platform());
     register(&mut hub, "a", Some(0));
     let later = Instant::now() + HEARTBEAT_TIMEOUT + Duration::from_secs(1);
+    hub.set_variables(0, vec![("x".into(), "i32".into())]);
     hub.check_heartbeats(later);
+    let departures = hub.take_departures();
     assert_eq!(
-        hub.take_departures(),
+        departures,
         vec![Departure {
             id: 0,
             incarnation: 1,
-            pid: 100
+            pid: 100,
+            reason: departures[0].reason.clone(),
+            on_purpose: false,
+            lost: vec!["x".into()],
         }]
     );
+    assert!(departures[0].reason.starts_with("no heartbeat for 6."));
     assert!(hub.live_ids().is_empty());
 }
 

@@ -373,12 +373,16 @@ impl EnginePool {
     /// An engine left without its process ending here (no heartbeat, or it said it exits):
     /// kill its process if it is ours and local, so a hung engine does not linger (a remote
     /// one exits on its own when the hub is silent for too long); start it again if it left
-    /// because of an interrupt.
+    /// because of an interrupt, or on its own under `--restart-dead`. (The process's exit,
+    /// seen later, finds the engine already gone and starts nothing more.)
     pub fn departed(&self, departure: Departure) {
         if self.is_local_process(departure.id) == Some(departure.pid) {
             signal(departure.pid, libc::SIGKILL);
         }
-        self.restart_if_interrupted(departure.id, departure.incarnation);
+        let restarted = self.restart_if_interrupted(departure.id, departure.incarnation);
+        if !restarted && !departure.on_purpose {
+            self.restart_if_dead(departure.id, &departure.reason, &departure.lost);
+        }
     }
 
     /// Starts engine `id` again, the way it was started, when process `incarnation` ended
