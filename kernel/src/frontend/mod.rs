@@ -90,7 +90,7 @@ fn channel_options(kind: SocketType) -> SocketOptions {
 /// socket drops what does not fit, `idle` included, so the client would wait forever. Still
 /// bounded: a subscriber that never reads (anyone on the machine may connect one) holds at
 /// most this many of the kernel's messages.
-const IOPUB_QUEUE_MESSAGES: i32 = 65_536;
+const IOPUB_QUEUE_MESSAGES: i32 = 16_384;
 
 /// Binds every socket of `connection` and serves the kernel's [`Session`] until a shutdown
 /// request, or until the client named by `$JPY_PARENT_PID` is gone.
