@@ -305,7 +305,8 @@ impl Hub {
         }
     }
 
-    fn engine_by_identity(&self, identity: &Bytes) -> Option<EngineId> {
+    /// The live engine whose link identity is `identity`.
+    pub fn engine_by_identity(&self, identity: &Bytes) -> Option<EngineId> {
         self.engines
             .values()
             .find(|e| e.alive() && e.identity == identity)
