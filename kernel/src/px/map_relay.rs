@@ -292,3 +292,141 @@ async fn pump_out(
     let reason = ending.take();
     relay.send(&peer, &MapClose { stream, reason }, None);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(stream: u64, bytes: &[u8]) -> WireMessage {
+        let mut message = to_wire("engine", &MapBytes { stream });
+        message.buffers.push(Bytes::copy_from_slice(bytes));
+        message
+    }
+
+    /// The next message the relay sent the engine, as (type, content).
+    async fn sent(outbox: &mut UnboundedReceiver<Outgoing>) -> (String, serde_json::Value) {
+        let (_, message) = tokio::time::timeout(std::time::Duration::from_secs(5), outbox.recv())
+            .await
+            .expect("the relay answers")
+            .expect("the outbox is open");
+        (message.msg_type().to_owned(), message.content)
+    }
+
+    fn relay() -> (MapRelay, UnboundedReceiver<Outgoing>) {
+        let (outbox, sent) = mpsc::unbounded_channel();
+        (MapRelay::new(outbox, "hub".into()), sent)
+    }
+
+    #[tokio::test]
+    async fn pieces_reach_the_scheduler_in_order_and_are_granted_back() {
+        let (relay, mut outbox) = relay();
+        let mut scheduler = relay.attach();
+        let peer = Bytes::from_static(b"engine-a");
+        relay.receive(peer.clone(), Some(3), &piece(1, b"hello "));
+        relay.receive(peer.clone(), Some(3), &piece(1, b"world"));
+        let mut connection = scheduler.recv().await.expect("a connection");
+        assert_eq!(connection.engine, 3);
+        let mut read = [0u8; 11];
+        connection.stream.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"hello world");
+        assert_eq!(sent(&mut outbox).await.1["bytes"], 6);
+        assert_eq!(sent(&mut outbox).await.1["bytes"], 5);
+        // What the scheduler writes goes to the engine; its end, with its reason, after that.
+        connection.stream.write_all(b"chunk").await.unwrap();
+        connection.ending.set("done with you".into());
+        drop(connection);
+        assert_eq!(
+            sent(&mut outbox).await,
+            ("map_bytes".into(), serde_json::json!({"stream": 1}))
+        );
+        let (kind, close) = sent(&mut outbox).await;
+        assert_eq!(
+            (kind.as_str(), close["reason"].as_str()),
+            ("map_close", Some("done with you"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_piece_over_the_limit_is_refused_and_opens_nothing() {
+        let (relay, mut outbox) = relay();
+        let mut scheduler = relay.attach();
+        let big = vec![0u8; MAP_PIECE_BYTES as usize + 1];
+        relay.receive(Bytes::from_static(b"e"), Some(1), &piece(7, &big));
+        let (kind, close) = sent(&mut outbox).await;
+        assert_eq!(kind, "map_close");
+        assert_eq!(
+            close["reason"],
+            format!(
+                "a piece of {} bytes, over the limit of {MAP_PIECE_BYTES}",
+                big.len()
+            )
+        );
+        assert!(scheduler.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn bytes_past_the_window_end_the_stream() {
+        let (relay, mut outbox) = relay();
+        // The scheduler takes the connection but reads nothing: no grant comes back.
+        let mut scheduler = relay.attach();
+        let peer = Bytes::from_static(b"e");
+        let full = vec![1u8; MAP_PIECE_BYTES as usize];
+        let pieces = MAP_WINDOW_BYTES / MAP_PIECE_BYTES;
+        for _ in 0..pieces + 1 {
+            relay.receive(peer.clone(), Some(1), &piece(2, &full));
+        }
+        let _held = scheduler.recv().await;
+        let mut reason = None;
+        while reason.is_none() {
+            let (kind, content) = sent(&mut outbox).await;
+            if kind == "map_close" {
+                reason = content["reason"].as_str().map(str::to_owned);
+            }
+        }
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("bytes sent that the hub had not granted")),
+            "{reason:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn strangers_and_streams_without_a_map_are_refused() {
+        let (relay, mut outbox) = relay();
+        relay.receive(Bytes::from_static(b"nobody"), None, &piece(1, b"x"));
+        relay.receive(Bytes::from_static(b"e"), Some(1), &piece(1, b"x"));
+        let (kind, close) = sent(&mut outbox).await;
+        assert_eq!(
+            (kind.as_str(), close["reason"].as_str()),
+            ("map_close", Some("no %pxmap is running"))
+        );
+        assert!(
+            outbox.try_recv().is_err(),
+            "a stranger is not even answered"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_engine_may_hold_only_a_few_streams() {
+        let (relay, mut outbox) = relay();
+        let _scheduler = relay.attach();
+        for stream in 0..=MAX_STREAMS_PER_ENGINE as u64 {
+            relay.receive(Bytes::from_static(b"e"), Some(1), &piece(stream, b"x"));
+        }
+        let mut reason = None;
+        while reason.is_none() {
+            let (kind, content) = sent(&mut outbox).await;
+            if kind == "map_close" {
+                reason = content["reason"].as_str().map(str::to_owned);
+            }
+        }
+        assert_eq!(
+            reason.as_deref(),
+            Some(
+                format!("engine 1 has {MAX_STREAMS_PER_ENGINE} map connections open already")
+                    .as_str()
+            )
+        );
+    }
+}

@@ -348,6 +348,58 @@ pub fn short_type_name(full: &str) -> String {
 mod tests {
     use super::*;
 
+    /// What `read_result` makes of `frame`, with chunk 0 (of 10 items) in flight.
+    async fn read_frame(frame: &[u8]) -> std::io::Result<(usize, Failures, Vec<u8>)> {
+        let (mut engine, kernel) = tokio::io::duplex(1 << 16);
+        engine.write_all(frame).await.unwrap();
+        let in_flight = BTreeMap::from([(0usize, Instant::now())]);
+        let mut read = BufReader::new(kernel);
+        read_result(&mut read, &in_flight, |_| Some(10)).await
+    }
+
+    fn header(index: u64, failures: u32, len: u64) -> Vec<u8> {
+        let mut frame = index.to_le_bytes().to_vec();
+        frame.extend_from_slice(&failures.to_le_bytes());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_result_claiming_a_huge_length_is_refused_before_it_is_read() {
+        // Nothing follows the header: a reader that waited for the bytes would hang here.
+        let error = read_frame(&header(0, 0, 1 << 62)).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "a result of {} bytes for chunk 0, over the limit of {MAX_RESULT_BYTES}",
+                1u64 << 62
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn results_for_chunks_not_held_or_with_too_many_failures_are_refused() {
+        let error = read_frame(&header(5, 0, 0)).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a result for chunk 5, which this connection does not hold"
+        );
+        let mut frame = 0u64.to_le_bytes().to_vec();
+        frame.extend_from_slice(&11u32.to_le_bytes());
+        let error = read_frame(&frame).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "11 failures for chunk 0, which has 10 items"
+        );
+        let mut good = header(0, 0, 3);
+        good.extend_from_slice(b"abc");
+        assert_eq!(
+            read_frame(&good).await.unwrap(),
+            (0, vec![], b"abc".to_vec())
+        );
+    }
+
     #[test]
     fn type_names_lose_their_paths() {
         assert_eq!(
