@@ -171,17 +171,20 @@ async fn up(
     let piece = MAP_PIECE_BYTES as usize;
     let mut buffer = vec![0u8; piece];
     let reason = loop {
-        // The hub ended the stream (its semaphore closed): stop.
-        let Ok(granted) = credit.acquire_many(piece as u32).await else {
+        // As much as the hub has granted, up to a piece (at least one byte, waiting for it);
+        // only this task takes grants, so they cannot shrink meanwhile. A closed semaphore is
+        // the hub's end of the stream: stop.
+        let want = credit.available_permits().clamp(1, piece);
+        let Ok(granted) = credit.acquire_many(want as u32).await else {
             break None;
         };
-        let n = match read.read(&mut buffer).await {
+        let n = match read.read(&mut buffer[..want]).await {
             Ok(0) => break None,
             Ok(n) => n,
             Err(error) => break Some(format!("the worker's connection failed: {error}")),
         };
         granted.forget();
-        credit.add_permits(piece - n);
+        credit.add_permits(want - n);
         let mut message = to_wire("", &MapBytes { stream });
         message.buffers = vec![Bytes::copy_from_slice(&buffer[..n])];
         if to_hub.send(message).is_err() {
@@ -201,4 +204,83 @@ async fn down(mut write: OwnedWriteHalf, mut from_hub: UnboundedReceiver<Bytes>)
         }
     }
     let _ = write.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_socket_is_in_a_fresh_directory_only_this_user_enters() {
+        let socket = RelaySocket::bind().unwrap();
+        let dir = socket.path.parent().unwrap().to_owned();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(socket.path.ends_with("map.sock"));
+        let again = RelaySocket::bind().unwrap();
+        assert_ne!(again.path, socket.path);
+        for path in [&socket.path, &again.path] {
+            let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        }
+    }
+
+    /// A worker's bytes reach the hub only as far as the hub granted them, and the hub's bytes
+    /// and end reach the worker.
+    #[tokio::test]
+    async fn the_worker_is_relayed_within_the_hubs_grants() {
+        let (to_hub, mut at_hub) = mpsc::unbounded_channel();
+        let socket = RelaySocket::bind().unwrap();
+        let dir = socket.path.parent().unwrap().to_owned();
+        let mut relay = Relay::new(socket, to_hub).unwrap();
+        let mut worker =
+            UnixStream::connect(relay.listener.local_addr().unwrap().as_pathname().unwrap())
+                .await
+                .unwrap();
+        let accepted = relay.accept().await.unwrap();
+        relay.open(accepted);
+        // More than the window: only the window goes until the hub grants more.
+        let total = MAP_WINDOW_BYTES as usize + MAP_PIECE_BYTES as usize;
+        let writer = tokio::spawn(async move {
+            worker.write_all(&vec![5u8; total]).await.unwrap();
+            worker
+        });
+        let mut sent = 0usize;
+        while sent < MAP_WINDOW_BYTES as usize {
+            let message = at_hub.recv().await.unwrap();
+            assert_eq!(message.msg_type(), MapBytes::MSG_TYPE);
+            sent += message.buffers[0].len();
+        }
+        assert_eq!(sent, MAP_WINDOW_BYTES as usize);
+        let more = tokio::time::timeout(std::time::Duration::from_millis(300), at_hub.recv()).await;
+        assert!(more.is_err(), "sent past the window: {more:?}");
+        let grant = to_wire(
+            "hub",
+            &MapCredit {
+                stream: 1,
+                bytes: MAP_PIECE_BYTES,
+            },
+        );
+        relay.receive(&grant);
+        let mut rest = 0;
+        while rest < MAP_PIECE_BYTES as usize {
+            rest += at_hub.recv().await.unwrap().buffers[0].len();
+        }
+        assert_eq!(rest, MAP_PIECE_BYTES as usize);
+        let mut worker = writer.await.unwrap();
+        let mut down = to_wire("hub", &MapBytes { stream: 1 });
+        down.buffers.push(Bytes::from_static(b"chunk"));
+        relay.receive(&down);
+        relay.receive(&to_wire(
+            "hub",
+            &MapClose {
+                stream: 1,
+                reason: None,
+            },
+        ));
+        let mut got = Vec::new();
+        worker.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"chunk");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
