@@ -270,7 +270,7 @@ def bench_sent(runs, results):
     """What sending cells over the engine link costs: 4 engines that fetch every compiled cell
     (and libstd, into an empty cache) as engines on other hosts do, against 4 that read the
     kernel's files, with the same cells in the same run. The data magics' files then travel with
-    the runs too."""
+    the runs too, and %pxmap's chunks through each engine's relay."""
     import tempfile
 
     for mode in ("local", "sent"):
@@ -289,6 +289,13 @@ def bench_sent(runs, results):
                                 ("%pull 10 MiB Vec<u8> from 4 engines", "%pull data -o pulled")]:
                 k.run(cell, timeout=600)
                 results[f"{label}, cells {mode}"] = median_ms([k.run(cell, timeout=600) for _ in range(runs)])
+            # Engines that fetch their cells reach %pxmap's scheduler through their own engine
+            # process, relayed over the link; the others over the kernel's Unix socket.
+            k.run("%%px\nfn inc(x: u64) -> u64 { x + 1 }")
+            k.run("let tasks: Vec<u64> = (0..100_000).collect();")
+            k.run("%pxmap inc tasks -o out", timeout=900)
+            results[f"%pxmap of 100,000 u64 on 4 engines, cells {mode}"] = median_ms(
+                [k.run("%pxmap inc tasks -o out", timeout=600) for _ in range(runs)])
         finally:
             k.close()
             subprocess.run(["rm", "-rf", cache])
@@ -535,7 +542,8 @@ def main():
         results.get("ipyparallel map of 10,000 ints, chunksize 1, n=4 (items/s)"))
 
     for label in ["first %px 1+1 incl. compile", "%px value 1+1", "%px re-run of a compiled cell",
-                  "%push 10 MiB Vec<u8> to 4 engines", "%pull 10 MiB Vec<u8> from 4 engines"]:
+                  "%push 10 MiB Vec<u8> to 4 engines", "%pull 10 MiB Vec<u8> from 4 engines",
+                  "%pxmap of 100,000 u64 on 4 engines"]:
         suffix = " (ms)" if label.startswith("first") else ""
         ratios[f"{label}: cells sent / local"] = ratio(
             results.get(f"{label}, cells sent{suffix}"), results.get(f"{label}, cells local{suffix}"))

@@ -45,10 +45,31 @@ def _context(header, index, pieces):
     return struct.pack("<QQ", index, pieces) + header
 
 
-def serialize_sealed(session, msg, key):
-    """`session.serialize(msg)` with the content sealed and the signature over the sealed frame."""
+def serialize_sealed(session, msg, key, buffers=()):
+    """`session.serialize(msg)` with the content and `buffers` sealed (after the content, as
+    the message's buffers) and the signature over the sealed content frame."""
     frames = session.serialize(msg)
     header = frames[2]
-    frames[5] = seal(key, frames[5], _context(header, 0, 1))
+    pieces = 1 + len(buffers)
+    frames[5] = seal(key, frames[5], _context(header, 0, pieces))
     frames[1] = session.sign(frames[2:6])
-    return frames
+    return frames + [seal(key, bytes(b), _context(header, i + 1, pieces)) for i, b in enumerate(buffers)]
+
+
+def open_sealed(frames, key):
+    """The (header, content, buffers) of a sealed message the hub sent (frames as a DEALER gets
+    them: delimiter, signature, header, parent, metadata, content, buffers); the signature is
+    not checked here, the tags are."""
+    import json
+
+    header = frames[2]
+    pieces = len(frames) - 5
+
+    def unseal(sealed, index):
+        nonce, body = sealed[:24], sealed[24:]
+        aead = ChaCha20Poly1305(_hchacha20(key, nonce[:16]))
+        return aead.decrypt(b"\0" * 4 + nonce[16:], body, _context(header, index, pieces))
+
+    content = json.loads(unseal(frames[5], 0))
+    buffers = [unseal(b, i + 1) for i, b in enumerate(frames[6:])]
+    return json.loads(header), content, buffers

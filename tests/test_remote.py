@@ -9,18 +9,27 @@ The kernel's hub binds 0.0.0.0 and tells engines to dial the first host's gatewa
 Also: the ssh launcher against a real sshd inside a namespace, the MPI launcher with Debian's
 mpich, the exact srun command of the slurm launcher, and a host refused for its platform.
 """
+import datetime
 import glob
+import itertools
 import json
 import os
 import pathlib
+import platform
+import queue
 import re
+import struct
 import subprocess
+import threading
 import time
 
 import pytest
+import zmq
+from jupyter_client.session import Session
 
 import netns
 from conftest import Kernel, processes_matching, px_values, still_running, stream_text
+from link_seal import link_key, open_sealed, serialize_sealed
 
 ENGINE_BIN = pathlib.Path(os.environ.get("RUSTPX_ENGINE_BIN", "")) if os.environ.get("RUSTPX_ENGINE_BIN") else None
 ID = 'let id: u32 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();'
@@ -193,10 +202,251 @@ def test_data_magics_move_values_to_and_from_other_hosts(px, remote_engines):
     assert reply["status"] == "ok", reply
     reply, msgs, _ = px.execute("w")
     assert "[0, 3, 6, 9]" in str([m["content"] for m in msgs if m["msg_type"] == "execute_result"])
-    # %pxmap streams through the kernel's /dev/shm while it runs: refused by name.
-    reply, _, _ = px.execute("%pxmap double xs", stop_on_error=False)
-    assert reply["status"] == "error"
-    assert "engines 0, 1, 2, 3 (on other hosts)" in reply["evalue"], reply["evalue"]
+
+
+def start_local_engine(px):
+    """One engine on the kernel's host (it shares the kernel's files); returns its id."""
+    reply, msgs, _ = px.execute("%engines start -n 1")
+    assert reply["status"] == "ok", reply
+    started = re.search(r"started engines? (\d+)", stream_text(msgs))
+    assert started, stream_text(msgs)
+    return int(started.group(1))
+
+
+def value_of(px, expression):
+    reply, msgs, _ = px.execute(expression)
+    assert reply["status"] == "ok", reply
+    results = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
+    assert len(results) == 1, msgs
+    return results[0]
+
+
+HOLD = f"/dev/shm/rustpx-test-hold-{os.getpid()}-"
+# Waits while HOLD<its engine id> exists (/dev/shm is shared by the network-namespace hosts), so
+# a test decides which engine may work when.
+SQUARE = (
+    "fn square_plus(x: u64) -> u64 {\n"
+    f'    let held = format!("{HOLD}{{}}", std::env::var("RUSTPX_ENGINE_ID").unwrap_or_default());\n'
+    "    while std::path::Path::new(&held).exists() { std::thread::sleep(std::time::Duration::from_millis(5)); }\n"
+    "    std::thread::sleep(std::time::Duration::from_millis(MS));\n"
+    "    x * x + 1\n"
+    "}"
+)
+
+
+def hold(engine):
+    pathlib.Path(f"{HOLD}{engine}").touch()
+
+
+def release(engine):
+    pathlib.Path(f"{HOLD}{engine}").unlink(missing_ok=True)
+
+
+def wait_until_engine_ran_items(px, engine):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        _, msgs, _ = px.execute("%pxresult --status")
+        if re.search(rf"engine {engine}: [1-9]", stream_text(msgs)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"engine {engine} ran nothing: {stream_text(msgs)}")
+
+
+def end_remote_engine(px, proc, engine):
+    """Kills a remote engine and waits until the hub no longer counts it (later cells on
+    `all` must not wait for it)."""
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while engine in idle_engines(px):
+        assert time.monotonic() < deadline, live_engines(px)
+        time.sleep(0.5)
+
+
+def counts_by_engine(px, name, engines):
+    text = value_of(px, "(" + ", ".join(f"{name}.iter().filter(|&&e| e == {e}).count()" for e in engines) + ",)")
+    return [int(n) for n in text.strip("(,)").split(", ")]
+
+
+def test_pxmap_over_a_local_and_a_remote_engine_equals_the_local_result(px, remote_engines, hosts, runtime_dir):
+    """Issue 18, item 2: the remote engine's worker reaches the scheduler through its own
+    engine, over the signed link (its host cannot see the kernel's Unix socket). Both engines
+    are fresh, so one compiled cell serves them both at once."""
+    [remote] = start_isolated_engines(hosts[1], runtime_dir, [5])
+    wait_for_engines(px, [5])
+    local = start_local_engine(px)
+    try:
+        reply, _, _ = px.execute(f"%%px -t {local},5\n" + SQUARE.replace("MS", "1"))
+        assert reply["status"] == "ok", reply
+        reply, _, _ = px.execute("let items: Vec<u64> = (0..3000).collect();")
+        assert reply["status"] == "ok", reply
+        # The local engine waits until the remote one has results in: both surely take part.
+        hold(local)
+        reply, msgs, _ = px.execute(f"%pxmap square_plus items -t {local},5 -o both -a --chunksize 25", timeout=300)
+        assert reply["status"] == "ok", reply
+        wait_until_engine_ran_items(px, 5)
+        release(local)
+        reply, msgs, _ = px.execute("%pxresult", timeout=300)
+        assert reply["status"] == "ok", reply
+        assert f"mapped square_plus over 3000 items of items on engine {local}, 5 in 120 chunks" in stream_text(msgs), stream_text(msgs)
+        assert "stopped" not in stream_text(msgs)
+        counts = counts_by_engine(px, "both_engines", [local, 5])
+        assert counts[0] > 0 and counts[1] > 0 and sum(counts) == 3000, counts
+        # The same map on the local engine alone gives the same values.
+        reply, msgs, _ = px.execute(f"%pxmap square_plus items -t {local} -o alone --chunksize 25", timeout=300)
+        assert reply["status"] == "ok", reply
+        assert value_of(px, "both == alone && both.len() == 3000 && both[2999] == 2999 * 2999 + 1") == "true"
+    finally:
+        release(local)
+        end_remote_engine(px, remote, 5)
+        reply, _, _ = px.execute(f"%engines stop {local}")
+        assert reply["status"] == "ok", reply
+
+
+def test_a_remote_engine_killed_mid_map_leaves_its_chunks_to_the_other(px, remote_engines, hosts, runtime_dir):
+    [victim] = start_isolated_engines(hosts[0], runtime_dir, [6])
+    wait_for_engines(px, [6])
+    local = start_local_engine(px)
+    try:
+        reply, _, _ = px.execute(f"%%px -t {local},6\n" + SQUARE.replace("MS", "5"))
+        assert reply["status"] == "ok", reply
+        reply, _, _ = px.execute("let many: Vec<u64> = (0..1000).collect();")
+        assert reply["status"] == "ok", reply
+        # Only the remote engine works until it is killed with chunks in hand.
+        hold(local)
+        reply, _, _ = px.execute(f"%pxmap square_plus many -t {local},6 -o ys -a --chunksize 10", timeout=300)
+        assert reply["status"] == "ok", reply
+        wait_until_engine_ran_items(px, 6)
+        victim.kill()
+        victim.wait()
+        release(local)
+        reply, msgs, _ = px.execute("%pxresult", timeout=300)
+        assert reply["status"] == "ok", reply
+        assert "engine 6 stopped and its chunks ran elsewhere" in stream_text(msgs), stream_text(msgs)
+        assert value_of(px, "ys == many.iter().map(|&x| x * x + 1).collect::<Vec<u64>>()") == "true"
+        counts = counts_by_engine(px, "ys_engines", [6, local])
+        assert counts[0] > 0 and counts[1] > 0 and sum(counts) == 1000, counts
+    finally:
+        release(local)
+        victim.kill()
+        reply, _, _ = px.execute(f"%engines stop {local}")
+        assert reply["status"] == "ok", reply
+
+
+class FakeEngine(threading.Thread):
+    """An engine that holds the link's key but not the rules: it registers, answers every run
+    as done, and when it is sent a map worker's run, opens a relayed map stream with the right
+    token and answers its first chunk with a result frame claiming 2**62 bytes."""
+
+    CLAIMED = 2**62
+
+    def __init__(self, blob, engine_id):
+        super().__init__(daemon=True)
+        connection = json.loads(blob)
+        self.key = link_key(connection["key"])
+        self.session = Session(key=connection["key"].encode(), signature_scheme="hmac-sha256")
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, self.session.bsession)
+        self.sock.connect(connection["url"])
+        self.engine_id = engine_id
+        self.numbers = itertools.count(1)
+        self.stop = threading.Event()
+        self.registered = threading.Event()
+        self.closed = queue.Queue()
+        self.chunk = None
+        self.sleeper = subprocess.Popen(["sleep", "600"])
+
+    def send(self, msg_type, content, buffers=()):
+        msg = self.session.msg(msg_type, content)
+        msg["metadata"] = {"seq": next(self.numbers)}
+        self.sock.send_multipart(serialize_sealed(self.session, msg, self.key, buffers))
+
+    def run(self):
+        self.send("register_request", {
+            "requested_id": self.engine_id, "pid": self.sleeper.pid, "hostname": "fake",
+            "version": "0.1.0", "platform": this_platform(), "shares_files": False,
+        })
+        beat = 0.0
+        while not self.stop.is_set():
+            if time.monotonic() - beat > 0.5:
+                self.send("heartbeat", {})
+                beat = time.monotonic()
+            if not self.sock.poll(100):
+                continue
+            header, content, buffers = open_sealed(self.sock.recv_multipart(), self.key)
+            kind = header["msg_type"]
+            if kind == "register_reply":
+                self.registered.set()
+            elif kind == "run_request":
+                files = [f["path"] for f in content.get("files_in", [])]
+                if any(path.endswith("map.server") for path in files):
+                    token = buffers[files.index(next(p for p in files if p.endswith("map.server")))].split(b"\n")[1]
+                    hello = token + f"\n{self.engine_id}\nu64\nu64\n\n".encode()
+                    self.send("map_bytes", {"stream": 1}, [hello])
+                self.finish(content["run_id"])
+            elif kind == "map_bytes" and self.chunk is None:
+                # The stream's first bytes: tag 0, then the chunk's index.
+                self.chunk = struct.unpack("<Q", buffers[0][1:9])[0]
+                frame = struct.pack("<QIQ", self.chunk, 0, self.CLAIMED)
+                self.send("map_bytes", {"stream": 1}, [frame])
+            elif kind == "map_close":
+                self.closed.put(content.get("reason"))
+
+    def finish(self, run_id):
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        self.send("run_reply", {
+            "run_id": run_id, "execution_count": 1, "status": "ok", "value": None,
+            "changed_type": [], "started": now, "completed": now,
+        })
+
+    def close(self):
+        self.stop.set()
+        self.join(5)
+        self.send("engine_exit", {"reason": "the test is over"})
+        time.sleep(0.2)
+        self.sock.close()
+        self.sleeper.kill()
+
+
+def this_platform():
+    return {
+        "arch": platform.machine(),
+        "os": "linux",
+        "glibc": os.confstr("CS_GNU_LIBC_VERSION").split()[1],
+    }
+
+
+def test_a_relayed_result_claiming_a_huge_length_is_refused_and_the_map_goes_on(px, remote_engines, hosts, runtime_dir):
+    """An engine with the link's key (a compromised host) sends a result frame announcing 2**62
+    bytes: the hub refuses the stream at once, before reading or allocating for it, tells the
+    engine why, and the chunk runs on the other engine."""
+    [remote] = start_isolated_engines(hosts[1], runtime_dir, [7])
+    wait_for_engines(px, [7])
+    fake = FakeEngine(connection_blob(runtime_dir), 9)
+    fake.start()
+    try:
+        assert fake.registered.wait(30), "the fake engine was not registered"
+        reply, _, _ = px.execute("%%px -t 7,9\n" + SQUARE.replace("MS", "1"))
+        assert reply["status"] == "ok", reply
+        reply, _, _ = px.execute("let few: Vec<u64> = (0..400).collect();")
+        assert reply["status"] == "ok", reply
+        # Engine 7 waits with its first chunks until the fake engine has been refused.
+        hold(7)
+        reply, msgs, _ = px.execute("%pxmap square_plus few -t 7,9 -o ys -a --chunksize 10", timeout=300)
+        assert reply["status"] == "ok", reply
+        reason = fake.closed.get(timeout=120)
+        release(7)
+        assert reason == f"a result of {FakeEngine.CLAIMED} bytes for chunk {fake.chunk}, over the limit of 1073741824", reason
+        reply, msgs, _ = px.execute("%pxresult", timeout=300)
+        assert reply["status"] == "ok", reply
+        assert value_of(px, "ys == few.iter().map(|&x| x * x + 1).collect::<Vec<u64>>()") == "true"
+        assert value_of(px, "ys_engines.iter().all(|&e| e == 7)") == "true"
+        assert value_of(px, "40 + 2") == "42"
+    finally:
+        release(7)
+        fake.close()
+        end_remote_engine(px, remote, 7)
 
 
 def test_cutting_a_hosts_link_mid_cell_fails_only_its_engines(px, remote_engines, hosts):

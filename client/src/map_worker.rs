@@ -1,4 +1,6 @@
-//! The engine end of the map protocol (the kernel end is `kernel/src/px/map_server.rs`).
+//! The engine end of the map protocol (the kernel end is `kernel/src/px/map_server.rs`), over
+//! the kernel's Unix socket, or on another host over the engine's own socket, which the engine
+//! relays to the kernel byte for byte.
 //!
 //! Engine to kernel: a hello (`token\n engine id\n result type\n argument type\n`, then
 //! an empty line), then one result frame per chunk: chunk index (u64), failure count (u32),
@@ -9,6 +11,10 @@ use super::*;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
+
+/// Set by an engine that does not share the kernel's files to the Unix socket it relays map
+/// connections from (the engine crate's `map_relay`).
+const RELAY_ENV: &str = "RUSTPX_MAP_RELAY";
 
 fn io(path: &str) -> impl Fn(std::io::Error) -> TransferError + '_ {
     move |error| TransferError::Io {
@@ -26,6 +32,10 @@ where
     let server = fs::read_to_string(server_file).map_err(io(server_file))?;
     let mut lines = server.lines();
     let (address, token) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    // An engine on another host cannot reach the kernel's socket: it serves one of its own and
+    // relays the connection over the engine link.
+    let relay = std::env::var(RELAY_ENV).ok();
+    let address = relay.as_deref().unwrap_or(address);
     let stream = UnixStream::connect(address).map_err(io(address))?;
     let mut writer = stream.try_clone().map_err(io(address))?;
     let mut reader = BufReader::with_capacity(1 << 16, stream);

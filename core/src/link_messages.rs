@@ -238,6 +238,43 @@ pub struct EngineExit {
 }
 link_message!(EngineExit, "engine_exit");
 
+/// The most a `%pxmap` worker on another host may send before the hub says it consumed it (see
+/// [`MapCredit`]): what one relayed map connection can make the hub hold at once.
+pub const MAP_WINDOW_BYTES: u64 = 4 << 20;
+
+/// The largest piece of a relayed map connection one [`MapBytes`] may carry.
+pub const MAP_PIECE_BYTES: u64 = 256 << 10;
+
+/// Both ways: bytes of one `%pxmap` connection between a worker cell on an engine that cannot
+/// reach the kernel's Unix socket and the kernel's map scheduler, in the message's only buffer.
+/// The engine relays its cell's local connection `stream` (numbered by the engine) over the
+/// link; the scheduler reads it as it would a Unix connection. Engine to hub, at most
+/// [`MAP_PIECE_BYTES`] a message and [`MAP_WINDOW_BYTES`] not yet granted back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MapBytes {
+    pub stream: u64,
+}
+link_message!(MapBytes, "map_bytes");
+
+/// Hub to engine: the scheduler has taken `bytes` more of `stream`, so the engine may send that
+/// many more (back-pressure: a fast worker never makes the hub queue without bound).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MapCredit {
+    pub stream: u64,
+    pub bytes: u64,
+}
+link_message!(MapCredit, "map_credit");
+
+/// Both ways: `stream` is over, because its worker closed its connection or the scheduler ended
+/// or refused it (then `reason` says why, for the engine's log and the worker's error).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MapClose {
+    pub stream: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+link_message!(MapClose, "map_close");
+
 /// Hub to engine: exit now.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ShutdownRequest {}

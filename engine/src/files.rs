@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use rustpx_protocol::{sha256_hex, ShippedFile};
 
-/// Directories this engine created for data magics: removed when it exits normally, so an
-/// engine host's /dev/shm does not keep a kernel's values.
+/// Directories this engine created for data magics (and its map socket): removed when it exits
+/// normally, so an engine host's /dev/shm does not keep a kernel's values.
 static CREATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// A data magic's input file that could not be put where its cell reads it.
@@ -52,6 +52,13 @@ pub fn write_inputs(files: &[(String, Bytes)]) -> Result<(), WriteError> {
         std::fs::rename(&partial, path).map_err(fail)?;
     }
     Ok(())
+}
+
+/// Adds a directory this engine made (such as its map socket's) to those removed at exit.
+pub fn remember_created(dir: PathBuf) {
+    if let Ok(mut created) = CREATED.lock() {
+        created.push(dir);
+    }
 }
 
 /// Removes the directories this engine created (at exit).

@@ -21,6 +21,7 @@ use rustpx_wire::{
 use tokio::sync::mpsc;
 
 use crate::delivery::{Delivery, PreparedRun};
+use crate::map_relay::Relay;
 
 /// How often the engine says it is alive.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
@@ -40,6 +41,14 @@ pub struct Identity {
     pub platform: Platform,
 }
 
+/// What the engine sends the hub: the queue the link drains (cell output, run replies), and the
+/// `%pxmap` relay that adds to it, when this engine has one (it does not share the kernel's
+/// files, so its map worker cannot reach the kernel's socket).
+pub struct Outgoing {
+    pub queue: mpsc::UnboundedReceiver<WireMessage>,
+    pub map_relay: Option<Relay>,
+}
+
 /// Connects, registers and then serves the link until shutdown; runs whose objects are on this
 /// host go to `runs`, in the order the hub sent them.
 pub async fn serve(
@@ -47,10 +56,14 @@ pub async fn serve(
     identity: Identity,
     patience: Patience,
     mut delivery: Delivery,
-    mut outgoing: mpsc::UnboundedReceiver<WireMessage>,
+    outgoing: Outgoing,
     runs: std_mpsc::Sender<PreparedRun>,
     registered: std_mpsc::Sender<EngineId>,
 ) -> Result<()> {
+    let Outgoing {
+        queue: mut outgoing,
+        mut map_relay,
+    } = outgoing;
     // An empty key would switch signing off and seal with a key anyone can derive.
     if connection.key.is_empty() {
         bail!("the connection file's key is empty: the engine link is always signed and sealed; use the file the kernel wrote (%engines shows where)");
@@ -139,6 +152,11 @@ pub async fn serve(
             Some(message) = outgoing.recv() => {
                 socket.send(seal.frames(message)).await?;
             }
+            accepted = accept_map_connection(map_relay.as_ref()) => match (accepted, map_relay.as_mut()) {
+                (Ok(connection), Some(relay)) => relay.open(connection),
+                (Err(error), _) => tracing::warn!("map relay: accept failed: {error}"),
+                _ => {}
+            },
             frames = socket.recv() => {
                 let message = match admit(frames?, &signer, &cipher, &session, &mut numbers_seen) {
                     Ok(message) => message,
@@ -156,6 +174,10 @@ pub async fn serve(
                             ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                         }
                     }
+                    kind if Relay::carries(kind) => match &map_relay {
+                        Some(relay) => relay.receive(&message),
+                        None => tracing::warn!("dropped a {kind}: this engine relays no map"),
+                    },
                     RunRequest::MSG_TYPE => match from_wire::<RunRequest>(&message) {
                         Ok(run) => {
                             let (ask, ready) = delivery.arrived(run, message.buffers.clone());
@@ -209,6 +231,14 @@ pub async fn serve(
 /// an engine beat constantly or fall silent.
 fn heartbeat_period(asked_ms: u64) -> Duration {
     Duration::from_millis(asked_ms).clamp(HEARTBEAT_PERIOD / 5, HEARTBEAT_PERIOD * 20)
+}
+
+/// The next connection of a map worker cell to the relay's socket; never, without a relay.
+async fn accept_map_connection(relay: Option<&Relay>) -> std::io::Result<tokio::net::UnixStream> {
+    match relay {
+        Some(relay) => relay.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The message in `frames` from the hub, if its signature is right, it is addressed to this

@@ -8,6 +8,7 @@ mod capture;
 mod delivery;
 mod files;
 mod link;
+mod map_relay;
 mod objects;
 
 use std::path::PathBuf;
@@ -187,6 +188,15 @@ fn run(cli: Cli) -> Result<()> {
         watch_parent(parent);
     }
 
+    // An engine that does not share the kernel's files cannot reach its map socket either: it
+    // serves one of its own and relays it over the link.
+    let map_socket = if delivery.shares_files() {
+        None
+    } else {
+        Some(map_relay::RelaySocket::bind().context("cannot create the %pxmap relay socket")?)
+    };
+    let map_socket_path = map_socket.as_ref().map(|socket| socket.path.clone());
+    let relay_tx = outgoing_tx.clone();
     let (runs_tx, runs) = std_mpsc::channel::<PreparedRun>();
     let (registered_forward, registered) = std_mpsc::channel::<EngineId>();
     let patience = link::Patience {
@@ -219,15 +229,31 @@ fn run(cli: Cli) -> Result<()> {
                 requested_id: requested,
                 platform,
             };
-            let result = runtime.block_on(link::serve(
-                connection,
-                identity,
-                patience,
-                delivery,
-                outgoing_rx,
-                runs_tx,
-                registered_tx,
-            ));
+            let result = runtime.block_on(async move {
+                let map_relay =
+                    match map_socket.map(|socket| map_relay::Relay::new(socket, relay_tx)) {
+                        Some(Ok(relay)) => Some(relay),
+                        Some(Err(error)) => {
+                            tracing::warn!("%pxmap relay unavailable: {error}");
+                            None
+                        }
+                        None => None,
+                    };
+                let outgoing = link::Outgoing {
+                    queue: outgoing_rx,
+                    map_relay,
+                };
+                link::serve(
+                    connection,
+                    identity,
+                    patience,
+                    delivery,
+                    outgoing,
+                    runs_tx,
+                    registered_tx,
+                )
+                .await
+            });
             files::remove_created();
             match result {
                 Ok(()) => std::process::exit(0),
@@ -254,6 +280,9 @@ fn run(cli: Cli) -> Result<()> {
     // Cells read their engine's id from here (`std::env::var("RUSTPX_ENGINE_ID")`). Set on the
     // main thread before any cell runs, so nothing reads the environment concurrently.
     std::env::set_var(ENGINE_ID_ENV, engine_id.to_string());
+    if let Some(path) = &map_socket_path {
+        std::env::set_var(map_relay::RELAY_ENV, path);
+    }
     tracing::debug!("engine {engine_id} ready");
     serve_runs(&capture, runs, &outgoing_tx, &session);
     Ok(())

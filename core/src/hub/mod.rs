@@ -329,7 +329,8 @@ impl Hub {
         }
     }
 
-    fn engine_by_identity(&self, identity: &Bytes) -> Option<EngineId> {
+    /// The live engine whose link identity is `identity`.
+    pub fn engine_by_identity(&self, identity: &Bytes) -> Option<EngineId> {
         let id = *self.by_identity.get(identity)?;
         self.engines
             .get(&id)

@@ -1,13 +1,16 @@
 //! The load-balanced scheduler behind `%pxmap`: chunks of serialized items go to whichever engine
 //! asks, two in flight per engine, and results come back by chunk index.
 //!
-//! Engines run a compiled-once cell (`rustpx::serve_map`) that connects here over a Unix socket
-//! in the kernel's private directory ([`crate::private_dir`]) and stays for the whole map, so a task costs a frame each way and no compile. The scheduler
-//! never decodes items or results (it has no types); the engine tells it which items failed and
-//! the result type's name. A connection that drops with chunks in flight (an engine died) puts
-//! them back in the queue for the others. Wire format: see the client crate's `map_worker`.
+//! Engines run a compiled-once cell (`rustpx::serve_map`) that connects here and stays for the
+//! whole map, so a task costs a frame each way and no compile. An engine on this host connects
+//! over a Unix socket in the kernel's private directory ([`crate::private_dir`]); an engine on
+//! another host connects to its own engine process, which relays the connection over the
+//! engine link ([`super::map_relay`]) into the same code here. The scheduler never decodes items
+//! or results (it has no types); the engine tells it which items failed and the result type's
+//! name. A connection that drops with chunks in flight (an engine died) puts them back in the
+//! queue for the others. Wire format: see the client crate's `map_worker`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,186 +18,29 @@ use std::time::Instant;
 use rustpx_protocol::EngineId;
 
 use super::lock;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{UnixListener, UnixStream};
+pub use super::map_job::MapJob;
+use super::map_relay::{MapRelay, RelayedConnection};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 
 /// Chunks each engine holds at once: one it works on and the next, already in its socket.
 const IN_FLIGHT: usize = 2;
 /// How much of one item's panic message the map keeps (the rest is read and dropped).
 const MAX_PANIC_MESSAGE: u64 = 1 << 20;
+/// The largest result of one chunk taken from an engine, checked before anything is read for
+/// it: an engine on another host must not make the kernel hold whatever length it claims (the
+/// engine link's own frame limit).
+pub const MAX_RESULT_BYTES: u64 = 1 << 30;
 /// Connections served at once: one per engine, with room for pools of thousands.
 const MAX_CONNECTIONS: usize = 4096;
 /// How long an engine has to say who it is, and how long each line of that may be.
 const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 const HELLO_LINE_MAX: u64 = 1024;
 
-/// One item that panicked on an engine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ItemFailure {
-    pub item: u64,
-    pub engine: EngineId,
-    pub message: String,
-}
-
-/// The state of one map, shared by the connections serving it.
-#[derive(Debug, Default)]
-pub struct MapJob {
-    chunks: Vec<Vec<u8>>,
-    /// The index of each chunk's first item.
-    first_items: Vec<u64>,
-    queue: VecDeque<usize>,
-    results: Vec<Option<Vec<u8>>>,
-    /// Which engine ran each item, by chunk.
-    engines_by_chunk: Vec<Option<EngineId>>,
-    pub failures: Vec<ItemFailure>,
-    pub result_type: Option<String>,
-    pub argument_type: Option<String>,
-    pub started: Option<Instant>,
-    /// Time spent on the engines per chunk, summed (ipyparallel's serial_time).
-    pub serial_seconds: f64,
-    done_chunks: usize,
-    /// Items of each chunk (for per-item engine ids).
-    chunk_lengths: Vec<u64>,
-    /// Stopped by an interrupt: nothing more goes out.
-    pub interrupted: bool,
-}
-
-/// Why a chunk file written by `rustpx::save_chunks` cannot be read.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ChunkFileError {
-    #[error("the chunk file is truncated")]
-    Truncated,
-    #[error("a chunk without its item count")]
-    NoItemCount,
-}
-
-impl MapJob {
-    /// A job over chunks as `rustpx::save_chunks` wrote them (length-prefixed bincode, whose
-    /// first eight bytes are the chunk's item count).
-    pub fn from_chunk_file(bytes: &[u8]) -> Result<MapJob, ChunkFileError> {
-        let mut job = MapJob::default();
-        let mut rest = bytes;
-        let mut first_item = 0u64;
-        while !rest.is_empty() {
-            let (len, tail) = rest.split_at_checked(8).ok_or(ChunkFileError::Truncated)?;
-            let len = len
-                .try_into()
-                .map(u64::from_le_bytes)
-                .map_err(|_| ChunkFileError::Truncated)?;
-            let chunk = usize::try_from(len)
-                .ok()
-                .and_then(|len| tail.get(..len))
-                .ok_or(ChunkFileError::Truncated)?;
-            let items = chunk
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-                .ok_or(ChunkFileError::NoItemCount)?;
-            job.chunks.push(chunk.to_vec());
-            job.first_items.push(first_item);
-            job.chunk_lengths.push(items);
-            first_item += items;
-            rest = &tail[chunk.len()..];
-        }
-        let n = job.chunks.len();
-        job.queue = (0..n).collect();
-        job.results = vec![None; n];
-        job.engines_by_chunk = vec![None; n];
-        Ok(job)
-    }
-
-    pub fn total_chunks(&self) -> usize {
-        self.chunks.len()
-    }
-
-    pub fn total_items(&self) -> u64 {
-        self.chunk_lengths.iter().sum()
-    }
-
-    pub fn done_items(&self) -> u64 {
-        self.results
-            .iter()
-            .zip(&self.chunk_lengths)
-            .filter(|(r, _)| r.is_some())
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.done_chunks == self.chunks.len()
-    }
-
-    /// The engine that ran each item, in input order (`None` for items not run yet).
-    pub fn item_engines(&self) -> Vec<Option<EngineId>> {
-        self.engines_by_chunk
-            .iter()
-            .zip(&self.chunk_lengths)
-            .flat_map(|(engine, n)| std::iter::repeat_n(*engine, *n as usize))
-            .collect()
-    }
-
-    /// The results file for `rustpx::load_results`, once every chunk is back.
-    pub fn results_file(&self) -> Option<Vec<u8>> {
-        let mut bytes = Vec::new();
-        for result in &self.results {
-            let result = result.as_ref()?;
-            bytes.extend_from_slice(&(result.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(result);
-        }
-        Some(bytes)
-    }
-
-    /// No more chunks go out; what engines hold still comes back.
-    pub fn stop(&mut self) {
-        self.queue.clear();
-        self.interrupted = true;
-    }
-
-    fn next_chunk(&mut self) -> Option<(usize, u64, Vec<u8>)> {
-        if self.interrupted {
-            return None;
-        }
-        let index = self.queue.pop_front()?;
-        Some((index, self.first_items[index], self.chunks[index].clone()))
-    }
-
-    fn complete(
-        &mut self,
-        index: usize,
-        engine: EngineId,
-        failures: Vec<(u64, String)>,
-        bytes: Vec<u8>,
-        seconds: f64,
-    ) {
-        if self.results.get(index).is_none_or(Option::is_some) {
-            return;
-        }
-        self.results[index] = Some(bytes);
-        self.engines_by_chunk[index] = Some(engine);
-        self.failures
-            .extend(failures.into_iter().map(|(item, message)| ItemFailure {
-                item,
-                engine,
-                message,
-            }));
-        self.serial_seconds += seconds;
-        self.done_chunks += 1;
-    }
-
-    fn requeue(&mut self, chunks: impl IntoIterator<Item = usize>) {
-        for index in chunks {
-            if self.results.get(index).is_some_and(Option::is_none) {
-                self.queue.push_front(index);
-            }
-        }
-    }
-}
-
 /// The lines an engine opens with (token, engine id, result and argument type names), up to the
 /// empty line: at most 8 lines of [`HELLO_LINE_MAX`] bytes each.
-async fn read_hello(read: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<String>> {
+async fn read_hello<R: AsyncRead + Unpin>(read: &mut BufReader<R>) -> std::io::Result<Vec<String>> {
     let mut hello = Vec::new();
     while hello.len() < 8 {
         let mut line = Vec::new();
@@ -203,10 +49,7 @@ async fn read_hello(read: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<
             .read_until(b'\n', &mut line)
             .await?;
         if line.last() != Some(&b'\n') {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "a hello line that is too long or cut off",
-            ));
+            return Err(invalid("a hello line that is too long or cut off".into()));
         }
         let line = String::from_utf8_lossy(&line).trim_end().to_owned();
         if line.is_empty() {
@@ -217,7 +60,13 @@ async fn read_hello(read: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<
     Ok(hello)
 }
 
-/// The session's scheduler: one Unix socket; a job while `%pxmap` runs.
+/// A broken rule of the map protocol: the connection ends with this, its chunks go back.
+fn invalid(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+}
+
+/// The session's scheduler: one Unix socket and the connections the engine link relays; a job
+/// while `%pxmap` runs.
 #[derive(Clone)]
 pub struct MapServer {
     pub job: Arc<Mutex<Option<MapJob>>>,
@@ -226,8 +75,10 @@ pub struct MapServer {
 
 impl MapServer {
     /// Listens on a Unix socket in the private directory and writes `path\ntoken` to
-    /// `server_file` (mode 0600 in the private transfer directory), which the engine cells read.
-    pub async fn start(server_file: &Path) -> std::io::Result<MapServer> {
+    /// `server_file` (mode 0600 in the private transfer directory), which the engine cells read;
+    /// takes the connections `relay` brings from engines on other hosts (which get the same
+    /// file, token included, over the link).
+    pub async fn start(server_file: &Path, relay: &MapRelay) -> std::io::Result<MapServer> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let path = crate::private_dir::socket_path(&format!("pxmap-{}.sock", &token[..8]))?;
         let listener = UnixListener::bind(&path)?;
@@ -237,19 +88,50 @@ impl MapServer {
             job: Arc::default(),
             changed: Arc::default(),
         };
-        let accepting = server.clone();
+        let (accepting, local_slots, local_token) = (server.clone(), slots.clone(), token.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let Ok(slot) = local_slots.clone().try_acquire_owned() else {
                     tracing::warn!("map: {MAX_CONNECTIONS} connections open; refused one");
+                    continue;
+                };
+                let server = accepting.clone();
+                let token = local_token.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    if let Err(error) = server.serve(read, &mut write, &token, None).await {
+                        tracing::debug!("map connection ended: {error}");
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        let mut relayed = relay.attach();
+        let accepting = server.clone();
+        tokio::spawn(async move {
+            while let Some(connection) = relayed.recv().await {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    connection.refuse(format!(
+                        "the map scheduler serves {MAX_CONNECTIONS} connections already"
+                    ));
                     continue;
                 };
                 let server = accepting.clone();
                 let token = token.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = server.serve(stream, &token).await {
-                        tracing::debug!("map connection ended: {error}");
+                    let RelayedConnection {
+                        engine,
+                        stream,
+                        ending,
+                    } = connection;
+                    let (read, mut write) = tokio::io::split(stream);
+                    let outcome = server.serve(read, &mut write, &token, Some(engine)).await;
+                    if let Err(error) = outcome {
+                        tracing::info!("map: engine {engine}'s relayed connection ended: {error}");
+                        // The reason before the stream's end: the relay tells the engine why.
+                        ending.set(error.to_string());
                     }
+                    drop(write);
                     drop(slot);
                 });
             }
@@ -265,8 +147,20 @@ impl MapServer {
         self.changed.notify_waiters();
     }
 
-    async fn serve(&self, stream: UnixStream, token: &str) -> std::io::Result<()> {
-        let (read, mut write) = stream.into_split();
+    /// Serves one engine's connection until the map is done or the connection breaks a rule or
+    /// drops; its chunks in flight then go back to the queue. `engine` is who the link says the
+    /// peer is (a relayed connection); a local one names itself in its hello.
+    async fn serve<R, W>(
+        &self,
+        read: R,
+        write: &mut W,
+        token: &str,
+        engine: Option<EngineId>,
+    ) -> std::io::Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let mut read = BufReader::with_capacity(1 << 16, read);
         let Ok(hello) = tokio::time::timeout(HELLO_DEADLINE, read_hello(&mut read)).await else {
             tracing::warn!("map connection refused: no hello within {HELLO_DEADLINE:?}");
@@ -277,10 +171,12 @@ impl MapServer {
             tracing::warn!("map connection with a wrong token refused");
             return Ok(());
         }
-        let engine: EngineId = hello
-            .get(1)
-            .and_then(|id| id.parse().ok())
-            .unwrap_or(u32::MAX);
+        let engine = engine.unwrap_or_else(|| {
+            hello
+                .get(1)
+                .and_then(|id| id.parse().ok())
+                .unwrap_or(u32::MAX)
+        });
         {
             let mut job = lock(&self.job);
             if let Some(job) = job.as_mut() {
@@ -291,7 +187,7 @@ impl MapServer {
         }
         let mut in_flight: BTreeMap<usize, Instant> = BTreeMap::new();
         let outcome = self
-            .exchange(&mut read, &mut write, engine, &mut in_flight)
+            .exchange(&mut read, write, engine, &mut in_flight)
             .await;
         if !in_flight.is_empty() {
             if let Some(job) = lock(&self.job).as_mut() {
@@ -302,13 +198,17 @@ impl MapServer {
         outcome
     }
 
-    async fn exchange(
+    async fn exchange<R, W>(
         &self,
-        read: &mut BufReader<OwnedReadHalf>,
-        write: &mut OwnedWriteHalf,
+        read: &mut BufReader<R>,
+        write: &mut W,
         engine: EngineId,
         in_flight: &mut BTreeMap<usize, Instant>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         // A chunk's engine time starts when it was sent or when the engine finished the one
         // before it, whichever is later: the second chunk in flight waits in the socket.
         let mut last_result = Instant::now();
@@ -325,6 +225,7 @@ impl MapServer {
                 frame.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
                 frame.extend_from_slice(&bytes);
                 write.write_all(&frame).await?;
+                write.flush().await?;
                 in_flight.insert(index, Instant::now());
             }
             if in_flight.is_empty() {
@@ -333,6 +234,7 @@ impl MapServer {
                     .is_none_or(|job| job.is_done() || job.interrupted);
                 if finished {
                     write.write_all(&[1u8]).await?;
+                    write.flush().await?;
                     return Ok(());
                 }
                 // Nothing queued, but another engine still holds chunks: stay, in case it dies
@@ -344,33 +246,12 @@ impl MapServer {
                 .await;
                 continue;
             }
-            let index = read.read_u64_le().await? as usize;
-            let failure_count = read.read_u32_le().await?;
-            let mut failures = Vec::new();
-            for _ in 0..failure_count.min(1 << 24) {
-                let item = read.read_u64_le().await?;
-                let len = u64::from(read.read_u32_le().await?);
-                // The whole message is consumed, so the next frame starts where it should; only
-                // its first MiB is kept.
-                let mut message = Vec::new();
-                (&mut *read)
-                    .take(len.min(MAX_PANIC_MESSAGE))
-                    .read_to_end(&mut message)
-                    .await?;
-                let rest = len.saturating_sub(MAX_PANIC_MESSAGE);
-                if tokio::io::copy(&mut (&mut *read).take(rest), &mut tokio::io::sink()).await?
-                    != rest
-                {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                failures.push((item, String::from_utf8_lossy(&message).into_owned()));
-            }
-            let len = read.read_u64_le().await?;
-            // Memory grows with the bytes that really arrive, never with the length announced.
-            let mut bytes = Vec::new();
-            if (&mut *read).take(len).read_to_end(&mut bytes).await? as u64 != len {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
+            let (index, failures, bytes) = read_result(read, in_flight, |index| {
+                lock(&self.job)
+                    .as_ref()
+                    .and_then(|job| job.chunk_items(index))
+            })
+            .await?;
             let seconds = in_flight
                 .remove(&index)
                 .map(|sent| sent.max(last_result).elapsed().as_secs_f64())
@@ -382,6 +263,63 @@ impl MapServer {
             self.changed.notify_waiters();
         }
     }
+}
+
+/// A chunk's failures as (item, panic message).
+type Failures = Vec<(u64, String)>;
+
+/// Reads one result frame, checking each length it announces before reading what it covers:
+/// the chunk must be one this connection holds, with no more failures than it has items, and a
+/// result no longer than [`MAX_RESULT_BYTES`]. Memory grows with the bytes that really arrive.
+async fn read_result<R: AsyncRead + Unpin>(
+    read: &mut BufReader<R>,
+    in_flight: &BTreeMap<usize, Instant>,
+    items_of: impl Fn(usize) -> Option<u64>,
+) -> std::io::Result<(usize, Failures, Vec<u8>)> {
+    let index = read.read_u64_le().await?;
+    let held = usize::try_from(index)
+        .ok()
+        .filter(|index| in_flight.contains_key(index));
+    let Some(index) = held else {
+        return Err(invalid(format!(
+            "a result for chunk {index}, which this connection does not hold"
+        )));
+    };
+    let failure_count = read.read_u32_le().await?;
+    let items = items_of(index).unwrap_or(0);
+    if u64::from(failure_count) > items {
+        return Err(invalid(format!(
+            "{failure_count} failures for chunk {index}, which has {items} items"
+        )));
+    }
+    let mut failures = Vec::new();
+    for _ in 0..failure_count {
+        let item = read.read_u64_le().await?;
+        let len = u64::from(read.read_u32_le().await?);
+        // The whole message is consumed, so the next frame starts where it should; only its
+        // first MiB is kept.
+        let mut message = Vec::new();
+        (&mut *read)
+            .take(len.min(MAX_PANIC_MESSAGE))
+            .read_to_end(&mut message)
+            .await?;
+        let rest = len.saturating_sub(MAX_PANIC_MESSAGE);
+        if tokio::io::copy(&mut (&mut *read).take(rest), &mut tokio::io::sink()).await? != rest {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        failures.push((item, String::from_utf8_lossy(&message).into_owned()));
+    }
+    let len = read.read_u64_le().await?;
+    if len > MAX_RESULT_BYTES {
+        return Err(invalid(format!(
+            "a result of {len} bytes for chunk {index}, over the limit of {MAX_RESULT_BYTES}"
+        )));
+    }
+    let mut bytes = Vec::new();
+    if (&mut *read).take(len).read_to_end(&mut bytes).await? as u64 != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok((index, failures, bytes))
 }
 
 /// `alloc::vec::Vec<alloc::string::String>` → `Vec<String>`: the names a cell can use for a
@@ -410,72 +348,55 @@ pub fn short_type_name(full: &str) -> String {
 mod tests {
     use super::*;
 
-    fn chunk_file(chunks: &[&[u64]]) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for chunk in chunks {
-            let mut encoded = (chunk.len() as u64).to_le_bytes().to_vec();
-            for item in *chunk {
-                encoded.extend_from_slice(&item.to_le_bytes());
-            }
-            bytes.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(&encoded);
-        }
-        bytes
+    /// What `read_result` makes of `frame`, with chunk 0 (of 10 items) in flight.
+    async fn read_frame(frame: &[u8]) -> std::io::Result<(usize, Failures, Vec<u8>)> {
+        let (mut engine, kernel) = tokio::io::duplex(1 << 16);
+        engine.write_all(frame).await.unwrap();
+        let in_flight = BTreeMap::from([(0usize, Instant::now())]);
+        let mut read = BufReader::new(kernel);
+        read_result(&mut read, &in_flight, |_| Some(10)).await
     }
 
-    #[test]
-    fn chunks_are_handed_out_once_and_requeued_when_an_engine_drops() {
-        let mut job = MapJob::from_chunk_file(&chunk_file(&[&[1, 2], &[3, 4], &[5]])).unwrap();
-        assert_eq!((job.total_chunks(), job.total_items()), (3, 5));
-        let (first, first_item, _) = job.next_chunk().unwrap();
-        let (second, second_item, _) = job.next_chunk().unwrap();
-        assert_eq!((first, first_item, second, second_item), (0, 0, 1, 2));
-        job.requeue([second]);
-        assert!(!job.interrupted);
-        job.complete(first, 3, vec![(1, "boom".into())], vec![9], 0.5);
-        assert_eq!(job.next_chunk().map(|c| c.0), Some(1));
-        job.complete(1, 2, vec![], vec![8], 0.25);
-        job.complete(1, 2, vec![], vec![7], 0.25);
-        assert!(!job.is_done());
-        assert_eq!(job.next_chunk().map(|c| c.0), Some(2));
-        job.complete(2, 2, vec![], vec![6], 0.25);
-        assert!(job.is_done());
-        assert_eq!(job.done_items(), 5);
+    fn header(index: u64, failures: u32, len: u64) -> Vec<u8> {
+        let mut frame = index.to_le_bytes().to_vec();
+        frame.extend_from_slice(&failures.to_le_bytes());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_result_claiming_a_huge_length_is_refused_before_it_is_read() {
+        // Nothing follows the header: a reader that waited for the bytes would hang here.
+        let error = read_frame(&header(0, 0, 1 << 62)).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
         assert_eq!(
-            job.item_engines(),
-            vec![Some(3), Some(3), Some(2), Some(2), Some(2)]
+            error.to_string(),
+            format!(
+                "a result of {} bytes for chunk 0, over the limit of {MAX_RESULT_BYTES}",
+                1u64 << 62
+            )
         );
+    }
+
+    #[tokio::test]
+    async fn results_for_chunks_not_held_or_with_too_many_failures_are_refused() {
+        let error = read_frame(&header(5, 0, 0)).await.unwrap_err();
         assert_eq!(
-            job.failures,
-            vec![ItemFailure {
-                item: 1,
-                engine: 3,
-                message: "boom".into()
-            }]
+            error.to_string(),
+            "a result for chunk 5, which this connection does not hold"
         );
-        assert_eq!(job.serial_seconds, 1.0);
-        let results = job.results_file().unwrap();
-        assert_eq!(results.len(), 3 * 9);
-    }
-
-    #[test]
-    fn a_stopped_job_hands_out_nothing_more() {
-        let mut job = MapJob::from_chunk_file(&chunk_file(&[&[1], &[2], &[3]])).unwrap();
-        let (first, _, _) = job.next_chunk().unwrap();
-        job.stop();
-        assert!(job.next_chunk().is_none());
-        job.requeue([first]);
-        assert!(job.next_chunk().is_none());
-        assert!(!job.is_done());
-    }
-
-    #[test]
-    fn a_truncated_chunk_file_is_an_error() {
-        let mut bytes = chunk_file(&[&[1, 2]]);
-        bytes.pop();
+        let mut frame = 0u64.to_le_bytes().to_vec();
+        frame.extend_from_slice(&11u32.to_le_bytes());
+        let error = read_frame(&frame).await.unwrap_err();
         assert_eq!(
-            MapJob::from_chunk_file(&bytes).unwrap_err(),
-            ChunkFileError::Truncated
+            error.to_string(),
+            "11 failures for chunk 0, which has 10 items"
+        );
+        let mut good = header(0, 0, 3);
+        good.extend_from_slice(b"abc");
+        assert_eq!(
+            read_frame(&good).await.unwrap(),
+            (0, vec![], b"abc".to_vec())
         );
     }
 

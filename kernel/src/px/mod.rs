@@ -14,6 +14,8 @@ mod hub;
 pub mod hub_address;
 mod jobs;
 mod link;
+mod map_job;
+mod map_relay;
 mod map_server;
 mod pool;
 mod restart_policy;

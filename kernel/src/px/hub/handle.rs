@@ -22,6 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::shipping_files::{write_returned_files, ShippingFiles};
 use super::{CellEvent, Departure, EngineEntry, Outgoing, RunEnd};
 use crate::px::cell_files::CellFiles;
+use crate::px::map_relay::MapRelay;
 use crate::px::records::{CellRecord, EngineError, TaskState};
 
 /// Shared access to the hub, one locked step per call.
@@ -32,6 +33,8 @@ pub struct HubHandle {
     outbox: UnboundedSender<Outgoing>,
     /// The link session every message to engines carries.
     session: Arc<str>,
+    /// `%pxmap` connections of engines on other hosts, which ride the link.
+    relay: MapRelay,
 }
 
 /// The hub and who is told of what it decides: cells' watchers and runs' waiters.
@@ -93,7 +96,9 @@ impl State {
 
 impl HubHandle {
     pub fn new(outbox: UnboundedSender<Outgoing>) -> HubHandle {
+        let session: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         HubHandle {
+            relay: MapRelay::new(outbox.clone(), session.clone()),
             state: Arc::new(Mutex::new(State {
                 hub: Hub::new(rustpx_protocol::this_platform()),
                 observers: HashMap::new(),
@@ -101,7 +106,7 @@ impl HubHandle {
             })),
             shipping: ShippingFiles::default(),
             outbox,
-            session: uuid::Uuid::new_v4().to_string().into(),
+            session,
         }
     }
 
@@ -139,8 +144,18 @@ impl HubHandle {
 
     // --- The link: what engines send, and the heartbeat clock.
 
+    /// The relay of `%pxmap` connections over the link, for the map scheduler.
+    pub fn map_relay(&self) -> &MapRelay {
+        &self.relay
+    }
+
     /// Handles one message from the engine with link identity `identity`.
     pub fn receive(&self, identity: Bytes, message: &WireMessage) {
+        if MapRelay::carries(message.msg_type()) {
+            let engine = self.read(|hub| hub.engine_by_identity(&identity));
+            self.relay.receive(identity, engine, message);
+            return;
+        }
         let decoded = match from_engine_wire(message) {
             Ok(Some(decoded)) => decoded,
             Ok(None) => {
@@ -166,11 +181,15 @@ impl HubHandle {
     }
 
     /// Declares silent engines dead and returns every engine that left since the last look.
+    /// Also ends the `%pxmap` streams of engines that are gone, whichever way they left.
     pub fn check_heartbeats(&self, now: Instant) -> Vec<Departure> {
-        self.step(|hub| {
+        let departures = self.step(|hub| {
             hub.check_heartbeats(now);
             hub.take_departures()
-        })
+        });
+        self.relay
+            .drop_peers(|peer| self.read(|hub| hub.engine_by_identity(peer).is_some()));
+        departures
     }
 
     // --- The registry.
@@ -189,11 +208,6 @@ impl HubHandle {
 
     pub fn take_refusals(&self) -> Vec<String> {
         self.step(Hub::take_refusals)
-    }
-
-    /// A copy of engine `id`'s entry, alive or dead.
-    pub fn engine(&self, id: EngineId) -> Option<EngineEntry> {
-        self.read(|hub| hub.engine(id).cloned())
     }
 
     /// Copies of every known engine's entry, by id.

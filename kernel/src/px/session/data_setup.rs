@@ -1,6 +1,5 @@
 //! What every data magic and `%pxmap` needs before it runs: live targets, the client crate in
-//! the kernel's context and in each engine state, engines that share the kernel's files, and a
-//! private directory where values cross.
+//! the kernel's context and in each engine state, and a private directory where values cross.
 
 use std::path::PathBuf;
 
@@ -87,36 +86,6 @@ impl PxService {
             dir,
             dep,
         })
-    }
-
-    /// `%pxmap` streams chunks through this host's `/dev/shm` while it runs, which an engine on
-    /// another host cannot see: refuse it up front, naming the engines, rather than fail on each
-    /// engine with a missing file. (The other data magics send their files with the run.)
-    pub(super) fn require_shared_files(
-        &self,
-        engines: &[EngineId],
-        magic: &str,
-    ) -> Result<(), ErrorReport> {
-        let m = self.machinery()?;
-        let remote: Vec<EngineId> = engines
-            .iter()
-            .copied()
-            .filter(|id| m.hub.engine(*id).is_some_and(|e| !e.shares_files))
-            .collect();
-        if remote.is_empty() {
-            return Ok(());
-        }
-        let list = remote
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        Err(transfer_error(
-            format!(
-                "{magic} streams values through this host's /dev/shm, which engines {list} (on other hosts) cannot read: target engines on this host with -t, or move the values with %scatter and run the function with %px"
-            ),
-            vec![],
-        ))
     }
 
     /// Adds the client crate to the kernel's context and to the targets' states (a no-op once

@@ -3,7 +3,8 @@
 //!
 //! Three steps: the kernel's context writes the chunks (one small compiled cell), every target
 //! runs `rustpx::serve_map(FUNCTION, …)` (compiled once per function and group, then cached), which
-//! pulls chunks from [`MapServer`] until none are left, and the kernel's context reads the results
+//! pulls chunks from [`MapServer`] until none are left (over the kernel's Unix socket on this
+//! host, relayed by the engine link from other hosts), and the kernel's context reads the results
 //! into the output variable with the result type the engines reported.
 
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use super::data::local_types;
 use super::data_setup::{transfer_error, Prepared};
 use super::{lock, usage, Progress, PxService};
 use crate::evaluator::{ErrorReport, Evaluator};
+use crate::px::cell_files::CellFiles;
 use rustpx_core::ErrorKind;
 
 /// Failures listed in an error before "and N more".
@@ -60,7 +62,6 @@ impl PxService {
         } = self
             .prepare_data_magic(request, options.targets.as_ref(), "%pxmap", evaluator)
             .await?;
-        self.require_shared_files(&engines, "%pxmap")?;
         let input = &options.input;
         let input_type = local_types(evaluator, std::slice::from_ref(input)).await?;
         if vec_element(&input_type[0]).is_none() {
@@ -73,9 +74,12 @@ impl PxService {
         let server = match &self.map_server {
             Some(server) => server.clone(),
             None => {
-                let server = MapServer::start(&server_file).await.map_err(|error| {
-                    transfer_error(format!("cannot start the map scheduler: {error}"), vec![])
-                })?;
+                let relay = self.machinery()?.hub.map_relay().clone();
+                let server = MapServer::start(&server_file, &relay)
+                    .await
+                    .map_err(|error| {
+                        transfer_error(format!("cannot start the map scheduler: {error}"), vec![])
+                    })?;
                 self.map_server = Some(server.clone());
                 server
             }
@@ -114,7 +118,13 @@ impl PxService {
             options.function,
             server_file.to_string_lossy()
         );
-        let (cell_id, events) = self.submit_quietly(&code, &engines, Default::default())?;
+        // Engines on other hosts get the server file (address and token) with the run; their
+        // connection goes to their own engine process, which relays it over the link.
+        let files = CellFiles {
+            inputs: vec![server_file.to_string_lossy().into_owned()],
+            outputs: Vec::new(),
+        };
+        let (cell_id, events) = self.submit_quietly(&code, &engines, files)?;
         let pending = PendingMap {
             cell_id,
             events,
