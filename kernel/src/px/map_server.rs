@@ -27,7 +27,7 @@ const MAX_PANIC_MESSAGE: u64 = 1 << 20;
 /// Connections served at once: one per engine, with room for pools of thousands.
 const MAX_CONNECTIONS: usize = 4096;
 /// How long an engine has to say who it is, and how long each line of that may be.
-const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 const HELLO_LINE_MAX: u64 = 1024;
 
 /// One item that panicked on an engine.
@@ -152,7 +152,7 @@ impl MapJob {
         self.interrupted = true;
     }
 
-    fn next_chunk(&mut self) -> Option<(usize, u64, Vec<u8>)> {
+    pub(super) fn next_chunk(&mut self) -> Option<(usize, u64, Vec<u8>)> {
         if self.interrupted {
             return None;
         }
@@ -160,7 +160,7 @@ impl MapJob {
         Some((index, self.first_items[index], self.chunks[index].clone()))
     }
 
-    fn complete(
+    pub(super) fn complete(
         &mut self,
         index: usize,
         engine: EngineId,
@@ -183,7 +183,7 @@ impl MapJob {
         self.done_chunks += 1;
     }
 
-    fn requeue(&mut self, chunks: impl IntoIterator<Item = usize>) {
+    pub(super) fn requeue(&mut self, chunks: impl IntoIterator<Item = usize>) {
         for index in chunks {
             if self.results.get(index).is_some_and(Option::is_none) {
                 self.queue.push_front(index);
@@ -194,7 +194,9 @@ impl MapJob {
 
 /// The lines an engine opens with (token, engine id, result and argument type names), up to the
 /// empty line: at most 8 lines of [`HELLO_LINE_MAX`] bytes each.
-async fn read_hello(read: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<String>> {
+pub(super) async fn read_hello(
+    read: &mut BufReader<OwnedReadHalf>,
+) -> std::io::Result<Vec<String>> {
     let mut hello = Vec::new();
     while hello.len() < 8 {
         let mut line = Vec::new();
@@ -318,13 +320,7 @@ impl MapServer {
                 let Some((index, first_item, bytes)) = next else {
                     break;
                 };
-                let mut frame = Vec::with_capacity(bytes.len() + 25);
-                frame.push(0u8);
-                frame.extend_from_slice(&(index as u64).to_le_bytes());
-                frame.extend_from_slice(&first_item.to_le_bytes());
-                frame.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                frame.extend_from_slice(&bytes);
-                write.write_all(&frame).await?;
+                write_chunk(write, index as u64, first_item, &bytes).await?;
                 in_flight.insert(index, Instant::now());
             }
             if in_flight.is_empty() {
@@ -344,33 +340,8 @@ impl MapServer {
                 .await;
                 continue;
             }
-            let index = read.read_u64_le().await? as usize;
-            let failure_count = read.read_u32_le().await?;
-            let mut failures = Vec::new();
-            for _ in 0..failure_count.min(1 << 24) {
-                let item = read.read_u64_le().await?;
-                let len = u64::from(read.read_u32_le().await?);
-                // The whole message is consumed, so the next frame starts where it should; only
-                // its first MiB is kept.
-                let mut message = Vec::new();
-                (&mut *read)
-                    .take(len.min(MAX_PANIC_MESSAGE))
-                    .read_to_end(&mut message)
-                    .await?;
-                let rest = len.saturating_sub(MAX_PANIC_MESSAGE);
-                if tokio::io::copy(&mut (&mut *read).take(rest), &mut tokio::io::sink()).await?
-                    != rest
-                {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                failures.push((item, String::from_utf8_lossy(&message).into_owned()));
-            }
-            let len = read.read_u64_le().await?;
-            // Memory grows with the bytes that really arrive, never with the length announced.
-            let mut bytes = Vec::new();
-            if (&mut *read).take(len).read_to_end(&mut bytes).await? as u64 != len {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
+            let (index, failures, bytes) = read_result(read).await?;
+            let index = index as usize;
             let seconds = in_flight
                 .remove(&index)
                 .map(|sent| sent.max(last_result).elapsed().as_secs_f64())
@@ -382,6 +353,57 @@ impl MapServer {
             self.changed.notify_waiters();
         }
     }
+}
+
+/// Sends one chunk to an engine: tag 0, chunk index, first item's index, length, bytes.
+pub(super) async fn write_chunk(
+    write: &mut OwnedWriteHalf,
+    index: u64,
+    first_item: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(bytes.len() + 25);
+    frame.push(0u8);
+    frame.extend_from_slice(&index.to_le_bytes());
+    frame.extend_from_slice(&first_item.to_le_bytes());
+    frame.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    frame.extend_from_slice(bytes);
+    write.write_all(&frame).await
+}
+
+/// A chunk's failures: (item index, panic message).
+pub(super) type ChunkFailures = Vec<(u64, String)>;
+
+/// Reads one result frame of an engine: chunk index, the items that failed, the results' bytes.
+pub(super) async fn read_result(
+    read: &mut BufReader<OwnedReadHalf>,
+) -> std::io::Result<(u64, ChunkFailures, Vec<u8>)> {
+    let index = read.read_u64_le().await?;
+    let failure_count = read.read_u32_le().await?;
+    let mut failures = Vec::new();
+    for _ in 0..failure_count.min(1 << 24) {
+        let item = read.read_u64_le().await?;
+        let len = u64::from(read.read_u32_le().await?);
+        // The whole message is consumed, so the next frame starts where it should; only
+        // its first MiB is kept.
+        let mut message = Vec::new();
+        (&mut *read)
+            .take(len.min(MAX_PANIC_MESSAGE))
+            .read_to_end(&mut message)
+            .await?;
+        let rest = len.saturating_sub(MAX_PANIC_MESSAGE);
+        if tokio::io::copy(&mut (&mut *read).take(rest), &mut tokio::io::sink()).await? != rest {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        failures.push((item, String::from_utf8_lossy(&message).into_owned()));
+    }
+    let len = read.read_u64_le().await?;
+    // Memory grows with the bytes that really arrive, never with the length announced.
+    let mut bytes = Vec::new();
+    if (&mut *read).take(len).read_to_end(&mut bytes).await? as u64 != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok((index, failures, bytes))
 }
 
 /// `alloc::vec::Vec<alloc::string::String>` → `Vec<String>`: the names a cell can use for a

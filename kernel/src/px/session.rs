@@ -22,6 +22,7 @@ use crate::evaluator::{ErrorReport, Evaluator, Outcome};
 use crate::iopub::{self, Publisher};
 use jupyter_protocol::Stdio;
 
+mod api;
 mod data;
 mod data_setup;
 mod engines;
@@ -226,6 +227,10 @@ pub struct PxService {
     /// A `%pxmap -a` not collected yet, and whether it is newer than the last `%px`.
     pending_map: Option<map::PendingMap>,
     map_is_last: bool,
+    /// The Rust API's scheduler, started by its first `apply` or `map`.
+    api_scheduler: Option<super::api::scheduler::Scheduler>,
+    /// The scheduler's label of each engine function the API has called.
+    api_labels: HashMap<String, String>,
 }
 
 fn usage(message: impl Into<String>) -> ErrorReport {
@@ -256,6 +261,8 @@ impl PxService {
             map_server: None,
             pending_map: None,
             map_is_last: false,
+            api_scheduler: None,
+            api_labels: HashMap::new(),
         }
     }
 
