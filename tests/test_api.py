@@ -104,6 +104,23 @@ def test_a_wait_that_times_out_says_not_ready_and_the_result_stays(k):
     assert value(k, "later.get().unwrap().len()") == "100"
 
 
+def test_execute_runs_a_cell_on_the_views_engines_with_per_engine_output(k):
+    ok(k, 'let outs = rc.direct_view(..).execute_sync("let base: u64 = 40; println!(\\"ready on {}\\", std::env::var(\\"RUSTPX_ENGINE_ID\\").unwrap()); base + 2").unwrap();')
+    assert value(k, "outs.iter().map(|o| (o.engine, o.stdout.clone(), o.value.clone())).collect::<Vec<_>>()") == (
+        '[(0, "ready on 0\\n", Some("42")), (1, "ready on 1\\n", Some("42"))]'
+    )
+    # The engines kept the variable, as after %px.
+    assert value(k, 'rc.direct_view(1).execute_sync("base * 2").unwrap()[0].value.clone().unwrap()') == '"80"'
+    msgs = ok(k, 'rc.direct_view(0).execute("println!(\\"shown\\"); base").display_outputs().unwrap();')
+    assert stream_text(msgs) == "[stdout:0] shown\nOut[0]: 40\n"
+
+
+def test_execute_reports_each_failing_engines_error(k):
+    text = value(k, 'rc.direct_view(..).execute("if base == 40 { panic!(\\"engine says no\\") }").get().unwrap_err().to_string()')
+    assert text.startswith('"CompositeError: 2 of 2 tasks failed\\n[0:execute] '), text
+    assert "engine says no" in text
+
+
 # --- the API's socket under attack ---
 
 def api_socket(k):

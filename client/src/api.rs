@@ -13,6 +13,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::api_results::Pending;
+pub use crate::api_results::{AsyncExecute, AsyncMapResult, AsyncResult, EngineOutput};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -40,6 +43,8 @@ pub enum ApiError {
     Tasks {
         failures: Vec<TaskFailure>,
         total: u64,
+        /// `apply` (for `apply` and `map`) or `execute`: how each failure is labelled.
+        what: &'static str,
     },
     /// The results did not decode as the type asked for.
     Decode(String),
@@ -52,18 +57,26 @@ impl std::fmt::Display for ApiError {
         match self {
             ApiError::Connection(why) => write!(f, "cannot reach the rustpx kernel: {why}"),
             ApiError::Kernel(why) => write!(f, "{why}"),
-            ApiError::Tasks { failures, total } => {
+            ApiError::Tasks {
+                failures,
+                total,
+                what,
+            } => {
                 write!(
                     f,
                     "CompositeError: {} of {total} tasks failed",
                     failures.len()
                 )?;
                 for failure in failures.iter().take(5) {
-                    write!(
-                        f,
-                        "\n[{}:apply] item {}: {}",
-                        failure.engine, failure.item, failure.message
-                    )?;
+                    if *what == "execute" {
+                        write!(f, "\n[{}:execute] {}", failure.engine, failure.message)?;
+                    } else {
+                        write!(
+                            f,
+                            "\n[{}:apply] item {}: {}",
+                            failure.engine, failure.item, failure.message
+                        )?;
+                    }
                 }
                 if failures.len() > 5 {
                     write!(f, "\n... {} more exceptions ...", failures.len() - 5)?;
@@ -79,7 +92,7 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 /// The one connection of this process to the kernel, shared by a client's views and results.
-struct Connection {
+pub(crate) struct Connection {
     stream: Mutex<Option<UnixStream>>,
 }
 
@@ -100,7 +113,7 @@ impl Connection {
     }
 
     /// Sends `request` and reads its reply; a connection that failed is opened again next time.
-    fn call(&self, request: &Request) -> Result<Reply, ApiError> {
+    pub(crate) fn call(&self, request: &Request) -> Result<Reply, ApiError> {
         let mut slot = self.stream.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(Connection::open()?);
@@ -228,6 +241,28 @@ impl DirectView {
         }
     }
 
+    /// Runs `code` on this view's engines, as `%px` does (compiled once per engine state);
+    /// each engine's output, value or error comes back in the result.
+    pub fn execute(&self, code: &str) -> AsyncExecute {
+        let submitted = Instant::now();
+        let mut request = Request::new(Kind::Execute);
+        request.function = code.to_owned();
+        request.targets = self.targets.ids();
+        AsyncExecute {
+            pending: Pending {
+                connection: self.connection.clone(),
+                job: self.connection.call(&request).map(|reply| reply.job),
+                submitted,
+                last: Mutex::new(None),
+            },
+        }
+    }
+
+    /// [`execute`](Self::execute), waiting for every engine's output.
+    pub fn execute_sync(&self, code: &str) -> Result<Vec<EngineOutput>, ApiError> {
+        self.execute(code).get()
+    }
+
     /// A load-balanced view over this view's engines.
     pub fn load_balanced_view(&self) -> LoadBalancedView {
         LoadBalancedView {
@@ -330,200 +365,5 @@ impl LoadBalancedView {
             submitted,
             last: Mutex::new(None),
         }
-    }
-}
-
-/// What both kinds of result share: the submission and its last known state.
-struct Pending {
-    connection: Arc<Connection>,
-    job: Result<u64, ApiError>,
-    submitted: Instant,
-    /// The reply once the submission was seen ready (it changes no more).
-    last: Mutex<Option<Reply>>,
-}
-
-/// How long one `Wait` request may hold the kernel; longer waits repeat it.
-const WAIT_SLICE: Duration = Duration::from_millis(500);
-
-impl Pending {
-    fn job(&self) -> Result<u64, ApiError> {
-        match &self.job {
-            Ok(job) => Ok(*job),
-            Err(ApiError::Kernel(why)) => Err(ApiError::Kernel(why.clone())),
-            Err(error) => Err(ApiError::Connection(error.to_string())),
-        }
-    }
-
-    fn status(&self, kind: Kind, wait: Duration) -> Result<Reply, ApiError> {
-        if let Some(reply) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Ok(reply);
-        }
-        let mut request = Request::new(kind);
-        request.job = self.job()?;
-        request.wait_millis = wait.as_millis() as u64;
-        let reply = self.connection.call(&request)?;
-        if reply.ready {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reply.clone());
-        }
-        Ok(reply)
-    }
-
-    fn ready(&self) -> bool {
-        self.status(Kind::Status, Duration::ZERO)
-            .map(|reply| reply.ready)
-            .unwrap_or(true)
-    }
-
-    fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            let left = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()));
-            match self.status(Kind::Wait, left.min(WAIT_SLICE)) {
-                Ok(reply) if reply.ready => return true,
-                Ok(_) if left.is_zero() => return false,
-                Ok(_) => {}
-                Err(_) => return true,
-            }
-        }
-    }
-
-    fn results<R: DeserializeOwned>(&self) -> Result<Vec<R>, ApiError> {
-        self.wait(None);
-        let status = self.status(Kind::Wait, Duration::ZERO)?;
-        if let Some(why) = status.failed {
-            return Err(ApiError::Kernel(why));
-        }
-        if !status.failures.is_empty() {
-            return Err(ApiError::Tasks {
-                failures: status
-                    .failures
-                    .into_iter()
-                    .map(|(item, engine, message)| TaskFailure {
-                        item,
-                        engine,
-                        message,
-                    })
-                    .collect(),
-                total: status.total_items,
-            });
-        }
-        let mut request = Request::new(Kind::Results);
-        request.job = self.job()?;
-        let reply = self.connection.call(&request)?;
-        let values = crate::decode_results::<R>(&reply.payload, "the kernel's reply")
-            .map_err(|e| ApiError::Decode(e.to_string()))?;
-        values
-            .into_iter()
-            .map(|value| value.map_err(ApiError::Kernel))
-            .collect()
-    }
-
-    fn done_items(&self) -> u64 {
-        self.status(Kind::Status, Duration::ZERO)
-            .map(|reply| reply.done_items)
-            .unwrap_or(0)
-    }
-
-    fn elapsed(&self) -> Duration {
-        match self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(reply) => Duration::from_secs_f64(reply.elapsed.max(0.0)),
-            None => self.submitted.elapsed(),
-        }
-    }
-
-    fn serial_time(&self) -> Duration {
-        self.status(Kind::Status, Duration::ZERO)
-            .map(|reply| Duration::from_secs_f64(reply.serial.max(0.0)))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Ok(job) = self.job {
-            let mut request = Request::new(Kind::Forget);
-            request.job = job;
-            let _ = self.connection.call(&request);
-        }
-    }
-}
-
-/// The pending result of [`LoadBalancedView::apply`].
-pub struct AsyncResult<R> {
-    pending: Pending,
-    _result: PhantomData<fn() -> R>,
-}
-
-/// The pending results of [`LoadBalancedView::map`], in input order.
-pub struct AsyncMapResult<R> {
-    pending: Pending,
-    _result: PhantomData<fn() -> R>,
-}
-
-macro_rules! result_methods {
-    ($name:ident, $value:ty, $unit:literal) => {
-        impl<R: DeserializeOwned> $name<R> {
-            /// Whether the result is in (or the call failed); does not wait.
-            pub fn ready(&self) -> bool {
-                self.pending.ready()
-            }
-
-            /// Waits until ready or for `timeout` (`None`: no limit); returns [`ready`](Self::ready).
-            pub fn wait(&self, timeout: Option<Duration>) -> bool {
-                self.pending.wait(timeout)
-            }
-
-            /// How many items are done so far.
-            pub fn progress(&self) -> u64 {
-                self.pending.done_items()
-            }
-
-            /// Time from submission to completion (to now while it runs).
-            pub fn elapsed(&self) -> Duration {
-                self.pending.elapsed()
-            }
-
-            /// Time the engines spent on it, summed (ipyparallel's `serial_time`).
-            pub fn serial_time(&self) -> Duration {
-                self.pending.serial_time()
-            }
-
-            /// [`get`](Self::get), or [`ApiError::Timeout`] if not ready within `timeout`.
-            pub fn get_timeout(&self, timeout: Duration) -> Result<$value, ApiError> {
-                if !self.wait(Some(timeout)) {
-                    return Err(ApiError::Timeout(timeout));
-                }
-                self.get()
-            }
-        }
-
-        impl<R> std::fmt::Debug for $name<R> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                match &self.pending.job {
-                    Ok(job) => write!(f, "<{}({}): job {job}>", stringify!($name), $unit),
-                    Err(error) => write!(f, "<{}: failed: {error}>", stringify!($name)),
-                }
-            }
-        }
-    };
-}
-
-result_methods!(AsyncResult, R, "apply");
-result_methods!(AsyncMapResult, Vec<R>, "map");
-
-impl<R: DeserializeOwned> AsyncResult<R> {
-    /// Waits, then the value, or the engine's error.
-    pub fn get(&self) -> Result<R, ApiError> {
-        let mut values = self.pending.results::<R>()?;
-        values
-            .pop()
-            .ok_or_else(|| ApiError::Kernel("the task returned no value".into()))
-    }
-}
-
-impl<R: DeserializeOwned> AsyncMapResult<R> {
-    /// Waits, then every value in input order, or each failed item's error.
-    pub fn get(&self) -> Result<Vec<R>, ApiError> {
-        self.pending.results::<R>()
     }
 }

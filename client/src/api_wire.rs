@@ -35,6 +35,8 @@ pub enum Kind {
     Results = 4,
     /// The submission's results are no longer needed.
     Forget = 5,
+    /// Run a cell (the code in `function`) on the target engines, as `%px` does.
+    Execute = 6,
 }
 
 impl Kind {
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Wait,
             Kind::Results,
             Kind::Forget,
+            Kind::Execute,
         ]
         .into_iter()
         .find(|kind| *kind as u8 == byte)
@@ -59,7 +62,8 @@ pub struct Request {
     /// The submission asked about (Status, Wait, Results, Forget).
     pub job: u64,
     pub wait_millis: u64,
-    /// The engine function, as code (a name or a closure) placed in the engines' serving cell.
+    /// Submit: the engine function, as code (a name or a closure) placed in the engines'
+    /// serving cell. Execute: the cell's code.
     pub function: String,
     /// `std::any::type_name` of the argument and the result on the calling side.
     pub argument_type: String,
@@ -136,9 +140,27 @@ pub struct Reply {
     /// Why the whole submission failed (a type mismatch, a function the engines lack).
     pub failed: Option<String>,
     pub failures: Vec<Failure>,
-    /// Results: per chunk, its byte length (u64) and the bincode of `Vec<Result<R, String>>`.
+    /// Results: per chunk, its byte length (u64) and the bincode of `Vec<Result<R, String>>`;
+    /// for an Execute, the bincode of `Vec<EngineOutput>`.
     pub payload: Vec<u8>,
 }
+
+/// What one engine did with an executed cell: (engine, stdout, stderr, the value's text/plain,
+/// the error's one-line summary).
+pub type EngineOutput = (u32, String, String, Option<String>, Option<String>);
+
+/// The payload of an Execute's results.
+pub fn encode_outputs(outputs: &[EngineOutput]) -> std::io::Result<Vec<u8>> {
+    encode(&outputs)
+}
+
+/// The outputs [`encode_outputs`] wrote.
+pub fn decode_outputs(payload: &[u8]) -> Result<Vec<EngineOutput>, String> {
+    bincode::deserialize(payload).map_err(|error| format!("malformed outputs: {error}"))
+}
+
+/// Ids of executions are above this; below it, submissions of `apply` and `map`.
+pub const EXECUTION_IDS: u64 = 1 << 48;
 
 type ReplyHeader = (
     Option<String>,

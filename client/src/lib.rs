@@ -247,11 +247,12 @@ where
 mod map_worker;
 
 mod api;
+mod api_results;
 #[doc(hidden)]
 pub mod api_wire;
 pub use api::{
-    client, ApiError, AsyncMapResult, AsyncResult, Client, DirectView, LoadBalancedView, Targets,
-    TaskFailure,
+    client, ApiError, AsyncExecute, AsyncMapResult, AsyncResult, Client, DirectView, EngineOutput,
+    LoadBalancedView, Targets, TaskFailure,
 };
 
 /// The id of the engine running this cell.

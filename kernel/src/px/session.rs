@@ -23,6 +23,7 @@ use crate::iopub::{self, Publisher};
 use jupyter_protocol::Stdio;
 
 mod api;
+mod api_execute;
 mod data;
 mod data_setup;
 mod engines;
@@ -231,6 +232,8 @@ pub struct PxService {
     api_scheduler: Option<super::api::scheduler::Scheduler>,
     /// The scheduler's label of each engine function the API has called.
     api_labels: HashMap<String, String>,
+    /// Cells run by the API's `DirectView::execute`.
+    api_executions: api_execute::Executions,
 }
 
 fn usage(message: impl Into<String>) -> ErrorReport {
@@ -263,6 +266,7 @@ impl PxService {
             map_is_last: false,
             api_scheduler: None,
             api_labels: HashMap::new(),
+            api_executions: Default::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use rustpx_protocol::EngineId;
+use rustpx_client::api_wire::EXECUTION_IDS;
 use rustpx_wire::WireMessage;
 
 use super::super::api::scheduler::{Scheduler, Submission};
@@ -59,6 +59,19 @@ impl PxService {
                 })
                 .map_err(|report| report.evalue),
             Kind::Submit => self.api_submit(cell, request).await,
+            Kind::Execute => self.api_execute(cell, request).await,
+            Kind::Status if request.job >= EXECUTION_IDS => self.api_execution_status(request.job),
+            Kind::Wait if request.job >= EXECUTION_IDS => {
+                let wait = Duration::from_millis(request.wait_millis).min(WAIT_LIMIT);
+                self.api_execution_wait(request.job, wait).await
+            }
+            Kind::Results if request.job >= EXECUTION_IDS => {
+                self.api_execution_results(request.job)
+            }
+            Kind::Forget if request.job >= EXECUTION_IDS => {
+                self.api_forget_execution(request.job);
+                Ok(Reply::default())
+            }
             Kind::Status => self.api_status(request.job, Duration::ZERO).await,
             Kind::Wait => {
                 let wait = Duration::from_millis(request.wait_millis).min(WAIT_LIMIT);
@@ -80,21 +93,7 @@ impl PxService {
         if function.is_empty() {
             return Err("the function's name is empty".into());
         }
-        let live = self.ensure_engines(cell).await.map_err(|r| r.evalue)?;
-        let engines: Vec<EngineId> = match &request.targets {
-            None => live,
-            Some(ids) => {
-                if let Some(missing) = ids.iter().find(|id| !live.contains(id)) {
-                    return Err(format!(
-                        "IndexError: No such engine: {missing} (live engines: {live:?})"
-                    ));
-                }
-                ids.clone()
-            }
-        };
-        if engines.is_empty() {
-            return Err("the view selects no engine".into());
-        }
+        let engines = self.api_targets(cell, request.targets.as_deref()).await?;
         self.require_shared_files(&engines, "the Rust API")
             .map_err(|r| r.evalue)?;
         let dep = client_crate::dep_line().map_err(|e| e.to_string())?;
@@ -268,6 +267,19 @@ impl PxService {
         let dep = client_crate::dep_line().map_err(|e| e.to_string())?;
         self.api_serve(scheduler, id, &dep);
         Ok(())
+    }
+
+    /// An execution's state once it is done or `wait` has passed (the hub's record is polled).
+    async fn api_execution_wait(&mut self, id: u64, wait: Duration) -> Result<Reply, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let reply = self.api_execution_status(id)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if reply.ready || left.is_zero() {
+                return Ok(reply);
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(2))).await;
+        }
     }
 
     fn api_results(&self, id: u64) -> Result<Reply, String> {
