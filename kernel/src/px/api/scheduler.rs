@@ -24,6 +24,9 @@ use super::super::map_server::{
 
 /// Chunks each engine holds at once, as `%pxmap`.
 const IN_FLIGHT: usize = 2;
+/// How long an engine with nothing to do keeps serving its function: a loop of calls finds it
+/// still connected and runs no cell, while a `%px` after the calls waits at most this long.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 /// Engine connections served at once.
 const MAX_CONNECTIONS: usize = 4096;
 /// Submissions kept; beyond it the oldest finished ones are dropped.
@@ -67,12 +70,12 @@ impl Submission {
     }
 }
 
-/// Every submission, and how many engines serve each label now.
+/// Every submission, and which engines serve each label now (by connection count).
 #[derive(Default)]
 pub struct Book {
     pub submissions: BTreeMap<u64, Submission>,
     next: u64,
-    pub serving: HashMap<String, usize>,
+    serving: HashMap<(String, EngineId), usize>,
 }
 
 impl Book {
@@ -100,6 +103,34 @@ impl Book {
         Ok(self.next)
     }
 
+    /// Whether every engine of `engines` has a connection serving `label` now.
+    pub fn all_serving(&self, label: &str, engines: &[EngineId]) -> bool {
+        engines.iter().all(|engine| {
+            self.serving
+                .get(&(label.to_owned(), *engine))
+                .is_some_and(|n| *n > 0)
+        })
+    }
+
+    /// Whether any engine of `engines` has a connection serving `label` now.
+    pub fn any_serving(&self, label: &str, engines: &[EngineId]) -> bool {
+        engines.iter().any(|engine| {
+            self.serving
+                .get(&(label.to_owned(), *engine))
+                .is_some_and(|n| *n > 0)
+        })
+    }
+
+    fn stop_serving(&mut self, label: &str, engine: EngineId) {
+        let key = (label.to_owned(), engine);
+        if let Some(count) = self.serving.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.serving.remove(&key);
+            }
+        }
+    }
+
     /// The next chunk for an engine serving `label` with these types; a submission whose
     /// caller used other types fails here, naming both.
     fn next_chunk(
@@ -110,7 +141,10 @@ impl Book {
         result_type: &str,
     ) -> Option<(u64, u64, Vec<u8>)> {
         for (id, submission) in self.submissions.iter_mut() {
-            if submission.label != label || submission.ready() {
+            if submission.label != label
+                || submission.ready()
+                || !submission.engines.contains(&engine)
+            {
                 continue;
             }
             if !types_match(&submission.argument_type, argument_type)
@@ -245,21 +279,26 @@ impl Scheduler {
         }
         let engine: EngineId = hello[1].parse().unwrap_or(u32::MAX);
         let (result_type, argument_type, label) = (&hello[2], &hello[3], &hello[4]);
-        *lock(&self.book).serving.entry(label.clone()).or_default() += 1;
+        *lock(&self.book)
+            .serving
+            .entry((label.clone(), engine))
+            .or_default() += 1;
         let mut in_flight: BTreeMap<u64, Instant> = BTreeMap::new();
+        let mut registered = true;
         let outcome = self
             .exchange(
                 &mut read,
                 &mut write,
                 (engine, label, argument_type, result_type),
                 &mut in_flight,
+                &mut registered,
             )
             .await;
         {
             let mut book = lock(&self.book);
             book.requeue(in_flight.keys().copied());
-            if let Some(count) = book.serving.get_mut(label) {
-                *count = count.saturating_sub(1);
+            if registered {
+                book.stop_serving(label, engine);
             }
         }
         self.changed.notify_waiters();
@@ -272,9 +311,14 @@ impl Scheduler {
         write: &mut OwnedWriteHalf,
         (engine, label, argument_type, result_type): (EngineId, &str, &str, &str),
         in_flight: &mut BTreeMap<u64, Instant>,
+        registered: &mut bool,
     ) -> std::io::Result<()> {
         let mut last_result = Instant::now();
+        let mut last_work = Instant::now();
         loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             while in_flight.len() < IN_FLIGHT {
                 let next = lock(&self.book).next_chunk(label, engine, argument_type, result_type);
                 let Some((index, first_item, bytes)) = next else {
@@ -283,20 +327,37 @@ impl Scheduler {
                 write_chunk(write, index, first_item, &bytes).await?;
                 in_flight.insert(index, Instant::now());
             }
-            self.changed.notify_waiters();
             if in_flight.is_empty() {
-                if !lock(&self.book).has_work(label) {
+                let idle = last_work.elapsed();
+                // Leaving is decided under the lock a submission is filed under, so a new
+                // submission either finds this engine gone (and sends the cell) or is seen.
+                let leave = {
+                    let mut book = lock(&self.book);
+                    if book.has_work(label) {
+                        last_work = Instant::now();
+                        false
+                    } else if idle >= LINGER {
+                        book.stop_serving(label, engine);
+                        true
+                    } else {
+                        false
+                    }
+                };
+                if leave {
+                    *registered = false;
                     write_chunk_end(write).await?;
                     return Ok(());
                 }
-                // Others hold the rest: stay, in case one dies and its chunks come back.
+                // Others hold the rest (stay, in case one dies and its chunks come back), or
+                // lingering for the next call.
                 let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(100),
-                    self.changed.notified(),
+                    std::time::Duration::from_millis(100).min(LINGER),
+                    changed,
                 )
                 .await;
                 continue;
             }
+            last_work = Instant::now();
             let (index, failures, bytes) = read_result(read).await?;
             let seconds = in_flight
                 .remove(&index)
@@ -361,6 +422,11 @@ mod tests {
         assert!(book.next_chunk("f3", 0, "u64", "u64").is_none());
         let (index, first, _) = book.next_chunk("f2", 0, "u64", "u64").unwrap();
         assert_eq!((index >> 32, first), (b, 0));
+        assert!(
+            book.next_chunk("f1", 4, "u64", "u64").is_none(),
+            "engine 4 is no target"
+        );
+        book.submissions.get_mut(&a).unwrap().engines.push(4);
         let wrong = book.next_chunk("f1", 4, "i32", "u64");
         assert!(wrong.is_none());
         let failed = book.submissions[&a].failed.clone().unwrap();

@@ -109,7 +109,8 @@ impl PxService {
             .entry(function.clone())
             .or_insert(next_label)
             .clone();
-        let id = lock(&scheduler.book).add(Submission {
+        let mut book = lock(&scheduler.book);
+        let id = book.add(Submission {
             function: function.clone(),
             label: label.clone(),
             argument_type: request.argument_type,
@@ -122,7 +123,13 @@ impl PxService {
             engines: engines.clone(),
             resubmits: 0,
         })?;
-        self.api_serve(&scheduler, id, &dep);
+        // Engines still serving this function from the last call take it at once.
+        let served = book.all_serving(&label, &engines);
+        drop(book);
+        scheduler.changed.notify_waiters();
+        if !served {
+            self.api_serve(&scheduler, id, &dep);
+        }
         Ok(Reply {
             job: id,
             ..Reply::default()
@@ -176,6 +183,8 @@ impl PxService {
         let deadline = Instant::now() + wait;
         loop {
             let changed = scheduler.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             self.api_watch(&scheduler, id)?;
             let reply = {
                 let book = lock(&scheduler.book);
@@ -213,32 +222,34 @@ impl PxService {
     /// a dead engine fails it; an engine that left with work undone gets the cell again.
     fn api_watch(&mut self, scheduler: &Scheduler, id: u64) -> Result<(), String> {
         let hub = self.machinery().map_err(|r| r.evalue)?.hub.clone();
-        let (cell_id, label, function, resubmits) = {
+        let (cell_id, label, function, resubmits, engines) = {
             let book = lock(&scheduler.book);
             let Some(s) = book.submissions.get(&id) else {
                 return Ok(());
             };
-            match (&s.serve_cell, s.ready()) {
-                (Some(cell), false) => (
-                    cell.clone(),
-                    s.label.clone(),
-                    s.function.clone(),
-                    s.resubmits,
-                ),
-                _ => return Ok(()),
+            if s.ready() {
+                return Ok(());
             }
+            (
+                s.serve_cell.clone(),
+                s.label.clone(),
+                s.function.clone(),
+                s.resubmits,
+                s.engines.clone(),
+            )
         };
-        if !hub.cell_done_or_dropped(&cell_id) {
-            return Ok(());
-        }
-        let failures = self.failures_of(&cell_id);
+        let failures = match &cell_id {
+            Some(cell) if !hub.cell_done_or_dropped(cell) => return Ok(()),
+            Some(cell) => self.failures_of(cell),
+            None => Vec::new(),
+        };
         let mut book = lock(&scheduler.book);
-        let serving = book.serving.get(&label).copied().unwrap_or(0);
+        let serving = book.any_serving(&label, &engines);
         let Some(submission) = book.submissions.get_mut(&id) else {
             return Ok(());
         };
         submission.serve_cell = None;
-        if serving > 0 || submission.ready() {
+        if serving || submission.ready() {
             return Ok(());
         }
         if let Some((engine, error)) = failures.first() {
