@@ -7,12 +7,14 @@ One kernel serves the module; the tests run in file order and build on each othe
 """
 import os
 import re
+import signal
 import socket
 import struct
+import time
 
 import pytest
 
-from conftest import Kernel, stream_text
+from conftest import Kernel, parse_engine_pids, stream_text
 
 FUNCTIONS = """%%px
 fn square(x: u64) -> u64 { x * x }
@@ -167,3 +169,24 @@ def test_a_wrong_token_an_oversized_frame_and_a_malformed_request_leave_the_kern
     assert b"rustpx API: a malformed request" in reply
 
     assert value(k, 'rustpx::client().load_balanced_view().apply::<u64, u64>("square", 9).get().unwrap()') == "81"
+
+
+# --- an engine that dies mid-map (last: the module's kernel keeps one engine after it) ---
+
+def test_a_map_survives_an_engine_dying_mid_map_and_nothing_is_lost(k):
+    table = "".join(
+        m["content"]["text"] if m["msg_type"] == "stream" else m["content"]["data"].get("text/plain", "")
+        for m in ok(k, "%engines")
+        if m["msg_type"] in ("stream", "execute_result", "display_data")
+    )
+    pids = parse_engine_pids(table)
+    assert sorted(pids) == [0, 1], table
+    msg_id = k.kc.execute(
+        'let survived = lview.clone().chunk_size(1).map::<u64, u64>("slow", &xs[..400]).get().unwrap();'
+    )
+    time.sleep(1.5)  # 400 items of 20 ms on 2 engines: about 4 s of work, not half done
+    os.kill(pids[1], signal.SIGKILL)
+    reply, msgs, _ = k.collect(msg_id, timeout=600)
+    assert reply["status"] == "ok", msgs
+    assert value(k, "survived == (1..401).collect::<Vec<u64>>()") == "true"
+    assert value(k, "rc.ids().unwrap()") == "[0]"
