@@ -69,6 +69,12 @@ def test_map_equals_the_local_result_in_input_order(k):
     assert value(k, 'lview.clone().chunk_size(1).map_sync::<u64, u64>("square", &xs[..20]).unwrap() == squares[..20]') == "true"
 
 
+def test_a_large_map_comes_back_whole(k):
+    # 300,000 items: the reply names each item's engine, a header over 1 MiB.
+    ok(k, "let many: Vec<u64> = (0..300_000).collect();")
+    assert value(k, 'lview.map_sync::<u64, u64>("square", &many).unwrap() == many.iter().map(|x| x * x).collect::<Vec<u64>>()') == "true"
+
+
 def test_a_panicking_task_is_an_error_naming_its_item_and_engine(k):
     text = value(k, 'lview.map::<u64, u64>("picky", &xs[..10]).get().unwrap_err().to_string()')
     assert re.fullmatch(r'"CompositeError: 1 of 10 tasks failed\\n\[[01]:apply\] item 7: no 7"', text), text

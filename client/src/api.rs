@@ -124,7 +124,9 @@ impl Connection {
         let exchanged = request
             .write_to(stream)
             .map_err(|e| e.to_string())
-            .and_then(|()| api_wire::read_frame(stream, u64::MAX).map_err(|e| e.to_string()))
+            .and_then(|()| {
+                api_wire::read_frame(stream, u64::MAX, u32::MAX).map_err(|e| e.to_string())
+            })
             .and_then(|(header, payload)| Reply::decode(&header, payload));
         match exchanged {
             Ok(reply) => match &reply.error {

@@ -16,7 +16,8 @@ use std::io::{Read, Write};
 pub const API_ENV: &str = "RUSTPX_API";
 /// The largest request the kernel reads (items of a map travel in one request).
 pub const MAX_REQUEST: u64 = 1 << 30;
-/// The largest header inside a frame.
+/// The largest header inside a request (a reply's header carries an engine id per item of a
+/// map, so the client reads replies with no header limit of its own).
 pub const MAX_HEADER: u32 = 1 << 20;
 
 /// What a request asks.
@@ -254,9 +255,13 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-/// Reads one frame of at most `max` bytes: (header, payload). Memory grows with the bytes that
-/// really arrive, never with the length announced.
-pub fn read_frame(input: &mut impl Read, max: u64) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
+/// Reads one frame of at most `max` bytes with a header of at most `max_header`: (header,
+/// payload). Memory grows with the bytes that really arrive, never with the length announced.
+pub fn read_frame(
+    input: &mut impl Read,
+    max: u64,
+    max_header: u32,
+) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
     let mut len = [0u8; 8];
     input.read_exact(&mut len).map_err(FrameError::Io)?;
     let len = u64::from_le_bytes(len);
@@ -271,7 +276,7 @@ pub fn read_frame(input: &mut impl Read, max: u64) -> Result<(Vec<u8>, Vec<u8>),
     let mut header_len = [0u8; 4];
     input.read_exact(&mut header_len).map_err(FrameError::Io)?;
     let header_len = u32::from_le_bytes(header_len);
-    if header_len > MAX_HEADER || u64::from(header_len) > len - 4 {
+    if header_len > max_header || u64::from(header_len) > len - 4 {
         return Err(FrameError::Malformed(format!(
             "a header of {header_len} bytes in a frame of {len}"
         )));
@@ -306,7 +311,7 @@ mod tests {
         request.payload = vec![1, 2, 3];
         let mut bytes = Vec::new();
         request.write_to(&mut bytes).unwrap();
-        let (header, payload) = read_frame(&mut &bytes[..], MAX_REQUEST).unwrap();
+        let (header, payload) = read_frame(&mut &bytes[..], MAX_REQUEST, MAX_HEADER).unwrap();
         assert_eq!(Request::decode(&header, payload).unwrap(), request);
 
         let reply = Reply {
@@ -317,7 +322,7 @@ mod tests {
         };
         let mut bytes = Vec::new();
         reply.write_to(&mut bytes).unwrap();
-        let (header, payload) = read_frame(&mut &bytes[..], u64::MAX).unwrap();
+        let (header, payload) = read_frame(&mut &bytes[..], u64::MAX, u32::MAX).unwrap();
         assert_eq!(Reply::decode(&header, payload).unwrap(), reply);
     }
 
@@ -326,19 +331,19 @@ mod tests {
         let mut bytes = (MAX_REQUEST + 1).to_le_bytes().to_vec();
         bytes.extend_from_slice(&[0; 64]);
         assert!(matches!(
-            read_frame(&mut &bytes[..], MAX_REQUEST),
+            read_frame(&mut &bytes[..], MAX_REQUEST, MAX_HEADER),
             Err(FrameError::TooLarge(_))
         ));
         let mut bytes = 10u64.to_le_bytes().to_vec();
         bytes.extend_from_slice(&100u32.to_le_bytes());
         assert!(matches!(
-            read_frame(&mut &bytes[..], MAX_REQUEST),
+            read_frame(&mut &bytes[..], MAX_REQUEST, MAX_HEADER),
             Err(FrameError::Malformed(_))
         ));
         let mut bytes = 6u64.to_le_bytes().to_vec();
         bytes.extend_from_slice(&2u32.to_le_bytes());
         bytes.extend_from_slice(&[7, 7]);
-        let (header, payload) = read_frame(&mut &bytes[..], MAX_REQUEST).unwrap();
+        let (header, payload) = read_frame(&mut &bytes[..], MAX_REQUEST, MAX_HEADER).unwrap();
         assert!(Request::decode(&header, payload).is_err());
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rustpx_client::api_wire::{read_frame, FrameError};
-pub use rustpx_client::api_wire::{Kind, Reply, Request, API_ENV, MAX_REQUEST};
+pub use rustpx_client::api_wire::{Kind, Reply, Request, API_ENV, MAX_HEADER, MAX_REQUEST};
 use tokio::sync::{mpsc, oneshot};
 
 /// Connections served at once: a cell has one per `Client`, and threads of a cell may each
@@ -89,7 +89,7 @@ fn answer(
         return Ok(());
     }
     loop {
-        let reply = match read_frame(&mut stream, MAX_REQUEST) {
+        let reply = match read_frame(&mut stream, MAX_REQUEST, MAX_HEADER) {
             Ok((header, payload)) => match Request::decode(&header, payload) {
                 Ok(request) => call(calls, request),
                 Err(why) => Reply::error(format!("rustpx API: {why}")),
