@@ -20,6 +20,7 @@ from conftest import descendants, parse_engine_pids, still_running  # noqa: E402
 from soak import rss_mb  # noqa: E402  (one reader of /proc/PID/status for the project)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import deps  # noqa: E402
+import api  # noqa: E402
 import scale  # noqa: E402
 
 # Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
@@ -474,7 +475,7 @@ def main():
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
     parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent", "link", "structure",
-                                           "deps", "memory"],
+                                           "deps", "memory", "api"],
                         help="run one part of the benchmark")
     parser.add_argument("--baseline-bin", help="a directory with an older build's rustpx and rustpx-engine, "
                         "installed by bench/run.sh as the kernel rustpx-baseline, for --only link, structure and memory")
@@ -503,6 +504,8 @@ def main():
         deps.bench_deps(min(args.runs, 3), results, Timed)
     if args.only in (None, "memory"):
         deps.bench_memory(args.runs, results, Timed, args.baseline_bin)
+    if args.only in (None, "api"):
+        api.bench_api(args.runs, results, Timed, ipp_start, args.skip_ipyparallel)
     if args.only in (None, "scale"):
         scale.bench_rustpx(args.runs, results, Timed, engine_pids, median_ms)
         if not args.skip_ipyparallel:
@@ -558,6 +561,7 @@ def main():
             results.get(f"rustpx: {case}"), results.get(f"baseline: {case}"))
 
     deps.add_ratios(results, ratios, ratio)
+    api.add_ratios(results, ratios, ratio)
 
     scale.add_ratios(results, ratios, ratio)
 

@@ -4,6 +4,8 @@
 #
 #   bash bench/run.sh                 # full run (about 10 minutes on 2 cores)
 #   bash bench/run.sh --runs 5        # fewer repetitions
+#   bash bench/run.sh --only api      # the Rust API (apply, map) against ipyparallel's apply_sync,
+#                                     # apply_async + get and map_sync, 4 engines each
 #   bash bench/run.sh --only transfer # only %push/%pull/%scatter/%gather against ipyparallel
 #   bash bench/run.sh --only sent     # what sending cells over the engine link costs (engines
 #                                     # that fetch every cell, as on other hosts, against local ones)

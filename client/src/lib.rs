@@ -146,6 +146,14 @@ pub fn save_chunks<T: Serialize>(
     chunk_size: usize,
     path: &str,
 ) -> Result<(), TransferError> {
+    write_atomically(path, &[&encode_chunks(items, chunk_size)?])
+}
+
+/// The bytes [`save_chunks`] writes: for each chunk its byte length (u64) and its bincode.
+pub fn encode_chunks<T: Serialize>(
+    items: &[T],
+    chunk_size: usize,
+) -> Result<Vec<u8>, TransferError> {
     let mut bytes = Vec::new();
     for chunk in items.chunks(chunk_size.max(1)) {
         let encoded = bincode::serialize(chunk).map_err(|error| TransferError::Encode {
@@ -155,7 +163,7 @@ pub fn save_chunks<T: Serialize>(
         bytes.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&encoded);
     }
-    write_atomically(path, &[&bytes])
+    Ok(bytes)
 }
 
 /// `%pxmap`'s chunk size when none is given. Measured (bench/run.py, 1,000,000 u64 on 4 engines,
@@ -176,13 +184,21 @@ pub fn load_results<R: DeserializeOwned>(
         path: path.to_owned(),
         error,
     })?;
+    decode_results(&bytes, path)
+}
+
+/// The results of [`load_results`] from their bytes; `origin` names where they came from.
+pub fn decode_results<R: DeserializeOwned>(
+    bytes: &[u8],
+    origin: &str,
+) -> Result<Vec<Result<R, String>>, TransferError> {
     let decode_error = |error| TransferError::Decode {
-        path: path.to_owned(),
+        path: origin.to_owned(),
         type_name: std::any::type_name::<R>(),
         error,
     };
     let mut results = Vec::new();
-    let mut rest = &bytes[..];
+    let mut rest = bytes;
     while rest.len() >= 8 {
         let (len, tail) = rest.split_at(8);
         let len = u64::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
@@ -214,10 +230,30 @@ where
     R: Serialize,
     F: Fn(A) -> R,
 {
-    map_worker::serve(f, server_file)
+    map_worker::serve(f, server_file, None)
+}
+
+/// [`serve_map`] for the Rust API's scheduler: `label` tells it which function this engine
+/// serves, so that it hands this engine only that function's tasks.
+pub fn serve_tasks<A, R, F>(f: F, label: &str, server_file: &str) -> Result<usize, TransferError>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+    F: Fn(A) -> R,
+{
+    map_worker::serve(f, server_file, Some(label))
 }
 
 mod map_worker;
+
+mod api;
+mod api_results;
+#[doc(hidden)]
+pub mod api_wire;
+pub use api::{
+    client, ApiError, AsyncExecute, AsyncMapResult, AsyncResult, Client, DirectView, EngineOutput,
+    LoadBalancedView, Targets, TaskFailure,
+};
 
 /// The id of the engine running this cell.
 pub fn engine_id() -> Result<u32, TransferError> {

@@ -2,8 +2,8 @@
 //! the kernel's Unix socket, or on another host over the engine's own socket, which the engine
 //! relays to the kernel byte for byte.
 //!
-//! Engine to kernel: a hello (`token\n engine id\n result type\n argument type\n`, then
-//! an empty line), then one result frame per chunk: chunk index (u64), failure count (u32),
+//! Engine to kernel: a hello (`token\n engine id\n result type\n argument type\n`, for the
+//! Rust API's scheduler the function's label on a line, then an empty line), then one result frame per chunk: chunk index (u64), failure count (u32),
 //! each failure as item index (u64), message length (u32) and message, then the bincode of
 //! `Vec<Result<R, String>>` with its length (u64). Kernel to engine: chunk frames (tag 0,
 //! chunk index, first item index, byte length, bytes) and a final tag 1.
@@ -23,7 +23,7 @@ fn io(path: &str) -> impl Fn(std::io::Error) -> TransferError + '_ {
     }
 }
 
-pub fn serve<A, R, F>(f: F, server_file: &str) -> Result<usize, TransferError>
+pub fn serve<A, R, F>(f: F, server_file: &str, label: Option<&str>) -> Result<usize, TransferError>
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -39,12 +39,17 @@ where
     let stream = UnixStream::connect(address).map_err(io(address))?;
     let mut writer = stream.try_clone().map_err(io(address))?;
     let mut reader = BufReader::with_capacity(1 << 16, stream);
-    let hello = format!(
-        "{token}\n{}\n{}\n{}\n\n",
+    let mut hello = format!(
+        "{token}\n{}\n{}\n{}\n",
         engine_id().unwrap_or(u32::MAX),
         std::any::type_name::<R>(),
         std::any::type_name::<A>()
     );
+    if let Some(label) = label {
+        hello.push_str(label);
+        hello.push('\n');
+    }
+    hello.push('\n');
     writer.write_all(hello.as_bytes()).map_err(io(address))?;
     // Item panics are results here, not noise on the engine's stderr.
     let previous_hook = panic::take_hook();

@@ -21,9 +21,10 @@ pub(super) fn run(
     publisher: Publisher,
     interrupter: Interrupter,
     when_idle: Box<dyn FnOnce() + Send>,
+    runtime_env: Vec<(String, String)>,
 ) {
     let started = std::time::Instant::now();
-    let context = match start_context() {
+    let context = match start_context(&runtime_env) {
         Ok((context, outputs, rerunner)) => {
             tracing::info!("evcxr ready in {:?}", started.elapsed());
             let pump = OutputPump::start(outputs.stdout, outputs.stderr, publisher.clone());
@@ -166,7 +167,7 @@ type Started = (CommandContext, evcxr::EvalContextOutputs, Option<Rerunner>);
 /// Creates the context (rust-analyzer's first analysis of std comes later, when the evaluator
 /// is idle: [`warm_up_analyser`]). The child is this binary as [`runtime`], unless its listener
 /// cannot be opened (then evcxr's own).
-pub(super) fn start_context() -> Result<Started, evcxr::Error> {
+pub(super) fn start_context(runtime_env: &[(String, String)]) -> Result<Started, evcxr::Error> {
     crate::std_sources::ensure();
     // The link-layout probe runs rustc once (0.2-0.4 s); it needs nothing from evcxr, so it
     // runs beside evcxr's start-up, which keeps one core busy in rust-analyzer.
@@ -177,6 +178,7 @@ pub(super) fn start_context() -> Result<Started, evcxr::Error> {
         Ok((rerunner, spec)) => {
             let mut command = std::process::Command::new(std::env::current_exe()?);
             command.env(runtime::RUNTIME_ENV, spec);
+            command.envs(runtime_env.iter().map(|(k, v)| (k, v)));
             (
                 Some(rerunner),
                 EvalContext::with_subprocess_command(command)?,

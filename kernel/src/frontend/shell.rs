@@ -23,19 +23,36 @@ pub struct Session {
     px: PxService,
     history: History,
     execution_count: u32,
+    /// The Rust API's requests from plain cells (None if its socket could not be opened).
+    api_calls: Option<tokio::sync::mpsc::Receiver<crate::px::api::ApiCall>>,
 }
 
 impl Session {
     pub async fn new(publisher: Publisher) -> Session {
         let history = History::start();
         let px = PxService::start(publisher.clone()).await;
-        let evaluator = Evaluator::spawn(publisher.clone(), Box::new(px.compiler_warm_up()));
+        let (api_calls, runtime_env) = match crate::px::api::serve() {
+            Ok(channel) => (
+                Some(channel.calls),
+                vec![(crate::px::api::API_ENV.to_owned(), channel.spec)],
+            ),
+            Err(error) => {
+                tracing::warn!("the Rust API is unavailable: {error}");
+                (None, Vec::new())
+            }
+        };
+        let evaluator = Evaluator::spawn(
+            publisher.clone(),
+            Box::new(px.compiler_warm_up()),
+            runtime_env,
+        );
         Session {
             publisher,
             evaluator,
             px,
             history,
             execution_count: 0,
+            api_calls,
         }
     }
 
@@ -81,7 +98,41 @@ impl Session {
                 };
                 self.px.run(request, magic, count, &self.evaluator).await
             }
-            Ok(None) => self.evaluator.execute(request, code, count).await,
+            Ok(None) => self.run_plain(request, code, count).await,
+        }
+    }
+
+    /// Runs a plain cell, answering the Rust API's requests while it runs: the cell waits for
+    /// them, so they cannot wait for it.
+    async fn run_plain(&mut self, request: &WireMessage, code: &str, count: u32) -> Outcome {
+        if code.contains("rustpx::") {
+            if let Err(report) = self.px.prepare_api(request, &self.evaluator).await {
+                self.publisher.error(request, &report);
+                return Outcome::Error(report);
+            }
+        }
+        let Session {
+            evaluator,
+            px,
+            api_calls,
+            ..
+        } = self;
+        let execution = evaluator.execute(request, code, count);
+        tokio::pin!(execution);
+        loop {
+            let Some(calls) = api_calls.as_mut() else {
+                return execution.await;
+            };
+            tokio::select! {
+                outcome = &mut execution => return outcome,
+                call = calls.recv() => match call {
+                    Some(call) => {
+                        let reply = px.answer_api(request, call.request).await;
+                        let _ = call.reply.send(reply);
+                    }
+                    None => *api_calls = None,
+                },
+            }
         }
     }
 

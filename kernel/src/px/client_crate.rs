@@ -7,12 +7,21 @@ use std::path::PathBuf;
 
 const CARGO_TOML: &str = include_str!("../../../client/Cargo.toml");
 /// Every source file of the crate, by its path under `src/` (a test checks none is missing).
-const SOURCES: [(&str, &str); 3] = [
+const SOURCES: [(&str, &str); 6] = [
     ("lib.rs", include_str!("../../../client/src/lib.rs")),
     ("numbers.rs", include_str!("../../../client/src/numbers.rs")),
     (
         "map_worker.rs",
         include_str!("../../../client/src/map_worker.rs"),
+    ),
+    ("api.rs", include_str!("../../../client/src/api.rs")),
+    (
+        "api_wire.rs",
+        include_str!("../../../client/src/api_wire.rs"),
+    ),
+    (
+        "api_results.rs",
+        include_str!("../../../client/src/api_results.rs"),
     ),
 ];
 

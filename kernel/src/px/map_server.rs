@@ -35,12 +35,14 @@ pub const MAX_RESULT_BYTES: u64 = 1 << 30;
 /// Connections served at once: one per engine, with room for pools of thousands.
 const MAX_CONNECTIONS: usize = 4096;
 /// How long an engine has to say who it is, and how long each line of that may be.
-const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 const HELLO_LINE_MAX: u64 = 1024;
 
 /// The lines an engine opens with (token, engine id, result and argument type names), up to the
 /// empty line: at most 8 lines of [`HELLO_LINE_MAX`] bytes each.
-async fn read_hello<R: AsyncRead + Unpin>(read: &mut BufReader<R>) -> std::io::Result<Vec<String>> {
+pub(super) async fn read_hello<R: AsyncRead + Unpin>(
+    read: &mut BufReader<R>,
+) -> std::io::Result<Vec<String>> {
     let mut hello = Vec::new();
     while hello.len() < 8 {
         let mut line = Vec::new();
@@ -218,13 +220,7 @@ impl MapServer {
                 let Some((index, first_item, bytes)) = next else {
                     break;
                 };
-                let mut frame = Vec::with_capacity(bytes.len() + 25);
-                frame.push(0u8);
-                frame.extend_from_slice(&(index as u64).to_le_bytes());
-                frame.extend_from_slice(&first_item.to_le_bytes());
-                frame.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                frame.extend_from_slice(&bytes);
-                write.write_all(&frame).await?;
+                write_chunk(write, index as u64, first_item, &bytes).await?;
                 write.flush().await?;
                 in_flight.insert(index, Instant::now());
             }
@@ -266,18 +262,22 @@ impl MapServer {
 }
 
 /// A chunk's failures as (item, panic message).
-type Failures = Vec<(u64, String)>;
+pub(super) type Failures = Vec<(u64, String)>;
 
 /// Reads one result frame, checking each length it announces before reading what it covers:
 /// the chunk must be one this connection holds, with no more failures than it has items, and a
 /// result no longer than [`MAX_RESULT_BYTES`]. Memory grows with the bytes that really arrive.
-async fn read_result<R: AsyncRead + Unpin>(
+/// Chunks are keyed by `K`: `usize` for `%pxmap`, `u64` (call and chunk) for the Rust API.
+pub(super) async fn read_result<
+    R: AsyncRead + Unpin,
+    K: TryFrom<u64> + Ord + Copy + std::fmt::Display,
+>(
     read: &mut BufReader<R>,
-    in_flight: &BTreeMap<usize, Instant>,
-    items_of: impl Fn(usize) -> Option<u64>,
-) -> std::io::Result<(usize, Failures, Vec<u8>)> {
+    in_flight: &BTreeMap<K, Instant>,
+    items_of: impl Fn(K) -> Option<u64>,
+) -> std::io::Result<(K, Failures, Vec<u8>)> {
     let index = read.read_u64_le().await?;
-    let held = usize::try_from(index)
+    let held = K::try_from(index)
         .ok()
         .filter(|index| in_flight.contains_key(index));
     let Some(index) = held else {
@@ -320,6 +320,22 @@ async fn read_result<R: AsyncRead + Unpin>(
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     Ok((index, failures, bytes))
+}
+
+/// Sends one chunk to an engine: tag 0, chunk index, first item's index, length, bytes.
+pub(super) async fn write_chunk<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    index: u64,
+    first_item: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(bytes.len() + 25);
+    frame.push(0u8);
+    frame.extend_from_slice(&index.to_le_bytes());
+    frame.extend_from_slice(&first_item.to_le_bytes());
+    frame.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    frame.extend_from_slice(bytes);
+    write.write_all(&frame).await
 }
 
 /// `alloc::vec::Vec<alloc::string::String>` → `Vec<String>`: the names a cell can use for a

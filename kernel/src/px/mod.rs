@@ -4,6 +4,7 @@
 //! [link](link), the [local pool](pool), the [compiler](compiler) and the [renderer](render).
 //! Magic text is parsed by [`magics`] before anything is sent.
 
+pub mod api;
 mod bridge;
 mod cell_commands;
 mod cell_files;

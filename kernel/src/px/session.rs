@@ -22,6 +22,8 @@ use crate::evaluator::{ErrorReport, Evaluator, Outcome};
 use crate::iopub::{self, Publisher};
 use jupyter_protocol::Stdio;
 
+mod api;
+mod api_execute;
 mod data;
 mod data_setup;
 mod engines;
@@ -226,6 +228,12 @@ pub struct PxService {
     /// A `%pxmap -a` not collected yet, and whether it is newer than the last `%px`.
     pending_map: Option<map::PendingMap>,
     map_is_last: bool,
+    /// The Rust API's scheduler, started by its first `apply` or `map`.
+    api_scheduler: Option<super::api::scheduler::Scheduler>,
+    /// The scheduler's label of each engine function the API has called.
+    api_labels: HashMap<String, String>,
+    /// Cells run by the API's `DirectView::execute`.
+    api_executions: api_execute::Executions,
 }
 
 fn usage(message: impl Into<String>) -> ErrorReport {
@@ -256,6 +264,9 @@ impl PxService {
             map_server: None,
             pending_map: None,
             map_is_last: false,
+            api_scheduler: None,
+            api_labels: HashMap::new(),
+            api_executions: Default::default(),
         }
     }
 

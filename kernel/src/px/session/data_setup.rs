@@ -98,31 +98,62 @@ impl PxService {
         engines: &[EngineId],
         magic: &str,
     ) -> Result<(), ErrorReport> {
+        self.ensure_client_local(evaluator, dep, magic).await?;
+        self.ensure_client_engines(dep, engines, magic).await
+    }
+
+    /// The kernel's context's half of [`Self::ensure_client`].
+    pub(super) async fn ensure_client_local(
+        &mut self,
+        evaluator: &Evaluator,
+        dep: &str,
+        magic: &str,
+    ) -> Result<(), ErrorReport> {
+        if self.client_local {
+            return Ok(());
+        }
+        let local_before = evaluator.variables().await;
+        evaluator
+            .run_hidden(&adding_line(dep))
+            .await
+            .map_err(|report| {
+                transfer_error(
+                    format!(
+                        "{magic}: the rustpx client crate did not build in the kernel's context: {}",
+                        report.evalue
+                    ),
+                    report.traceback,
+                )
+            })?;
+        let local_after = evaluator.variables().await;
+        self.client_local = true;
+        let lost: Vec<String> = local_before
+            .iter()
+            .filter(|var| !local_after.contains(var))
+            .map(|(name, _)| format!("{name} in the kernel's context"))
+            .collect();
+        lost_error(magic, lost)
+    }
+
+    /// The engines' half of [`Self::ensure_client`]; needs no evaluator, so the Rust API can
+    /// call it while a plain cell runs.
+    pub(super) async fn ensure_client_engines(
+        &mut self,
+        dep: &str,
+        engines: &[EngineId],
+        magic: &str,
+    ) -> Result<(), ErrorReport> {
         let incarnations = self.incarnations(engines)?;
         let missing: Vec<EngineId> = incarnations
             .iter()
             .filter(|pinned| !self.client_engines.contains(pinned))
             .map(|(id, _)| *id)
             .collect();
-        if self.client_local && missing.is_empty() {
+        if missing.is_empty() {
             return Ok(());
         }
-        // evcxr only rebuilds when code runs after the `:dep`, so give it a statement.
-        let adding = format!("{dep}\n();");
-        let local_before = evaluator.variables().await;
-        evaluator.run_hidden(&adding).await.map_err(|report| {
-            transfer_error(
-                format!(
-                    "{magic}: the rustpx client crate did not build in the kernel's context: {}",
-                    report.evalue
-                ),
-                report.traceback,
-            )
-        })?;
-        let local_after = evaluator.variables().await;
-        self.client_local = true;
         let engines_before = self.engine_variables(&missing)?;
-        self.run_on_targets(&adding, &missing, CellFiles::default())
+        self.run_on_targets(&adding_line(dep), &missing, CellFiles::default())
             .await
             .map_err(|failures| {
                 let (id, error) = &failures[0];
@@ -140,11 +171,7 @@ impl PxService {
                 .filter(|(id, _)| missing.contains(id)),
         );
         let engines_after = self.engine_variables(&missing)?;
-        let mut lost: Vec<String> = local_before
-            .iter()
-            .filter(|var| !local_after.contains(var))
-            .map(|(name, _)| format!("{name} in the kernel's context"))
-            .collect();
+        let mut lost = Vec::new();
         for ((id, before), (_, after)) in engines_before.iter().zip(&engines_after) {
             lost.extend(
                 before
@@ -153,16 +180,7 @@ impl PxService {
                     .map(|name| format!("{name} on engine {id}")),
             );
         }
-        if lost.is_empty() {
-            return Ok(());
-        }
-        Err(transfer_error(
-            format!(
-                "{magic}: adding the rustpx client crate rebuilt the Rust contexts, and evcxr dropped variables whose types a cell defined (it does this for any new :dep): {}. Define them again and repeat {magic}; the crate stays for the rest of the session.",
-                lost.join(", ")
-            ),
-            vec![],
-        ))
+        lost_error(magic, lost)
     }
 
     pub(super) fn incarnations(
@@ -199,4 +217,23 @@ impl PxService {
         self.transfer_dir = Some(dir.clone());
         Ok(dir)
     }
+}
+
+/// evcxr only rebuilds when code runs after the `:dep`, so the line gets a statement.
+fn adding_line(dep: &str) -> String {
+    format!("{dep}\n();")
+}
+
+/// The variables evcxr dropped when the client crate was added, as an error.
+fn lost_error(magic: &str, lost: Vec<String>) -> Result<(), ErrorReport> {
+    if lost.is_empty() {
+        return Ok(());
+    }
+    Err(transfer_error(
+        format!(
+            "{magic}: adding the rustpx client crate rebuilt the Rust contexts, and evcxr dropped variables whose types a cell defined (it does this for any new :dep): {}. Define them again and repeat {magic}; the crate stays for the rest of the session.",
+            lost.join(", ")
+        ),
+        vec![],
+    ))
 }

@@ -1,0 +1,342 @@
+//! The Rust API's requests, answered by the px service while the plain cell that sent them runs
+//! (see [`crate::px::api`]). Nothing here uses the kernel's evaluator: it is busy with that
+//! cell. Items and results travel in the requests and replies; the engines serve each function
+//! with a cell compiled once per function and engine state (`rustpx::serve_tasks`).
+
+use std::time::{Duration, Instant};
+
+use rustpx_client::api_wire::EXECUTION_IDS;
+use rustpx_protocol::EngineId;
+use rustpx_wire::WireMessage;
+
+use super::super::api::scheduler::{Scheduler, Submission};
+use super::super::api::{Kind, Reply, Request};
+use super::super::map_server::MapJob;
+use super::super::rustc_codes;
+use super::{lock, PxService};
+use crate::evaluator::{ErrorReport, Evaluator};
+use crate::px::cell_files::CellFiles;
+use crate::px::client_crate;
+
+/// How long one `Wait` may hold the session (the client repeats it).
+const WAIT_LIMIT: Duration = Duration::from_secs(1);
+/// How often a submission's serving cell is sent again when it ended with work left.
+const RESUBMITS: u32 = 3;
+
+impl PxService {
+    /// Adds the client crate to the kernel's context before a plain cell that uses `rustpx::`
+    /// runs (the API's calls cannot, once the cell runs).
+    pub async fn prepare_api(
+        &mut self,
+        request: &WireMessage,
+        evaluator: &Evaluator,
+    ) -> Result<(), ErrorReport> {
+        if self.client_local {
+            return Ok(());
+        }
+        let dep = client_crate::dep_line().map_err(|error| {
+            super::data_setup::transfer_error(
+                format!("cannot write the rustpx client crate to the cache directory: {error}"),
+                vec![],
+            )
+        })?;
+        self.say(
+            request,
+            "rustpx: compiling the rustpx client crate with serde and bincode (first use only)…",
+        );
+        self.ensure_client_local(evaluator, &dep, "rustpx").await
+    }
+
+    /// Answers one API request from the plain cell `cell` (outputs such as engines starting
+    /// are shown under it).
+    pub async fn answer_api(&mut self, cell: &WireMessage, request: Request) -> Reply {
+        let answered = match request.kind {
+            Kind::Ids => self
+                .ensure_engines(cell)
+                .await
+                .map(|ids| Reply {
+                    ids,
+                    ..Reply::default()
+                })
+                .map_err(|report| report.evalue),
+            Kind::Submit => self.api_submit(cell, request).await,
+            Kind::Execute => self.api_execute(cell, request).await,
+            Kind::Status if request.job >= EXECUTION_IDS => self.api_execution_status(request.job),
+            Kind::Wait if request.job >= EXECUTION_IDS => {
+                let wait = Duration::from_millis(request.wait_millis).min(WAIT_LIMIT);
+                self.api_execution_wait(request.job, wait).await
+            }
+            Kind::Results if request.job >= EXECUTION_IDS => {
+                self.api_execution_results(request.job)
+            }
+            Kind::Forget if request.job >= EXECUTION_IDS => {
+                self.api_forget_execution(request.job);
+                Ok(Reply::default())
+            }
+            Kind::Status => self.api_status(request.job, Duration::ZERO).await,
+            Kind::Wait => {
+                let wait = Duration::from_millis(request.wait_millis).min(WAIT_LIMIT);
+                self.api_status(request.job, wait).await
+            }
+            Kind::Results => self.api_results(request.job),
+            Kind::Forget => {
+                if let Some(scheduler) = &self.api_scheduler {
+                    lock(&scheduler.book).submissions.remove(&request.job);
+                }
+                Ok(Reply::default())
+            }
+        };
+        answered.unwrap_or_else(Reply::error)
+    }
+
+    /// The API's tasks are served through this host's Unix sockets, which engines on other
+    /// hosts cannot reach yet (`%pxmap` relays them over the link; the API does not).
+    fn api_engines_share_files(&self, engines: &[EngineId]) -> Result<(), String> {
+        let m = self.machinery().map_err(|r| r.evalue)?;
+        let remote: Vec<String> = m
+            .hub
+            .engines()
+            .into_iter()
+            .filter(|e| engines.contains(&e.id) && !e.shares_files)
+            .map(|e| e.id.to_string())
+            .collect();
+        if remote.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "the Rust API serves tasks through this host's sockets, which engines {} (on other hosts) cannot reach yet: choose engines on this host with direct_view(ids), or use %pxmap, which relays over the engine link",
+            remote.join(", ")
+        ))
+    }
+
+    async fn api_submit(&mut self, cell: &WireMessage, request: Request) -> Result<Reply, String> {
+        let function = request.function.trim().to_owned();
+        if function.is_empty() {
+            return Err("the function's name is empty".into());
+        }
+        let engines = self.api_targets(cell, request.targets.as_deref()).await?;
+        self.api_engines_share_files(&engines)?;
+        let dep = client_crate::dep_line().map_err(|e| e.to_string())?;
+        self.ensure_client_engines(&dep, &engines, "the Rust API")
+            .await
+            .map_err(|r| r.evalue)?;
+        let scheduler = self.api_scheduler().await?;
+        let job = MapJob::from_chunk_file(&request.payload)
+            .map_err(|error| format!("the call's items: {error}"))?;
+        let next_label = format!("f{}", self.api_labels.len());
+        let label = self
+            .api_labels
+            .entry(function.clone())
+            .or_insert(next_label)
+            .clone();
+        let mut book = lock(&scheduler.book);
+        let id = book.add(Submission {
+            function: function.clone(),
+            label: label.clone(),
+            argument_type: request.argument_type,
+            result_type: request.result_type,
+            job,
+            failed: None,
+            submitted: Instant::now(),
+            finished: None,
+            serve_cell: None,
+            engines: engines.clone(),
+            resubmits: 0,
+        })?;
+        // Engines still serving this function from the last call take it at once.
+        let served = book.all_serving(&label, &engines);
+        drop(book);
+        scheduler.changed.notify_waiters();
+        if !served {
+            self.api_serve(&scheduler, id, &dep);
+        }
+        Ok(Reply {
+            job: id,
+            ..Reply::default()
+        })
+    }
+
+    /// Sends the serving cell of submission `id`'s function to its engines.
+    fn api_serve(&mut self, scheduler: &Scheduler, id: u64, dep: &str) {
+        let Some((function, label, engines)) = lock(&scheduler.book)
+            .submissions
+            .get(&id)
+            .map(|s| (s.function.clone(), s.label.clone(), s.engines.clone()))
+        else {
+            return;
+        };
+        let code = format!(
+            "{dep}\nrustpx::serve_tasks({function}, {label:?}, {:?}).unwrap_or_else(|e| panic!(\"rustpx API: {{e}}\"));",
+            scheduler.server_file.to_string_lossy()
+        );
+        let submitted = self.submit_quietly(&code, &engines, CellFiles::default());
+        let mut book = lock(&scheduler.book);
+        if let Some(submission) = book.submissions.get_mut(&id) {
+            match submitted {
+                Ok((cell_id, _events)) => submission.serve_cell = Some(cell_id),
+                Err(report) => {
+                    submission.failed = Some(report.evalue);
+                    submission.finished = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    async fn api_scheduler(&mut self) -> Result<Scheduler, String> {
+        if let Some(scheduler) = &self.api_scheduler {
+            return Ok(scheduler.clone());
+        }
+        let dir = self.transfer_dir().map_err(|r| r.evalue)?;
+        let scheduler = Scheduler::start(&dir.join("api.server"))
+            .await
+            .map_err(|error| format!("cannot start the API's scheduler: {error}"))?;
+        self.api_scheduler = Some(scheduler.clone());
+        Ok(scheduler)
+    }
+
+    /// A submission's state, once it is ready or `wait` has passed.
+    async fn api_status(&mut self, id: u64, wait: Duration) -> Result<Reply, String> {
+        let scheduler = self
+            .api_scheduler
+            .clone()
+            .ok_or_else(|| format!("no call {id} was made"))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let changed = scheduler.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            self.api_watch(&scheduler, id)?;
+            let reply = {
+                let book = lock(&scheduler.book);
+                let submission = book
+                    .submissions
+                    .get(&id)
+                    .ok_or_else(|| format!("call {id} is no longer kept"))?;
+                Reply {
+                    job: id,
+                    done_items: submission.job.done_items(),
+                    total_items: submission.job.total_items(),
+                    ready: submission.ready(),
+                    elapsed: submission.elapsed(),
+                    serial: submission.job.serial_seconds,
+                    failed: submission.failed.clone(),
+                    failures: submission
+                        .job
+                        .failures
+                        .iter()
+                        .map(|f| (f.item, f.engine, f.message.clone()))
+                        .collect(),
+                    ..Reply::default()
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if reply.ready || left.is_zero() {
+                return Ok(reply);
+            }
+            // The serving cell's end (a compile error) is seen by polling the hub.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), changed).await;
+        }
+    }
+
+    /// Notices a serving cell that ended with the submission unfinished: a compile error or
+    /// a dead engine fails it; an engine that left with work undone gets the cell again.
+    fn api_watch(&mut self, scheduler: &Scheduler, id: u64) -> Result<(), String> {
+        let hub = self.machinery().map_err(|r| r.evalue)?.hub.clone();
+        let (cell_id, label, function, resubmits, engines) = {
+            let book = lock(&scheduler.book);
+            let Some(s) = book.submissions.get(&id) else {
+                return Ok(());
+            };
+            if s.ready() {
+                return Ok(());
+            }
+            (
+                s.serve_cell.clone(),
+                s.label.clone(),
+                s.function.clone(),
+                s.resubmits,
+                s.engines.clone(),
+            )
+        };
+        let failures = match &cell_id {
+            Some(cell) if !hub.cell_done_or_dropped(cell) => return Ok(()),
+            Some(cell) => self.failures_of(cell),
+            None => Vec::new(),
+        };
+        let mut book = lock(&scheduler.book);
+        let serving = book.any_serving(&label, &engines);
+        let Some(submission) = book.submissions.get_mut(&id) else {
+            return Ok(());
+        };
+        submission.serve_cell = None;
+        if serving || submission.ready() {
+            return Ok(());
+        }
+        if let Some((engine, error)) = failures.first() {
+            let why = if rustc_codes::unresolved_name(&error.codes, &error.evalue)
+                == Some(function.as_str())
+            {
+                format!("NameError: `{function}` is not defined on engine {engine}; define it with a %%px cell first")
+            } else {
+                format!("[{engine}:apply] {}", error.summary())
+            };
+            submission.failed = Some(why);
+            submission.finished = Some(Instant::now());
+            return Ok(());
+        }
+        if resubmits >= RESUBMITS {
+            submission.failed = Some(format!(
+                "EngineError: the engines stopped serving `{function}` with {} of {} items done",
+                submission.job.done_items(),
+                submission.job.total_items()
+            ));
+            submission.finished = Some(Instant::now());
+            return Ok(());
+        }
+        submission.resubmits += 1;
+        drop(book);
+        let dep = client_crate::dep_line().map_err(|e| e.to_string())?;
+        self.api_serve(scheduler, id, &dep);
+        Ok(())
+    }
+
+    /// An execution's state once it is done or `wait` has passed (the hub's record is polled).
+    async fn api_execution_wait(&mut self, id: u64, wait: Duration) -> Result<Reply, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let reply = self.api_execution_status(id)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if reply.ready || left.is_zero() {
+                return Ok(reply);
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(2))).await;
+        }
+    }
+
+    fn api_results(&self, id: u64) -> Result<Reply, String> {
+        let scheduler = self
+            .api_scheduler
+            .as_ref()
+            .ok_or_else(|| format!("no call {id} was made"))?;
+        let book = lock(&scheduler.book);
+        let submission = book
+            .submissions
+            .get(&id)
+            .ok_or_else(|| format!("call {id} is no longer kept"))?;
+        let payload = submission
+            .job
+            .results_file()
+            .ok_or_else(|| format!("call {id} is not finished"))?;
+        Ok(Reply {
+            job: id,
+            ids: submission
+                .job
+                .item_engines()
+                .into_iter()
+                .map(|e| e.unwrap_or(u32::MAX))
+                .collect(),
+            payload,
+            ..Reply::default()
+        })
+    }
+}
