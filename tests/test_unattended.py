@@ -75,6 +75,21 @@ def test_pxconfig_timeout_is_the_default_of_later_cells(two):
     assert (reply["ename"], reply["evalue"]) == ("TimeoutError", "Engine 0 still running %px after 1 s was interrupted")
 
 
+def wait_for_a_new_engine_1(k, old):
+    """Polls `%engines` (up to 60 s) until engine 1 runs in a process other than `old` and is
+    idle; returns the last table and everything the polls printed on stderr."""
+    said = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        table, stderr = engine_table(k)
+        said += stderr
+        pid = parse_engine_pids(table).get(1)
+        if pid not in (None, old) and re.search(r"^\s*1\s+\S+\s+\d+\s+\d+\s+\S+\s+idle", table, re.M):
+            break
+        time.sleep(0.2)
+    return table, said
+
+
 def test_a_killed_engine_comes_back_under_restart_dead_and_the_next_px_runs_on_all(two):
     reply, msgs, _ = two.execute("%pxconfig --restart-dead")
     assert reply["status"] == "ok", reply
@@ -83,15 +98,7 @@ def test_a_killed_engine_comes_back_under_restart_dead_and_the_next_px_runs_on_a
     old = parse_engine_pids(table)[1]
     os.kill(old, signal.SIGKILL)
     # The kernel sees the exit within milliseconds; until it does, the table shows the old pid.
-    said = ""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        table, stderr = engine_table(two)
-        said += stderr
-        pid = parse_engine_pids(table).get(1)
-        if pid not in (None, old) and re.search(r"^\s*1\s+\S+\s+\d+\s+\d+\s+\S+\s+idle", table, re.M):
-            break
-        time.sleep(0.2)
+    table, said = wait_for_a_new_engine_1(two, old)
     assert said == "engine 1 died (killed by signal 9 (SIGKILL); it held no variables): restarted it with the same id (restart 1 of 3, --restart-dead)\n"
     reply, msgs, _ = two.execute(f"%px ({ENGINE_ID}, std::process::id())")
     assert reply["status"] == "ok", reply
@@ -110,15 +117,7 @@ def test_an_engine_that_stops_answering_heartbeats_comes_back_under_restart_dead
     table, _ = engine_table(two)
     old = parse_engine_pids(table)[1]
     os.kill(old, signal.SIGSTOP)
-    said = ""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        table, stderr = engine_table(two)
-        said += stderr
-        pid = parse_engine_pids(table).get(1)
-        if pid not in (None, old) and re.search(r"^\s*1\s+\S+\s+\d+\s+\d+\s+\S+\s+idle", table, re.M):
-            break
-        time.sleep(0.5)
+    table, said = wait_for_a_new_engine_1(two, old)
     assert re.fullmatch(
         r"engine 1 died \(no heartbeat for [5-9]\.\d s; the process is hung or stopped, or its host is "
         r"unreachable; variables lost: kept\): restarted it with the same id \(restart 1 of 1, --restart-dead\)\n",
