@@ -46,8 +46,9 @@ impl Hub {
         let live = self.engines.values().filter(|e| e.alive()).count();
         // A pool that just grew keeps the longer allowance until its engines heard of the
         // new period; one that shrank allows the longer of the two for the same reason.
-        let allowed = silence_allowed(self.heartbeat_period.max(heartbeat_period(live)));
-        self.heartbeat_period = heartbeat_period(live);
+        let period = heartbeat_period(live);
+        let allowed = silence_allowed(self.heartbeat_period.max(period));
+        self.heartbeat_period = period;
         let silent: Vec<(EngineId, f64)> = self
             .engines
             .values()
