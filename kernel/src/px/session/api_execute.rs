@@ -44,6 +44,10 @@ impl PxService {
         let (cell_id, _events) = self
             .submit_quietly(&request.function, &engines, CellFiles::default())
             .map_err(|report| report.evalue)?;
+        // `%pxresult` shows it as it shows a `%px` cell's outputs.
+        self.last = Some(cell_id.clone());
+        self.map_is_last = false;
+        self.api_is_last = None;
         let executions = &mut self.api_executions;
         while executions.cells.len() >= MAX_EXECUTIONS {
             executions.cells.pop_first();

@@ -143,6 +143,7 @@ impl PxService {
                 .text_result(request, count, "<AsyncMapResult(%pxmap): pending>");
             self.pending_map = Some(pending);
             self.map_is_last = true;
+            self.api_is_last = None;
             return Ok(());
         }
         self.finish_map(request, pending, evaluator).await

@@ -68,6 +68,7 @@ impl PxService {
         }
         self.last = Some(cell_id.clone());
         self.map_is_last = false;
+        self.api_is_last = None;
         if let Some(name) = &options.out {
             self.named.insert(name.clone(), cell_id.clone());
         }
