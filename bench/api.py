@@ -3,7 +3,10 @@
 Each side times its own calls inside one cell (a cell's own overhead, hundreds of ms for a Rust
 cell's compile, is not a call's), prints the figures, and the cell is repeated; medians are kept.
 Cases: the round trip of an `apply` of an already compiled function, `apply` sent N at once then
-collected, a map at chunk size 1 (tasks/s) and a map with default chunks (items/s).
+collected, a map at chunk size 1 (tasks/s) and a map with default chunks (items/s). Then, in the
+same kernel, the whole cell that leaves a map's 1,000,000 results in a plain variable, once with
+the API and once with `%pxmap` (both pay a plain cell's compile: `%pxmap -o` stores its results
+through the kernel's context), timed from the client.
 """
 import re
 import statistics
@@ -50,6 +53,13 @@ lview.map_sync(inc, items)
 items_s = len(items) / (time.perf_counter() - t)
 print(f"apply_ms={apply_ms:.4f} async_ms={async_ms:.4f} tasks_s={tasks_s:.0f} items_s={items_s:.0f}")"""
 
+# The same job, a whole cell each, timed from the client: (label, cell).
+WHOLE_CELLS = [
+    ("API map_sync into a variable", 'let api_out = lview.map_sync::<u64, u64>("inc", &items).unwrap();'),
+    ("%pxmap -o into a variable", "%pxmap inc items -o pxmap_out"),
+]
+WHOLE_LABEL = "cell mapping 1,000,000 u64 into a plain variable: {}, n={} (ms)"
+
 LABELS = {
     "apply_ms": "apply round trip of a compiled function (ms)",
     "async_ms": "apply sent 500 (ipyparallel 200) at once, then get, per task (ms)",
@@ -81,6 +91,15 @@ def bench_api(runs, results, timed, ipp_start, skip_ipyparallel):
         k.run(RUST_CASES, timeout=900)
         for key, value in medians(k, RUST_CASES, runs).items():
             results[f"rustpx API: {LABELS[key]}, n={ENGINES}"] = value
+        for label, cell in WHOLE_CELLS:
+            k.run(cell, timeout=900)
+        # Alternated, so a machine that slows down mid-run slows both alike.
+        samples = {label: [] for label, _ in WHOLE_CELLS}
+        for _ in range(runs):
+            for label, cell in WHOLE_CELLS:
+                samples[label].append(k.run(cell, timeout=900))
+        for label, values in samples.items():
+            results[WHOLE_LABEL.format(label, ENGINES)] = round(statistics.median(values) * 1000, 2)
     finally:
         k.close()
     if skip_ipyparallel:
@@ -99,6 +118,9 @@ def bench_api(runs, results, timed, ipp_start, skip_ipyparallel):
 
 
 def add_ratios(results, ratios, ratio):
+    (api, _), (pxmap, _) = WHOLE_CELLS
+    ratios[f"map into a variable: API / %pxmap (time, same kernel), n={ENGINES}"] = ratio(
+        results.get(WHOLE_LABEL.format(api, ENGINES)), results.get(WHOLE_LABEL.format(pxmap, ENGINES)))
     for key in LABELS:
         ours = results.get(f"rustpx API: {LABELS[key]}, n={ENGINES}")
         theirs = results.get(f"ipyparallel: {LABELS[key]}, n={ENGINES}")

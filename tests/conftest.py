@@ -104,6 +104,23 @@ def processes_matching(pattern):
     return [int(pid) for pid in out.split()]
 
 
+def wait_for_stream(k, msg_id, text, timeout):
+    """Reads `msg_id`'s iopub messages until a stream carries `text`; returns those read."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = k.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        seen.append(msg)
+        if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
+            return seen
+    raise AssertionError(f"no stream with {text!r} within {timeout} s; got {seen}")
+
+
 def stream_text(msgs, name="stdout"):
     return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream" and m["content"]["name"] == name)
 

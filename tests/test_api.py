@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Kernel, parse_engine_pids, stream_text
+from conftest import Kernel, parse_engine_pids, stream_text, wait_for_stream
 
 FUNCTIONS = """%%px
 fn square(x: u64) -> u64 { x * x }
@@ -127,6 +127,69 @@ def test_execute_reports_each_failing_engines_error(k):
     text = value(k, 'rc.direct_view(..).execute("if base == 40 { panic!(\\"engine says no\\") }").get().unwrap_err().to_string()')
     assert text.startswith('"CompositeError: 2 of 2 tasks failed\\n[0:execute] '), text
     assert "engine says no" in text
+
+
+def test_wait_interactive_draws_a_live_progress_bar_under_the_cell(k):
+    msgs = ok(k, 'let bar = lview.clone().chunk_size(1).map::<u64, u64>("slow", &xs[..40]);\nbar.wait_interactive()')
+    shown = [m for m in msgs if m["msg_type"] == "display_data"]
+    updates = [m for m in msgs if m["msg_type"] == "update_display_data"]
+    assert len(shown) == 1, msgs
+    display_id = shown[0]["content"]["transient"]["display_id"]
+    assert updates and all(m["content"]["transient"]["display_id"] == display_id for m in updates)
+    final = updates[-1]["content"]["data"]
+    assert re.fullmatch(r"map: 40/40 items \(\d+\.\d s\)", final["text/plain"]), final
+    assert '<progress value="40" max="40"' in final["text/html"]
+    # Drawn as the items came in, not only at the end.
+    counts = [int(re.match(r"map: (\d+)/40", m["content"]["data"]["text/plain"]).group(1)) for m in shown + updates]
+    assert counts == sorted(counts) and counts[0] < 40, counts
+    assert [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"] == ["true"]
+
+
+def test_an_interrupt_during_get_ends_the_cell_and_keeps_its_variables_and_tasks(k):
+    ok(k, 'let long_run = lview.clone().chunk_size(1).map::<u64, u64>("slow", &xs[..150]);')
+    msg_id = k.kc.execute('println!("waiting"); long_run.get().unwrap().len()')
+    wait_for_stream(k, msg_id, "waiting", timeout=120)
+    time.sleep(0.3)
+    started = time.monotonic()
+    k.km.interrupt_kernel()
+    reply, msgs, _ = k.collect(msg_id, timeout=60)
+    # Within the escalation delay: the wait ended, the runtime child was not killed.
+    assert time.monotonic() - started < 2, msgs
+    assert reply["status"] == "error"
+    assert "KeyboardInterrupt: the wait was interrupted" in stream_text(msgs, "stderr") + reply["evalue"], msgs
+    # The plain context's variables are there, and the call ran on to the end.
+    assert value(k, "xs.len()") == "500"
+    assert value(k, "long_run.get().unwrap() == (1..151).collect::<Vec<u64>>()") == "true"
+
+
+def test_an_interrupt_of_a_cell_that_handles_the_wait_error_still_fails_the_cell(k):
+    ok(k, 'let handled = lview.clone().chunk_size(1).map::<u64, u64>("slow", &xs[..150]);')
+    msg_id = k.kc.execute('println!("waiting"); let outcome = handled.get(); outcome.is_err()')
+    wait_for_stream(k, msg_id, "waiting", timeout=120)
+    time.sleep(0.3)
+    k.km.interrupt_kernel()
+    reply, msgs, _ = k.collect(msg_id, timeout=60)
+    assert (reply["status"], reply.get("ename")) == ("error", "KeyboardInterrupt"), (reply, msgs)
+    assert "the calls go on and the variables are kept" in reply["evalue"]
+    assert value(k, "handled.get().unwrap().len()") == "150"
+
+
+def test_pxresult_shows_the_last_api_result(k):
+    ok(k, 'let kept = lview.map::<u64, u64>("square", &xs[..10]); kept.wait(None);')
+    msgs = ok(k, "%pxresult")
+    assert re.fullmatch(
+        r"map `square`: 10/10 items done on engines? [01](, 1)? in \d+\.\d{3} s \(serial \d+\.\d{3} s\)\n",
+        stream_text(msgs),
+    ), msgs
+    ok(k, 'let failing = lview.map::<u64, u64>("picky", &xs[..10]); failing.wait(None);')
+    reply, msgs, _ = k.execute("%pxresult")
+    assert (reply["status"], reply["ename"]) == ("error", "CompositeError"), reply
+    assert re.fullmatch(r"1 of 10 tasks failed\n\[[01]:apply\] item 7: no 7", reply["evalue"]), reply
+    # An execute's result is shown as a %px cell's.
+    ok(k, 'let shown = rc.direct_view(0).execute("base + 2"); shown.wait(None);')
+    msgs = ok(k, "%pxresult")
+    shown = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"]
+    assert len(shown) == 1 and re.fullmatch(r"(\x1b\[0;31m)?Out\[0:\d+\]: (\x1b\[0m)?42", shown[0]), msgs
 
 
 # --- the API's socket under attack ---

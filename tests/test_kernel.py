@@ -1,12 +1,11 @@
 """Issue 2: the kernel itself, driven over real ZeroMQ sockets by jupyter_client."""
 import json
-import queue
 import time
 
 import zmq
 from jupyter_client.session import Session
 
-from conftest import Kernel, of_type, stream_text
+from conftest import Kernel, of_type, stream_text, wait_for_stream
 
 
 def test_kernel_info_describes_a_rust_kernel(kernel):
@@ -154,23 +153,6 @@ def test_history_and_comm_info_answer(kernel):
     assert [entry[1:] for entry in content["history"]] == [[count, "let remembered_by_history = 1;"]]
     kernel.kc.comm_info()
     assert kernel.kc.get_shell_msg(timeout=30)["content"]["comms"] == {}
-
-
-def wait_for_stream(k, msg_id, text, timeout):
-    """Reads `msg_id`'s iopub messages until a stream carries `text`; returns those read."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = k.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        seen.append(msg)
-        if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
-            return seen
-    raise AssertionError(f"no stream with {text!r} within {timeout} s; got {seen}")
 
 
 def test_interrupt_stops_a_sleeping_loop_and_the_kernel_stays_usable():

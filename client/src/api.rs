@@ -50,6 +50,9 @@ pub enum ApiError {
     Decode(String),
     /// `wait` ran out of time (from `get_timeout`).
     Timeout(Duration),
+    /// The cell was interrupted while it waited; the call goes on in the kernel, and the same
+    /// result's `get` in a later cell returns its value.
+    Interrupted(String),
 }
 
 impl std::fmt::Display for ApiError {
@@ -85,6 +88,7 @@ impl std::fmt::Display for ApiError {
             }
             ApiError::Decode(why) => write!(f, "{why}"),
             ApiError::Timeout(after) => write!(f, "TimeoutError: not ready after {after:?}"),
+            ApiError::Interrupted(why) => write!(f, "{why}"),
         }
     }
 }
@@ -130,6 +134,9 @@ impl Connection {
             .and_then(|(header, payload)| Reply::decode(&header, payload));
         match exchanged {
             Ok(reply) => match &reply.error {
+                Some(error) if error.starts_with(api_wire::INTERRUPTED) => {
+                    Err(ApiError::Interrupted(error.clone()))
+                }
                 Some(error) => Err(ApiError::Kernel(error.clone())),
                 None => Ok(reply),
             },

@@ -33,13 +33,18 @@ impl Pending {
         }
     }
 
-    fn status(&self, kind: Kind, wait: Duration) -> Result<Reply, ApiError> {
+    /// The call's state: at once (`Status`), or once ready or after `wait` (`Wait`, or
+    /// `WaitInteractive`, which draws the progress of `what`, i.e. `apply`, `map` or `execute`).
+    fn status(&self, kind: Kind, what: &str, wait: Duration) -> Result<Reply, ApiError> {
         if let Some(reply) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Ok(reply);
+            if kind != Kind::WaitInteractive {
+                return Ok(reply);
+            }
         }
         let mut request = Request::new(kind);
         request.job = self.job()?;
         request.wait_millis = wait.as_millis() as u64;
+        request.function = what.to_owned();
         let reply = self.connection.call(&request)?;
         if reply.ready {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reply.clone());
@@ -47,30 +52,42 @@ impl Pending {
         Ok(reply)
     }
 
-    fn ready(&self) -> bool {
-        self.status(Kind::Status, Duration::ZERO)
+    pub(crate) fn ready(&self) -> bool {
+        self.status(Kind::Status, "", Duration::ZERO)
             .map(|reply| reply.ready)
             .unwrap_or(true)
     }
 
-    fn wait(&self, timeout: Option<Duration>) -> bool {
+    /// Waits until ready or `timeout`: whether it is ready; an interrupt of the cell is an
+    /// error (any other failure shows at `get`, so it counts as ready here).
+    pub(crate) fn wait_until(
+        &self,
+        timeout: Option<Duration>,
+        kind: Kind,
+        what: &str,
+    ) -> Result<bool, ApiError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let left = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()));
-            match self.status(Kind::Wait, left.min(WAIT_SLICE)) {
-                Ok(reply) if reply.ready => return true,
-                Ok(_) if left.is_zero() => return false,
+            match self.status(kind, what, left.min(WAIT_SLICE)) {
+                Ok(reply) if reply.ready => return Ok(true),
+                Ok(_) if left.is_zero() => return Ok(false),
                 Ok(_) => {}
-                Err(_) => return true,
+                Err(error @ ApiError::Interrupted(_)) => return Err(error),
+                Err(_) => return Ok(true),
             }
         }
+    }
+
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
+        self.wait_until(timeout, Kind::Wait, "").unwrap_or(false)
     }
 
     /// Waits, then the results' bytes, or why the call failed (`what`: `apply` or `execute`,
     /// for the failures' labels).
     fn result_bytes(&self, what: &'static str) -> Result<Vec<u8>, ApiError> {
-        self.wait(None);
-        let status = self.status(Kind::Wait, Duration::ZERO)?;
+        self.wait_until(None, Kind::Wait, what)?;
+        let status = self.status(Kind::Wait, what, Duration::ZERO)?;
         if let Some(why) = status.failed {
             return Err(ApiError::Kernel(why));
         }
@@ -105,7 +122,7 @@ impl Pending {
     }
 
     fn done_items(&self) -> u64 {
-        self.status(Kind::Status, Duration::ZERO)
+        self.status(Kind::Status, "", Duration::ZERO)
             .map(|reply| reply.done_items)
             .unwrap_or(0)
     }
@@ -118,7 +135,7 @@ impl Pending {
     }
 
     fn serial_time(&self) -> Duration {
-        self.status(Kind::Status, Duration::ZERO)
+        self.status(Kind::Status, "", Duration::ZERO)
             .map(|reply| Duration::from_secs_f64(reply.serial.max(0.0)))
             .unwrap_or_default()
     }
@@ -149,6 +166,14 @@ pub struct AsyncMapResult<R> {
 macro_rules! result_methods {
     ($name:ident, $value:ty, $unit:literal) => {
         impl<R: DeserializeOwned> $name<R> {
+            /// Waits until ready, drawing a live progress bar under the cell (ipyparallel's
+            /// `wait_interactive`); `false` if the cell was interrupted first.
+            pub fn wait_interactive(&self) -> bool {
+                self.pending
+                    .wait_until(None, Kind::WaitInteractive, $unit)
+                    .unwrap_or(false)
+            }
+
             /// Whether the result is in (or the call failed); does not wait.
             pub fn ready(&self) -> bool {
                 self.pending.ready()
@@ -243,6 +268,14 @@ impl AsyncExecute {
         self.pending.wait(timeout)
     }
 
+    /// Waits until every engine is done, drawing a live progress bar under the cell;
+    /// `false` if the cell was interrupted first.
+    pub fn wait_interactive(&self) -> bool {
+        self.pending
+            .wait_until(None, Kind::WaitInteractive, "execute")
+            .unwrap_or(false)
+    }
+
     /// How many engines are done so far.
     pub fn progress(&self) -> u64 {
         self.pending.done_items()
@@ -267,7 +300,7 @@ impl AsyncExecute {
 
     /// Waits, then each engine's output, value and error, failed or not.
     pub fn outputs(&self) -> Result<Vec<EngineOutput>, ApiError> {
-        self.pending.wait(None);
+        self.pending.wait_until(None, Kind::Wait, "execute")?;
         let mut request = Request::new(Kind::Results);
         request.job = self.pending.job()?;
         let payload = self.pending.connection.call(&request)?.payload;

@@ -38,6 +38,8 @@ pub enum Kind {
     Forget = 5,
     /// Run a cell (the code in `function`) on the target engines, as `%px` does.
     Execute = 6,
+    /// As `Wait`, drawing the submission's progress bar under the cell as it goes.
+    WaitInteractive = 48,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             Kind::Results,
             Kind::Forget,
             Kind::Execute,
+            Kind::WaitInteractive,
         ]
         .into_iter()
         .find(|kind| *kind as u8 == byte)
@@ -159,6 +162,9 @@ pub fn encode_outputs(outputs: &[EngineOutput]) -> std::io::Result<Vec<u8>> {
 pub fn decode_outputs(payload: &[u8]) -> Result<Vec<EngineOutput>, String> {
     bincode::deserialize(payload).map_err(|error| format!("malformed outputs: {error}"))
 }
+
+/// The start of a reply's error when the cell's wait was interrupted (the tasks go on).
+pub const INTERRUPTED: &str = "KeyboardInterrupt";
 
 /// Ids of executions are above this; below it, submissions of `apply` and `map`.
 pub const EXECUTION_IDS: u64 = 1 << 48;

@@ -12,6 +12,7 @@ use crate::evaluator::{ErrorReport, Evaluator, Interrupter, Outcome};
 use crate::history::History;
 use crate::iopub::Publisher;
 use crate::is_complete::{self, Completeness};
+use crate::px::api::interrupt::{self, ApiInterrupt};
 use crate::px::magics::{self, Magic, PxOptions};
 use crate::px::{PxInterrupter, PxService};
 
@@ -111,6 +112,31 @@ impl Session {
                 return Outcome::Error(report);
             }
         }
+        let waits = self.px.api_interrupt();
+        waits.cell_started();
+        let outcome = self.run_plain_serving_api(request, code, count).await;
+        waits.cell_ended();
+        match outcome {
+            // The cell handled the interrupted wait's error itself: an interrupt still ends
+            // the cell as an error, so Run All stops there.
+            Outcome::Ok if waits.is_interrupted() => {
+                let report = ErrorReport::new(
+                    rustpx_core::ErrorKind::KeyboardInterrupt,
+                    "interrupted while waiting on the Rust API; the calls go on and the variables are kept",
+                );
+                self.publisher.error(request, &report);
+                Outcome::Error(report)
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn run_plain_serving_api(
+        &mut self,
+        request: &WireMessage,
+        code: &str,
+        count: u32,
+    ) -> Outcome {
         let Session {
             evaluator,
             px,
@@ -253,6 +279,7 @@ impl Session {
 #[derive(Clone)]
 pub struct ControlHandle {
     interrupter: Interrupter,
+    api_waits: ApiInterrupt,
     px: PxInterrupter,
     stop_engines: Arc<dyn Fn() + Send + Sync>,
     history: History,
@@ -273,10 +300,33 @@ impl ShellHandler for Session {
         let stopper = px.clone();
         ControlHandle {
             interrupter: self.evaluator.interrupter.clone(),
+            api_waits: self.px.api_interrupt(),
             px,
             stop_engines: Arc::new(move || stopper.stop_engines()),
             history: self.history.clone(),
         }
+    }
+}
+
+impl ControlHandle {
+    /// Interrupts the running plain cell: a cell waiting on the Rust API gets its wait ended
+    /// (its variables and tasks stay), and is killed only if it still runs a moment later; any
+    /// other cell's runtime child is killed, as evcxr has no other interrupt.
+    fn interrupt_plain(&self) -> bool {
+        let Some(cell) = self.api_waits.interrupt_waits() else {
+            return self.interrupter.interrupt();
+        };
+        let (waits, interrupter) = (self.api_waits.clone(), self.interrupter.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(interrupt::ESCALATE_AFTER).await;
+            if waits.still_running(cell) {
+                tracing::info!(
+                    "the interrupted cell still runs after its API wait ended: killing its runtime"
+                );
+                interrupter.interrupt();
+            }
+        });
+        true
     }
 }
 
@@ -292,7 +342,7 @@ impl ControlHandler for ControlHandle {
         let content = match typed(request)? {
             JupyterMessageContent::KernelInfoRequest(_) => kernel_info::content(),
             JupyterMessageContent::InterruptRequest(_) => {
-                let plain = self.interrupter.interrupt();
+                let plain = self.interrupt_plain();
                 let px = self.px.interrupt();
                 tracing::info!(
                     "interrupt request (plain cell running: {plain}, %px cell running: {px})"

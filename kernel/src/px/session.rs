@@ -24,6 +24,7 @@ use jupyter_protocol::Stdio;
 
 mod api;
 mod api_execute;
+mod api_wait;
 mod data;
 mod data_setup;
 mod engines;
@@ -234,6 +235,12 @@ pub struct PxService {
     api_labels: HashMap<String, String>,
     /// Cells run by the API's `DirectView::execute`.
     api_executions: api_execute::Executions,
+    /// Live progress bars of `wait_interactive`.
+    api_progress: api_wait::ProgressBars,
+    /// The plain cells' last `apply` or `map`, when newer than any `%px` (for `%pxresult`).
+    api_is_last: Option<u64>,
+    /// Ends the running plain cell's API waits on an interrupt (shared with the control side).
+    api_interrupt: super::api::interrupt::ApiInterrupt,
 }
 
 fn usage(message: impl Into<String>) -> ErrorReport {
@@ -267,6 +274,9 @@ impl PxService {
             api_scheduler: None,
             api_labels: HashMap::new(),
             api_executions: Default::default(),
+            api_progress: Default::default(),
+            api_is_last: None,
+            api_interrupt: Default::default(),
         }
     }
 
@@ -323,6 +333,11 @@ impl PxService {
             connection,
             connection_file,
         })
+    }
+
+    /// What ends a plain cell's API waits on an interrupt (see [`super::api::interrupt`]).
+    pub fn api_interrupt(&self) -> super::api::interrupt::ApiInterrupt {
+        self.api_interrupt.clone()
     }
 
     pub fn interrupter(&self) -> PxInterrupter {

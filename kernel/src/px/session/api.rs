@@ -18,8 +18,6 @@ use crate::evaluator::{ErrorReport, Evaluator};
 use crate::px::cell_files::CellFiles;
 use crate::px::client_crate;
 
-/// How long one `Wait` may hold the session (the client repeats it).
-const WAIT_LIMIT: Duration = Duration::from_secs(1);
 /// How often a submission's serving cell is sent again when it ended with work left.
 const RESUBMITS: u32 = 3;
 
@@ -62,10 +60,6 @@ impl PxService {
             Kind::Submit => self.api_submit(cell, request).await,
             Kind::Execute => self.api_execute(cell, request).await,
             Kind::Status if request.job >= EXECUTION_IDS => self.api_execution_status(request.job),
-            Kind::Wait if request.job >= EXECUTION_IDS => {
-                let wait = Duration::from_millis(request.wait_millis).min(WAIT_LIMIT);
-                self.api_execution_wait(request.job, wait).await
-            }
             Kind::Results if request.job >= EXECUTION_IDS => {
                 self.api_execution_results(request.job)
             }
@@ -74,10 +68,7 @@ impl PxService {
                 Ok(Reply::default())
             }
             Kind::Status => self.api_status(request.job, Duration::ZERO).await,
-            Kind::Wait => {
-                let wait = Duration::from_millis(request.wait_millis).min(WAIT_LIMIT);
-                self.api_status(request.job, wait).await
-            }
+            Kind::Wait | Kind::WaitInteractive => return self.api_wait(cell, &request).await,
             Kind::Results => self.api_results(request.job),
             Kind::Forget => {
                 if let Some(scheduler) = &self.api_scheduler {
@@ -150,6 +141,7 @@ impl PxService {
         if !served {
             self.api_serve(&scheduler, id, &dep);
         }
+        self.api_is_last = Some(id);
         Ok(Reply {
             job: id,
             ..Reply::default()
@@ -195,7 +187,7 @@ impl PxService {
     }
 
     /// A submission's state, once it is ready or `wait` has passed.
-    async fn api_status(&mut self, id: u64, wait: Duration) -> Result<Reply, String> {
+    pub(super) async fn api_status(&mut self, id: u64, wait: Duration) -> Result<Reply, String> {
         let scheduler = self
             .api_scheduler
             .clone()
@@ -301,7 +293,11 @@ impl PxService {
     }
 
     /// An execution's state once it is done or `wait` has passed (the hub's record is polled).
-    async fn api_execution_wait(&mut self, id: u64, wait: Duration) -> Result<Reply, String> {
+    pub(super) async fn api_execution_wait(
+        &mut self,
+        id: u64,
+        wait: Duration,
+    ) -> Result<Reply, String> {
         let deadline = Instant::now() + wait;
         loop {
             let reply = self.api_execution_status(id)?;

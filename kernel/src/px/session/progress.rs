@@ -28,6 +28,8 @@ pub(super) struct Progress {
     unit: &'static str,
     shown: bool,
     last: Option<(usize, u64)>,
+    /// Tells this display from others under the same cell (one per API result waited on).
+    key: String,
 }
 
 impl Progress {
@@ -39,7 +41,14 @@ impl Progress {
             unit: "tasks",
             shown: false,
             last: None,
+            key: "progress".into(),
         }
+    }
+
+    /// A display of its own under the cell, named `key`.
+    pub(super) fn keyed(mut self, key: String) -> Self {
+        self.key = key;
+        self
     }
 
     pub(super) fn counting(mut self, unit: &'static str) -> Self {
@@ -48,7 +57,7 @@ impl Progress {
     }
 
     pub(super) fn display_id(&self) -> String {
-        format!("{}-progress", self.request.header.msg_id)
+        format!("{}-{}", self.request.header.msg_id, self.key)
     }
 
     pub(super) fn tick(&mut self, px: &PxService, done: usize, total: usize, started: Instant) {
