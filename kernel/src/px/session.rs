@@ -24,6 +24,7 @@ use jupyter_protocol::Stdio;
 
 mod api;
 mod api_execute;
+mod api_tasks;
 mod data;
 mod data_setup;
 mod engines;

@@ -13,6 +13,7 @@
 //! waits for the cell and for these calls at once: `frontend/shell.rs`).
 
 pub mod scheduler;
+pub mod tasks;
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
