@@ -71,7 +71,13 @@ impl std::fmt::Display for ApiError {
                     failures.len()
                 )?;
                 for failure in failures.iter().take(5) {
-                    if *what == "execute" {
+                    if failure.engine == crate::api_tasks::NO_ENGINE {
+                        write!(
+                            f,
+                            "\n[no engine] item {}: {}",
+                            failure.item, failure.message
+                        )?;
+                    } else if *what == "execute" {
                         write!(f, "\n[{}:execute] {}", failure.engine, failure.message)?;
                     } else {
                         write!(
@@ -278,6 +284,7 @@ impl DirectView {
             connection: self.connection.clone(),
             targets: self.targets.clone(),
             chunk_size: None,
+            tasks: Default::default(),
         }
     }
 }
@@ -288,6 +295,8 @@ pub struct LoadBalancedView {
     connection: Arc<Connection>,
     targets: Targets,
     chunk_size: Option<usize>,
+    /// Retries, dependencies, timeout and order (`api_tasks`).
+    pub(crate) tasks: crate::api_tasks::ViewTasks,
 }
 
 impl LoadBalancedView {
@@ -349,6 +358,10 @@ impl LoadBalancedView {
     ) -> Pending {
         let submitted = Instant::now();
         let job = (|| {
+            if let Some(why) = &self.tasks.error {
+                return Err(ApiError::Kernel(why.clone()));
+            }
+            self.tasks.options.check().map_err(ApiError::Kernel)?;
             let chunk_size = match chunk_size {
                 Some(n) => n,
                 None => {
@@ -364,6 +377,7 @@ impl LoadBalancedView {
             request.argument_type = std::any::type_name::<A>().to_owned();
             request.result_type = std::any::type_name::<R>().to_owned();
             request.targets = self.targets.ids();
+            request.tasks = self.tasks.options.clone();
             request.payload = crate::encode_chunks(items, chunk_size)
                 .map_err(|e| ApiError::Decode(e.to_string()))?;
             Ok(self.connection.call(&request)?.job)

@@ -25,7 +25,7 @@ pub(crate) struct Pending {
 const WAIT_SLICE: Duration = Duration::from_millis(500);
 
 impl Pending {
-    fn job(&self) -> Result<u64, ApiError> {
+    pub(crate) fn job(&self) -> Result<u64, ApiError> {
         match &self.job {
             Ok(job) => Ok(*job),
             Err(ApiError::Kernel(why)) => Err(ApiError::Kernel(why.clone())),

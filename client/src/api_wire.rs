@@ -12,6 +12,8 @@
 
 use std::io::{Read, Write};
 
+use crate::api_tasks::{TaskOptions, TaskOptionsWire};
+
 /// Set in the plain context's runtime child: `PATH TOKEN` of the kernel's API socket.
 pub const API_ENV: &str = "RUSTPX_API";
 /// The largest request the kernel reads (items of a map travel in one request).
@@ -40,6 +42,13 @@ pub enum Kind {
     Execute = 6,
     /// As `Wait`, drawing the submission's progress bar under the cell as it goes.
     WaitInteractive = 48,
+    /// Tasks of a submission not yet started never start.
+    Abort = 32,
+    /// Each task's engine, times, attempts and error (payload: `api_tasks::MetadataWire`s).
+    Metadata = 33,
+    /// Tasks completed since the cursor in the payload (u64), once there are some or after
+    /// `wait_millis` (payload of the reply: `api_tasks::PartialWire`).
+    Partial = 34,
 }
 
 impl Kind {
@@ -53,6 +62,9 @@ impl Kind {
             Kind::Forget,
             Kind::Execute,
             Kind::WaitInteractive,
+            Kind::Abort,
+            Kind::Metadata,
+            Kind::Partial,
         ]
         .into_iter()
         .find(|kind| *kind as u8 == byte)
@@ -76,9 +88,20 @@ pub struct Request {
     pub targets: Option<Vec<u32>>,
     /// Submit: chunks as `rustpx::encode_chunks` writes them.
     pub payload: Vec<u8>,
+    /// Submit: retries, dependencies, timeout and order of the tasks.
+    pub tasks: TaskOptions,
 }
 
-type RequestHeader = (u8, u64, u64, String, String, String, Option<Vec<u32>>);
+type RequestHeader = (
+    u8,
+    u64,
+    u64,
+    String,
+    String,
+    String,
+    Option<Vec<u32>>,
+    TaskOptionsWire,
+);
 
 impl Request {
     pub fn new(kind: Kind) -> Request {
@@ -91,6 +114,7 @@ impl Request {
             result_type: String::new(),
             targets: None,
             payload: Vec::new(),
+            tasks: TaskOptions::default(),
         }
     }
 
@@ -103,13 +127,14 @@ impl Request {
             self.argument_type.clone(),
             self.result_type.clone(),
             self.targets.clone(),
+            self.tasks.to_wire(),
         );
         write_frame(out, &encode(&header)?, &self.payload)
     }
 
     /// Decodes a frame's header and payload; the error says what is wrong with it.
     pub fn decode(header: &[u8], payload: Vec<u8>) -> Result<Request, String> {
-        let (kind, job, wait_millis, function, argument_type, result_type, targets): RequestHeader =
+        let (kind, job, wait_millis, function, argument_type, result_type, targets, tasks): RequestHeader =
             bincode::deserialize(header).map_err(|error| format!("a malformed request: {error}"))?;
         let kind = Kind::from_u8(kind).ok_or_else(|| format!("an unknown request kind {kind}"))?;
         Ok(Request {
@@ -121,6 +146,7 @@ impl Request {
             result_type,
             targets,
             payload,
+            tasks: TaskOptions::from_wire(tasks),
         })
     }
 }
@@ -315,6 +341,8 @@ mod tests {
         request.argument_type = "u64".into();
         request.targets = Some(vec![0, 2]);
         request.payload = vec![1, 2, 3];
+        request.tasks.retries = 2;
+        request.tasks.after = vec![7];
         let mut bytes = Vec::new();
         request.write_to(&mut bytes).unwrap();
         let (header, payload) = read_frame(&mut &bytes[..], MAX_REQUEST, MAX_HEADER).unwrap();

@@ -249,11 +249,14 @@ mod map_worker;
 mod api;
 mod api_results;
 #[doc(hidden)]
+pub mod api_tasks;
+#[doc(hidden)]
 pub mod api_wire;
 pub use api::{
     client, ApiError, AsyncExecute, AsyncMapResult, AsyncResult, Client, DirectView, EngineOutput,
     LoadBalancedView, Targets, TaskFailure,
 };
+pub use api_tasks::{Dependency, TaskIter, TaskMetadata, TaskOptions};
 
 /// The id of the engine running this cell.
 pub fn engine_id() -> Result<u32, TransferError> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 const CARGO_TOML: &str = include_str!("../../../client/Cargo.toml");
 /// Every source file of the crate, by its path under `src/` (a test checks none is missing).
-const SOURCES: [(&str, &str); 6] = [
+const SOURCES: [(&str, &str); 7] = [
     ("lib.rs", include_str!("../../../client/src/lib.rs")),
     ("numbers.rs", include_str!("../../../client/src/numbers.rs")),
     (
@@ -22,6 +22,10 @@ const SOURCES: [(&str, &str); 6] = [
     (
         "api_results.rs",
         include_str!("../../../client/src/api_results.rs"),
+    ),
+    (
+        "api_tasks.rs",
+        include_str!("../../../client/src/api_tasks.rs"),
     ),
 ];
 

@@ -143,6 +143,40 @@ impl MapJob {
         Some((index, self.first_items[index], self.chunks[index].clone()))
     }
 
+    /// The first queued chunk that `accept` takes (the Rust API's scheduler passes over a
+    /// retried chunk for the engine it just failed on while another engine can take it).
+    pub(super) fn next_chunk_matching(
+        &mut self,
+        mut accept: impl FnMut(usize) -> bool,
+    ) -> Option<(usize, u64, Vec<u8>)> {
+        if self.interrupted {
+            return None;
+        }
+        let position = self.queue.iter().position(|index| accept(*index))?;
+        let index = self.queue.remove(position)?;
+        Some((index, self.first_items[index], self.chunks[index].clone()))
+    }
+
+    /// Takes every queued chunk out of the queue (an abort): they are never handed out.
+    pub(super) fn take_queued(&mut self) -> Vec<usize> {
+        self.queue.drain(..).collect()
+    }
+
+    /// Chunk `index`'s results as its engine wrote them, once it is back.
+    pub fn chunk_result(&self, index: usize) -> Option<&[u8]> {
+        self.results.get(index)?.as_deref()
+    }
+
+    /// The index of chunk `index`'s first item in the call.
+    pub fn first_item(&self, index: usize) -> Option<u64> {
+        self.first_items.get(index).copied()
+    }
+
+    /// The engine that ran chunk `index`.
+    pub fn chunk_engine(&self, index: usize) -> Option<EngineId> {
+        self.engines_by_chunk.get(index).copied().flatten()
+    }
+
     pub(super) fn complete(
         &mut self,
         index: usize,

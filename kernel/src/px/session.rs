@@ -25,6 +25,7 @@ use jupyter_protocol::Stdio;
 mod api;
 mod api_execute;
 mod api_wait;
+mod api_tasks;
 mod data;
 mod data_setup;
 mod engines;

@@ -14,6 +14,7 @@
 
 pub mod interrupt;
 pub mod scheduler;
+pub mod tasks;
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -6,7 +6,7 @@
 //! The frames are `%pxmap`'s ([`super::super::map_server`]); a chunk's index on the wire is
 //! `submission << 32 | chunk`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,6 +21,7 @@ use super::super::lock;
 use super::super::map_server::{
     read_hello, read_result, short_type_name, write_chunk, MapJob, HELLO_DEADLINE,
 };
+use super::tasks::TaskState;
 
 /// Chunks each engine holds at once, as `%pxmap`.
 const IN_FLIGHT: usize = 2;
@@ -48,6 +49,8 @@ pub struct Submission {
     pub engines: Vec<EngineId>,
     /// How often the serving cell was submitted again after ending with work left.
     pub resubmits: u32,
+    /// Retries, dependencies and the tasks' history ([`super::tasks`]).
+    pub tasks: TaskState,
 }
 
 impl Submission {
@@ -62,7 +65,7 @@ impl Submission {
             .as_secs_f64()
     }
 
-    fn fail(&mut self, why: String) {
+    pub(super) fn fail(&mut self, why: String) {
         if self.failed.is_none() {
             self.failed = Some(why);
             self.finished = Some(Instant::now());
@@ -76,6 +79,14 @@ pub struct Book {
     pub submissions: BTreeMap<u64, Submission>,
     next: u64,
     serving: HashMap<(String, EngineId), usize>,
+    /// Calls whose dependencies are not resolved yet.
+    pub(super) waiting: BTreeSet<u64>,
+    /// Calls whose results were dropped but that a waiting call depends on.
+    pub(super) forgotten: BTreeSet<u64>,
+    /// A call finished, was added or aborted since dependencies were last looked at.
+    pub(super) dirty: bool,
+    /// Calls resolved whose serving cells the session has not sent yet.
+    pub(super) to_start: Vec<u64>,
 }
 
 impl Book {
@@ -85,7 +96,7 @@ impl Book {
             let oldest = self
                 .submissions
                 .iter()
-                .find(|(_, s)| s.ready())
+                .find(|(id, s)| s.ready() && !self.needed(**id))
                 .map(|(id, _)| *id);
             match oldest {
                 Some(id) => {
@@ -99,7 +110,11 @@ impl Book {
             }
         }
         self.next += 1;
+        if !submission.tasks.resolved {
+            self.waiting.insert(self.next);
+        }
         self.submissions.insert(self.next, submission);
+        self.dirty = true;
         Ok(self.next)
     }
 
@@ -133,16 +148,24 @@ impl Book {
 
     /// The next chunk for an engine serving `label` with these types; a submission whose
     /// caller used other types fails here, naming both.
-    fn next_chunk(
+    pub(super) fn next_chunk(
         &mut self,
         label: &str,
         engine: EngineId,
         argument_type: &str,
         result_type: &str,
     ) -> Option<(u64, u64, Vec<u8>)> {
+        self.settle();
+        let serving: Vec<EngineId> = self
+            .serving
+            .keys()
+            .filter(|(l, _)| l == label)
+            .map(|(_, e)| *e)
+            .collect();
         for (id, submission) in self.submissions.iter_mut() {
             if submission.label != label
                 || submission.ready()
+                || !submission.tasks.resolved
                 || !submission.engines.contains(&engine)
             {
                 continue;
@@ -153,21 +176,27 @@ impl Book {
                 submission.fail(mismatch(submission, engine, argument_type, result_type));
                 continue;
             }
-            if let Some((chunk, first_item, bytes)) = submission.job.next_chunk() {
+            let (tasks, engines) = (&submission.tasks, &submission.engines);
+            let next = submission
+                .job
+                .next_chunk_matching(|chunk| tasks.may_take(chunk, engine, engines, &serving));
+            if let Some((chunk, first_item, bytes)) = next {
                 return Some(((id << 32) | chunk as u64, first_item, bytes));
             }
         }
         None
     }
 
-    /// Whether a submission of `label` still waits for results.
-    fn has_work(&self, label: &str) -> bool {
-        self.submissions
-            .values()
-            .any(|s| s.label == label && !s.ready())
+    /// Whether a submission of `label` that `engine` may run still waits for results (one
+    /// waiting for its dependencies does not keep engines).
+    pub(super) fn has_work(&mut self, label: &str, engine: EngineId) -> bool {
+        self.settle();
+        self.submissions.values().any(|s| {
+            s.label == label && !s.ready() && s.tasks.resolved && s.engines.contains(&engine)
+        })
     }
 
-    fn complete(
+    pub(super) fn complete(
         &mut self,
         index: u64,
         engine: EngineId,
@@ -177,20 +206,30 @@ impl Book {
     ) {
         if let Some(submission) = self.submissions.get_mut(&(index >> 32)) {
             let chunk = (index & 0xffff_ffff) as usize;
+            if submission.job.chunk_result(chunk).is_some() {
+                return;
+            }
+            let error = failures.first().map(|(_, message)| message.as_str());
+            if let Some(message) = error {
+                if submission.tasks.retry(chunk, engine, message) {
+                    submission.job.requeue([chunk]);
+                    return;
+                }
+            }
+            submission.tasks.completed(chunk, engine, seconds, error);
             submission
                 .job
                 .complete(chunk, engine, failures, bytes, seconds);
             if submission.job.is_done() {
                 submission.finished.get_or_insert_with(Instant::now);
+                self.dirty = true;
             }
         }
     }
 
-    fn requeue(&mut self, indices: impl IntoIterator<Item = u64>) {
+    pub(super) fn requeue(&mut self, indices: impl IntoIterator<Item = u64>) {
         for index in indices {
-            if let Some(submission) = self.submissions.get_mut(&(index >> 32)) {
-                submission.job.requeue([(index & 0xffff_ffff) as usize]);
-            }
+            self.requeue_chunk(index >> 32, (index & 0xffff_ffff) as usize);
         }
     }
 }
@@ -333,7 +372,7 @@ impl Scheduler {
                 // submission either finds this engine gone (and sends the cell) or is seen.
                 let leave = {
                     let mut book = lock(&self.book);
-                    if book.has_work(label) {
+                    if book.has_work(label, engine) {
                         last_work = Instant::now();
                         false
                     } else if idle >= LINGER {
@@ -413,6 +452,7 @@ mod tests {
             serve_cell: None,
             engines: vec![0],
             resubmits: 0,
+            tasks: TaskState::default(),
         }
     }
 
@@ -437,9 +477,9 @@ mod tests {
             "{failed}"
         );
         assert!(book.submissions[&a].ready());
-        assert!(book.has_work("f2"));
+        assert!(book.has_work("f2", 0));
         book.complete(index, 0, vec![], vec![1], 0.5);
-        assert!(!book.has_work("f2"));
+        assert!(!book.has_work("f2", 0));
         assert!(book.submissions[&b].finished.is_some());
     }
 

@@ -10,6 +10,7 @@ use rustpx_protocol::EngineId;
 use rustpx_wire::WireMessage;
 
 use super::super::api::scheduler::{Scheduler, Submission};
+use super::super::api::tasks::{results_of, TaskState};
 use super::super::api::{Kind, Reply, Request};
 use super::super::map_server::MapJob;
 use super::super::rustc_codes;
@@ -48,6 +49,8 @@ impl PxService {
     /// Answers one API request from the plain cell `cell` (outputs such as engines starting
     /// are shown under it).
     pub async fn answer_api(&mut self, cell: &WireMessage, request: Request) -> Reply {
+        // Calls whose dependencies were met since the last request get their serving cells.
+        self.api_start_resolved();
         let answered = match request.kind {
             Kind::Ids => self
                 .ensure_engines(cell)
@@ -63,6 +66,12 @@ impl PxService {
             Kind::Results if request.job >= EXECUTION_IDS => {
                 self.api_execution_results(request.job)
             }
+            Kind::Abort | Kind::Metadata | Kind::Partial if request.job >= EXECUTION_IDS => {
+                Err("abort, metadata, iter and results are for the results of apply and map".into())
+            }
+            Kind::Abort => self.api_abort(request.job),
+            Kind::Metadata => self.api_metadata(request.job),
+            Kind::Partial => return self.api_partial_interruptible(&request).await,
             Kind::Forget if request.job >= EXECUTION_IDS => {
                 self.api_forget_execution(request.job);
                 Ok(Reply::default())
@@ -72,7 +81,7 @@ impl PxService {
             Kind::Results => self.api_results(request.job),
             Kind::Forget => {
                 if let Some(scheduler) = &self.api_scheduler {
-                    lock(&scheduler.book).submissions.remove(&request.job);
+                    lock(&scheduler.book).forget(request.job);
                 }
                 Ok(Reply::default())
             }
@@ -112,6 +121,7 @@ impl PxService {
             .await
             .map_err(|r| r.evalue)?;
         let scheduler = self.api_scheduler().await?;
+        lock(&scheduler.book).check_tasks(&request.tasks)?;
         let job = MapJob::from_chunk_file(&request.payload)
             .map_err(|error| format!("the call's items: {error}"))?;
         let next_label = format!("f{}", self.api_labels.len());
@@ -133,12 +143,20 @@ impl PxService {
             serve_cell: None,
             engines: engines.clone(),
             resubmits: 0,
+            tasks: TaskState::new(request.tasks),
         })?;
+        // Dependencies already done resolve now; a call still waiting gets its serving cell
+        // once they are (`api_start_resolved`).
+        book.settle();
+        let resolved = book.submissions.get(&id).is_some_and(|s| s.tasks.resolved);
+        if let Some(submission) = book.submissions.get_mut(&id) {
+            submission.tasks.deferred = !resolved;
+        }
         // Engines still serving this function from the last call take it at once.
         let served = book.all_serving(&label, &engines);
         drop(book);
         scheduler.changed.notify_waiters();
-        if !served {
+        if resolved && !served {
             self.api_serve(&scheduler, id, &dep);
         }
         self.api_is_last = Some(id);
@@ -149,7 +167,7 @@ impl PxService {
     }
 
     /// Sends the serving cell of submission `id`'s function to its engines.
-    fn api_serve(&mut self, scheduler: &Scheduler, id: u64, dep: &str) {
+    pub(super) fn api_serve(&mut self, scheduler: &Scheduler, id: u64, dep: &str) {
         let Some((function, label, engines)) = lock(&scheduler.book)
             .submissions
             .get(&id)
@@ -232,14 +250,26 @@ impl PxService {
 
     /// Notices a serving cell that ended with the submission unfinished: a compile error or
     /// a dead engine fails it; an engine that left with work undone gets the cell again.
-    fn api_watch(&mut self, scheduler: &Scheduler, id: u64) -> Result<(), String> {
+    pub(super) fn api_watch(&mut self, scheduler: &Scheduler, id: u64) -> Result<(), String> {
         let hub = self.machinery().map_err(|r| r.evalue)?.hub.clone();
         let (cell_id, label, function, resubmits, engines) = {
-            let book = lock(&scheduler.book);
-            let Some(s) = book.submissions.get(&id) else {
+            let mut book = lock(&scheduler.book);
+            book.settle();
+            let Some(s) = book.submissions.get_mut(&id) else {
                 return Ok(());
             };
-            if s.ready() {
+            if s.ready() || !s.tasks.resolved {
+                return Ok(());
+            }
+            if s.tasks.deferred {
+                s.tasks.deferred = false;
+                let (label, engines) = (s.label.clone(), s.engines.clone());
+                let served = book.all_serving(&label, &engines);
+                drop(book);
+                if !served {
+                    let dep = client_crate::dep_line().map_err(|e| e.to_string())?;
+                    self.api_serve(scheduler, id, &dep);
+                }
                 return Ok(());
             }
             (
@@ -319,18 +349,11 @@ impl PxService {
             .submissions
             .get(&id)
             .ok_or_else(|| format!("call {id} is no longer kept"))?;
-        let payload = submission
-            .job
-            .results_file()
-            .ok_or_else(|| format!("call {id} is not finished"))?;
+        let (payload, ids) =
+            results_of(submission).ok_or_else(|| format!("call {id} is not finished"))?;
         Ok(Reply {
             job: id,
-            ids: submission
-                .job
-                .item_engines()
-                .into_iter()
-                .map(|e| e.unwrap_or(u32::MAX))
-                .collect(),
+            ids,
             payload,
             ..Reply::default()
         })

@@ -50,9 +50,17 @@ impl PxService {
         match waited {
             Some(Ok(reply)) => reply,
             Some(Err(why)) => Reply::error(why),
-            None => Reply::error(format!(
-                "{INTERRUPTED}: the wait was interrupted; call {id} goes on: wait for it or get() its results again"
-            )),
+            None => interrupted(id),
+        }
+    }
+
+    /// Answers a `Partial` (the next results of `iter()`), which waits as `Wait` does.
+    pub(super) async fn api_partial_interruptible(&mut self, request: &Request) -> Reply {
+        let interrupt = self.api_interrupt.clone();
+        match interrupt.wait(self.api_partial(request)).await {
+            Some(Ok(reply)) => reply,
+            Some(Err(why)) => Reply::error(why),
+            None => interrupted(request.job),
         }
     }
 
@@ -109,4 +117,10 @@ impl PxService {
             self.api_progress.bars.insert(key, bar);
         }
     }
+}
+
+fn interrupted(id: u64) -> Reply {
+    Reply::error(format!(
+        "{INTERRUPTED}: the wait was interrupted; call {id} goes on: wait for it or get() its results again"
+    ))
 }

@@ -1,0 +1,115 @@
+//! The task requests of the Rust API (abort, metadata, results as they complete) and the start
+//! of calls whose dependencies were met (the rules: [`crate::px::api::tasks`]).
+//!
+//! A call that waits for dependencies has no serving cell on the engines (an engine serving one
+//! function could not run another's cell meanwhile); once its dependencies are met, the next
+//! API request of the notebook sends it, so a cell that waits on any result starts it.
+
+use std::time::{Duration, Instant};
+
+use rustpx_client::api_tasks::encode_metadata;
+
+use super::super::api::{Reply, Request};
+use super::{lock, PxService};
+
+/// How long one Partial request may hold the session (the client repeats it).
+const PARTIAL_WAIT_LIMIT: Duration = Duration::from_secs(1);
+
+impl PxService {
+    /// Sends the serving cells of calls that waited for dependencies now met (and fails those
+    /// whose dependencies failed or whose timeout passed).
+    pub(super) fn api_start_resolved(&mut self) {
+        let Some(scheduler) = self.api_scheduler.clone() else {
+            return;
+        };
+        let ids = lock(&scheduler.book).take_to_start();
+        if ids.is_empty() {
+            return;
+        }
+        for id in ids {
+            if let Err(why) = self.api_watch(&scheduler, id) {
+                tracing::warn!("api: cannot start call {id}: {why}");
+            }
+        }
+        scheduler.changed.notify_waiters();
+    }
+
+    pub(super) fn api_abort(&mut self, id: u64) -> Result<Reply, String> {
+        let scheduler = self
+            .api_scheduler
+            .clone()
+            .ok_or_else(|| format!("no call {id} was made"))?;
+        lock(&scheduler.book).abort(id)?;
+        scheduler.changed.notify_waiters();
+        Ok(Reply {
+            job: id,
+            ..Reply::default()
+        })
+    }
+
+    pub(super) fn api_metadata(&mut self, id: u64) -> Result<Reply, String> {
+        let scheduler = self
+            .api_scheduler
+            .clone()
+            .ok_or_else(|| format!("no call {id} was made"))?;
+        let tasks = lock(&scheduler.book).metadata(id)?;
+        Ok(Reply {
+            job: id,
+            payload: encode_metadata(&tasks),
+            ..Reply::default()
+        })
+    }
+
+    /// The tasks of a call completed after the cursor (the request's payload), once there is
+    /// one, the call is ready, or the wait passed.
+    pub(super) async fn api_partial(&mut self, request: &Request) -> Result<Reply, String> {
+        let id = request.job;
+        let cursor = request
+            .payload
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or("a Partial request carries its cursor as 8 bytes")?;
+        let scheduler = self
+            .api_scheduler
+            .clone()
+            .ok_or_else(|| format!("no call {id} was made"))?;
+        let wait = Duration::from_millis(request.wait_millis).min(PARTIAL_WAIT_LIMIT);
+        let deadline = Instant::now() + wait;
+        loop {
+            let changed = scheduler.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            self.api_watch(&scheduler, id)?;
+            let reply = {
+                let book = lock(&scheduler.book);
+                let submission = book
+                    .submissions
+                    .get(&id)
+                    .ok_or_else(|| format!("call {id} is no longer kept"))?;
+                let completed = submission.tasks.completion_order.len() as u64;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if completed <= cursor && !submission.ready() && !left.is_zero() {
+                    None
+                } else {
+                    Some(Reply {
+                        job: id,
+                        done_items: submission.job.done_items(),
+                        total_items: submission.job.total_items(),
+                        ready: submission.ready(),
+                        elapsed: submission.elapsed(),
+                        serial: submission.job.serial_seconds,
+                        failed: submission.failed.clone(),
+                        payload: book.partial(id, cursor)?,
+                        ..Reply::default()
+                    })
+                }
+            };
+            if let Some(reply) = reply {
+                return Ok(reply);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), changed).await;
+        }
+    }
+}

@@ -1,0 +1,171 @@
+"""Issue 16, the task interface of the load-balanced view: retries, `after`/`follow`
+dependencies, timeouts, abort, unordered maps, metadata and iteration as tasks complete, against
+the real kernel, its scheduler, 2 real engines and evcxr.
+
+One kernel serves the module; the tests run in file order. Each ends by checking that the kernel
+and both engines still serve calls after the errors it provoked.
+"""
+import os
+import re
+
+import pytest
+
+from conftest import Kernel
+
+FUNCTIONS = """%%px
+fn engine() -> u32 { std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap() }
+/// Fails the first time it runs on each engine for `tag` (a marker file per engine remembers).
+fn flaky(tag: String) -> String {
+    let marker = format!("{tag}.{}", engine());
+    if std::fs::metadata(&marker).is_err() {
+        std::fs::write(&marker, "").unwrap();
+        panic!("first try on engine {}", engine());
+    }
+    format!("done on {}", engine())
+}
+fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+fn which(ms: u64) -> u32 { std::thread::sleep(std::time::Duration::from_millis(ms)); engine() }
+fn fails(x: u64) -> u64 { panic!("fails on purpose {x}") }
+/// Sleeps, then leaves a file `{dir}/{x}` behind: which items really ran.
+fn mark(arg: (String, u64)) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    std::fs::write(format!("{}/{}", arg.0, arg.1), "").unwrap();
+    arg.1
+}"""
+
+
+@pytest.fixture(scope="module")
+def k():
+    os.environ["RUSTPX_ENGINES"] = "2"
+    try:
+        kernel = Kernel()
+    finally:
+        del os.environ["RUSTPX_ENGINES"]
+    ok(kernel, FUNCTIONS)
+    ok(kernel, "let rc = rustpx::client();\nlet lview = rc.load_balanced_view();\nuse std::time::Duration;")
+    yield kernel
+    kernel.shutdown()
+
+
+def ok(k, code):
+    reply, msgs, _ = k.execute(code, timeout=600)
+    assert reply["status"] == "ok", (code, reply, msgs)
+    return msgs
+
+
+def value(k, code):
+    """The text/plain of a plain cell's execute_result."""
+    msgs = ok(k, code)
+    results = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
+    assert len(results) == 1, msgs
+    return results[0]
+
+
+def still_serving(k):
+    assert value(k, 'lview.map_sync::<u64, u64>("nap", &[1, 2, 3, 4]).unwrap()') == "[1, 2, 3, 4]"
+
+
+def test_retries_run_a_flaky_task_again_on_the_other_engine_until_it_succeeds(k, tmp_path):
+    tag = str(tmp_path / "flaky")
+    ok(k, f'let retried = lview.clone().retries(2).apply::<String, String>("flaky", "{tag}".to_string());')
+    assert re.fullmatch(r'"done on [01]"', value(k, "retried.get().unwrap()"))
+    # It failed once on each engine (both markers exist), then succeeded: three runs.
+    assert os.path.exists(tag + ".0") and os.path.exists(tag + ".1")
+    assert value(k, "retried.metadata().unwrap()[0].attempts") == "3"
+    assert value(k, "retried.metadata().unwrap()[0].error.clone()") == "None"
+    still_serving(k)
+
+
+def test_retries_exhausted_report_only_the_last_failure(k, tmp_path):
+    tag = str(tmp_path / "exhausted")
+    text = value(k, f'lview.clone().retries(1).apply::<String, String>("flaky", "{tag}".to_string()).get().unwrap_err().to_string()')
+    m = re.fullmatch(r'"CompositeError: 1 of 1 tasks failed\\n\[([01]):apply\] item 0: first try on engine ([01])"', text)
+    assert m and m.group(1) == m.group(2), text
+    # The retry ran on the other engine: each engine failed it once.
+    assert os.path.exists(tag + ".0") and os.path.exists(tag + ".1")
+    # Without retries the same failure is reported at once.
+    text = value(k, f'lview.apply::<String, String>("flaky", "{tag}-none".to_string()).get().unwrap_err().to_string()')
+    assert "first try on engine" in text
+    assert [os.path.exists(f"{tag}-none.{e}") for e in (0, 1)].count(True) == 1
+    still_serving(k)
+
+
+def test_an_after_chain_runs_in_order(k):
+    ok(k, """let first = lview.apply::<u64, u64>("nap", 600);
+let second = lview.clone().after(&[&first]).apply::<u64, u64>("nap", 200);
+let third = lview.clone().after(&[&second]).apply::<u64, u64>("nap", 10);""")
+    assert value(k, "(third.get().unwrap(), second.get().unwrap(), first.get().unwrap())") == "(10, 200, 600)"
+    ok(k, """let meta: Vec<rustpx::TaskMetadata> = [&first.metadata().unwrap()[0], &second.metadata().unwrap()[0], &third.metadata().unwrap()[0]].into_iter().cloned().collect();
+let slack = Duration::from_millis(5);""")
+    # Each started only after the one before it completed (the kernel's clock, 5 ms of slack).
+    assert value(k, "meta[1].started.unwrap() + slack >= meta[0].completed.unwrap() && meta[2].started.unwrap() + slack >= meta[1].completed.unwrap()") == "true"
+    assert value(k, "meta[2].completed.unwrap().duration_since(meta[0].submitted).unwrap() >= Duration::from_millis(800)") == "true"
+    assert value(k, "meta.iter().all(|m| m.submitted <= m.started.unwrap() && m.started.unwrap() <= m.completed.unwrap() && m.engine.is_some())") == "true"
+    assert value(k, "third.wall_time() >= Duration::from_millis(800)") == "true"
+
+
+def test_a_failed_dependency_fails_its_dependent_naming_it(k):
+    text = value(k, """let bad = lview.apply::<u64, u64>("fails", 1);
+lview.clone().after(&[&bad]).apply::<u64, u64>("nap", 1).get().unwrap_err().to_string()""")
+    assert re.fullmatch(
+        r'"ImpossibleDependency: `nap` \(call \d+\) depends on call \d+ \(`fails`\), which failed: \[engine [01]\] item 0: fails on purpose 1"',
+        text,
+    ), text
+    # success_only(false): a failed dependency still counts as done.
+    assert value(k, 'lview.clone().success_only(false).after(&[&bad]).apply::<u64, u64>("nap", 2).get().unwrap()') == "2"
+    still_serving(k)
+
+
+def test_follow_runs_on_the_engine_that_ran_the_dependency(k):
+    ok(k, 'let placed = lview.apply::<u64, u32>("which", 0);\nlet home = placed.get().unwrap();')
+    # 20 one-item tasks would spread over both engines; following `placed` keeps them home.
+    assert value(k, 'lview.clone().follow(&[&placed]).chunk_size(1).map_sync::<u64, u32>("which", &[20; 20]).unwrap().iter().all(|e| *e == home)') == "true"
+    # Without it, the same tasks use both engines.
+    assert value(k, 'lview.clone().chunk_size(1).map_sync::<u64, u32>("which", &[100; 20]).unwrap().iter().any(|e| *e != home)') == "true"
+    still_serving(k)
+
+
+def test_timeout_fails_a_task_whose_dependency_is_late(k):
+    text = value(k, """let long = lview.apply::<u64, u64>("nap", 3000);
+lview.clone().after(&[&long]).timeout(Duration::from_millis(300)).apply::<u64, u64>("nap", 1).get().unwrap_err().to_string()""")
+    assert re.fullmatch(
+        r'"TaskTimeout: `nap` \(call \d+\) waited 300ms for call\(s\) \[\d+\] to finish and never started; give it a longer .timeout\(..\) or wait for those first"',
+        text,
+    ), text
+    assert value(k, "long.get().unwrap()") == "3000"
+    still_serving(k)
+
+
+def test_abort_keeps_completed_values_and_never_runs_the_rest(k, tmp_path):
+    ok(k, f"""let dir = "{tmp_path}".to_string();
+let items: Vec<(String, u64)> = (0..24).map(|i| (dir.clone(), i)).collect();
+let doomed = lview.clone().chunk_size(1).map::<(String, u64), u64>("mark", &items);
+while doomed.progress() < 2 {{ std::thread::sleep(Duration::from_millis(20)); }}
+doomed.abort().unwrap();
+let outcome = doomed.results().unwrap();""")
+    done = [int(v) for v in value(k, "outcome.iter().filter_map(|r| r.as_ref().ok().copied()).collect::<Vec<u64>>()").strip("[]").split(", ")]
+    aborted = int(value(k, 'outcome.iter().filter(|r| r.as_ref().is_err_and(|f| f.message.starts_with("TaskAborted: `mark` was aborted"))).count()'))
+    assert len(done) >= 2 and len(done) + aborted == 24 and aborted >= 12, (done, aborted)
+    # Completed items kept their values, in input order; aborted ones never ran.
+    assert done == sorted(done)
+    ran = sorted(int(name) for name in os.listdir(tmp_path))
+    assert ran == done
+    assert value(k, "doomed.get().unwrap_err().to_string().contains(\"[no engine] item\")") == "true"
+    assert value(k, "doomed.metadata().unwrap().iter().filter(|m| m.engine.is_none()).count()") == str(aborted)
+    still_serving(k)
+
+
+def test_unordered_map_returns_every_item_as_it_completes(k):
+    ok(k, "let naps: Vec<u64> = vec![2000, 10, 10, 10, 10, 10];")
+    unordered = value(k, 'lview.clone().chunk_size(1).map_unordered::<u64, u64>("nap", &naps).get().unwrap()')
+    assert unordered != "[2000, 10, 10, 10, 10, 10]" and sorted(unordered.strip("[]").split(", ")) == sorted(["2000"] + ["10"] * 5), unordered
+    streamed = value(k, 'lview.clone().ordered(false).chunk_size(1).map::<u64, u64>("nap", &naps).iter().map(|r| r.unwrap()).collect::<Vec<u64>>()')
+    assert streamed != "[2000, 10, 10, 10, 10, 10]" and sorted(streamed.strip("[]").split(", ")) == sorted(unordered.strip("[]").split(", ")), streamed
+    # Ordered iteration yields input order, each item as soon as those before it are in.
+    assert value(k, 'lview.clone().chunk_size(1).map::<u64, u64>("nap", &naps).iter().map(|r| r.unwrap()).collect::<Vec<u64>>()') == "[2000, 10, 10, 10, 10, 10]"
+
+
+def test_the_engines_still_run_cells_after_all_of_it(k):
+    assert value(k, "rc.ids().unwrap()") == "[0, 1]"
+    outs = value(k, 'rc.direct_view(..).execute_sync("engine()").unwrap().iter().map(|o| o.value.clone().unwrap()).collect::<Vec<_>>()')
+    assert outs == '["0", "1"]'
