@@ -25,7 +25,7 @@ pub(crate) struct Pending {
 const WAIT_SLICE: Duration = Duration::from_millis(500);
 
 impl Pending {
-    fn job(&self) -> Result<u64, ApiError> {
+    pub(crate) fn job(&self) -> Result<u64, ApiError> {
         match &self.job {
             Ok(job) => Ok(*job),
             Err(ApiError::Kernel(why)) => Err(ApiError::Kernel(why.clone())),
@@ -33,7 +33,7 @@ impl Pending {
         }
     }
 
-    fn status(&self, kind: Kind, wait: Duration) -> Result<Reply, ApiError> {
+    pub(crate) fn status(&self, kind: Kind, wait: Duration) -> Result<Reply, ApiError> {
         if let Some(reply) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(reply);
         }
@@ -47,13 +47,13 @@ impl Pending {
         Ok(reply)
     }
 
-    fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.status(Kind::Status, Duration::ZERO)
             .map(|reply| reply.ready)
             .unwrap_or(true)
     }
 
-    fn wait(&self, timeout: Option<Duration>) -> bool {
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let left = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()));
@@ -95,7 +95,15 @@ impl Pending {
     }
 
     fn results<R: DeserializeOwned>(&self) -> Result<Vec<R>, ApiError> {
-        let payload = self.result_bytes("apply")?;
+        self.results_labelled("apply")
+    }
+
+    /// The values, or the failures labelled as `what` (see [`ApiError::Tasks`]).
+    pub(crate) fn results_labelled<R: DeserializeOwned>(
+        &self,
+        what: &'static str,
+    ) -> Result<Vec<R>, ApiError> {
+        let payload = self.result_bytes(what)?;
         let values = crate::decode_results::<R>(&payload, "the kernel's reply")
             .map_err(|e| ApiError::Decode(e.to_string()))?;
         values
@@ -104,20 +112,20 @@ impl Pending {
             .collect()
     }
 
-    fn done_items(&self) -> u64 {
+    pub(crate) fn done_items(&self) -> u64 {
         self.status(Kind::Status, Duration::ZERO)
             .map(|reply| reply.done_items)
             .unwrap_or(0)
     }
 
-    fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         match self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(reply) => Duration::from_secs_f64(reply.elapsed.max(0.0)),
             None => self.submitted.elapsed(),
         }
     }
 
-    fn serial_time(&self) -> Duration {
+    pub(crate) fn serial_time(&self) -> Duration {
         self.status(Kind::Status, Duration::ZERO)
             .map(|reply| Duration::from_secs_f64(reply.serial.max(0.0)))
             .unwrap_or_default()
@@ -193,6 +201,8 @@ macro_rules! result_methods {
         }
     };
 }
+
+pub(crate) use result_methods;
 
 result_methods!(AsyncResult, R, "apply");
 result_methods!(AsyncMapResult, Vec<R>, "map");

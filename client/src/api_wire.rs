@@ -38,6 +38,19 @@ pub enum Kind {
     Forget = 5,
     /// Run a cell (the code in `function`) on the target engines, as `%px` does.
     Execute = 6,
+    /// The direct view's `apply`: the function in `function`, its argument (one chunk of one
+    /// item) in the payload, run once on each target; answered like a Submit.
+    DirectApply = 16,
+    /// Values to bind on the targets: the payload holds [`crate::api_payload::encode_named`] entries.
+    Push = 17,
+    /// The variable `function` of each target, with the caller's type in `result_type`; the
+    /// reply's payload holds each engine's value ([`crate::api_payload::encode_parts`]), `ids` the engines.
+    Pull = 18,
+    /// `function` bound on each target (in `targets` order) to one part of a sequence: the
+    /// payload holds one [`crate::api_payload::encode_parts`] part per target; `argument_type` is the element type.
+    Scatter = 19,
+    /// Each target's `Vec` named `function`, element type `result_type`; replied as a Pull.
+    Gather = 20,
 }
 
 impl Kind {
@@ -50,6 +63,11 @@ impl Kind {
             Kind::Results,
             Kind::Forget,
             Kind::Execute,
+            Kind::DirectApply,
+            Kind::Push,
+            Kind::Pull,
+            Kind::Scatter,
+            Kind::Gather,
         ]
         .into_iter()
         .find(|kind| *kind as u8 == byte)
