@@ -170,7 +170,9 @@ impl<T: Send + 'static> AsyncData<T> {
         };
         *self.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         *outcome = Some(arrived.unwrap_or_else(|| {
-            Err(ApiError::Connection("the call's thread ended without an answer".into()))
+            Err(ApiError::Connection(
+                "the call's thread ended without an answer".into(),
+            ))
         }));
         true
     }
@@ -284,7 +286,11 @@ impl DirectView {
     /// The variable `name` of every engine of the view, in target order, as a `T`; a missing
     /// variable or another type on any engine is an error naming the engine and both types.
     pub fn pull_sync<T: DeserializeOwned + 'static>(&self, name: &str) -> Result<Vec<T>, ApiError> {
-        fetch(&self.connection, self.fetch_request::<T>(Kind::Pull, name), name)
+        fetch(
+            &self.connection,
+            self.fetch_request::<T>(Kind::Pull, name),
+            name,
+        )
     }
 
     /// [`pull_sync`](Self::pull_sync) on a thread of its own.
@@ -299,8 +305,11 @@ impl DirectView {
         &self,
         name: &str,
     ) -> Result<Vec<T>, ApiError> {
-        let parts: Vec<Vec<T>> =
-            fetch(&self.connection, self.fetch_request::<T>(Kind::Gather, name), name)?;
+        let parts: Vec<Vec<T>> = fetch(
+            &self.connection,
+            self.fetch_request::<T>(Kind::Gather, name),
+            name,
+        )?;
         Ok(parts.into_iter().flatten().collect())
     }
 
@@ -371,7 +380,7 @@ fn push_request(connection: &Connection, request: Request) -> Result<(), ApiErro
 }
 
 /// Sends a Pull or Gather and decodes each engine's value as a `V`.
-fn fetch<V: DeserializeOwned>(
+fn fetch<V: DeserializeOwned + 'static>(
     connection: &Connection,
     request: Request,
     name: &str,
@@ -382,7 +391,11 @@ fn fetch<V: DeserializeOwned>(
         .into_iter()
         .enumerate()
         .map(|(index, bytes)| {
-            bincode::deserialize(bytes).map_err(|error| {
+            let decoded = match crate::numbers::from_bytes::<V>(bytes) {
+                Some(numbers) => numbers,
+                None => bincode::deserialize(bytes).map_err(|error| error.to_string()),
+            };
+            decoded.map_err(|error| {
                 let engine = reply.ids.get(index).copied().unwrap_or(u32::MAX);
                 ApiError::Decode(format!(
                     "{name} from engine {engine} is not a {} ({error})",

@@ -53,6 +53,12 @@ pub fn decode_parts(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     Ok(parts)
 }
 
+/// The results of a task that never ran (its engine died): the bincode of a
+/// `Vec<Result<R, String>>` holding one `Err`, the same bytes whatever `R` is.
+pub fn failed_task(message: &str) -> Vec<u8> {
+    bincode::serialize(&[Err::<(), &str>(message)][..]).unwrap_or_default()
+}
+
 fn take<'a>(len: u64, bytes: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
     let len = usize::try_from(len).map_err(|_| format!("{what} of {len} bytes"))?;
     if len > bytes.len() {
@@ -68,7 +74,9 @@ fn take<'a>(len: u64, bytes: &mut &'a [u8], what: &str) -> Result<&'a [u8], Stri
 
 fn take_u32(bytes: &mut &[u8]) -> Result<u64, String> {
     let raw = take(4, bytes, "a length")?;
-    Ok(u64::from(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])))
+    Ok(u64::from(u32::from_le_bytes([
+        raw[0], raw[1], raw[2], raw[3],
+    ])))
 }
 
 fn take_u64(bytes: &mut &[u8]) -> Result<u64, String> {
@@ -101,10 +109,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_task_decodes_as_an_error_of_any_result_type() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(failed_task("gone").len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&failed_task("gone"));
+        let results = crate::decode_results::<Vec<String>>(&bytes, "test").unwrap();
+        assert_eq!(results, vec![Err("gone".to_owned())]);
+    }
+
+    #[test]
+    fn vectors_of_numbers_decode_from_bytes_in_one_copy_and_check_their_length() {
+        let numbers: Vec<u64> = (0..1000).collect();
+        let bytes = bincode::serialize(&numbers).unwrap();
+        let decoded = crate::numbers::from_bytes::<Vec<u64>>(&bytes).unwrap();
+        assert_eq!(decoded.unwrap(), numbers);
+        let short = crate::numbers::from_bytes::<Vec<u64>>(&bytes[..bytes.len() - 1]).unwrap();
+        assert!(short
+            .unwrap_err()
+            .contains("1000 items of 8 bytes do not fill 7999 bytes"));
+        assert!(crate::numbers::from_bytes::<Vec<String>>(&bytes).is_none());
+    }
+
+    #[test]
     fn lengths_beyond_the_bytes_are_errors_not_allocations() {
         let mut bytes = encode_named(&[("a".into(), "u8".into(), vec![1])]);
         bytes.truncate(bytes.len() - 1);
-        assert!(decode_named(&bytes).unwrap_err().contains("a value of 1 bytes where 0 remain"));
+        assert!(decode_named(&bytes)
+            .unwrap_err()
+            .contains("a value of 1 bytes where 0 remain"));
         let mut huge = u64::MAX.to_le_bytes().to_vec();
         huge.push(0);
         assert!(decode_parts(&huge).is_err());

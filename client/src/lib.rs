@@ -255,11 +255,11 @@ mod api_results;
 pub mod api_wire;
 #[doc(hidden)]
 pub mod type_names;
-pub use api_direct::{vars, AsyncData, AsyncDirectResult, Vars};
 pub use api::{
     client, ApiError, AsyncExecute, AsyncMapResult, AsyncResult, Client, DirectView, EngineOutput,
     LoadBalancedView, Targets, TaskFailure,
 };
+pub use api_direct::{vars, AsyncData, AsyncDirectResult, Vars};
 
 /// The id of the engine running this cell.
 pub fn engine_id() -> Result<u32, TransferError> {

@@ -11,10 +11,12 @@
 /// Every path cut to its last segment, spaces removed: `alloc::vec::Vec<ctx::Point>` becomes
 /// `Vec<Point>`. Two types with equal short names are taken as the same type.
 pub fn short(name: &str) -> String {
-    map_paths(name, |path| path.rsplit("::").next().unwrap_or(path).to_owned())
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect()
+    map_paths(name, |path| {
+        path.rsplit("::").next().unwrap_or(path).to_owned()
+    })
+    .chars()
+    .filter(|c| !c.is_whitespace())
+    .collect()
 }
 
 /// How an engine cell spells the type that `std::any::type_name` called `name`; an error says
@@ -29,9 +31,10 @@ pub fn for_engines(name: &str) -> Result<String, String> {
             "`{name}` holds a reference, which cannot cross to another process; send an owned value (e.g. `.to_owned()`, `.to_vec()`)"
         ));
     }
-    if let Some(bad) = name.chars().find(|c| {
-        !(c.is_alphanumeric() || "_:<>,()[]; ".contains(*c))
-    }) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || "_:<>,()[]; ".contains(*c)))
+    {
         return Err(format!(
             "`{name}` cannot be named in an engine cell (it contains `{bad}`: a closure, a function or an anonymous type); send a value of a named type"
         ));
@@ -65,7 +68,9 @@ fn check_brackets(name: &str) -> Result<(), String> {
                     _ => '[',
                 };
                 if open.pop() != Some(expected) {
-                    return Err(format!("`{name}` is not one type (its brackets do not balance)"));
+                    return Err(format!(
+                        "`{name}` is not one type (its brackets do not balance)"
+                    ));
                 }
             }
             ';' if open.last() != Some(&'[') => {
@@ -77,7 +82,9 @@ fn check_brackets(name: &str) -> Result<(), String> {
     if open.is_empty() {
         Ok(())
     } else {
-        Err(format!("`{name}` is not one type (its brackets do not balance)"))
+        Err(format!(
+            "`{name}` is not one type (its brackets do not balance)"
+        ))
     }
 }
 
@@ -199,7 +206,10 @@ mod tests {
             for_engines("alloc::vec::Vec<ctx::Point>").as_deref(),
             Ok("Vec<Point>")
         );
-        assert_eq!(for_engines("code_12::geo::Point").as_deref(), Ok("geo::Point"));
+        assert_eq!(
+            for_engines("code_12::geo::Point").as_deref(),
+            Ok("geo::Point")
+        );
         assert_eq!(
             for_engines("num_complex::Complex<f64>").as_deref(),
             Ok("num_complex::Complex<f64>")
