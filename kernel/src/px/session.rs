@@ -23,6 +23,8 @@ use crate::iopub::{self, Publisher};
 use jupyter_protocol::Stdio;
 
 mod api;
+mod api_data;
+mod api_direct;
 mod api_execute;
 mod data;
 mod data_setup;
