@@ -19,8 +19,9 @@ SERDE = ':dep serde = { version = "1", features = ["derive"] }'
 POINT = "#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\npub struct Point { pub x: i32, pub label: String }"
 
 FUNCTIONS = """%%px
-fn whoami(offset: u64) -> u64 { rustpx::engine_id().unwrap() as u64 + offset }
-fn fragile(x: u64) -> u64 { if rustpx::engine_id().unwrap() == 1 { panic!("engine 1 refuses {x}") } else { x * 10 } }
+fn me() -> u64 { std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap() }
+fn whoami(offset: u64) -> u64 { me() + offset }
+fn fragile(x: u64) -> u64 { if me() == 1 { panic!("engine 1 refuses {x}") } else { x * 10 } }
 fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }"""
 
 
@@ -119,14 +120,14 @@ def test_pushed_values_are_the_engines_variables_for_px(k):
 def test_a_user_struct_crosses_both_ways(k):
     ok(k, 'dv.push_sync("p", &Point { x: 2, label: "kernel".into() }).unwrap();')
     assert engine_values(k, "%px p.x * 10") == {0: "20", 1: "20"}
-    ok(k, '%px let q = Point { x: rustpx::engine_id().unwrap() as i32, label: "engine".into() };')
+    ok(k, '%px let q = Point { x: me() as i32, label: "engine".into() };')
     assert value(k, 'dv.pull_sync::<Point>("q").unwrap().iter().map(|q| (q.x, q.label.clone())).collect::<Vec<_>>()') == (
         '[(0, "engine"), (1, "engine")]'
     )
 
 
 def test_values_set_by_px_are_pulled_typed_in_target_order(k):
-    ok(k, '%px let made: Vec<String> = vec![format!("e{}", rustpx::engine_id().unwrap())];')
+    ok(k, '%px let made: Vec<String> = vec![format!("e{}", me())];')
     assert value(k, 'dv.pull_sync::<Vec<String>>("made").unwrap()') == '[["e0"], ["e1"]]'
     assert value(k, 'rc.direct_view(vec![1, 0]).pull_sync::<u64>("scale").unwrap()') == "[4, 3]"
     ok(k, 'let later = dv.pull::<Vec<String>>("made");')

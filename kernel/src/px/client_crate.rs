@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 const CARGO_TOML: &str = include_str!("../../../client/Cargo.toml");
 /// Every source file of the crate, by its path under `src/` (a test checks none is missing).
-const SOURCES: [(&str, &str); 6] = [
+const SOURCES: [(&str, &str); 9] = [
     ("lib.rs", include_str!("../../../client/src/lib.rs")),
     ("numbers.rs", include_str!("../../../client/src/numbers.rs")),
     (
@@ -22,6 +22,18 @@ const SOURCES: [(&str, &str); 6] = [
     (
         "api_results.rs",
         include_str!("../../../client/src/api_results.rs"),
+    ),
+    (
+        "api_direct.rs",
+        include_str!("../../../client/src/api_direct.rs"),
+    ),
+    (
+        "api_payload.rs",
+        include_str!("../../../client/src/api_payload.rs"),
+    ),
+    (
+        "type_names.rs",
+        include_str!("../../../client/src/type_names.rs"),
     ),
 ];
 
