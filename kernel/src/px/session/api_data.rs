@@ -413,7 +413,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("v.bin");
         std::fs::write(&file, [1, 2, 3]).unwrap();
-        let read = read_bounded("pull", "v", &[file.clone()], &[4]).unwrap();
+        let read = read_bounded("pull", "v", std::slice::from_ref(&file), &[4]).unwrap();
         assert_eq!(read, vec![vec![1, 2, 3]]);
         let error = read_bounded("pull", "v", &[dir.join("none.bin")], &[2]).unwrap_err();
         assert!(error.contains("engine 2's value did not arrive"), "{error}");
