@@ -160,6 +160,14 @@ def test_a_type_only_the_plain_context_defines_says_where_to_define_it(k):
     assert engine_values(k, "%px scale") == {0: "3", 1: "4"}
 
 
+def test_a_value_the_engines_cannot_serialize_names_the_type_and_the_trait(k):
+    ok(k, "#[derive(Debug, serde::Deserialize)]\npub struct Handle(pub u8);")
+    ok(k, "%px pub struct Handle(pub u8);\nlet h = Handle(1);")
+    text = value(k, 'dv.pull_sync::<Handle>("h").unwrap_err().to_string()')
+    assert text.startswith('"pull h: `Handle` cannot leave the engines: it does not implement serde::Serialize; '), text
+    assert engine_values(k, "%px h.0 + 1") == {0: "2", 1: "2"}
+
+
 # --- scatter and gather ---
 
 def test_scatter_splits_contiguously_and_gather_concatenates_in_engine_order(k):

@@ -261,11 +261,23 @@ impl PxService {
         let read = match ran {
             Ok(()) => read_bounded(what, &name, &files, &setup.engines),
             Err(failures) => {
+                let (_, first) = &failures[0];
+                let explained = transfer::explain_compile_error(
+                    kind,
+                    &name,
+                    &ty,
+                    &first.codes,
+                    &first.evalue,
+                    true,
+                );
                 let lines: Vec<String> = failures
                     .iter()
                     .map(|(id, error)| format!("[{id}:{what}] {}", error.summary()))
                     .collect();
-                Err(format!("{what} {name} failed: {}", lines.join("; ")))
+                Err(match explained {
+                    Some(text) => api_words(&text),
+                    None => format!("{what} {name} failed: {}", lines.join("; ")),
+                })
             }
         };
         remove_files(&files);
