@@ -43,7 +43,8 @@ pub enum ApiError {
     Tasks {
         failures: Vec<TaskFailure>,
         total: u64,
-        /// `apply` (for `apply` and `map`) or `execute`: how each failure is labelled.
+        /// `apply` (for `apply` and `map`), `direct apply` (one task per engine, labelled by
+        /// engine only) or `execute`: how each failure is labelled.
         what: &'static str,
     },
     /// The results did not decode as the type asked for.
@@ -79,6 +80,8 @@ impl std::fmt::Display for ApiError {
                         )?;
                     } else if *what == "execute" {
                         write!(f, "\n[{}:execute] {}", failure.engine, failure.message)?;
+                    } else if *what == "direct apply" {
+                        write!(f, "\n[{}:apply] {}", failure.engine, failure.message)?;
                     } else {
                         write!(
                             f,
@@ -107,6 +110,13 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// A connection of its own, opened at its first call (for calls run on another thread).
+    pub(crate) fn new() -> Connection {
+        Connection {
+            stream: Mutex::new(None),
+        }
+    }
+
     fn open() -> Result<UnixStream, ApiError> {
         use std::io::Write;
         let spec = std::env::var(api_wire::API_ENV).map_err(|_| {
@@ -189,7 +199,7 @@ impl From<std::ops::RangeFull> for Targets {
 }
 
 impl Targets {
-    fn ids(&self) -> Option<Vec<u32>> {
+    pub(crate) fn ids(&self) -> Option<Vec<u32>> {
         match self {
             Targets::All => None,
             Targets::Ids(ids) => Some(ids.clone()),
@@ -207,9 +217,7 @@ pub struct Client {
 /// a rustpx kernel fails with [`ApiError::Connection`].
 pub fn client() -> Client {
     Client {
-        connection: Arc::new(Connection {
-            stream: Mutex::new(None),
-        }),
+        connection: Arc::new(Connection::new()),
     }
 }
 
@@ -237,8 +245,8 @@ impl Client {
 /// Engines chosen by id, as ipyparallel's `DirectView`.
 #[derive(Clone)]
 pub struct DirectView {
-    connection: Arc<Connection>,
-    targets: Targets,
+    pub(crate) connection: Arc<Connection>,
+    pub(crate) targets: Targets,
 }
 
 impl DirectView {

@@ -35,7 +35,7 @@ impl Pending {
 
     /// The call's state: at once (`Status`), or once ready or after `wait` (`Wait`, or
     /// `WaitInteractive`, which draws the progress of `what`, i.e. `apply`, `map` or `execute`).
-    fn status(&self, kind: Kind, what: &str, wait: Duration) -> Result<Reply, ApiError> {
+    pub(crate) fn status(&self, kind: Kind, what: &str, wait: Duration) -> Result<Reply, ApiError> {
         if let Some(reply) = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             if kind != Kind::WaitInteractive {
                 return Ok(reply);
@@ -112,7 +112,15 @@ impl Pending {
     }
 
     fn results<R: DeserializeOwned>(&self) -> Result<Vec<R>, ApiError> {
-        let payload = self.result_bytes("apply")?;
+        self.results_labelled("apply")
+    }
+
+    /// The values, or the failures labelled as `what` (see [`ApiError::Tasks`]).
+    pub(crate) fn results_labelled<R: DeserializeOwned>(
+        &self,
+        what: &'static str,
+    ) -> Result<Vec<R>, ApiError> {
+        let payload = self.result_bytes(what)?;
         let values = crate::decode_results::<R>(&payload, "the kernel's reply")
             .map_err(|e| ApiError::Decode(e.to_string()))?;
         values
@@ -121,20 +129,20 @@ impl Pending {
             .collect()
     }
 
-    fn done_items(&self) -> u64 {
+    pub(crate) fn done_items(&self) -> u64 {
         self.status(Kind::Status, "", Duration::ZERO)
             .map(|reply| reply.done_items)
             .unwrap_or(0)
     }
 
-    fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         match self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(reply) => Duration::from_secs_f64(reply.elapsed.max(0.0)),
             None => self.submitted.elapsed(),
         }
     }
 
-    fn serial_time(&self) -> Duration {
+    pub(crate) fn serial_time(&self) -> Duration {
         self.status(Kind::Status, "", Duration::ZERO)
             .map(|reply| Duration::from_secs_f64(reply.serial.max(0.0)))
             .unwrap_or_default()
@@ -218,6 +226,8 @@ macro_rules! result_methods {
         }
     };
 }
+
+pub(crate) use result_methods;
 
 result_methods!(AsyncResult, R, "apply");
 result_methods!(AsyncMapResult, Vec<R>, "map");

@@ -49,6 +49,19 @@ pub enum Kind {
     /// Tasks completed since the cursor in the payload (u64), once there are some or after
     /// `wait_millis` (payload of the reply: `api_tasks::PartialWire`).
     Partial = 34,
+    /// The direct view's `apply`: the function in `function`, its argument (one chunk of one
+    /// item) in the payload, run once on each target; answered like a Submit.
+    DirectApply = 16,
+    /// Values to bind on the targets: the payload holds [`crate::api_payload::encode_named`] entries.
+    Push = 17,
+    /// The variable `function` of each target, with the caller's type in `result_type`; the
+    /// reply's payload holds each engine's value ([`crate::api_payload::encode_parts`]), `ids` the engines.
+    Pull = 18,
+    /// `function` bound on each target (in `targets` order) to one part of a sequence: the
+    /// payload holds one [`crate::api_payload::encode_parts`] part per target; `argument_type` is the element type.
+    Scatter = 19,
+    /// Each target's `Vec` named `function`, element type `result_type`; replied as a Pull.
+    Gather = 20,
 }
 
 impl Kind {
@@ -65,6 +78,11 @@ impl Kind {
             Kind::Abort,
             Kind::Metadata,
             Kind::Partial,
+            Kind::DirectApply,
+            Kind::Push,
+            Kind::Pull,
+            Kind::Scatter,
+            Kind::Gather,
         ]
         .into_iter()
         .find(|kind| *kind as u8 == byte)

@@ -247,15 +247,21 @@ where
 mod map_worker;
 
 mod api;
+mod api_direct;
+#[doc(hidden)]
+pub mod api_payload;
 mod api_results;
 #[doc(hidden)]
 pub mod api_tasks;
 #[doc(hidden)]
 pub mod api_wire;
+#[doc(hidden)]
+pub mod type_names;
 pub use api::{
     client, ApiError, AsyncExecute, AsyncMapResult, AsyncResult, Client, DirectView, EngineOutput,
     LoadBalancedView, Targets, TaskFailure,
 };
+pub use api_direct::{vars, AsyncData, AsyncDirectResult, Vars};
 pub use api_tasks::{Dependency, TaskIter, TaskMetadata, TaskOptions};
 
 /// The id of the engine running this cell.

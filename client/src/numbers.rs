@@ -97,3 +97,46 @@ fn read_vec<N: Copy + Default>(
     file.read_exact(memory).map_err(io)?;
     Ok(numbers)
 }
+
+/// Decodes `bytes` as a `T` if `T` is a `Vec` of numbers (one copy): `None` for any other type.
+pub fn from_bytes<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> {
+    macro_rules! try_number {
+        ($($number:ty),*) => {$(
+            if TypeId::of::<T>() == TypeId::of::<Vec<$number>>() {
+                let vector = vec_from_bytes::<$number>(bytes);
+                return Some(vector.and_then(|v| {
+                    (Box::new(v) as Box<dyn Any>)
+                        .downcast::<T>()
+                        .map(|b| *b)
+                        .map_err(|_| "a vector of another type".to_owned())
+                }));
+            }
+        )*};
+    }
+    with_numbers!(try_number);
+    None
+}
+
+fn vec_from_bytes<N: Copy + Default>(bytes: &[u8]) -> Result<Vec<N>, String> {
+    let (header, memory) = bytes
+        .split_at_checked(8)
+        .ok_or_else(|| format!("{} bytes hold no length", bytes.len()))?;
+    let count = u64::from_le_bytes(header.try_into().unwrap_or_default());
+    let width = std::mem::size_of::<N>() as u64;
+    if count.checked_mul(width) != Some(memory.len() as u64) {
+        return Err(format!(
+            "{count} items of {width} bytes do not fill {} bytes",
+            memory.len()
+        ));
+    }
+    let mut numbers = vec![N::default(); count as usize];
+    // SAFETY: as in `memory_of`, and every bit pattern is a valid number.
+    let target = unsafe {
+        std::slice::from_raw_parts_mut(
+            numbers.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(numbers.as_slice()),
+        )
+    };
+    target.copy_from_slice(memory);
+    Ok(numbers)
+}

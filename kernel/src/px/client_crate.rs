@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 const CARGO_TOML: &str = include_str!("../../../client/Cargo.toml");
 /// Every source file of the crate, by its path under `src/` (a test checks none is missing).
-const SOURCES: [(&str, &str); 7] = [
+const SOURCES: [(&str, &str); 10] = [
     ("lib.rs", include_str!("../../../client/src/lib.rs")),
     ("numbers.rs", include_str!("../../../client/src/numbers.rs")),
     (
@@ -26,6 +26,18 @@ const SOURCES: [(&str, &str); 7] = [
     (
         "api_tasks.rs",
         include_str!("../../../client/src/api_tasks.rs"),
+    ),
+    (
+        "api_direct.rs",
+        include_str!("../../../client/src/api_direct.rs"),
+    ),
+    (
+        "api_payload.rs",
+        include_str!("../../../client/src/api_payload.rs"),
+    ),
+    (
+        "type_names.rs",
+        include_str!("../../../client/src/type_names.rs"),
     ),
 ];
 

@@ -177,6 +177,26 @@ impl MapJob {
         self.engines_by_chunk.get(index).copied().flatten()
     }
 
+    /// Hands out chunk `index` if it waits in the queue (a task pinned to one engine).
+    pub(super) fn take_chunk(&mut self, index: usize) -> Option<(usize, u64, Vec<u8>)> {
+        if self.interrupted {
+            return None;
+        }
+        let position = self.queue.iter().position(|queued| *queued == index)?;
+        self.queue.remove(position);
+        Some((index, self.first_items[index], self.chunks[index].clone()))
+    }
+
+    /// Whether chunk `index` waits in the queue.
+    pub(super) fn is_queued(&self, index: usize) -> bool {
+        self.queue.contains(&index)
+    }
+
+    /// Whether chunk `index` has its results.
+    pub fn is_chunk_done(&self, index: usize) -> bool {
+        self.results.get(index).is_some_and(Option::is_some)
+    }
+
     pub(super) fn complete(
         &mut self,
         index: usize,

@@ -23,9 +23,11 @@ use crate::iopub::{self, Publisher};
 use jupyter_protocol::Stdio;
 
 mod api;
+mod api_data;
+mod api_direct;
 mod api_execute;
-mod api_wait;
 mod api_tasks;
+mod api_wait;
 mod data;
 mod data_setup;
 mod engines;

@@ -51,6 +51,8 @@ pub struct Submission {
     pub resubmits: u32,
     /// Retries, dependencies and the tasks' history ([`super::tasks`]).
     pub tasks: TaskState,
+    /// The direct view's `apply`: chunk `i` runs only on the engine (and incarnation) at `i`.
+    pub pinned: Option<Vec<(EngineId, u64)>>,
 }
 
 impl Submission {
@@ -177,9 +179,15 @@ impl Book {
                 continue;
             }
             let (tasks, engines) = (&submission.tasks, &submission.engines);
-            let next = submission
-                .job
-                .next_chunk_matching(|chunk| tasks.may_take(chunk, engine, engines, &serving));
+            let next = match &submission.pinned {
+                Some(pins) => pins
+                    .iter()
+                    .position(|(pinned, _)| *pinned == engine)
+                    .and_then(|chunk| submission.job.take_chunk(chunk)),
+                None => submission
+                    .job
+                    .next_chunk_matching(|chunk| tasks.may_take(chunk, engine, engines, &serving)),
+            };
             if let Some((chunk, first_item, bytes)) = next {
                 return Some(((id << 32) | chunk as u64, first_item, bytes));
             }
@@ -188,12 +196,55 @@ impl Book {
     }
 
     /// Whether a submission of `label` that `engine` may run still waits for results (one
-    /// waiting for its dependencies does not keep engines).
+    /// waiting for its dependencies does not keep engines, nor does a task pinned to another
+    /// engine).
     pub(super) fn has_work(&mut self, label: &str, engine: EngineId) -> bool {
         self.settle();
         self.submissions.values().any(|s| {
-            s.label == label && !s.ready() && s.tasks.resolved && s.engines.contains(&engine)
+            s.label == label
+                && !s.ready()
+                && s.tasks.resolved
+                && s.engines.contains(&engine)
+                && match &s.pinned {
+                    None => true,
+                    Some(pins) => pins
+                        .iter()
+                        .position(|(pinned, _)| *pinned == engine)
+                        .is_some_and(|chunk| s.job.is_queued(chunk)),
+                }
         })
+    }
+
+    /// Fails the pinned tasks of submission `id` whose engine is no longer the incarnation it
+    /// was sent to (`live`: engine to incarnation): they can run nowhere else.
+    pub fn fail_lost_pinned(
+        &mut self,
+        id: u64,
+        live: &std::collections::BTreeMap<EngineId, u64>,
+    ) -> bool {
+        let Some(submission) = self.submissions.get_mut(&id) else {
+            return false;
+        };
+        let Some(pins) = submission.pinned.clone() else {
+            return false;
+        };
+        let mut failed = false;
+        for (chunk, (engine, incarnation)) in pins.into_iter().enumerate() {
+            if submission.job.is_chunk_done(chunk) || live.get(&engine) == Some(&incarnation) {
+                continue;
+            }
+            let message = format!("EngineError: engine {engine} died before it returned a value");
+            let bytes = rustpx_client::api_payload::failed_task(&message);
+            let item = chunk as u64;
+            submission
+                .job
+                .complete(chunk, engine, vec![(item, message)], bytes, 0.0);
+            failed = true;
+        }
+        if submission.job.is_done() {
+            submission.finished.get_or_insert_with(Instant::now);
+        }
+        failed
     }
 
     pub(super) fn complete(
@@ -453,6 +504,7 @@ mod tests {
             engines: vec![0],
             resubmits: 0,
             tasks: TaskState::default(),
+            pinned: None,
         }
     }
 
@@ -481,6 +533,48 @@ mod tests {
         book.complete(index, 0, vec![], vec![1], 0.5);
         assert!(!book.has_work("f2", 0));
         assert!(book.submissions[&b].finished.is_some());
+    }
+
+    #[test]
+    fn pinned_tasks_go_only_to_their_engine_and_fail_when_it_is_lost() {
+        let mut book = Book::default();
+        let mut pinned = submission("f1", "u64", &[]);
+        let one_item: Vec<u8> =
+            [16u64.to_le_bytes(), 1u64.to_le_bytes(), 5u64.to_le_bytes()].concat();
+        pinned.job = MapJob::from_chunk_file(&[one_item.clone(), one_item].concat()).unwrap();
+        pinned.engines = vec![3, 1];
+        pinned.pinned = Some(vec![(3, 10), (1, 11)]);
+        let id = book.add(pinned).unwrap();
+        let (index, first, _) = book.next_chunk("f1", 1, "u64", "u64").unwrap();
+        assert_eq!(
+            (index & 0xffff_ffff, first),
+            (1, 1),
+            "engine 1 takes the second task"
+        );
+        assert!(
+            book.next_chunk("f1", 1, "u64", "u64").is_none(),
+            "and no other"
+        );
+        assert!(
+            !book.has_work("f1", 1),
+            "engine 1 need not wait for engine 3's task"
+        );
+        assert!(book.has_work("f1", 3));
+        book.complete(index, 1, vec![], vec![1], 0.1);
+        let live = std::collections::BTreeMap::from([(1, 11), (3, 12)]);
+        assert!(
+            book.fail_lost_pinned(id, &live),
+            "engine 3 restarted: its task is lost"
+        );
+        let submission = &book.submissions[&id];
+        assert!(submission.ready() && submission.failed.is_none());
+        assert_eq!(submission.job.failures.len(), 1);
+        assert_eq!(submission.job.failures[0].engine, 3);
+        assert!(submission.job.failures[0].message.contains("engine 3 died"));
+        assert!(
+            !book.fail_lost_pinned(id, &live),
+            "a done task is never failed again"
+        );
     }
 
     #[test]

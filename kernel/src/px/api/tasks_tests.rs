@@ -29,6 +29,7 @@ fn submission(function: &str, items: &[u64], engines: &[u32], options: TaskOptio
         engines: engines.to_vec(),
         resubmits: 0,
         tasks: TaskState::new(options),
+        pinned: None,
     }
 }
 

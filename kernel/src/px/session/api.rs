@@ -60,8 +60,12 @@ impl PxService {
                     ..Reply::default()
                 })
                 .map_err(|report| report.evalue),
-            Kind::Submit => self.api_submit(cell, request).await,
+            Kind::Submit => self.api_submit(cell, request, false).await,
             Kind::Execute => self.api_execute(cell, request).await,
+            Kind::DirectApply => self.api_submit(cell, request, true).await,
+            Kind::Push => self.api_push(cell, request).await,
+            Kind::Pull | Kind::Gather => self.api_fetch(cell, request).await,
+            Kind::Scatter => self.api_scatter(cell, request).await,
             Kind::Status if request.job >= EXECUTION_IDS => self.api_execution_status(request.job),
             Kind::Results if request.job >= EXECUTION_IDS => {
                 self.api_execution_results(request.job)
@@ -91,7 +95,7 @@ impl PxService {
 
     /// The API's tasks are served through this host's Unix sockets, which engines on other
     /// hosts cannot reach yet (`%pxmap` relays them over the link; the API does not).
-    fn api_engines_share_files(&self, engines: &[EngineId]) -> Result<(), String> {
+    pub(super) fn api_engines_share_files(&self, engines: &[EngineId]) -> Result<(), String> {
         let m = self.machinery().map_err(|r| r.evalue)?;
         let remote: Vec<String> = m
             .hub
@@ -109,7 +113,13 @@ impl PxService {
         ))
     }
 
-    async fn api_submit(&mut self, cell: &WireMessage, request: Request) -> Result<Reply, String> {
+    /// Files an `apply` or `map` (`pinned`: the direct view's `apply`, one task per engine).
+    async fn api_submit(
+        &mut self,
+        cell: &WireMessage,
+        request: Request,
+        pinned: bool,
+    ) -> Result<Reply, String> {
         let function = request.function.trim().to_owned();
         if function.is_empty() {
             return Err("the function's name is empty".into());
@@ -122,8 +132,14 @@ impl PxService {
             .map_err(|r| r.evalue)?;
         let scheduler = self.api_scheduler().await?;
         lock(&scheduler.book).check_tasks(&request.tasks)?;
-        let job = MapJob::from_chunk_file(&request.payload)
-            .map_err(|error| format!("the call's items: {error}"))?;
+        let (job, pinned) = if pinned {
+            let (job, pins) = self.direct_tasks(&request.payload, &engines)?;
+            (job, Some(pins))
+        } else {
+            let job = MapJob::from_chunk_file(&request.payload)
+                .map_err(|error| format!("the call's items: {error}"))?;
+            (job, None)
+        };
         let next_label = format!("f{}", self.api_labels.len());
         let label = self
             .api_labels
@@ -144,6 +160,7 @@ impl PxService {
             engines: engines.clone(),
             resubmits: 0,
             tasks: TaskState::new(request.tasks),
+            pinned,
         })?;
         // Dependencies already done resolve now; a call still waiting gets its serving cell
         // once they are (`api_start_resolved`).
@@ -215,6 +232,7 @@ impl PxService {
             let changed = scheduler.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            self.api_fail_lost_pinned(&scheduler, id)?;
             self.api_watch(&scheduler, id)?;
             let reply = {
                 let book = lock(&scheduler.book);
