@@ -72,6 +72,30 @@ class Kernel:
         self.km.shutdown_kernel(now=True)
 
 
+def kernel_with_engines(n):
+    """A started kernel whose first %px (or API call) starts a local pool of `n` engines."""
+    os.environ["RUSTPX_ENGINES"] = str(n)
+    try:
+        return Kernel()
+    finally:
+        del os.environ["RUSTPX_ENGINES"]
+
+
+def ok(k, code):
+    """Runs a cell that must succeed; its iopub messages."""
+    reply, msgs, _ = k.execute(code, timeout=600)
+    assert reply["status"] == "ok", (code, reply, msgs)
+    return msgs
+
+
+def value(k, code):
+    """The text/plain of a plain cell's execute_result."""
+    msgs = ok(k, code)
+    results = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
+    assert len(results) == 1, msgs
+    return results[0]
+
+
 ENGINE_ROW = re.compile(r"^\s*(\d+)\s+\S+\s+(\d+)\s", re.M)
 
 

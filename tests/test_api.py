@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Kernel, parse_engine_pids, stream_text, wait_for_stream
+from conftest import parse_engine_pids, stream_text, wait_for_stream, kernel_with_engines, ok, value
 
 FUNCTIONS = """%%px
 fn square(x: u64) -> u64 { x * x }
@@ -24,28 +24,10 @@ fn slow(x: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(20)
 
 @pytest.fixture(scope="module")
 def k():
-    os.environ["RUSTPX_ENGINES"] = "2"
-    try:
-        kernel = Kernel()
-    finally:
-        del os.environ["RUSTPX_ENGINES"]
+    kernel = kernel_with_engines(2)
     ok(kernel, FUNCTIONS)
     yield kernel
     kernel.shutdown()
-
-
-def ok(k, code):
-    reply, msgs, _ = k.execute(code, timeout=600)
-    assert reply["status"] == "ok", (code, reply, msgs)
-    return msgs
-
-
-def value(k, code):
-    """The text/plain of a plain cell's execute_result."""
-    msgs = ok(k, code)
-    results = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
-    assert len(results) == 1, msgs
-    return results[0]
 
 
 def test_client_lists_the_engines(k):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import Kernel, parse_engine_pids, px_values
+from conftest import parse_engine_pids, px_values, kernel_with_engines, ok, value
 
 SERDE = ':dep serde = { version = "1", features = ["derive"] }'
 POINT = "#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\npub struct Point { pub x: i32, pub label: String }"
@@ -27,11 +27,7 @@ fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)
 
 @pytest.fixture(scope="module")
 def k():
-    os.environ["RUSTPX_ENGINES"] = "2"
-    try:
-        kernel = Kernel()
-    finally:
-        del os.environ["RUSTPX_ENGINES"]
+    kernel = kernel_with_engines(2)
     # serde, then the client crate, then the types, in both contexts: adding a crate makes
     # evcxr drop values of cell-defined types.
     ok(kernel, SERDE)
@@ -42,20 +38,6 @@ def k():
     ok(kernel, "%%px\n" + POINT)
     yield kernel
     kernel.shutdown()
-
-
-def ok(k, code):
-    reply, msgs, _ = k.execute(code, timeout=600)
-    assert reply["status"] == "ok", (code, reply, msgs)
-    return msgs
-
-
-def value(k, code):
-    """The text/plain of a plain cell's execute_result."""
-    msgs = ok(k, code)
-    results = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
-    assert len(results) == 1, msgs
-    return results[0]
 
 
 def engine_values(k, code):

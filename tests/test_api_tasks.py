@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import Kernel
+from conftest import kernel_with_engines, ok, value
 
 FUNCTIONS = """%%px
 fn engine() -> u32 { std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap() }
@@ -36,29 +36,11 @@ fn mark(arg: (String, u64)) -> u64 {
 
 @pytest.fixture(scope="module")
 def k():
-    os.environ["RUSTPX_ENGINES"] = "2"
-    try:
-        kernel = Kernel()
-    finally:
-        del os.environ["RUSTPX_ENGINES"]
+    kernel = kernel_with_engines(2)
     ok(kernel, FUNCTIONS)
     ok(kernel, "let rc = rustpx::client();\nlet lview = rc.load_balanced_view();\nuse std::time::Duration;")
     yield kernel
     kernel.shutdown()
-
-
-def ok(k, code):
-    reply, msgs, _ = k.execute(code, timeout=600)
-    assert reply["status"] == "ok", (code, reply, msgs)
-    return msgs
-
-
-def value(k, code):
-    """The text/plain of a plain cell's execute_result."""
-    msgs = ok(k, code)
-    results = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
-    assert len(results) == 1, msgs
-    return results[0]
 
 
 def still_serving(k):
