@@ -91,15 +91,13 @@ def bench_api(runs, results, timed, ipp_start, skip_ipyparallel):
         k.run(RUST_CASES, timeout=900)
         for key, value in medians(k, RUST_CASES, runs).items():
             results[f"rustpx API: {LABELS[key]}, n={ENGINES}"] = value
+        # Each in a row, after one warm-up: a `%pxmap` worker cell between two API calls
+        # changes the engines' state, and the API's serving cell is compiled again for it (and
+        # the other way round), which is a different case from a loop of either.
         for label, cell in WHOLE_CELLS:
             k.run(cell, timeout=900)
-        # Alternated, so a machine that slows down mid-run slows both alike.
-        samples = {label: [] for label, _ in WHOLE_CELLS}
-        for _ in range(runs):
-            for label, cell in WHOLE_CELLS:
-                samples[label].append(k.run(cell, timeout=900))
-        for label, values in samples.items():
-            results[WHOLE_LABEL.format(label, ENGINES)] = round(statistics.median(values) * 1000, 2)
+            samples = [k.run(cell, timeout=900) for _ in range(runs)]
+            results[WHOLE_LABEL.format(label, ENGINES)] = round(statistics.median(samples) * 1000, 2)
     finally:
         k.close()
     if skip_ipyparallel:
