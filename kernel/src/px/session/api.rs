@@ -9,7 +9,7 @@ use rustpx_client::api_wire::EXECUTION_IDS;
 use rustpx_protocol::EngineId;
 use rustpx_wire::WireMessage;
 
-use super::super::api::scheduler::{Scheduler, Submission};
+use super::super::api::scheduler::{Book, Scheduler, Submission};
 use super::super::api::tasks::{results_of, TaskState};
 use super::super::api::{Kind, Reply, Request};
 use super::super::map_server::MapJob;
@@ -165,10 +165,10 @@ impl PxService {
         // Dependencies already done resolve now; a call still waiting gets its serving cell
         // once they are (`api_start_resolved`).
         book.settle();
-        let resolved = book.submissions.get(&id).is_some_and(|s| s.tasks.resolved);
-        if let Some(submission) = book.submissions.get_mut(&id) {
-            submission.tasks.deferred = !resolved;
-        }
+        let resolved = book.submissions.get_mut(&id).is_some_and(|submission| {
+            submission.tasks.deferred = !submission.tasks.resolved;
+            submission.tasks.resolved
+        });
         // Engines still serving this function from the last call take it at once.
         let served = book.all_serving(&label, &engines);
         drop(book);
@@ -223,10 +223,31 @@ impl PxService {
 
     /// A submission's state, once it is ready or `wait` has passed.
     pub(super) async fn api_status(&mut self, id: u64, wait: Duration) -> Result<Reply, String> {
-        let scheduler = self
-            .api_scheduler
-            .clone()
-            .ok_or_else(|| format!("no call {id} was made"))?;
+        self.api_poll(id, wait, |_, submission, left| {
+            let reply = Reply {
+                failures: submission
+                    .job
+                    .failures
+                    .iter()
+                    .map(|f| (f.item, f.engine, f.message.clone()))
+                    .collect(),
+                ..status_reply(id, submission)
+            };
+            Ok((reply.ready || left.is_zero()).then_some(reply))
+        })
+        .await
+    }
+
+    /// Polls call `id` until `answer` gives a reply. Each turn first notices pinned tasks
+    /// whose engine died and serving cells that ended; `answer` sees the book, the call and the
+    /// time left of `wait`.
+    pub(super) async fn api_poll(
+        &mut self,
+        id: u64,
+        wait: Duration,
+        mut answer: impl FnMut(&Book, &Submission, Duration) -> Result<Option<Reply>, String>,
+    ) -> Result<Reply, String> {
+        let scheduler = self.api_scheduler_of(id)?;
         let deadline = Instant::now() + wait;
         loop {
             let changed = scheduler.changed.notified();
@@ -234,36 +255,27 @@ impl PxService {
             changed.as_mut().enable();
             self.api_fail_lost_pinned(&scheduler, id)?;
             self.api_watch(&scheduler, id)?;
-            let reply = {
+            let left = deadline.saturating_duration_since(Instant::now());
+            {
                 let book = lock(&scheduler.book);
                 let submission = book
                     .submissions
                     .get(&id)
                     .ok_or_else(|| format!("call {id} is no longer kept"))?;
-                Reply {
-                    job: id,
-                    done_items: submission.job.done_items(),
-                    total_items: submission.job.total_items(),
-                    ready: submission.ready(),
-                    elapsed: submission.elapsed(),
-                    serial: submission.job.serial_seconds,
-                    failed: submission.failed.clone(),
-                    failures: submission
-                        .job
-                        .failures
-                        .iter()
-                        .map(|f| (f.item, f.engine, f.message.clone()))
-                        .collect(),
-                    ..Reply::default()
+                if let Some(reply) = answer(&book, submission, left)? {
+                    return Ok(reply);
                 }
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if reply.ready || left.is_zero() {
-                return Ok(reply);
             }
             // The serving cell's end (a compile error) is seen by polling the hub.
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), changed).await;
         }
+    }
+
+    /// The scheduler that filed call `id` (none exists before the first call).
+    pub(super) fn api_scheduler_of(&self, id: u64) -> Result<Scheduler, String> {
+        self.api_scheduler
+            .clone()
+            .ok_or_else(|| format!("no call {id} was made"))
     }
 
     /// Notices a serving cell that ended with the submission unfinished: a compile error or
@@ -358,10 +370,7 @@ impl PxService {
     }
 
     fn api_results(&self, id: u64) -> Result<Reply, String> {
-        let scheduler = self
-            .api_scheduler
-            .as_ref()
-            .ok_or_else(|| format!("no call {id} was made"))?;
+        let scheduler = self.api_scheduler_of(id)?;
         let book = lock(&scheduler.book);
         let submission = book
             .submissions
@@ -375,5 +384,19 @@ impl PxService {
             payload,
             ..Reply::default()
         })
+    }
+}
+
+/// What every state reply of call `id` says: progress, times, and why it failed.
+pub(super) fn status_reply(id: u64, submission: &Submission) -> Reply {
+    Reply {
+        job: id,
+        done_items: submission.job.done_items(),
+        total_items: submission.job.total_items(),
+        ready: submission.ready(),
+        elapsed: submission.elapsed(),
+        serial: submission.job.serial_seconds,
+        failed: submission.failed.clone(),
+        ..Reply::default()
     }
 }

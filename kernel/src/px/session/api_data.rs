@@ -70,23 +70,13 @@ impl PxService {
         let setup = self
             .api_data_setup(cell, request.targets.as_deref())
             .await?;
-        let files: Vec<PathBuf> = names
+        let files = names
             .iter()
-            .map(|name| setup.dir.join(format!("{name}.push.bin")))
+            .zip(&entries)
+            .map(|(name, (_, _, value))| (setup.dir.join(format!("{name}.push.bin")), &value[..]))
             .collect();
-        for ((_, _, value), file) in entries.iter().zip(&files) {
-            std::fs::write(file, value)
-                .map_err(|e| format!("push: cannot write {}: {e}", file.display()))?;
-        }
-        let bound = self
-            .bind_on_engines(TransferKind::Push, &names, &types, &setup)
-            .await;
-        remove_files(&files);
-        bound?;
-        Ok(Reply {
-            ids: setup.engines,
-            ..Reply::default()
-        })
+        self.write_and_bind(TransferKind::Push, &names, &types, setup, files)
+            .await
     }
 
     /// `scatter`: part `i` of the payload becomes the `Vec` named `function` on target `i`.
@@ -111,20 +101,47 @@ impl PxService {
                 setup.engines.len()
             ));
         }
-        let files: Vec<PathBuf> = setup
+        let files = setup
             .engines
             .iter()
-            .map(|id| setup.dir.join(format!("{name}.scatter.{id}.bin")))
+            .zip(&parts)
+            .map(|(id, part)| {
+                (
+                    setup.dir.join(format!("{name}.scatter.{id}.bin")),
+                    &part[..],
+                )
+            })
             .collect();
-        for (part, file) in parts.iter().zip(&files) {
-            std::fs::write(file, part)
-                .map_err(|e| format!("scatter: cannot write {}: {e}", file.display()))?;
-        }
         let types = [format!("Vec<{element}>")];
-        let bound = self
-            .bind_on_engines(TransferKind::Scatter, &[name], &types, &setup)
-            .await;
-        remove_files(&files);
+        self.write_and_bind(TransferKind::Scatter, &[name], &types, setup, files)
+            .await
+    }
+
+    /// Writes each file of a push or scatter, has the engines bind them, and removes them
+    /// whatever happened; the reply names the engines.
+    async fn write_and_bind(
+        &mut self,
+        kind: TransferKind,
+        names: &[String],
+        types: &[String],
+        setup: Setup,
+        files: Vec<(PathBuf, &[u8])>,
+    ) -> Result<Reply, String> {
+        let paths: Vec<PathBuf> = files.iter().map(|(path, _)| path.clone()).collect();
+        let written = files.iter().try_for_each(|(path, bytes)| {
+            std::fs::write(path, bytes).map_err(|e| {
+                format!(
+                    "{}: cannot write {}: {e}",
+                    &kind.magic()[1..],
+                    path.display()
+                )
+            })
+        });
+        let bound = match written {
+            Ok(()) => self.bind_on_engines(kind, names, types, &setup).await,
+            Err(why) => Err(why),
+        };
+        remove_files(&paths);
         bound?;
         Ok(Reply {
             ids: setup.engines,

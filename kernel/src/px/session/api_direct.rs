@@ -64,6 +64,15 @@ impl PxService {
         scheduler: &Scheduler,
         id: u64,
     ) -> Result<(), String> {
+        // Asked at every turn of every wait: the hub's engines are read only for a direct
+        // `apply` still running.
+        let pinned_and_running = lock(&scheduler.book)
+            .submissions
+            .get(&id)
+            .is_some_and(|s| s.pinned.is_some() && !s.ready());
+        if !pinned_and_running {
+            return Ok(());
+        }
         let live = self
             .machinery()
             .map_err(|r| r.evalue)?

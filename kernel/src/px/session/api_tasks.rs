@@ -5,11 +5,12 @@
 //! function could not run another's cell meanwhile); once its dependencies are met, the next
 //! API request of the notebook sends it, so a cell that waits on any result starts it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustpx_client::api_tasks::encode_metadata;
 
 use super::super::api::{Reply, Request};
+use super::api::status_reply;
 use super::{lock, PxService};
 
 /// How long one Partial request may hold the session (the client repeats it).
@@ -35,10 +36,7 @@ impl PxService {
     }
 
     pub(super) fn api_abort(&mut self, id: u64) -> Result<Reply, String> {
-        let scheduler = self
-            .api_scheduler
-            .clone()
-            .ok_or_else(|| format!("no call {id} was made"))?;
+        let scheduler = self.api_scheduler_of(id)?;
         lock(&scheduler.book).abort(id)?;
         scheduler.changed.notify_waiters();
         Ok(Reply {
@@ -48,10 +46,7 @@ impl PxService {
     }
 
     pub(super) fn api_metadata(&mut self, id: u64) -> Result<Reply, String> {
-        let scheduler = self
-            .api_scheduler
-            .clone()
-            .ok_or_else(|| format!("no call {id} was made"))?;
+        let scheduler = self.api_scheduler_of(id)?;
         let tasks = lock(&scheduler.book).metadata(id)?;
         Ok(Reply {
             job: id,
@@ -70,46 +65,17 @@ impl PxService {
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
             .ok_or("a Partial request carries its cursor as 8 bytes")?;
-        let scheduler = self
-            .api_scheduler
-            .clone()
-            .ok_or_else(|| format!("no call {id} was made"))?;
         let wait = Duration::from_millis(request.wait_millis).min(PARTIAL_WAIT_LIMIT);
-        let deadline = Instant::now() + wait;
-        loop {
-            let changed = scheduler.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            self.api_watch(&scheduler, id)?;
-            let reply = {
-                let book = lock(&scheduler.book);
-                let submission = book
-                    .submissions
-                    .get(&id)
-                    .ok_or_else(|| format!("call {id} is no longer kept"))?;
-                let completed = submission.tasks.completion_order.len() as u64;
-                let left = deadline.saturating_duration_since(Instant::now());
-                if completed <= cursor && !submission.ready() && !left.is_zero() {
-                    None
-                } else {
-                    Some(Reply {
-                        job: id,
-                        done_items: submission.job.done_items(),
-                        total_items: submission.job.total_items(),
-                        ready: submission.ready(),
-                        elapsed: submission.elapsed(),
-                        serial: submission.job.serial_seconds,
-                        failed: submission.failed.clone(),
-                        payload: book.partial(id, cursor)?,
-                        ..Reply::default()
-                    })
-                }
-            };
-            if let Some(reply) = reply {
-                return Ok(reply);
+        self.api_poll(id, wait, |book, submission, left| {
+            let completed = submission.tasks.completion_order.len() as u64;
+            if completed <= cursor && !submission.ready() && !left.is_zero() {
+                return Ok(None);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), changed).await;
-        }
+            Ok(Some(Reply {
+                payload: book.partial(id, cursor)?,
+                ..status_reply(id, submission)
+            }))
+        })
+        .await
     }
 }

@@ -109,11 +109,10 @@ impl PxService {
             .checked_sub(Duration::from_secs_f64(reply.elapsed.max(0.0)))
             .unwrap_or_else(Instant::now);
         let (done, total) = (reply.done_items as usize, reply.total_items as usize);
+        bar.tick(self, done, total, started);
         if reply.ready {
-            bar.tick(self, done, total, started);
             bar.finish(self, done, total, started);
         } else {
-            bar.tick(self, done, total, started);
             self.api_progress.bars.insert(key, bar);
         }
     }
