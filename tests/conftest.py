@@ -112,6 +112,18 @@ def running(pid):
         return False
 
 
+def engine_pids(k):
+    """The engines' pids by id, read off `%engines`' table."""
+    reply, msgs, _ = k.execute("%engines")
+    assert reply["status"] == "ok", (reply, msgs)
+    table = "".join(
+        m["content"]["text"] if m["msg_type"] == "stream" else m["content"]["data"].get("text/plain", "")
+        for m in msgs
+        if m["msg_type"] in ("stream", "execute_result", "display_data")
+    )
+    return parse_engine_pids(table)
+
+
 def still_running(pids, timeout=10):
     """The pids still running after waiting up to `timeout` seconds for them to end."""
     deadline = time.monotonic() + timeout

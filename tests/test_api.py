@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import parse_engine_pids, stream_text, wait_for_stream, kernel_with_engines, ok, value
+from conftest import engine_pids, stream_text, wait_for_stream, kernel_with_engines, ok, value
 
 FUNCTIONS = """%%px
 fn square(x: u64) -> u64 { x * x }
@@ -231,13 +231,8 @@ def test_a_wrong_token_an_oversized_frame_and_a_malformed_request_leave_the_kern
 # --- an engine that dies mid-map (last: the module's kernel keeps one engine after it) ---
 
 def test_a_map_survives_an_engine_dying_mid_map_and_nothing_is_lost(k):
-    table = "".join(
-        m["content"]["text"] if m["msg_type"] == "stream" else m["content"]["data"].get("text/plain", "")
-        for m in ok(k, "%engines")
-        if m["msg_type"] in ("stream", "execute_result", "display_data")
-    )
-    pids = parse_engine_pids(table)
-    assert sorted(pids) == [0, 1], table
+    pids = engine_pids(k)
+    assert sorted(pids) == [0, 1], pids
     msg_id = k.kc.execute(
         'let survived = lview.clone().chunk_size(1).map::<u64, u64>("slow", &xs[..400]).get().unwrap();'
     )

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import parse_engine_pids, px_values, kernel_with_engines, ok, value
+from conftest import engine_pids, px_values, kernel_with_engines, ok, value
 
 SERDE = ':dep serde = { version = "1", features = ["derive"] }'
 POINT = "#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\npub struct Point { pub x: i32, pub label: String }"
@@ -177,13 +177,8 @@ def test_a_large_vector_crosses_both_ways(k):
 # --- a dead engine (last: the module's kernel keeps one engine after it) ---
 
 def test_an_engine_dying_during_apply_is_named_and_the_rest_goes_on(k):
-    table = "".join(
-        m["content"]["text"] if m["msg_type"] == "stream" else m["content"]["data"].get("text/plain", "")
-        for m in ok(k, "%engines")
-        if m["msg_type"] in ("stream", "execute_result", "display_data")
-    )
-    pids = parse_engine_pids(table)
-    assert sorted(pids) == [0, 1], table
+    pids = engine_pids(k)
+    assert sorted(pids) == [0, 1], pids
     ok(k, 'let doomed = dv.apply::<u64, u64>("nap", 4000);')
     time.sleep(1.5)
     os.kill(pids[1], signal.SIGKILL)

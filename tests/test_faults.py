@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import Kernel, parse_engine_pids, px_values, stream_text
+from conftest import Kernel, engine_pids, px_values, stream_text
 
 ID = 'let id: u32 = std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap();'
 ARTIFACTS = pathlib.Path(__file__).parent / "artifacts"
@@ -32,12 +32,6 @@ def px():
     k.shutdown()
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "fault-times.json").write_text(json.dumps(TIMES, indent=2))
-
-
-def engine_pids(px):
-    _, msgs, _ = px.execute("%engines")
-    table = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"][0]
-    return parse_engine_pids(table)
 
 
 values = px_values
