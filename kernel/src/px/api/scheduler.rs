@@ -480,6 +480,33 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     file.write_all(text.as_bytes())
 }
 
+/// A submission of `function` (also its label) over the chunks of `chunk_file`, for the
+/// scheduler's unit tests and the task rules'.
+#[cfg(test)]
+pub(super) fn test_submission(
+    function: &str,
+    argument_type: &str,
+    chunk_file: &[u8],
+    engines: &[EngineId],
+    tasks: TaskState,
+) -> Submission {
+    Submission {
+        function: function.into(),
+        label: function.into(),
+        argument_type: argument_type.into(),
+        result_type: "u64".into(),
+        job: MapJob::from_chunk_file(chunk_file).expect("a well-formed chunk file"),
+        failed: None,
+        submitted: Instant::now(),
+        finished: None,
+        serve_cell: None,
+        engines: engines.to_vec(),
+        resubmits: 0,
+        tasks,
+        pinned: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,21 +518,9 @@ mod tests {
         }
         let mut file = (encoded.len() as u64).to_le_bytes().to_vec();
         file.extend_from_slice(&encoded);
-        Submission {
-            function: "square".into(),
-            label: label.into(),
-            argument_type: argument.into(),
-            result_type: "u64".into(),
-            job: MapJob::from_chunk_file(&file).unwrap(),
-            failed: None,
-            submitted: Instant::now(),
-            finished: None,
-            serve_cell: None,
-            engines: vec![0],
-            resubmits: 0,
-            tasks: TaskState::default(),
-            pinned: None,
-        }
+        let mut submission = test_submission("square", argument, &file, &[0], TaskState::default());
+        submission.label = label.into();
+        submission
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! The task rules on the scheduler's book alone: retries, dependencies, timeouts, abort.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustpx_client::api_tasks::TaskOptions;
 
-use super::super::scheduler::{Book, Submission};
+use super::super::scheduler::{test_submission, Book, Submission};
 use super::TaskState;
-use crate::px::map_server::MapJob;
 
 fn submission(function: &str, items: &[u64], engines: &[u32], options: TaskOptions) -> Submission {
     let mut file = Vec::new();
@@ -16,21 +15,7 @@ fn submission(function: &str, items: &[u64], engines: &[u32], options: TaskOptio
         file.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
         file.extend_from_slice(&encoded);
     }
-    Submission {
-        function: function.into(),
-        label: function.into(),
-        argument_type: "u64".into(),
-        result_type: "u64".into(),
-        job: MapJob::from_chunk_file(&file).unwrap(),
-        failed: None,
-        submitted: Instant::now(),
-        finished: None,
-        serve_cell: None,
-        engines: engines.to_vec(),
-        resubmits: 0,
-        tasks: TaskState::new(options),
-        pinned: None,
-    }
+    test_submission(function, "u64", &file, engines, TaskState::new(options))
 }
 
 fn take(book: &mut Book, label: &str, engine: u32) -> Option<u64> {
