@@ -121,12 +121,20 @@ impl Pending {
         what: &'static str,
     ) -> Result<Vec<R>, ApiError> {
         let payload = self.result_bytes(what)?;
-        let values = crate::decode_results::<R>(&payload, "the kernel's reply")
-            .map_err(|e| ApiError::Decode(e.to_string()))?;
-        values
-            .into_iter()
-            .map(|value| value.map_err(ApiError::Kernel))
-            .collect()
+        let expected = self.last_total_items();
+        crate::values::decode_values::<R>(&payload, expected).map_err(|error| match error {
+            crate::values::ValuesError::Failed(message) => ApiError::Kernel(message),
+            other => ApiError::Decode(format!("the kernel's reply: {other}")),
+        })
+    }
+
+    /// The call's item count, once it was seen ready (0 before).
+    fn last_total_items(&self) -> usize {
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |reply| reply.total_items as usize)
     }
 
     pub(crate) fn done_items(&self) -> u64 {

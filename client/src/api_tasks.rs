@@ -214,10 +214,15 @@ pub struct TaskMetadata {
     pub attempts: u32,
     /// Its (last) error, if it failed.
     pub error: Option<String>,
+    /// What its last run printed to stdout and stderr, each cut at
+    /// [`MAX_TASK_OUTPUT`](crate::MAX_TASK_OUTPUT) bytes with a note. Text a function printed
+    /// with `print!` and no newline may appear with a later task of the same engine.
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// One task's metadata on the wire: (first item, items, engine, submitted, started, completed,
-/// attempts, error), times as seconds since the Unix epoch.
+/// attempts, error, stdout, stderr), times as seconds since the Unix epoch.
 pub type MetadataWire = (
     u64,
     u64,
@@ -227,6 +232,8 @@ pub type MetadataWire = (
     Option<f64>,
     u32,
     Option<String>,
+    String,
+    String,
 );
 
 /// The payload of a Metadata reply.
@@ -241,7 +248,18 @@ fn decode_metadata(payload: &[u8]) -> Result<Vec<TaskMetadata>, ApiError> {
     Ok(wire
         .into_iter()
         .map(
-            |(first_item, items, engine, submitted, started, completed, attempts, error)| {
+            |(
+                first_item,
+                items,
+                engine,
+                submitted,
+                started,
+                completed,
+                attempts,
+                error,
+                stdout,
+                stderr,
+            )| {
                 TaskMetadata {
                     first_item,
                     items,
@@ -251,6 +269,8 @@ fn decode_metadata(payload: &[u8]) -> Result<Vec<TaskMetadata>, ApiError> {
                     completed: completed.map(time),
                     attempts,
                     error,
+                    stdout,
+                    stderr,
                 }
             },
         )

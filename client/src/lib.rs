@@ -245,6 +245,9 @@ where
 }
 
 mod map_worker;
+mod task_output;
+mod values;
+pub use task_output::MAX_TASK_OUTPUT;
 
 mod api;
 mod api_direct;

@@ -5,9 +5,12 @@
 //! Engine to kernel: a hello (`token\n engine id\n result type\n argument type\n`, for the
 //! Rust API's scheduler the function's label on a line, then an empty line), then one result frame per chunk: chunk index (u64), failure count (u32),
 //! each failure as item index (u64), message length (u32) and message, then the bincode of
-//! `Vec<Result<R, String>>` with its length (u64). Kernel to engine: chunk frames (tag 0,
+//! `Vec<Result<R, String>>` with its length (u64), then what the chunk printed: stdout and stderr,
+//! each as a length (u32) and bytes (empty for `%pxmap`, whose items print live with its cell;
+//! for the API at most [`crate::MAX_TASK_OUTPUT`] bytes and a note each). Kernel to engine: chunk frames (tag 0,
 //! chunk index, first item index, byte length, bytes) and a final tag 1.
 use super::*;
+use crate::task_output::{Capture, TaskOutput};
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
@@ -54,7 +57,9 @@ where
     // Item panics are results here, not noise on the engine's stderr.
     let previous_hook = panic::take_hook();
     panic::set_hook(Box::new(|_| {}));
-    let outcome = work(&f, &mut reader, &mut writer, address);
+    // The API's tasks keep what they print for their metadata; `%pxmap`'s items print live.
+    let mut capture = label.and_then(|_| Capture::new());
+    let outcome = work(&f, &mut reader, &mut writer, address, capture.as_mut());
     panic::set_hook(previous_hook);
     outcome
 }
@@ -64,6 +69,7 @@ fn work<A, R, F>(
     reader: &mut BufReader<UnixStream>,
     writer: &mut UnixStream,
     address: &str,
+    mut capture: Option<&mut Capture>,
 ) -> Result<usize, TransferError>
 where
     A: DeserializeOwned,
@@ -84,8 +90,8 @@ where
         let (chunk_index, first_item, len) = (word(0), word(1), word(2) as usize);
         frame.resize(len, 0);
         reader.read_exact(&mut frame).map_err(io(address))?;
-        let results: Vec<Result<R, String>> = match bincode::deserialize::<Vec<A>>(&frame) {
-            Ok(items) => items
+        let run_items = |items: Vec<A>| -> Vec<Result<R, String>> {
+            items
                 .into_iter()
                 .map(|item| {
                     panic::catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|payload| {
@@ -96,17 +102,24 @@ where
                             .unwrap_or_else(|| "the item panicked".into())
                     })
                 })
-                .collect(),
+                .collect()
+        };
+        let (results, output) = match bincode::deserialize::<Vec<A>>(&frame) {
+            Ok(items) => match capture.as_deref_mut() {
+                Some(capture) => capture.run(|| run_items(items)),
+                None => (run_items(items), TaskOutput::default()),
+            },
             Err(error) => {
                 let count = count_items(&frame);
-                (0..count)
+                let results = (0..count)
                     .map(|_| {
                         Err(format!(
                             "the items are not of the function's argument type {} ({error})",
                             std::any::type_name::<A>()
                         ))
                     })
-                    .collect()
+                    .collect();
+                (results, TaskOutput::default())
             }
         };
         items_done += results.len();
@@ -129,6 +142,10 @@ where
         }
         out.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
         out.extend_from_slice(&encoded);
+        for stream in [&output.stdout, &output.stderr] {
+            out.extend_from_slice(&(stream.len() as u32).to_le_bytes());
+            out.extend_from_slice(stream);
+        }
         writer.write_all(&out).map_err(io(address))?;
     }
 }

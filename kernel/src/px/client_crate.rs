@@ -7,13 +7,18 @@ use std::path::PathBuf;
 
 const CARGO_TOML: &str = include_str!("../../../client/Cargo.toml");
 /// Every source file of the crate, by its path under `src/` (a test checks none is missing).
-const SOURCES: [(&str, &str); 10] = [
+const SOURCES: [(&str, &str); 12] = [
     ("lib.rs", include_str!("../../../client/src/lib.rs")),
     ("numbers.rs", include_str!("../../../client/src/numbers.rs")),
     (
         "map_worker.rs",
         include_str!("../../../client/src/map_worker.rs"),
     ),
+    (
+        "task_output.rs",
+        include_str!("../../../client/src/task_output.rs"),
+    ),
+    ("values.rs", include_str!("../../../client/src/values.rs")),
     ("api.rs", include_str!("../../../client/src/api.rs")),
     (
         "api_wire.rs",

@@ -120,7 +120,8 @@ impl MapJob {
 
     /// The results file for `rustpx::load_results`, once every chunk is back.
     pub fn results_file(&self) -> Option<Vec<u8>> {
-        let mut bytes = Vec::new();
+        let size = self.results.iter().flatten().map(|r| r.len() + 8).sum();
+        let mut bytes = Vec::with_capacity(size);
         for result in &self.results {
             let result = result.as_ref()?;
             bytes.extend_from_slice(&(result.len() as u64).to_le_bytes());

@@ -242,7 +242,13 @@ impl MapServer {
                 .await;
                 continue;
             }
-            let (index, failures, bytes) = read_result(read, in_flight, |index| {
+            // `%pxmap`'s items print live with its cell, so its frames carry no output.
+            let ChunkResult {
+                index,
+                failures,
+                bytes,
+                ..
+            } = read_result(read, in_flight, |index| {
                 lock(&self.job)
                     .as_ref()
                     .and_then(|job| job.chunk_items(index))
@@ -264,10 +270,26 @@ impl MapServer {
 /// A chunk's failures as (item, panic message).
 pub(super) type Failures = Vec<(u64, String)>;
 
+/// One chunk's result frame as read.
+#[derive(Debug, PartialEq)]
+pub(super) struct ChunkResult<K> {
+    pub index: K,
+    pub failures: Failures,
+    /// The bincode of the chunk's `Vec<Result<R, String>>`, never decoded here.
+    pub bytes: Vec<u8>,
+    /// What the chunk printed (the API's tasks; empty for `%pxmap`).
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// The longest stdout or stderr a chunk's frame may carry: the engine's bound and its note.
+const MAX_OUTPUT_BYTES: u32 = rustpx_client::MAX_TASK_OUTPUT as u32 + 1024;
+
 /// Reads one result frame, checking each length it announces before reading what it covers:
-/// the chunk must be one this connection holds, with no more failures than it has items, and a
-/// result no longer than [`MAX_RESULT_BYTES`]. Memory grows with the bytes that really arrive.
-/// Chunks are keyed by `K`: `usize` for `%pxmap`, `u64` (call and chunk) for the Rust API.
+/// the chunk must be one this connection holds, with no more failures than it has items, a
+/// result no longer than [`MAX_RESULT_BYTES`] and output no longer than the engine's bound.
+/// Memory grows with the bytes that really arrive. Chunks are keyed by `K`: `usize` for
+/// `%pxmap`, `u64` (call and chunk) for the Rust API.
 pub(super) async fn read_result<
     R: AsyncRead + Unpin,
     K: TryFrom<u64> + Ord + Copy + std::fmt::Display,
@@ -275,7 +297,7 @@ pub(super) async fn read_result<
     read: &mut BufReader<R>,
     in_flight: &BTreeMap<K, Instant>,
     items_of: impl Fn(K) -> Option<u64>,
-) -> std::io::Result<(K, Failures, Vec<u8>)> {
+) -> std::io::Result<ChunkResult<K>> {
     let index = read.read_u64_le().await?;
     let held = K::try_from(index)
         .ok()
@@ -315,11 +337,38 @@ pub(super) async fn read_result<
             "a result of {len} bytes for chunk {index}, over the limit of {MAX_RESULT_BYTES}"
         )));
     }
+    let bytes = read_exactly(read, len).await?;
+    let mut output = [Vec::new(), Vec::new()];
+    for (stream, name) in output.iter_mut().zip(["stdout", "stderr"]) {
+        let len = read.read_u32_le().await?;
+        if len > MAX_OUTPUT_BYTES {
+            return Err(invalid(format!(
+                "{len} bytes of {name} for chunk {index}, over the limit of {MAX_OUTPUT_BYTES}"
+            )));
+        }
+        *stream = read_exactly(read, u64::from(len)).await?;
+    }
+    let [stdout, stderr] = output;
+    Ok(ChunkResult {
+        index,
+        failures,
+        bytes,
+        stdout,
+        stderr,
+    })
+}
+
+/// The next `len` bytes (already checked against their bound), or an error if the stream ends
+/// first.
+async fn read_exactly<R: AsyncRead + Unpin>(
+    read: &mut BufReader<R>,
+    len: u64,
+) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     if (&mut *read).take(len).read_to_end(&mut bytes).await? as u64 != len {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    Ok((index, failures, bytes))
+    Ok(bytes)
 }
 
 /// Sends one chunk to an engine: tag 0, chunk index, first item's index, length, bytes.
@@ -365,7 +414,7 @@ mod tests {
     use super::*;
 
     /// What `read_result` makes of `frame`, with chunk 0 (of 10 items) in flight.
-    async fn read_frame(frame: &[u8]) -> std::io::Result<(usize, Failures, Vec<u8>)> {
+    async fn read_frame(frame: &[u8]) -> std::io::Result<ChunkResult<usize>> {
         let (mut engine, kernel) = tokio::io::duplex(1 << 16);
         engine.write_all(frame).await.unwrap();
         let in_flight = BTreeMap::from([(0usize, Instant::now())]);
@@ -410,9 +459,33 @@ mod tests {
         );
         let mut good = header(0, 0, 3);
         good.extend_from_slice(b"abc");
+        good.extend_from_slice(&2u32.to_le_bytes());
+        good.extend_from_slice(b"hi");
+        good.extend_from_slice(&0u32.to_le_bytes());
         assert_eq!(
             read_frame(&good).await.unwrap(),
-            (0, vec![], b"abc".to_vec())
+            ChunkResult {
+                index: 0,
+                failures: vec![],
+                bytes: b"abc".to_vec(),
+                stdout: b"hi".to_vec(),
+                stderr: vec![],
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn output_claiming_more_than_the_engine_s_bound_is_refused_before_it_is_read() {
+        let mut frame = header(0, 0, 0);
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.extend_from_slice(&u32::MAX.to_le_bytes());
+        let error = read_frame(&frame).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{} bytes of stderr for chunk 0, over the limit of {MAX_OUTPUT_BYTES}",
+                u32::MAX
+            )
         );
     }
 

@@ -450,13 +450,17 @@ impl Scheduler {
             last_work = Instant::now();
             // The failure count is bounded by the chunk's items in `%pxmap`; here the length of
             // the result and the chunk being held are checked.
-            let (index, failures, bytes) = read_result(read, in_flight, |_| Some(u64::MAX)).await?;
+            let result = read_result(read, in_flight, |_| Some(u64::MAX)).await?;
+            let index = result.index;
             let seconds = in_flight
                 .remove(&index)
                 .map(|sent| sent.max(last_result).elapsed().as_secs_f64())
                 .unwrap_or_default();
             last_result = Instant::now();
-            lock(&self.book).complete(index, engine, failures, bytes, seconds);
+            let mut book = lock(&self.book);
+            book.keep_output(index, &result.stdout, &result.stderr);
+            book.complete(index, engine, result.failures, result.bytes, seconds);
+            drop(book);
             self.changed.notify_waiters();
         }
     }

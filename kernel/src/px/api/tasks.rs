@@ -28,6 +28,9 @@ pub const MAX_WAITING: usize = 1024;
 const OTHER_ENGINE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most bytes of results one Partial reply carries (at least one task's, whatever its size).
 const MAX_PARTIAL_BYTES: usize = 64 << 20;
+/// The most task output (stdout and stderr) one call keeps for its metadata; the engines bound
+/// each task's, this bounds a call of thousands of tasks.
+const MAX_CALL_OUTPUT: usize = 16 << 20;
 
 fn epoch_seconds() -> f64 {
     SystemTime::now()
@@ -50,6 +53,9 @@ struct ChunkState {
     started: Option<f64>,
     completed: Option<f64>,
     error: Option<String>,
+    /// What its last run printed.
+    stdout: String,
+    stderr: String,
 }
 
 /// The task side of one call.
@@ -68,6 +74,8 @@ pub struct TaskState {
     submitted: f64,
     /// The dependency it was last seen waiting for: looked at again once that one is ready.
     blocked_on: Option<u64>,
+    /// Bytes of task output kept so far (bounded by [`MAX_CALL_OUTPUT`]).
+    output_bytes: usize,
 }
 
 impl Default for TaskState {
@@ -87,6 +95,7 @@ impl TaskState {
             completion_order: Vec::new(),
             submitted: epoch_seconds(),
             blocked_on: None,
+            output_bytes: 0,
         }
     }
 
@@ -157,6 +166,32 @@ impl TaskState {
         state.started = Some(now - seconds.max(0.0));
         state.error = error.map(str::to_owned);
         self.completion_order.push(chunk);
+    }
+
+    /// Keeps what a run of `chunk` printed (a retry's replaces the failed run's). Past
+    /// [`MAX_CALL_OUTPUT`] for the whole call, a note says what was dropped.
+    pub fn keep_output(&mut self, chunk: usize, stdout: &[u8], stderr: &[u8]) {
+        let size = stdout.len() + stderr.len();
+        let over = self.output_bytes + size > MAX_CALL_OUTPUT;
+        if !over {
+            self.output_bytes += size;
+        }
+        let text = |bytes: &[u8]| {
+            if over && !bytes.is_empty() {
+                format!(
+                    "[rustpx: {} bytes of output dropped: this call already keeps {} MiB of its \
+                     tasks' output]\n",
+                    bytes.len(),
+                    MAX_CALL_OUTPUT >> 20
+                )
+            } else {
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+        };
+        let (stdout, stderr) = (text(stdout), text(stderr));
+        let state = self.chunk_mut(chunk);
+        state.stdout = stdout;
+        state.stderr = stderr;
     }
 
     fn ended_unrun(&mut self, chunk: usize, message: &str) {
@@ -346,6 +381,11 @@ impl Book {
         std::mem::take(&mut self.to_start)
     }
 
+    /// Whether calls wait for their dependencies, or were resolved and not started yet.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty() || !self.to_start.is_empty()
+    }
+
     /// Whether a call still waiting depends on call `id`.
     pub(super) fn needed(&self, id: u64) -> bool {
         self.waiting.iter().any(|waiting| {
@@ -430,6 +470,15 @@ impl Book {
         Ok(encode_partial(&partial))
     }
 
+    /// Keeps what the run of chunk `index` (call and chunk, as the scheduler numbers them)
+    /// printed.
+    pub fn keep_output(&mut self, index: u64, stdout: &[u8], stderr: &[u8]) {
+        if let Some(submission) = self.submissions.get_mut(&(index >> 32)) {
+            let chunk = (index & 0xffff_ffff) as usize;
+            submission.tasks.keep_output(chunk, stdout, stderr);
+        }
+    }
+
     /// Each task's metadata of call `id`.
     pub fn metadata(&self, id: u64) -> Result<Vec<MetadataWire>, String> {
         let submission = self
@@ -454,6 +503,8 @@ impl Book {
                     state.completed,
                     state.runs,
                     state.error,
+                    state.stdout,
+                    state.stderr,
                 )
             })
             .collect())
@@ -493,31 +544,31 @@ fn abort_chunks(submission: &mut Submission, chunks: impl IntoIterator<Item = us
     }
 }
 
-/// A finished call's results file and the engine of each item: in input order, or in the
-/// order its tasks completed when the call is unordered.
+/// A finished call's results file (in input order, or in the order its tasks completed when
+/// the call is unordered) and, for a direct view's apply, the engine of each value.
 pub fn results_of(submission: &Submission) -> Option<(Vec<u8>, Vec<u32>)> {
     let job = &submission.job;
     if submission.tasks.options.ordered {
-        let ids = job
-            .item_engines()
-            .into_iter()
-            .map(|e| e.unwrap_or(NO_ENGINE))
-            .collect();
+        // Only a direct view's apply says which engine gave each value (one item per engine);
+        // a map's caller has them in `metadata()`, and a million ids would double a u64 map's
+        // reply.
+        let ids = match submission.pinned {
+            Some(_) => job
+                .item_engines()
+                .into_iter()
+                .map(|e| e.unwrap_or(NO_ENGINE))
+                .collect(),
+            None => Vec::new(),
+        };
         return Some((job.results_file()?, ids));
     }
     let mut bytes = Vec::new();
-    let mut ids = Vec::new();
     for chunk in &submission.tasks.completion_order {
         let result = job.chunk_result(*chunk)?;
         bytes.extend_from_slice(&(result.len() as u64).to_le_bytes());
         bytes.extend_from_slice(result);
-        let engine = job.chunk_engine(*chunk).unwrap_or(NO_ENGINE);
-        ids.extend(std::iter::repeat_n(
-            engine,
-            job.chunk_items(*chunk).unwrap_or_default() as usize,
-        ));
     }
-    job.is_done().then_some((bytes, ids))
+    job.is_done().then_some((bytes, Vec::new()))
 }
 
 #[cfg(test)]
