@@ -7,6 +7,7 @@ and both engines still serve calls after the errors it provoked.
 """
 import os
 import re
+import time
 
 import pytest
 
@@ -26,6 +27,15 @@ fn flaky(tag: String) -> String {
 fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
 fn which(ms: u64) -> u32 { std::thread::sleep(std::time::Duration::from_millis(ms)); engine() }
 fn fails(x: u64) -> u64 { panic!("fails on purpose {x}") }
+/// Says who it is on both streams; 3 panics after printing.
+fn chatty(x: u64) -> u64 {
+    println!("out {x} on {}", engine());
+    eprintln!("err {x}");
+    if x == 3 { panic!("three") }
+    x
+}
+/// Prints `lines` lines of 100 bytes.
+fn loud(lines: u64) -> u64 { for _ in 0..lines { println!("{}", "x".repeat(99)); } lines }
 /// Sleeps, then leaves a file `{dir}/{x}` behind: which items really ran.
 fn mark(arg: (String, u64)) -> u64 {
     std::thread::sleep(std::time::Duration::from_millis(150));
@@ -145,6 +155,50 @@ def test_unordered_map_returns_every_item_as_it_completes(k):
     assert streamed != "[2000, 10, 10, 10, 10, 10]" and sorted(streamed.strip("[]").split(", ")) == sorted(unordered.strip("[]").split(", ")), streamed
     # Ordered iteration yields input order, each item as soon as those before it are in.
     assert value(k, 'lview.clone().chunk_size(1).map::<u64, u64>("nap", &naps).iter().map(|r| r.unwrap()).collect::<Vec<u64>>()') == "[2000, 10, 10, 10, 10, 10]"
+
+
+def test_each_task_s_stdout_and_stderr_are_in_its_metadata_and_bounded(k):
+    ok(k, 'let talk = lview.clone().chunk_size(1).map::<u64, u64>("chatty", &[1, 2, 3]);\nlet _ = talk.wait(None);')
+    # Each task's own lines, from the engine that ran it; the panicking one keeps what it printed.
+    engines = [value(k, f"talk.metadata().unwrap()[{i}].engine.unwrap()") for i in range(3)]
+    expected = ", ".join(f'("out {i + 1} on {e}\\n", "err {i + 1}\\n")' for i, e in enumerate(engines))
+    assert value(k, "talk.metadata().unwrap().iter().map(|m| (m.stdout.clone(), m.stderr.clone())).collect::<Vec<_>>()") \
+        == f"[{expected}]"
+    assert value(k, "talk.metadata().unwrap()[2].error.is_some()") == "true"
+    # 500,000 bytes: the first 256 KiB (ending inside a line of x) are kept, and a note says how
+    # much went.
+    ok(k, 'let noisy = lview.apply::<u64, u64>("loud", 5000);')
+    assert value(k, "noisy.get().unwrap()") == "5000"
+    ok(k, "let noisy_out = noisy.metadata().unwrap()[0].stdout.clone();")
+    assert value(k, "noisy_out.len()") == str(262144 + len("\n[rustpx: 237856 more bytes of this task's output were dropped]\n"))
+    assert value(k, "noisy_out.ends_with(\"x\\n[rustpx: 237856 more bytes of this task's output were dropped]\\n\")") == "true"
+    # The engines' own output goes where it went before: to the cell that runs on them.
+    outs = value(k, 'rc.direct_view(..).execute_sync("println!(\\"after\\")").unwrap().iter().map(|o| o.stdout.clone()).collect::<Vec<_>>()')
+    assert outs == '["after\\n", "after\\n"]'
+    still_serving(k)
+
+
+def test_calls_between_cells_are_answered_and_a_waiting_call_starts_on_its_own(k, tmp_path):
+    out = tmp_path / "late.txt"
+    # A thread that outlives its cell calls the API after the cell ended.
+    ok(k, f"""let late_view = lview.clone();
+std::thread::spawn(move || {{
+    std::thread::sleep(Duration::from_millis(300));
+    let values = late_view.map_sync::<u64, u64>("nap", &[1, 2]).unwrap();
+    std::fs::write("{out}.partial", format!("{{values:?}}")).unwrap();
+    std::fs::rename("{out}.partial", "{out}").unwrap();
+}});""")
+    # No cell runs now: the kernel answers the thread between cells.
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert out.read_text() == "[1, 2]"
+    # A call whose dependency ends between cells starts then, not at the next cell's request.
+    ok(k, 'let early = lview.apply::<u64, u64>("nap", 500);\nlet then = lview.clone().after(&[&early]).apply::<u64, u64>("nap", 1);')
+    time.sleep(4)
+    gap = value(k, "then.metadata().unwrap()[0].started.unwrap().duration_since(early.metadata().unwrap()[0].completed.unwrap()).unwrap().as_millis() < 2000")
+    assert gap == "true"
+    still_serving(k)
 
 
 def test_the_engines_still_run_cells_after_all_of_it(k):

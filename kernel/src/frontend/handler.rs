@@ -19,6 +19,17 @@ pub trait ShellHandler: Send + 'static {
 
     /// The control side, taken once when serving starts.
     fn control(&self) -> Self::Control;
+
+    /// What the session does between requests (the kernel: the Rust API's calls from threads
+    /// that outlive their cell).
+    type Idle: Send;
+
+    /// Waits for work to do between requests. It must be cancel-safe: it is dropped, losing
+    /// nothing, the moment a request arrives.
+    fn idle_work(&mut self) -> impl Future<Output = Self::Idle> + Send;
+
+    /// Does work `idle_work` gave, to its end (the next request waits for it).
+    fn do_idle(&mut self, work: Self::Idle) -> impl Future<Output = ()> + Send;
 }
 
 /// The control side: interrupts, shutdown and kernel_info while the shell is busy.

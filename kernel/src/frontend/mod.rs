@@ -252,10 +252,26 @@ async fn shell_loop<H: ShellHandler>(
     loop {
         let (request, aborting) = match behind_a_failure.pop_front() {
             Some(request) => (request, true),
-            None => match receive(&mut socket, &gate, &mut drops).await {
-                Some(request) => (request, false),
-                None => continue,
-            },
+            None => {
+                // Between requests the session may have work of its own; a request that
+                // arrives ends the wait for it (both futures are cancel-safe), never the work.
+                let arrived = {
+                    let mut idle = session.lock().await;
+                    tokio::select! {
+                        biased;
+                        request = receive(&mut socket, &gate, &mut drops) => Ok(request),
+                        work = idle.idle_work() => Err(work),
+                    }
+                };
+                match arrived {
+                    Ok(Some(request)) => (request, false),
+                    Ok(None) => continue,
+                    Err(work) => {
+                        session.lock().await.do_idle(work).await;
+                        continue;
+                    }
+                }
+            }
         };
         publisher.status(&request, ExecutionState::Busy);
         if aborting && request.msg_type() == "execute_request" {

@@ -26,6 +26,9 @@ pub struct Session {
     execution_count: u32,
     /// The Rust API's requests from plain cells (None if its socket could not be opened).
     api_calls: Option<tokio::sync::mpsc::Receiver<crate::px::api::ApiCall>>,
+    /// The last cell run: the parent of what API calls made between cells show (a thread
+    /// that outlives its cell still belongs to it).
+    last_cell: Option<WireMessage>,
 }
 
 impl Session {
@@ -54,6 +57,7 @@ impl Session {
             history,
             execution_count: 0,
             api_calls,
+            last_cell: None,
         }
     }
 
@@ -218,6 +222,7 @@ impl Session {
         if !silent {
             self.publisher.execute_input(request, &code, count);
         }
+        self.last_cell = Some(request.clone());
         if code.trim().is_empty() {
             return ok_reply(count);
         }
@@ -295,6 +300,40 @@ impl ShellHandler for Session {
         self.answer(request)
     }
 
+    /// An API call made between cells, or `None` when a call waiting for its dependencies
+    /// may start (checked every [`DEPENDENCY_TICK`] while one waits).
+    type Idle = Option<crate::px::api::ApiCall>;
+
+    async fn idle_work(&mut self) -> Self::Idle {
+        let tick = self.px.api_calls_waiting();
+        let Some(calls) = self.api_calls.as_mut() else {
+            return idle_tick(tick).await;
+        };
+        tokio::select! {
+            call = calls.recv() => match call {
+                Some(call) => Some(call),
+                None => {
+                    self.api_calls = None;
+                    None
+                }
+            },
+            none = idle_tick(tick) => none,
+        }
+    }
+
+    async fn do_idle(&mut self, work: Self::Idle) {
+        match (work, self.last_cell.clone()) {
+            (Some(call), Some(cell)) => {
+                let reply = self.px.answer_api(&cell, call.request).await;
+                let _ = call.reply.send(reply);
+            }
+            // Only a cell makes calls, so there is always a last cell; without one the call is
+            // dropped and its caller sees the connection end.
+            (Some(_), None) => {}
+            (None, _) => self.px.api_start_waiting(),
+        }
+    }
+
     fn control(&self) -> ControlHandle {
         let px = self.px.interrupter();
         let stopper = px.clone();
@@ -306,6 +345,19 @@ impl ShellHandler for Session {
             history: self.history.clone(),
         }
     }
+}
+
+/// How often, between cells, calls waiting for their dependencies are looked at.
+const DEPENDENCY_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `None` after [`DEPENDENCY_TICK`] when calls wait for their dependencies; never otherwise.
+async fn idle_tick(calls_waiting: bool) -> Option<crate::px::api::ApiCall> {
+    if calls_waiting {
+        tokio::time::sleep(DEPENDENCY_TICK).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+    None
 }
 
 impl ControlHandle {

@@ -49,6 +49,14 @@ impl ShellHandler for Scripted {
     fn control(&self) -> Control {
         Control
     }
+
+    type Idle = ();
+
+    async fn idle_work(&mut self) {
+        std::future::pending::<()>().await
+    }
+
+    async fn do_idle(&mut self, (): ()) {}
 }
 
 impl ControlHandler for Control {
