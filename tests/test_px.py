@@ -305,6 +305,26 @@ def test_a_cached_compile_is_never_reused_for_a_diverged_engine(px):
     assert values(msgs)[0][1] == '"now a string"'
 
 
+def test_each_re_run_of_a_compiled_cell_runs_it_again_on_the_current_variables(px):
+    """Engines keep a re-run cell's function once found (no dynamic loader call per run): each
+    re-run must still run the cell anew, on the variables the previous run left."""
+    reply, _, _ = px.execute("%px let mut ticks: u64 = 0;")
+    assert reply["status"] == "ok", reply
+    reply, msgs, _ = px.execute("%px :timing")
+    assert stream_text(msgs) == "Timing: true\n"
+    try:
+        for expected in range(1, 5):  # the first run compiles; the others re-run its object
+            reply, msgs, _ = px.execute("%px ticks += 1; ticks")
+            assert reply["status"] == "ok", reply
+            assert {k: v for k, (_, v) in values(msgs).items()} == {i: str(expected) for i in range(4)}
+            assert ("compile: none (compiled before)" in stream_text(msgs)) == (expected > 1), stream_text(msgs)
+    finally:
+        reply, msgs, _ = px.execute("%px :timing")
+        assert stream_text(msgs) == "Timing: false\n"
+    reply, msgs, _ = px.execute("%px ticks")
+    assert {k: v for k, (_, v) in values(msgs).items()} == {i: "4" for i in range(4)}
+
+
 def test_rich_output_from_engines_is_tagged_with_its_engine(px):
     html = 'println!("EVCXR_BEGIN_CONTENT text/html\\n<b>engine {id}</b>\\nEVCXR_END_CONTENT");'
     code = f"{ID}\n{html}\nprintln!(\"after\");"

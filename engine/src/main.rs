@@ -373,17 +373,73 @@ fn now() -> String {
 
 /// Exits when the kernel that started us is gone, so a killed kernel leaves no engines behind.
 fn watch_parent(parent: u32) {
-    // Linux: also ask for SIGKILL when the parent dies (belt and braces with the poll below).
+    // Linux: also ask for SIGKILL when the parent dies (belt and braces with the watch below).
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    std::thread::spawn(move || loop {
-        // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } as u32 != parent {
+    std::thread::spawn(move || {
+        // A thread that sleeps until the kernel ends: a pool of 1024 engines that each polled
+        // four times a second would wake the machine 4096 times a second for nothing.
+        if ParentFd::open(parent).is_some_and(|kernel| kernel.wait_for_exit()) {
             tracing::info!("the kernel (pid {parent}) is gone; exiting");
             std::process::exit(0);
         }
-        std::thread::sleep(Duration::from_millis(250));
+        // No pidfd (Linux before 5.3, or a sandbox that refuses it), or it failed: poll.
+        loop {
+            if !is_parent(parent) {
+                tracing::info!("the kernel (pid {parent}) is gone; exiting");
+                std::process::exit(0);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     });
+}
+
+fn is_parent(pid: u32) -> bool {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() as u32 == pid }
+}
+
+/// A process descriptor of the kernel, readable once the kernel has exited.
+struct ParentFd(std::os::fd::OwnedFd);
+
+impl ParentFd {
+    /// `None` when this system has no pidfds, or when the kernel is already gone (then the
+    /// caller's poll notices at once).
+    fn open(parent: u32) -> Option<ParentFd> {
+        let pid = libc::pid_t::try_from(parent).ok()?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = std::os::fd::RawFd::try_from(fd)
+            .ok()
+            .filter(|fd| *fd >= 0)?;
+        // SAFETY: the descriptor was just created for us and nothing else owns it.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // The kernel may have ended (and its pid been reused) before the descriptor was made:
+        // only while it is still our parent does the descriptor name it.
+        is_parent(parent).then_some(ParentFd(fd))
+    }
+
+    /// Blocks until the kernel exits (true), or returns false if the descriptor cannot be
+    /// waited on.
+    fn wait_for_exit(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let ready = unsafe { libc::poll(&mut poll, 1, -1) };
+            if ready > 0 {
+                return true;
+            }
+            // Interrupted by a signal: wait on; anything else: let the caller poll instead.
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return false;
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! unloaded, because values in the store may point into them (destructors, vtables, TLS
 //! destructors).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,11 @@ pub struct Cells {
     store: *mut c_void,
     loaded: Vec<Library>,
     preloaded: HashSet<PathBuf>,
+    /// The cell functions found so far, by object and name. A re-run of a compiled cell calls
+    /// the function again without asking the dynamic loader: `dlopen` of a loaded path would
+    /// hand back the same object anyway (it matches loaded objects by name), after walking
+    /// every loaded object's name, which a long session makes many.
+    functions: HashMap<(PathBuf, String), CellFn>,
 }
 
 impl Default for Cells {
@@ -53,6 +58,7 @@ impl Cells {
             store: std::ptr::null_mut(),
             loaded: Vec::new(),
             preloaded: HashSet::new(),
+            functions: HashMap::new(),
         }
     }
 
@@ -76,28 +82,41 @@ impl Cells {
         Ok(())
     }
 
-    /// Loads the object at `so_path` and runs its cell function `fn_name` against the store.
+    /// Loads the object at `so_path` (once) and runs its cell function `fn_name` against the
+    /// store.
     pub fn run(&mut self, so_path: &Path, fn_name: &str) -> Result<(), LoadError> {
+        let key = (so_path.to_owned(), fn_name.to_owned());
+        let cell = match self.functions.get(&key) {
+            Some(cell) => *cell,
+            None => {
+                let cell = self.load(so_path, fn_name)?;
+                self.functions.insert(key, cell);
+                cell
+            }
+        };
+        self.store = cell(self.store);
+        Ok(())
+    }
+
+    /// Loads `so_path` and finds `fn_name` in it; the object stays loaded for good (values in
+    /// the store may point into it), so the function pointer stays valid.
+    fn load(&mut self, so_path: &Path, fn_name: &str) -> Result<CellFn, LoadError> {
         // SAFETY: evcxr compiled the object for this process's variables; loading it runs no
         // code beyond its initialisers, which evcxr's generated crates do not define.
         let library = unsafe { Library::new(so_path) }.map_err(|source| LoadError::Load {
             path: so_path.to_owned(),
             source,
         })?;
-        {
-            // SAFETY: evcxr declares every cell function with exactly this signature.
-            let cell = unsafe { library.get::<CellFn>(fn_name.as_bytes()) }.map_err(|source| {
-                LoadError::NoFunction {
-                    function: fn_name.to_owned(),
-                    path: so_path.to_owned(),
-                    source,
-                }
+        // SAFETY: evcxr declares every cell function with exactly this signature.
+        let cell = unsafe { library.get::<CellFn>(fn_name.as_bytes()) }
+            .map(|symbol| *symbol)
+            .map_err(|source| LoadError::NoFunction {
+                function: fn_name.to_owned(),
+                path: so_path.to_owned(),
+                source,
             })?;
-            self.store = cell(self.store);
-        }
-        // Values in the store may point into the object: it stays loaded for good.
         self.loaded.push(library);
-        Ok(())
+        Ok(cell)
     }
 }
 

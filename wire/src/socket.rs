@@ -96,6 +96,10 @@ impl AsRef<[u8]> for Frame {
 /// A libzmq socket driven by tokio. Sends and receives whole multipart messages.
 pub struct ZmqSocket {
     watched: AsyncFd<Watched>,
+    /// A ROUTER or PUB: libzmq drops what a peer's full queue cannot take, so a send never
+    /// waits and needs no readiness check first (asking libzmq costs a system call, once per
+    /// message: per engine, for a run on every engine of the hub).
+    never_waits: bool,
 }
 
 fn configured(kind: SocketType, options: &Options) -> Result<zmq::Socket, zmq::Error> {
@@ -163,12 +167,19 @@ impl ZmqSocket {
 
     fn watch(socket: zmq::Socket) -> Result<Self, SocketError> {
         let notify_fd = socket.get_fd().map_err(SocketError::Transfer)?;
+        let never_waits = matches!(
+            socket.get_socket_type(),
+            Ok(SocketType::ROUTER | SocketType::PUB)
+        );
         let watched = Watched { socket, notify_fd };
         // SAFETY: the descriptor belongs to the socket, which the `AsyncFd` owns: it stays open
         // and the same until the `AsyncFd` (and with it the socket) is dropped.
         let watched = unsafe { AsyncFd::register_with_interest(watched, Interest::READABLE) }
             .map_err(|error| SocketError::Watch(error.into_parts().1))?;
-        Ok(ZmqSocket { watched })
+        Ok(ZmqSocket {
+            watched,
+            never_waits,
+        })
     }
 
     fn socket(&self) -> &zmq::Socket {
@@ -215,7 +226,7 @@ impl ZmqSocket {
     /// that own their bytes alone are handed to libzmq without a copy.
     pub async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), SocketError> {
         // Once the socket can take a message's first frame it takes the whole message.
-        loop {
+        while !self.never_waits {
             let events = self.socket().get_events().map_err(SocketError::Transfer)?;
             if events.contains(zmq::POLLOUT) {
                 break;

@@ -96,29 +96,39 @@ async fn serve(
     loop {
         tokio::select! {
             frames = socket.recv() => {
-                let frames = match frames {
-                    Ok(frames) => frames,
-                    Err(error) => {
-                        drops.dropped(&format_args!("receive failed: {error}"));
-                        continue;
+                let mut frames = frames;
+                // What else has arrived is taken in the same turn (a run on every engine brings
+                // their replies at once), up to a bound so that sends and ticks are not starved.
+                // Nothing is taken that this turn does not handle.
+                for taken in 1..=BATCH {
+                    match frames {
+                        Ok(frames) => match admit(frames, &keys, &mut numbers_seen) {
+                            Ok((identity, message)) => hub.receive(identity, &message),
+                            Err(reason) => drops.dropped(&reason),
+                        },
+                        Err(error) => drops.dropped(&format_args!("receive failed: {error}")),
                     }
-                };
-                match admit(frames, &keys, &mut numbers_seen) {
-                    Ok((identity, message)) => hub.receive(identity, &message),
-                    Err(reason) => drops.dropped(&reason),
+                    if taken == BATCH {
+                        break;
+                    }
+                    match socket.try_recv().transpose() {
+                        Some(more) => frames = more,
+                        None => break,
+                    }
                 }
             }
-            Some((identity, mut message)) = outbox.recv() => {
-                address_to(&mut message, &identity);
-                message.identities = vec![identity];
-                numbering.stamp(&mut message);
-                if let Err(error) = socket.send(encode_sealed(&message, &keys.signer, &keys.cipher)).await {
-                    // A shutdown request races the kill that follows it (kernel shutdown,
-                    // `%engines stop`): an engine already gone needs no request.
-                    if message.msg_type() == "shutdown_request" {
-                        tracing::debug!("hub: shutdown_request not delivered: {error}");
-                    } else {
-                        tracing::warn!("hub: send of {} failed: {error}", message.msg_type());
+            Some(first) = outbox.recv() => {
+                // A run on every engine queues a request for each: send what is queued in one
+                // turn, up to the same bound.
+                let (mut identity, mut message) = first;
+                for taken in 1..=BATCH {
+                    send(&mut socket, &keys, &mut numbering, identity, message).await;
+                    if taken == BATCH {
+                        break;
+                    }
+                    match outbox.try_recv() {
+                        Ok(more) => (identity, message) = more,
+                        Err(_) => break,
                     }
                 }
             }
@@ -127,6 +137,34 @@ async fn serve(
                     on_departed(departure);
                 }
             }
+        }
+    }
+}
+
+/// How many messages one turn of the hub's loop receives or sends before it looks at the others.
+const BATCH: usize = 256;
+
+/// Addresses, numbers, seals and sends one message to the engine whose connection is `identity`.
+async fn send(
+    socket: &mut ZmqSocket,
+    keys: &LinkKeys,
+    numbering: &mut Sequencer,
+    identity: Bytes,
+    mut message: WireMessage,
+) {
+    address_to(&mut message, &identity);
+    message.identities = vec![identity];
+    numbering.stamp(&mut message);
+    if let Err(error) = socket
+        .send(encode_sealed(&message, &keys.signer, &keys.cipher))
+        .await
+    {
+        // A shutdown request races the kill that follows it (kernel shutdown, `%engines
+        // stop`): an engine already gone needs no request.
+        if message.msg_type() == "shutdown_request" {
+            tracing::debug!("hub: shutdown_request not delivered: {error}");
+        } else {
+            tracing::warn!("hub: send of {} failed: {error}", message.msg_type());
         }
     }
 }

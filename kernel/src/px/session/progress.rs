@@ -60,6 +60,13 @@ impl Progress {
         format!("{}-{}", self.request.header.msg_id, self.key)
     }
 
+    /// Whether the next `tick` or `finish` reads its count: only a display that is (or is about
+    /// to be) on screen does. A wait calls this before counting, so a cell on 1024 engines does
+    /// not walk every engine's record at each of their 1024 events.
+    pub(super) fn needs_count(&self, started: Instant) -> bool {
+        self.shown || (self.after >= 0.0 && started.elapsed().as_secs_f64() >= self.after)
+    }
+
     pub(super) fn tick(&mut self, px: &PxService, done: usize, total: usize, started: Instant) {
         let elapsed = started.elapsed().as_secs_f64();
         if self.after < 0.0 || elapsed < self.after {

@@ -220,12 +220,15 @@ impl PxService {
                     .is_some_and(|a| a.interrupted.iter().any(|(id, _)| id == engine)),
                 _ => false,
             };
+            // Counting walks every engine's record: only done when the progress display needs it.
+            let count = progress.needs_count(started);
             let Some((shown_now, done, total)) = m.hub.with_cell(cell_id, |cell| {
                 let shown_now = config
                     .stream
                     .then(|| what_to_show(cell, &event, signalled))
                     .flatten();
-                (shown_now, cell.done_count(), cell.engines.len())
+                let done = if count { cell.done_count() } else { 0 };
+                (shown_now, done, cell.engines.len())
             }) else {
                 break;
             };
@@ -244,7 +247,9 @@ impl PxService {
                 progress.finish(self, done, total, started);
                 return Waited::Done;
             }
-            progress.tick(self, done, total, started);
+            if count {
+                progress.tick(self, done, total, started);
+            }
         }
         Waited::Done
     }
