@@ -147,10 +147,11 @@ impl CellBuild {
                 }
             }
         }
+        // Cargo puts the context's own directories on LD_LIBRARY_PATH: normalized like the
+        // arguments.
         for name in ENV_INPUTS {
-            let value = std::env::var_os(name);
-            let bytes = value.as_ref().map(|v| v.as_encoded_bytes());
-            field(name, bytes.unwrap_or(b"\0unset"));
+            let value = std::env::var_os(name).map(|v| self.normalize(&v.to_string_lossy()));
+            field(name, value.as_deref().unwrap_or("\0unset").as_bytes());
         }
         if let Ok(core) = std::env::var(CORE_EXTERN_ENV) {
             field(CORE_EXTERN_ENV, self.normalize(&core).as_bytes());

@@ -118,11 +118,12 @@ pub fn serve_if_cell_build() {
     match store.load(&key) {
         Ok(Some(entry)) => match unchanged_reads(&build, &entry) {
             Ok(()) => match restore(&build, &entry) {
-                Ok(()) => {
+                Ok(code) => {
                     log(&format!(
-                        "INFO cell {short}: loaded from the cell cache, rustc not run"
+                        "INFO cell {short}: loaded from the cell cache, rustc not run{}",
+                        if code == 0 { "" } else { " (a failed build)" }
                     ));
-                    std::process::exit(0);
+                    std::process::exit(code);
                 }
                 Err(error) => log(&format!("WARN cell {short}: cannot restore: {error}")),
             },
@@ -159,32 +160,38 @@ fn unchanged_reads(build: &CellBuild, entry: &Entry) -> Result<(), String> {
 }
 
 /// Writes what rustc would have: the object (beside its place, then renamed), the dep-info,
-/// rustc's output, and evcxr's note of where the object is.
-fn restore(build: &CellBuild, entry: &Entry) -> std::io::Result<()> {
+/// rustc's output, and evcxr's note of where the object is. Returns rustc's exit code.
+fn restore(build: &CellBuild, entry: &Entry) -> std::io::Result<i32> {
     let [object, dep_info, stdout, stderr] = &entry.contents[..] else {
         return Err(std::io::Error::other("an entry of the wrong shape"));
     };
     let text = |bytes: &[u8]| build.localize(&String::from_utf8_lossy(bytes));
     std::fs::create_dir_all(&build.out_dir)?;
+    std::fs::write(build.dep_info_path(), text(dep_info))?;
+    std::io::stdout().write_all(text(stdout).as_bytes())?;
+    std::io::stderr().write_all(text(stderr).as_bytes())?;
+    let code = entry.manifest.exit_code;
+    if code != 0 {
+        return Ok(code);
+    }
     let target = build.object_path();
     let partial = build
         .out_dir
         .join(format!(".libctx.so.{}", std::process::id()));
     std::fs::write(&partial, object)?;
     std::fs::rename(&partial, &target)?;
-    std::fs::write(build.dep_info_path(), text(dep_info))?;
-    std::io::stdout().write_all(text(stdout).as_bytes())?;
-    std::io::stderr().write_all(text(stderr).as_bytes())?;
     if let Some(note) = std::env::var_os(SO_PATH_ENV) {
         std::fs::write(note, target.to_string_lossy().as_bytes())?;
     }
-    Ok(())
+    Ok(0)
 }
 
 /// Runs evcxr's wrapper (this binary again) for the build, passes its output on, and stores
-/// what a successful build produced. Returns rustc's exit code.
+/// what the build produced: a failed build only when rustc wrote its dep-info (then the files and
+/// variables it read are known). Returns rustc's exit code.
 fn compile_and_store(build: &CellBuild, argv: &[OsString], store: &Store, key: &str) -> i32 {
     let short = &key[..12];
+    let started = std::time::SystemTime::now();
     let output = std::env::current_exe().and_then(|exe| {
         std::process::Command::new(exe)
             .args(&argv[1..])
@@ -201,11 +208,17 @@ fn compile_and_store(build: &CellBuild, argv: &[OsString], store: &Store, key: &
     let _ = std::io::stdout().write_all(&output.stdout);
     let _ = std::io::stderr().write_all(&output.stderr);
     let code = output.status.code().unwrap_or(101);
-    if code != 0 {
-        return code; // errors are not kept: the next run shows them fresh
+    let fresh_dep_info = std::fs::metadata(build.dep_info_path())
+        .and_then(|m| m.modified())
+        .is_ok_and(|modified| modified >= started);
+    if code != 0 && !fresh_dep_info {
+        return code;
     }
     let stored = (|| -> std::io::Result<()> {
-        let object = std::fs::read(build.object_path())?;
+        let object = match code {
+            0 => std::fs::read(build.object_path())?,
+            _ => Vec::new(),
+        };
         let dep_info = String::from_utf8_lossy(&std::fs::read(build.dep_info_path())?).into_owned();
         let mut read = parse_dep_info(&dep_info);
         read.files = read.files.iter().map(|f| build.normalize(f)).collect();
@@ -220,7 +233,7 @@ fn compile_and_store(build: &CellBuild, argv: &[OsString], store: &Store, key: &
             text(&output.stdout),
             text(&output.stderr),
         ];
-        store.save(key, &contents, read, |path| {
+        store.save(key, &contents, read, code, |path| {
             build.dir.join(build.localize(path))
         })
     })();
@@ -240,5 +253,5 @@ fn compile_and_store(build: &CellBuild, argv: &[OsString], store: &Store, key: &
             "WARN cell {short}: compiled but not stored: {error}"
         )),
     }
-    0
+    code
 }

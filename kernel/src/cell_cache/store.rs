@@ -34,6 +34,10 @@ pub struct Manifest {
     pub read_files: Vec<(String, String)>,
     /// Environment variables the cell read, with their values then.
     pub read_env: Vec<(String, Option<String>)>,
+    /// rustc's exit code: evcxr learns a variable's type from a build that fails on purpose,
+    /// so failed builds are kept too (without an object).
+    #[serde(default)]
+    pub exit_code: i32,
 }
 
 /// An entry's content, checked.
@@ -174,6 +178,7 @@ impl Store {
         key: &str,
         contents: &[Vec<u8>],
         read: ReadInputs,
+        exit_code: i32,
         localize: impl Fn(&str) -> PathBuf,
     ) -> std::io::Result<()> {
         make_private(&self.dir)?;
@@ -195,6 +200,7 @@ impl Store {
                 files,
                 read_files,
                 read_env: read.env,
+                exit_code,
             };
             write_private(&partial.join(MANIFEST), &serde_json::to_vec(&manifest)?)?;
             std::fs::rename(&partial, self.entry_dir(key))
@@ -307,7 +313,13 @@ mod tests {
         let store = store("tamper", 1 << 20);
         assert!(store.load("k1").unwrap().is_none());
         store
-            .save("k1", &contents("a"), ReadInputs::default(), PathBuf::from)
+            .save(
+                "k1",
+                &contents("a"),
+                ReadInputs::default(),
+                0,
+                PathBuf::from,
+            )
             .unwrap();
         let entry = store.load("k1").unwrap().unwrap();
         assert_eq!(entry.contents, contents("a"));
@@ -321,7 +333,13 @@ mod tests {
         // Readable by others: refused before its content is read.
         store.remove("k1");
         store
-            .save("k1", &contents("a"), ReadInputs::default(), PathBuf::from)
+            .save(
+                "k1",
+                &contents("a"),
+                ReadInputs::default(),
+                0,
+                PathBuf::from,
+            )
             .unwrap();
         std::fs::set_permissions(
             store.dir.join("k1/stderr"),
@@ -341,7 +359,7 @@ mod tests {
         let store = store("trim", 600);
         for key in ["k1", "k2", "k3"] {
             store
-                .save(key, &contents(key), ReadInputs::default(), PathBuf::from)
+                .save(key, &contents(key), ReadInputs::default(), 0, PathBuf::from)
                 .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
