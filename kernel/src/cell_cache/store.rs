@@ -313,13 +313,9 @@ mod tests {
         let store = store("tamper", 1 << 20);
         assert!(store.load("k1").unwrap().is_none());
         store
-            .save(
-                "k1",
-                &contents("a"),
-                ReadInputs::default(),
-                0,
-                PathBuf::from,
-            )
+            .save("k1", &contents("a"), ReadInputs::default(), 0, |p: &str| {
+                PathBuf::from(p)
+            })
             .unwrap();
         let entry = store.load("k1").unwrap().unwrap();
         assert_eq!(entry.contents, contents("a"));
@@ -333,13 +329,9 @@ mod tests {
         // Readable by others: refused before its content is read.
         store.remove("k1");
         store
-            .save(
-                "k1",
-                &contents("a"),
-                ReadInputs::default(),
-                0,
-                PathBuf::from,
-            )
+            .save("k1", &contents("a"), ReadInputs::default(), 0, |p: &str| {
+                PathBuf::from(p)
+            })
             .unwrap();
         std::fs::set_permissions(
             store.dir.join("k1/stderr"),
@@ -359,7 +351,9 @@ mod tests {
         let store = store("trim", 600);
         for key in ["k1", "k2", "k3"] {
             store
-                .save(key, &contents(key), ReadInputs::default(), 0, PathBuf::from)
+                .save(key, &contents(key), ReadInputs::default(), 0, |p: &str| {
+                    PathBuf::from(p)
+                })
                 .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
