@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import deps  # noqa: E402
 import api  # noqa: E402
 import scale  # noqa: E402
+import runall  # noqa: E402
 
 # Each case: the same cell as plain Rust and under %px. Rust cells get a distinct comment per run
 # so that every run really compiles (the cached path is measured separately).
@@ -475,7 +476,7 @@ def main():
     parser.add_argument("--json", default="bench/results/latest.json")
     parser.add_argument("--skip-ipyparallel", action="store_true")
     parser.add_argument("--only", choices=["first-cell", "cells", "transfer", "scale", "sent", "link", "structure",
-                                           "deps", "memory", "api"],
+                                           "deps", "memory", "api", "runall"],
                         help="run one part of the benchmark")
     parser.add_argument("--baseline-bin", help="a directory with an older build's rustpx and rustpx-engine, "
                         "installed by bench/run.sh as the kernel rustpx-baseline, for --only link, structure and memory")
@@ -504,6 +505,8 @@ def main():
         deps.bench_deps(min(args.runs, 3), results, Timed)
     if args.only in (None, "memory"):
         deps.bench_memory(args.runs, results, Timed, args.baseline_bin)
+    if args.only in (None, "runall"):
+        runall.bench_run_all(args.runs, results, Timed)
     if args.only in (None, "api"):
         api.bench_api(args.runs, results, Timed, ipp_start, args.skip_ipyparallel)
     if args.only in (None, "scale"):
@@ -562,6 +565,7 @@ def main():
 
     deps.add_ratios(results, ratios, ratio)
     api.add_ratios(results, ratios, ratio)
+    runall.add_ratios(results, ratios, ratio)
 
     scale.add_ratios(results, ratios, ratio)
 
@@ -571,7 +575,8 @@ def main():
     for key, value in results.items():
         print(f"  {key:<{width}}  {value}")
     print("\nratios")
-    targets = {"n=4 / plain": 1.3, "n=8 / n=1": 1.5, "pool of 4": 1.5, "RSS after two plain cells": 1.15}
+    targets = {"n=4 / plain": 1.3, "n=8 / n=1": 1.5, "pool of 4": 1.5, "RSS after two plain cells": 1.15,
+               "Run All / first Run All (start": 0.4}
     for key, value in ratios.items():
         if value is None and args.only:
             continue  # a part of the bench that was not run

@@ -4,6 +4,7 @@
 //! crate; [`evaluator`] runs plain cells in the kernel's own evcxr context; [`install`] writes the
 //! kernelspec; [`history`] keeps the input history in SQLite. Pure helpers such as [`is_complete`] have no I/O at all.
 
+pub mod cell_cache;
 pub mod cell_objects;
 pub mod cell_text;
 pub mod dep_cache;

@@ -90,6 +90,8 @@ fn main() -> Result<()> {
     rustpx_kernel::evaluator::runtime::run_if_requested();
     // As evcxr's rustc wrapper: keep the dependency cache private (see dep_cache).
     rustpx_kernel::dep_cache::prepare_rustc_wrapper();
+    // As the wrapper building a cell: serve it from the cell cache or compile and keep it.
+    rustpx_kernel::cell_cache::serve_if_cell_build();
     evcxr::runtime_hook();
     let cli = Cli::parse();
     match cli.command {

@@ -1,0 +1,86 @@
+"""Restart + Run All: notebooks/01-tour.ipynb run whole in a first kernel (empty cell cache),
+then in a new kernel with the cells the first one compiled on disk, in one run. Called by
+bench/run.py (--only runall), which passes its `Timed` kernel class.
+
+Both kernels share a fresh XDG_CACHE_HOME whose dependency cache is empty, so the first run is
+what a new machine pays and the second what a restart pays. Times are from asking for the kernel
+to its last cell's idle (the kernel's start is part of a restart), and the cells alone.
+"""
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from deps import cache_home
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01-tour.ipynb"
+
+
+def code_cells(path=NOTEBOOK):
+    cells = json.loads(path.read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def run_all(timed):
+    """(seconds from start to the last cell's idle, seconds of the cells alone, errors)."""
+    started = time.monotonic()
+    k = timed("rustpx", {"RUSTPX_ENGINES": "4"})
+    try:
+        cells_started = time.monotonic()
+        errors = 0
+        for code in code_cells():
+            msg_id = k.kc.execute(code, stop_on_error=False)
+            while True:
+                msg = k.kc.get_iopub_msg(timeout=900)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                errors += msg["msg_type"] == "error"
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+            k.kc.get_shell_msg(timeout=900)
+        end = time.monotonic()
+        return end - started, end - cells_started, errors
+    finally:
+        k.close_and_reap()
+
+
+def cell_cache_files(home):
+    cells = Path(home) / "rustpx" / "cells"
+    if not cells.is_dir():
+        return 0, 0
+    entries = [e for e in cells.iterdir() if not e.name.startswith(".")]
+    size = sum(f.stat().st_size for e in entries for f in e.iterdir())
+    return len(entries), size
+
+
+def bench_run_all(runs, results, timed):
+    samples = {key: [] for key in ("first", "first cells", "restart", "restart cells")}
+    errors = set()
+    for i in range(max(1, min(runs, 3))):
+        print(f"run all, run {i + 1} ...", flush=True)
+        with cache_home() as home:
+            whole, cells, first_errors = run_all(timed)
+            samples["first"].append(whole)
+            samples["first cells"].append(cells)
+            entries, size = cell_cache_files(home)
+            whole, cells, restart_errors = run_all(timed)
+            samples["restart"].append(whole)
+            samples["restart cells"].append(cells)
+            errors.add((first_errors, restart_errors))
+    median = {key: round(statistics.median(v), 2) for key, v in samples.items()}
+    results["01-tour Run All, first kernel, empty caches: start + cells (s)"] = median["first"]
+    results["01-tour Run All, first kernel: cells only (s)"] = median["first cells"]
+    results["01-tour restart + Run All, cells cached: start + cells (s)"] = median["restart"]
+    results["01-tour restart + Run All: cells only (s)"] = median["restart cells"]
+    results["01-tour cell cache after the first run (entries, kB)"] = f"{entries}, {size // 1024}"
+    results["01-tour error outputs (first, restart; the tour shows some on purpose)"] = str(sorted(errors))
+
+
+def add_ratios(results, ratios, ratio):
+    ratios["01-tour restart + Run All / first Run All (start + cells)"] = ratio(
+        results.get("01-tour restart + Run All, cells cached: start + cells (s)"),
+        results.get("01-tour Run All, first kernel, empty caches: start + cells (s)"))
+    ratios["01-tour restart + Run All / first Run All (cells only)"] = ratio(
+        results.get("01-tour restart + Run All: cells only (s)"),
+        results.get("01-tour Run All, first kernel: cells only (s)"))
