@@ -15,10 +15,11 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+use rustpx_protocol::user_dirs::{make_private_dir, my_uid};
 use rustpx_protocol::{sha256_hex, EngineConnection, ObjectRef};
 
 /// What identifies a file's content as it was when its hash was checked.
@@ -31,38 +32,16 @@ pub struct ObjectCache {
     verified: Mutex<HashMap<PathBuf, Stamp>>,
 }
 
-fn my_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 /// Whether `path` is a directory of this user that nobody else can write to or enter.
 fn private_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path)
         .is_ok_and(|m| m.is_dir() && m.uid() == my_uid() && m.mode() & 0o077 == 0)
 }
 
-/// Creates `path` (mode 0700, parents too) or checks it: a directory of another user is
-/// refused, and one of this user that others may enter is closed to them.
+/// Creates `path` (mode 0700, parents too) or checks it (see
+/// [`rustpx_protocol::user_dirs::make_private_dir`]).
 fn make_private(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() || meta.uid() != my_uid() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is not a directory of this user; choose another cache with --cache-dir",
-                path.display()
-            ),
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
+    make_private_dir(path, "choose another cache with --cache-dir")
 }
 
 impl ObjectCache {
@@ -232,6 +211,7 @@ pub fn object(bytes: &[u8], name: &str) -> ObjectRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn an_object_is_stored_under_its_hash_and_found_again() {

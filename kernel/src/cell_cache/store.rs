@@ -9,11 +9,13 @@
 //! is reported and its entry removed, and the cell is compiled instead. Entries are written in a
 //! hidden directory beside their place and renamed, so a reader never sees half an entry.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use rustpx_protocol::user_dirs::{make_private_dir, my_uid, write_new_private};
 
 use super::key::{file_hash, ReadInputs};
 
@@ -64,11 +66,6 @@ pub enum Refused {
     Io(PathBuf, std::io::Error),
 }
 
-fn my_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 /// Whether `path` is a directory (not a link) of this user that nobody else may enter.
 fn is_private_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path)
@@ -78,24 +75,7 @@ fn is_private_dir(path: &Path) -> bool {
 /// Creates `path` 0700 (parents too) or checks it: this user's directory is closed to others,
 /// anything else is refused.
 pub fn make_private(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() || meta.uid() != my_uid() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is not a directory of this user; remove it or point XDG_CACHE_HOME elsewhere",
-                path.display()
-            ),
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
+    make_private_dir(path, "remove it or point XDG_CACHE_HOME elsewhere")
 }
 
 /// Reads a file of an entry: regular, this user's, 0600 at most, at most `limit` bytes.
@@ -188,7 +168,7 @@ impl Store {
         let written = (|| {
             let mut files = Vec::new();
             for (name, bytes) in FILES.iter().zip(contents) {
-                write_private(&partial.join(name), bytes)?;
+                write_new_private(&partial.join(name), bytes)?;
                 files.push((rustpx_protocol::sha256_hex(bytes), bytes.len() as u64));
             }
             let mut read_files = Vec::new();
@@ -202,7 +182,7 @@ impl Store {
                 read_env: read.env,
                 exit_code,
             };
-            write_private(&partial.join(MANIFEST), &serde_json::to_vec(&manifest)?)?;
+            write_new_private(&partial.join(MANIFEST), &serde_json::to_vec(&manifest)?)?;
             std::fs::rename(&partial, self.entry_dir(key))
         })();
         if written.is_err() {
@@ -272,16 +252,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(bytes)
-}
-
 fn remove_path(path: &Path) {
     let _ = match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
@@ -293,6 +263,7 @@ fn remove_path(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn store(name: &str, bound_bytes: u64) -> Store {
         let dir =

@@ -1,9 +1,7 @@
 //! The engine connection file: what `rustpx-engine --connect FILE` reads to join this kernel's
 //! pool. It holds the pool's key, so it is created with mode 0600 and removed at shutdown.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rustpx_protocol::EngineConnection;
 
@@ -16,23 +14,9 @@ pub fn write(connection: &EngineConnection) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// Writes `bytes` to a new file of ours at `path`, mode 0600, never one that was there: a
-/// planted file or symlink would be handed a secret (the link key, a job's connection), so
-/// whatever has the name is removed, then the file is created exclusively without following a
-/// link.
-pub(super) fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-        _ => {}
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.write_all(bytes)
-}
+/// A new private file (see [`rustpx_protocol::user_dirs::write_new_private`]): the link key and
+/// a job's connection are secrets.
+pub(super) use rustpx_protocol::user_dirs::write_new_private;
 
 #[cfg(test)]
 mod tests {
