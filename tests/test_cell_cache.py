@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from conftest import Kernel, of_type, px_values, stream_text
-from test_dep_cache import RustcWatcher
+from test_dep_cache import cache_home  # noqa: F401 (the fixture: a cache home and its rustc watcher)
 
 TIMEOUT = 600
 HIT = "loaded from the cell cache, rustc not run"
@@ -23,12 +23,9 @@ REFUSED = "refused the cached entry"
 
 
 @pytest.fixture
-def home(tmp_path):
-    home = tmp_path / "xdg-cache"
-    home.mkdir()
-    watcher = RustcWatcher(home)
-    yield home, watcher
-    watcher.close()
+def home(cache_home):
+    """test_dep_cache's cache home and rustc watcher, under this module's name for them."""
+    return cache_home
 
 
 class Session:
