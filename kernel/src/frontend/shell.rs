@@ -330,7 +330,7 @@ impl ShellHandler for Session {
             // Only a cell makes calls, so there is always a last cell; without one the call is
             // dropped and its caller sees the connection end.
             (Some(_), None) => {}
-            (None, _) => self.px.api_start_waiting(),
+            (None, _) => self.px.api_start_resolved(),
         }
     }
 

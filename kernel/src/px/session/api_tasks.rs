@@ -17,22 +17,18 @@ use super::{lock, PxService};
 const PARTIAL_WAIT_LIMIT: Duration = Duration::from_secs(1);
 
 impl PxService {
-    /// Sends the serving cells of calls that waited for dependencies now met (and fails those
-    /// whose dependencies failed or whose timeout passed).
     /// Whether calls wait for their dependencies (then the shell looks between cells, see
-    /// [`Self::api_start_waiting`]).
+    /// [`Self::api_start_resolved`]).
     pub fn api_calls_waiting(&self) -> bool {
         self.api_scheduler
             .as_ref()
             .is_some_and(|scheduler| lock(&scheduler.book).has_waiting())
     }
 
-    /// Starts the calls whose dependencies were met since the last look, between cells.
-    pub fn api_start_waiting(&mut self) {
-        self.api_start_resolved();
-    }
-
-    pub(super) fn api_start_resolved(&mut self) {
+    /// Sends the serving cells of calls that waited for dependencies now met (and fails those
+    /// whose dependencies failed or whose timeout passed): at each API request, and between
+    /// cells.
+    pub fn api_start_resolved(&mut self) {
         let Some(scheduler) = self.api_scheduler.clone() else {
             return;
         };
