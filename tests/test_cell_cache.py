@@ -101,14 +101,15 @@ def test_cells_are_reused_after_a_restart_and_a_one_character_change_compiles(ho
         log = second.log()
         assert HIT in log and STORED not in log, log
 
-        # One character differs: compiled anew, with the new result.
+        # One character differs: compiled anew, with the new result. The kernel's log line is
+        # the evidence here: the watcher polls /proc and can miss a rustc that lives a few ms.
         msgs = second.run('println!("doubled {}", double(22));')
         assert stream_text(msgs) == "doubled 44\n"
-        assert "ctx" in rustc.take()
-        assert STORED in second.log()
+        compiled = second.log().count(STORED)
+        assert compiled >= 1
         msgs = second.run("%%px\ny * 4")
         assert px_values(msgs) == {0: "20"}
-        assert "ctx" in rustc.take()
+        assert second.log().count(STORED) > compiled
     finally:
         second.shutdown()
 
@@ -139,7 +140,7 @@ def test_the_cache_honours_its_bound_and_survives_being_deleted(home, tmp_path):
 
 
 def test_a_tampered_or_foreign_entry_is_refused_and_compiled_anew(home, tmp_path):
-    home, rustc = home
+    home, _ = home
     cells = ['println!("tampered-one");', 'println!("foreign-two");', 'println!("open-three");']
     first = Session(home, tmp_path / "run1")
     try:
@@ -164,10 +165,10 @@ def test_a_tampered_or_foreign_entry_is_refused_and_compiled_anew(home, tmp_path
 
     second = Session(home, tmp_path / "run2")
     try:
-        rustc.take()
         for cell, text in zip(cells, ["tampered-one", "foreign-two", "open-three"]):
+            compiled = second.log().count(STORED)
             assert stream_text(second.run(cell)) == text + "\n"
-            assert "ctx" in rustc.take(), f"{text}: refused, so compiled by rustc"
+            assert second.log().count(STORED) > compiled, f"{text}: refused, so compiled by rustc"
         log = second.log()
         assert log.count(REFUSED) == 3, log
         assert "does not match the hash its entry recorded" in log
