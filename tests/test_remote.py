@@ -303,6 +303,51 @@ def test_pxmap_over_a_local_and_a_remote_engine_equals_the_local_result(px, remo
         assert reply["status"] == "ok", reply
 
 
+API_FUNCTIONS = """%%px
+fn me() -> u32 { std::env::var("RUSTPX_ENGINE_ID").unwrap().parse().unwrap() }
+fn whoami(x: u64) -> u64 { x + me() as u64 }
+fn cube(x: u64) -> (u64, u32) { std::thread::sleep(std::time::Duration::from_millis(2)); (x * x * x, me()) }"""
+
+
+def test_the_rust_api_applies_maps_and_moves_data_on_remote_engines(px, remote_engines):
+    """Issue 16: `apply` and `map` from a plain cell reach engines on other hosts. Their serving
+    cell connects to its own engine process, which relays the connection over the signed link
+    to the API's scheduler (the relay routes it by its token, beside %pxmap's). The typed data
+    calls ship their files as the data magics do."""
+    local = start_local_engine(px)
+    try:
+        reply, _, _ = px.execute(API_FUNCTIONS, timeout=300)
+        assert reply["status"] == "ok", reply
+        reply, _, _ = px.execute(f"let rc = rustpx::client();\nlet dv = rc.direct_view(vec![0, 2, {local}]);", timeout=300)
+        assert reply["status"] == "ok", reply
+        # One task pinned to each engine: two hosts and this one, each answering for itself.
+        assert value_of(px, 'dv.apply_sync::<u64, u64>("whoami", 100).unwrap()') == f"[100, 102, {100 + local}]"
+        # A load-balanced map over the two remote engines only equals the local result.
+        reply, _, _ = px.execute(
+            "let items: Vec<u64> = (0..400).collect();\n"
+            "let remote = rc.direct_view(vec![0, 2]).load_balanced_view().chunk_size(10);\n"
+            'let cubed = remote.map_sync::<u64, (u64, u32)>("cube", &items).unwrap();',
+            timeout=300,
+        )
+        assert reply["status"] == "ok", reply
+        assert value_of(px, "cubed.iter().map(|c| c.0).collect::<Vec<_>>() == items.iter().map(|x| x * x * x).collect::<Vec<_>>()") == "true"
+        ran = value_of(px, "cubed.iter().map(|c| c.1).collect::<std::collections::BTreeSet<_>>()")
+        ran = {int(e) for e in ran.strip("{}").split(", ")}
+        assert ran and ran <= {0, 2}, ran
+        # And over all three: the same values again.
+        assert value_of(px, 'dv.load_balanced_view().map_sync::<u64, (u64, u32)>("cube", &items).unwrap() .iter().map(|c| c.0).sum::<u64>() == items.iter().map(|x| x * x * x).sum::<u64>()') == "true"
+        # Data calls: scatter, work on each engine, gather back in order.
+        reply, _, _ = px.execute('dv.scatter_sync("part", &items).unwrap();', timeout=300)
+        assert reply["status"] == "ok", reply
+        reply, _, _ = px.execute(f"%%px -t 0,2,{local}\nlet part: Vec<u64> = part.iter().map(|x| x + 1).collect();", timeout=300)
+        assert reply["status"] == "ok", reply
+        assert value_of(px, 'dv.gather_sync::<u64>("part").unwrap() == items.iter().map(|x| x + 1).collect::<Vec<u64>>()') == "true"
+        assert value_of(px, 'dv.pull_sync::<u32>("nothing_here").unwrap_err().to_string().contains("engine 0")') == "true"
+    finally:
+        reply, _, _ = px.execute(f"%engines stop {local}")
+        assert reply["status"] == "ok", reply
+
+
 def test_a_remote_engine_killed_mid_map_leaves_its_chunks_to_the_other(px, remote_engines, hosts, runtime_dir):
     [victim] = start_isolated_engines(hosts[0], runtime_dir, [6])
     wait_for_engines(px, [6])
@@ -336,12 +381,15 @@ def test_a_remote_engine_killed_mid_map_leaves_its_chunks_to_the_other(px, remot
 class FakeEngine(threading.Thread):
     """An engine that holds the link's key but not the rules: it registers, answers every run
     as done, and when it is sent a map worker's run, opens a relayed map stream with the right
-    token and answers its first chunk with a result frame claiming 2**62 bytes."""
+    token and answers its first chunk with a result frame claiming 2**62 bytes. With `guess`, it
+    opens two streams instead: one whose hello has a guessed token, one whose first line never
+    ends."""
 
     CLAIMED = 2**62
 
-    def __init__(self, blob, engine_id):
+    def __init__(self, blob, engine_id, guess=False):
         super().__init__(daemon=True)
+        self.guess = guess
         connection = json.loads(blob)
         self.key = link_key(connection["key"])
         self.session = Session(key=connection["key"].encode(), signature_scheme="hmac-sha256")
@@ -380,7 +428,10 @@ class FakeEngine(threading.Thread):
                 self.registered.set()
             elif kind == "run_request":
                 files = [f["path"] for f in content.get("files_in", [])]
-                if any(path.endswith("map.server") for path in files):
+                if self.guess and any(path.endswith("map.server") for path in files):
+                    self.send("map_bytes", {"stream": 1}, [b"0123456789abcdef0123456789abcdef\n9\nu64\nu64\n\n"])
+                    self.send("map_bytes", {"stream": 2}, [b"x" * 2000])
+                elif any(path.endswith("map.server") for path in files):
                     token = buffers[files.index(next(p for p in files if p.endswith("map.server")))].split(b"\n")[1]
                     hello = token + f"\n{self.engine_id}\nu64\nu64\n\n".encode()
                     self.send("map_bytes", {"stream": 1}, [hello])
@@ -391,7 +442,7 @@ class FakeEngine(threading.Thread):
                 frame = struct.pack("<QIQ", self.chunk, 0, self.CLAIMED)
                 self.send("map_bytes", {"stream": 1}, [frame])
             elif kind == "map_close":
-                self.closed.put(content.get("reason"))
+                self.closed.put((content.get("stream"), content.get("reason")))
 
     def finish(self, run_id):
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -435,7 +486,7 @@ def test_a_relayed_result_claiming_a_huge_length_is_refused_and_the_map_goes_on(
         hold(7)
         reply, msgs, _ = px.execute("%pxmap square_plus few -t 7,9 -o ys -a --chunksize 10", timeout=300)
         assert reply["status"] == "ok", reply
-        reason = fake.closed.get(timeout=120)
+        _, reason = fake.closed.get(timeout=120)
         release(7)
         assert reason == f"a result of {FakeEngine.CLAIMED} bytes for chunk {fake.chunk}, over the limit of 1073741824", reason
         reply, msgs, _ = px.execute("%pxresult", timeout=300)
@@ -447,6 +498,33 @@ def test_a_relayed_result_claiming_a_huge_length_is_refused_and_the_map_goes_on(
         release(7)
         fake.close()
         end_remote_engine(px, remote, 7)
+
+
+def test_relayed_streams_with_a_guessed_token_or_an_endless_first_line_are_refused(px, remote_engines, hosts, runtime_dir):
+    """An engine with the link's key opens relayed streams while a map runs: one with a guessed
+    token, one whose first line never ends. The hub routes neither to a scheduler, ends each with
+    its reason, and the map completes on the honest engine."""
+    [remote] = start_isolated_engines(hosts[1], runtime_dir, [8])
+    wait_for_engines(px, [8])
+    fake = FakeEngine(connection_blob(runtime_dir), 10, guess=True)
+    fake.start()
+    try:
+        assert fake.registered.wait(30), "the fake engine was not registered"
+        reply, _, _ = px.execute("%%px -t 8,10\n" + SQUARE.replace("MS", "1"))
+        assert reply["status"] == "ok", reply
+        reply, _, _ = px.execute("let guessed: Vec<u64> = (0..200).collect();")
+        assert reply["status"] == "ok", reply
+        reply, msgs, _ = px.execute("%pxmap square_plus guessed -t 8,10 -o gs --chunksize 10", timeout=300)
+        assert reply["status"] == "ok", reply
+        closes = dict(fake.closed.get(timeout=60) for _ in range(2))
+        assert closes == {
+            1: "a connection whose token no running %pxmap or API call holds",
+            2: "a hello line that is too long or cut off",
+        }, closes
+        assert value_of(px, "gs == guessed.iter().map(|&x| x * x + 1).collect::<Vec<u64>>()") == "true"
+    finally:
+        fake.close()
+        end_remote_engine(px, remote, 8)
 
 
 def test_cutting_a_hosts_link_mid_cell_fails_only_its_engines(px, remote_engines, hosts):

@@ -3,7 +3,8 @@
 //! A map worker cell cannot reach the kernel's Unix socket from another host, so it connects to
 //! its own engine process, which relays the connection's bytes over the signed and sealed link
 //! as numbered streams ([`MapBytes`], [`MapCredit`], [`MapClose`]). Here each stream becomes an
-//! in-memory duplex connection handed to the one scheduler ([`super::map_server`]), which serves
+//! in-memory duplex connection, routed by its token ([`super::relay_routes`]) to `%pxmap`'s
+//! scheduler ([`super::map_server`]) or the Rust API's ([`super::api::scheduler`]), which serve
 //! it exactly as a Unix connection, knowing from the link which engine it is.
 //!
 //! What an engine can make the hub hold is bounded before anything is queued: a piece is at most
@@ -27,27 +28,14 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use super::hub::Outgoing;
 use super::lock;
+pub use super::relay_routes::RelayedConnection;
+use super::relay_routes::Routes;
 
 /// Map connections one engine may have open at once (a worker opens one per map).
 pub const MAX_STREAMS_PER_ENGINE: usize = 4;
 
 /// The in-memory buffer between a stream and the scheduler, each way.
 const DUPLEX_BYTES: usize = 256 << 10;
-
-/// A relayed connection for the scheduler: who is at the other end, the connection, and where
-/// the scheduler leaves why it ended it (told to the engine when the connection closes).
-pub struct RelayedConnection {
-    pub engine: EngineId,
-    pub stream: DuplexStream,
-    pub ending: StreamEnding,
-}
-
-impl RelayedConnection {
-    /// Ends the connection unserved, telling the engine why.
-    pub fn refuse(self, reason: String) {
-        self.ending.set(reason);
-    }
-}
 
 /// Why the scheduler ended a relayed connection; set before it drops the connection.
 #[derive(Clone, Default)]
@@ -58,7 +46,7 @@ impl StreamEnding {
         *lock(&self.0) = Some(reason);
     }
 
-    fn take(&self) -> Option<String> {
+    pub(super) fn take(&self) -> Option<String> {
         lock(&self.0).take()
     }
 }
@@ -67,6 +55,8 @@ impl StreamEnding {
 #[derive(Clone)]
 pub struct MapRelay {
     state: Arc<Mutex<Streams>>,
+    /// Where new connections go: the servers started so far, by token.
+    routes: Routes,
     outbox: UnboundedSender<Outgoing>,
     /// The hub's link session, which every message to engines carries.
     session: Arc<str>,
@@ -75,8 +65,6 @@ pub struct MapRelay {
 #[derive(Default)]
 struct Streams {
     open: HashMap<(Bytes, u64), Stream>,
-    /// Where new connections go: the scheduler, once the first `%pxmap` started it.
-    scheduler: Option<UnboundedSender<RelayedConnection>>,
 }
 
 /// One relayed connection, as the link sees it.
@@ -91,6 +79,7 @@ impl MapRelay {
     pub fn new(outbox: UnboundedSender<Outgoing>, session: Arc<str>) -> MapRelay {
         MapRelay {
             state: Arc::default(),
+            routes: Routes::default(),
             outbox,
             session,
         }
@@ -101,11 +90,9 @@ impl MapRelay {
         msg_type == MapBytes::MSG_TYPE || msg_type == MapClose::MSG_TYPE
     }
 
-    /// The scheduler's end: relayed connections arrive here from now on.
-    pub fn attach(&self) -> UnboundedReceiver<RelayedConnection> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        lock(&self.state).scheduler = Some(sender);
-        receiver
+    /// A server's end: relayed connections opening with `token` arrive here from now on.
+    pub fn attach(&self, token: &str) -> UnboundedReceiver<RelayedConnection> {
+        self.routes.attach(token)
     }
 
     /// Handles a relay message from the link peer `identity`, which is the live engine `engine`
@@ -190,19 +177,17 @@ impl MapRelay {
                 "engine {engine} has {streams} map connections open already"
             ));
         }
-        let Some(scheduler) = &state.scheduler else {
-            return Err("no %pxmap is running".into());
-        };
+        if !self.routes.any() {
+            return Err("no %pxmap or API call is running".into());
+        }
         let (ours, theirs) = tokio::io::duplex(DUPLEX_BYTES);
         let ending = StreamEnding::default();
-        let connection = RelayedConnection {
-            engine,
-            stream: theirs,
-            ending: ending.clone(),
-        };
-        if scheduler.send(connection).is_err() {
-            return Err("the map scheduler has stopped".into());
-        }
+        let (routes, routed_ending) = (self.routes.clone(), ending.clone());
+        tokio::spawn(async move {
+            if let Err(reason) = routes.route(engine, theirs, routed_ending).await {
+                tracing::warn!("map relay: engine {engine}: refused a stream: {reason}");
+            }
+        });
         let (feed, pieces) = mpsc::unbounded_channel();
         let unacked = Arc::new(AtomicU64::new(0));
         let (read, write) = tokio::io::split(ours);
@@ -320,19 +305,19 @@ mod tests {
     #[tokio::test]
     async fn pieces_reach_the_scheduler_in_order_and_are_granted_back() {
         let (relay, mut outbox) = relay();
-        let mut scheduler = relay.attach();
+        let mut scheduler = relay.attach("tok");
         let peer = Bytes::from_static(b"engine-a");
-        relay.receive(peer.clone(), Some(3), &piece(1, b"hello "));
+        relay.receive(peer.clone(), Some(3), &piece(1, b"tok\nhello "));
         relay.receive(peer.clone(), Some(3), &piece(1, b"world"));
         let mut connection = scheduler.recv().await.expect("a connection");
         assert_eq!(connection.engine, 3);
-        let mut read = [0u8; 11];
-        connection.stream.read_exact(&mut read).await.unwrap();
-        assert_eq!(&read, b"hello world");
-        assert_eq!(sent(&mut outbox).await.1["bytes"], 6);
+        let mut read = [0u8; 15];
+        connection.read.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"tok\nhello world");
+        assert_eq!(sent(&mut outbox).await.1["bytes"], 10);
         assert_eq!(sent(&mut outbox).await.1["bytes"], 5);
         // What the scheduler writes goes to the engine; its end, with its reason, after that.
-        connection.stream.write_all(b"chunk").await.unwrap();
+        connection.write.write_all(b"chunk").await.unwrap();
         connection.ending.set("done with you".into());
         drop(connection);
         assert_eq!(
@@ -349,7 +334,7 @@ mod tests {
     #[tokio::test]
     async fn a_piece_over_the_limit_is_refused_and_opens_nothing() {
         let (relay, mut outbox) = relay();
-        let mut scheduler = relay.attach();
+        let mut scheduler = relay.attach("tok");
         let big = vec![0u8; MAP_PIECE_BYTES as usize + 1];
         relay.receive(Bytes::from_static(b"e"), Some(1), &piece(7, &big));
         let (kind, close) = sent(&mut outbox).await;
@@ -368,9 +353,10 @@ mod tests {
     async fn bytes_past_the_window_end_the_stream() {
         let (relay, mut outbox) = relay();
         // The scheduler takes the connection but reads nothing: no grant comes back.
-        let mut scheduler = relay.attach();
+        let mut scheduler = relay.attach("tok");
         let peer = Bytes::from_static(b"e");
-        let full = vec![1u8; MAP_PIECE_BYTES as usize];
+        let mut full = vec![1u8; MAP_PIECE_BYTES as usize];
+        full[..4].copy_from_slice(b"tok\n");
         let pieces = MAP_WINDOW_BYTES / MAP_PIECE_BYTES;
         for _ in 0..pieces + 1 {
             relay.receive(peer.clone(), Some(1), &piece(2, &full));
@@ -399,7 +385,7 @@ mod tests {
         let (kind, close) = sent(&mut outbox).await;
         assert_eq!(
             (kind.as_str(), close["reason"].as_str()),
-            ("map_close", Some("no %pxmap is running"))
+            ("map_close", Some("no %pxmap or API call is running"))
         );
         assert!(
             outbox.try_recv().is_err(),
@@ -408,9 +394,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_with_a_token_no_server_holds_is_closed_with_the_reason() {
+        let (relay, mut outbox) = relay();
+        let mut scheduler = relay.attach("tok");
+        relay.receive(Bytes::from_static(b"e"), Some(1), &piece(4, b"guess\nrest"));
+        let mut close = None;
+        while close.is_none() {
+            let (kind, content) = sent(&mut outbox).await;
+            if kind == "map_close" {
+                close = Some(content);
+            }
+        }
+        let close = close.unwrap();
+        assert_eq!(close["stream"], 4);
+        assert_eq!(
+            close["reason"],
+            "a connection whose token no running %pxmap or API call holds"
+        );
+        assert!(scheduler.try_recv().is_err(), "no server was given it");
+    }
+
+    #[tokio::test]
     async fn an_engine_may_hold_only_a_few_streams() {
         let (relay, mut outbox) = relay();
-        let _scheduler = relay.attach();
+        let _scheduler = relay.attach("tok");
         for stream in 0..=MAX_STREAMS_PER_ENGINE as u64 {
             relay.receive(Bytes::from_static(b"e"), Some(1), &piece(stream, b"x"));
         }

@@ -36,7 +36,7 @@ pub const MAX_RESULT_BYTES: u64 = 1 << 30;
 const MAX_CONNECTIONS: usize = 4096;
 /// How long an engine has to say who it is, and how long each line of that may be.
 pub(super) const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
-const HELLO_LINE_MAX: u64 = 1024;
+pub(super) const HELLO_LINE_MAX: u64 = 1024;
 
 /// The lines an engine opens with (token, engine id, result and argument type names), up to the
 /// empty line: at most 8 lines of [`HELLO_LINE_MAX`] bytes each.
@@ -108,7 +108,7 @@ impl MapServer {
                 });
             }
         });
-        let mut relayed = relay.attach();
+        let mut relayed = relay.attach(&token);
         let accepting = server.clone();
         tokio::spawn(async move {
             while let Some(connection) = relayed.recv().await {
@@ -123,10 +123,10 @@ impl MapServer {
                 tokio::spawn(async move {
                     let RelayedConnection {
                         engine,
-                        stream,
+                        read,
+                        mut write,
                         ending,
                     } = connection;
-                    let (read, mut write) = tokio::io::split(stream);
                     let outcome = server.serve(read, &mut write, &token, Some(engine)).await;
                     if let Err(error) = outcome {
                         tracing::info!("map: engine {engine}'s relayed connection ended: {error}");

@@ -19,6 +19,7 @@ mod map_job;
 mod map_relay;
 mod map_server;
 mod pool;
+mod relay_routes;
 mod restart_policy;
 mod session;
 mod shipping;

@@ -12,6 +12,7 @@
 //! [`ApiCall`], which answers it while the plain cell that sent it runs (the session's task
 //! waits for the cell and for these calls at once: `frontend/shell.rs`).
 
+pub mod book;
 pub mod interrupt;
 pub mod scheduler;
 pub mod tasks;

@@ -19,7 +19,7 @@ use rustpx_client::api_tasks::{
 use rustpx_client::api_wire::EXECUTION_IDS;
 use rustpx_protocol::EngineId;
 
-use super::scheduler::{Book, Submission};
+use super::book::{Book, Submission};
 
 /// Calls waiting for their dependencies at once; beyond it a call with dependencies is refused.
 pub const MAX_WAITING: usize = 1024;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rustpx_client::api_tasks::TaskOptions;
 
-use super::super::scheduler::{test_submission, Book, Submission};
+use super::super::book::{test_submission, Book, Submission};
 use super::TaskState;
 
 fn submission(function: &str, items: &[u64], engines: &[u32], options: TaskOptions) -> Submission {

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use rustpx_client::api_wire::EXECUTION_IDS;
-use rustpx_protocol::EngineId;
 use rustpx_wire::WireMessage;
 
 use super::super::api::scheduler::{Book, Scheduler, Submission};
@@ -93,26 +92,6 @@ impl PxService {
         answered.unwrap_or_else(Reply::error)
     }
 
-    /// The API's tasks are served through this host's Unix sockets, which engines on other
-    /// hosts cannot reach yet (`%pxmap` relays them over the link; the API does not).
-    pub(super) fn api_engines_share_files(&self, engines: &[EngineId]) -> Result<(), String> {
-        let m = self.machinery().map_err(|r| r.evalue)?;
-        let remote: Vec<String> = m
-            .hub
-            .engines()
-            .into_iter()
-            .filter(|e| engines.contains(&e.id) && !e.shares_files)
-            .map(|e| e.id.to_string())
-            .collect();
-        if remote.is_empty() {
-            return Ok(());
-        }
-        Err(format!(
-            "the Rust API serves tasks through this host's sockets, which engines {} (on other hosts) cannot reach yet: choose engines on this host with direct_view(ids), or use %pxmap, which relays over the engine link",
-            remote.join(", ")
-        ))
-    }
-
     /// Files an `apply` or `map` (`pinned`: the direct view's `apply`, one task per engine).
     async fn api_submit(
         &mut self,
@@ -125,7 +104,6 @@ impl PxService {
             return Err("the function's name is empty".into());
         }
         let engines = self.api_targets(cell, request.targets.as_deref()).await?;
-        self.api_engines_share_files(&engines)?;
         let dep = client_crate::dep_line().map_err(|e| e.to_string())?;
         self.ensure_client_engines(&dep, &engines, "the Rust API")
             .await
@@ -196,7 +174,13 @@ impl PxService {
             "{dep}\nrustpx::serve_tasks({function}, {label:?}, {:?}).unwrap_or_else(|e| panic!(\"rustpx API: {{e}}\"));",
             scheduler.server_file.to_string_lossy()
         );
-        let submitted = self.submit_quietly(&code, &engines, CellFiles::default());
+        // Engines on other hosts get the server file (address and token) with the cell; their
+        // connection goes to their own engine process, which relays it over the link.
+        let files = CellFiles {
+            inputs: vec![scheduler.server_file.to_string_lossy().into_owned()],
+            outputs: Vec::new(),
+        };
+        let submitted = self.submit_quietly(&code, &engines, files);
         let mut book = lock(&scheduler.book);
         if let Some(submission) = book.submissions.get_mut(&id) {
             match submitted {
@@ -214,7 +198,13 @@ impl PxService {
             return Ok(scheduler.clone());
         }
         let dir = self.transfer_dir().map_err(|r| r.evalue)?;
-        let scheduler = Scheduler::start(&dir.join("api.server"))
+        let relay = self
+            .machinery()
+            .map_err(|r| r.evalue)?
+            .hub
+            .map_relay()
+            .clone();
+        let scheduler = Scheduler::start(&dir.join("api.server"), &relay)
             .await
             .map_err(|error| format!("cannot start the API's scheduler: {error}"))?;
         self.api_scheduler = Some(scheduler.clone());
