@@ -83,6 +83,35 @@ def test_an_apply_type_mismatch_names_both_types(k):
     assert value(k, 'dv.apply_sync::<u64, u64>("whoami", 0).unwrap()') == "[0, 1]"
 
 
+def test_same_named_types_defined_differently_are_refused_before_anything_crosses(k):
+    """A `Reading` of two i32 here and of one f64 on the engines: bincode would read the one as
+    the other. The call is refused naming both definitions; defined alike (a `pub`, a derive and
+    a comment apart), it runs; a type reached through a field counts too."""
+    ok(k, "#[derive(serde::Serialize, serde::Deserialize)]\npub struct Reading { pub a: i32, pub b: i32 }")
+    ok(k, "%%px\n#[derive(serde::Serialize, serde::Deserialize)]\npub struct Reading { pub v: f64 }\n"
+          "fn first(r: Reading) -> f64 { r.v }")
+    refused = value(k, 'dv.apply::<Reading, f64>("first", Reading { a: 1, b: 2 }).get().unwrap_err().to_string()')
+    assert refused == (
+        '"TypeError: `first`: `Reading` is defined one way in this kernel and another on engine 0, '
+        "and a value of one would be read as the other: here `struct Reading { a : i32 , b : i32 }`, "
+        "on engine 0 `struct Reading { v : f64 }`; define it the same way in a plain cell and a %%px cell\""
+    )
+    pushed = value(k, 'dv.push_sync("r", &Reading { a: 1, b: 2 }).unwrap_err().to_string()')
+    assert pushed.startswith('"TypeError: push: `Reading` is defined one way'), pushed
+    ok(k, "%%px\n#[derive(serde::Deserialize, serde::Serialize, Debug)]\n/// the same\nstruct Reading { a: i32, b: i32 }\n"
+          "fn first(r: Reading) -> f64 { (r.a + r.b) as f64 }")
+    assert value(k, 'dv.apply_sync::<Reading, f64>("first", Reading { a: 1, b: 2 }).unwrap()') == "[3.0, 3.0]"
+    # Through a field: the outer types agree, the inner one does not.
+    ok(k, "#[derive(serde::Serialize, serde::Deserialize)]\npub enum Unit { Metre, Foot(u8) }\n"
+          "#[derive(serde::Serialize, serde::Deserialize)]\npub struct Length { pub unit: Unit, pub n: u32 }")
+    ok(k, "%%px\n#[derive(serde::Serialize, serde::Deserialize)]\npub enum Unit { Metre, Foot(u16) }\n"
+          "#[derive(serde::Serialize, serde::Deserialize)]\npub struct Length { pub unit: Unit, pub n: u32 }\n"
+          "fn n(l: Length) -> u32 { l.n }")
+    refused = value(k, 'dv.apply::<Length, u32>("n", Length { unit: Unit::Metre, n: 4 }).get().unwrap_err().to_string()')
+    assert "`Unit` is defined one way in this kernel and another on engine 0" in refused, refused
+    assert "here `pub enum Unit" not in refused and "here `enum Unit { Metre , Foot ( u8 ) }`" in refused, refused
+
+
 # --- push and pull ---
 
 def test_pushed_values_are_the_engines_variables_for_px(k):

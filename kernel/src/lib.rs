@@ -22,3 +22,4 @@ pub mod private_dir;
 pub mod px;
 pub mod side_channel;
 pub mod std_sources;
+pub mod type_definitions;

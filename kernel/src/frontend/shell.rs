@@ -90,6 +90,9 @@ impl Session {
                     )
                     .await;
                 let local = self.evaluator.execute(request, &code, count).await;
+                if matches!(local, Outcome::Ok) {
+                    self.px.note_plain_cell(&code);
+                }
                 match outcome {
                     Outcome::Ok => local,
                     error => error,
@@ -120,6 +123,11 @@ impl Session {
         waits.cell_started();
         let outcome = self.run_plain_serving_api(request, code, count).await;
         waits.cell_ended();
+        if matches!(outcome, Outcome::Ok) {
+            // Its structs and enums are the context's now: the API compares them with the
+            // engines' before a value crosses.
+            self.px.note_plain_cell(code);
+        }
         match outcome {
             // The cell handled the interrupted wait's error itself: an interrupt still ends
             // the cell as an error, so Run All stops there.

@@ -30,6 +30,7 @@ mod api_tasks;
 mod api_wait;
 mod data;
 mod data_setup;
+mod definitions;
 mod engines;
 mod map;
 mod progress;
@@ -227,6 +228,10 @@ pub struct PxService {
     /// incarnations whose states have it (a restarted engine starts without it).
     client_local: bool,
     client_engines: std::collections::HashSet<(EngineId, u64)>,
+    /// The structs and enums the kernel's context and each engine incarnation defined
+    /// (`definitions.rs`).
+    plain_definitions: crate::type_definitions::Definitions,
+    engine_definitions: HashMap<(EngineId, u64), crate::type_definitions::Definitions>,
     /// The load-balanced scheduler, started by the first `%pxmap`.
     map_server: Option<super::map_server::MapServer>,
     /// A `%pxmap -a` not collected yet, and whether it is newer than the last `%px`.
@@ -271,6 +276,8 @@ impl PxService {
             transfer_dir: None,
             client_local: false,
             client_engines: Default::default(),
+            plain_definitions: Default::default(),
+            engine_definitions: Default::default(),
             map_server: None,
             pending_map: None,
             map_is_last: false,

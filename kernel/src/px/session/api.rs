@@ -104,6 +104,8 @@ impl PxService {
             return Err("the function's name is empty".into());
         }
         let engines = self.api_targets(cell, request.targets.as_deref()).await?;
+        let types = [request.argument_type.as_str(), request.result_type.as_str()];
+        self.check_definitions(&format!("`{function}`"), &types, &engines)?;
         let dep = client_crate::dep_line().map_err(|e| e.to_string())?;
         self.ensure_client_engines(&dep, &engines, "the Rust API")
             .await

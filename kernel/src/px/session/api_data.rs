@@ -30,12 +30,15 @@ struct Setup {
 }
 
 impl PxService {
+    /// The call's engines, after checking that its `types` are defined alike here and there.
     async fn api_data_setup(
         &mut self,
         cell: &WireMessage,
         targets: Option<&[EngineId]>,
+        (what, types): (&str, &[&str]),
     ) -> Result<Setup, String> {
         let engines = self.api_targets(cell, targets).await?;
+        self.check_definitions(what, types, &engines)?;
         let dir = self.transfer_dir().map_err(|r| r.evalue)?;
         let dep = client_crate::dep_line().map_err(|e| e.to_string())?;
         self.ensure_client_engines(&dep, &engines, "the Rust API")
@@ -67,8 +70,9 @@ impl PxService {
             names.push(name.clone());
             types.push(spelled);
         }
+        let pushed: Vec<&str> = entries.iter().map(|(_, t, _)| t.as_str()).collect();
         let setup = self
-            .api_data_setup(cell, request.targets.as_deref())
+            .api_data_setup(cell, request.targets.as_deref(), ("push", &pushed))
             .await?;
         let files = names
             .iter()
@@ -91,8 +95,9 @@ impl PxService {
             .map_err(|why| format!("scatter {name}: {why}"))?;
         let parts = decode_parts(&request.payload)
             .map_err(|why| format!("scatter: a malformed request: {why}"))?;
+        let checked = (format!("scatter {name}"), [request.argument_type.as_str()]);
         let setup = self
-            .api_data_setup(cell, request.targets.as_deref())
+            .api_data_setup(cell, request.targets.as_deref(), (&checked.0, &checked.1))
             .await?;
         if parts.len() != setup.engines.len() {
             return Err(format!(
@@ -250,8 +255,9 @@ impl PxService {
         };
         let name = request.function.trim().to_owned();
         check_name(what, &name)?;
+        let checked = (format!("{what} {name}"), [request.result_type.as_str()]);
         let setup = self
-            .api_data_setup(cell, request.targets.as_deref())
+            .api_data_setup(cell, request.targets.as_deref(), (&checked.0, &checked.1))
             .await?;
         let ty = self.fetched_type(what, &name, &request.result_type, &setup.engines)?;
         let plan = transfer::plan(&transfer::Request {

@@ -102,6 +102,7 @@ impl PxService {
         let Some(cell) = cell else {
             return Ok(());
         };
+        self.note_px_cell(&cell);
         let grouping = options.group_outputs.unwrap_or_default();
         let (interrupted, timed_out) = active
             .map(|a| (a.interrupted, a.timed_out))
