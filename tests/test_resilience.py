@@ -216,4 +216,5 @@ def test_the_kernel_log_file_has_kernel_and_engine_lines(px):
     assert found, table
     text = pathlib.Path(found.group(1)).read_text()
     assert "engine 0 registered" in text  # the kernel's hub
-    assert "registered with the hub at tcp://127.0.0.1:" in text  # an engine's own line
+    # An engine's own line: local engines dial the hub's Unix socket in the private directory.
+    assert re.search(r"registered with the hub at ipc:///\S*/rustpx-sockets-\d+-\w+/hub\.sock as engine", text), text[-3000:]

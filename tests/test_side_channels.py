@@ -5,6 +5,7 @@ and 500 connections to the bridge made 500 threads. They are Unix sockets in a 0
 now, with bounded, deadlined handshakes; these tests perform those attacks on the real kernel."""
 import glob
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Kernel
+from conftest import Kernel, px_values
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +164,93 @@ def test_hundreds_of_bridge_connections_get_no_threads(kernel):
     # The px compiler still reaches the engines through the bridge.
     reply, _, _ = kernel.execute("%px 2 + 2")
     assert reply["status"] == "ok", reply
+
+
+def engine_pids(kernel):
+    """The kernel's local engines: its children named rustpx-engine."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if parent == kernel.pid and name == "rustpx-engine":
+            found.append(int(entry))
+    return found
+
+
+def tcp_sockets(pid):
+    """How many TCP sockets (any state) process `pid` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            count += sum(1 for line in f if line.split()[9] in inodes)
+    return count
+
+
+def test_local_engines_reach_the_hub_on_its_unix_socket_only(kernel):
+    """Issue 18 item 3: engines the kernel starts here dial the hub's Unix socket in the private
+    directory (no TCP on loopback for every message), and still run cells."""
+    hub = os.path.join(private_dir(kernel), "hub.sock")
+    assert stat.S_ISSOCK(os.stat(hub).st_mode), hub
+    engines = engine_pids(kernel)
+    assert len(engines) == 1, engines
+    assert tcp_sockets(engines[0]) == 0, "a local engine still holds a TCP socket"
+    reply, msgs, _ = kernel.execute("%px 6 * 7")
+    assert reply["status"] == "ok", reply
+    assert px_values(msgs) == {0: "42"}, msgs
+
+
+def test_another_user_cannot_reach_the_hub_socket(kernel):
+    hub = os.path.join(private_dir(kernel), "hub.sock")
+    assert os.getuid() == 0, "this test becomes another user to try the door; run it as root (CI does)"
+    attempt = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "python3", "-c",
+         "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])", hub],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert attempt.returncode != 0 and "PermissionError" in attempt.stderr, attempt
+
+
+def test_the_hub_socket_refuses_unsigned_and_forged_registrations(kernel):
+    """Whoever gets into the directory (this user, root) still needs the key: an unsigned or
+    wrongly signed hello over the Unix socket registers nobody, gets no answer, and the engine
+    already there keeps serving."""
+    import zmq
+    from jupyter_client.session import Session
+
+    hub = os.path.join(private_dir(kernel), "hub.sock")
+    identity = "intruder-session"
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, identity.encode())
+    sock.connect(f"ipc://{hub}")
+    content = {"requested_id": 7, "pid": os.getpid(), "hostname": "intruder", "version": "0",
+               "shares_files": True}
+    try:
+        for number, key in enumerate([b"", b"not-the-key"], start=1):
+            session = Session(key=key, signature_scheme="hmac-sha256", session=identity)
+            session.send(sock, "register_request", content, metadata={"seq": number})
+        assert sock.poll(3000) == 0, "the hub answered an unsigned or forged registration"
+    finally:
+        sock.close()
+    _, msgs, _ = kernel.execute("%engines")
+    table = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"][0]
+    assert "intruder" not in table and not re.search(r"^\s*7\s", table, re.M), table
+    reply, msgs, _ = kernel.execute("%px 40 + 2")
+    assert reply["status"] == "ok", reply
+    assert px_values(msgs) == {0: "42"}, msgs

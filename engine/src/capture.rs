@@ -13,11 +13,16 @@
 //! bundle already has, or the `()` of a unit value). What is pending when the run ends is the
 //! value.
 //! After a run, the runner writes a sentinel line with a per-process nonce to each pipe; when both
-//! threads have read it, every byte the run wrote has been forwarded, in order.
+//! threads have read it, every byte the run wrote has been forwarded, in order. The reader that
+//! reads it last also queues the run's reply (built by the runner's [`Finish`]): the runner does
+//! not wake up between the end of a cell and its reply, only when the next run comes (on a pool
+//! of hundreds of engines on a few cores, each wake-up of each engine's threads is what a run
+//! costs).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
 use rustpx_protocol::{DisplayOutput, MimeBundle, StreamOutput};
@@ -76,11 +81,53 @@ enum Done {
     Stderr(StderrReport),
 }
 
+/// Where a reader hands its report at the end of a run.
+type DoneSink = Box<dyn Fn(Done) + Send>;
+
+/// What is done with a run's two reports once both readers reached its end: the runner's reply.
+pub type Finish = Box<dyn FnOnce(RunReport) + Send>;
+
+/// The end of the current run as the readers reach it.
+#[derive(Default)]
+struct Ending {
+    stdout: Option<StdoutReport>,
+    stderr: Option<StderrReport>,
+    finish: Option<Finish>,
+}
+
+impl Ending {
+    /// Takes one reader's report; the second one runs the finish.
+    fn reached(ending: &Mutex<Ending>, done: Done, settled: &mpsc::Sender<()>) {
+        let mut state = ending.lock().unwrap_or_else(|p| p.into_inner());
+        match done {
+            Done::Stdout(report) => state.stdout = Some(report),
+            Done::Stderr(report) => state.stderr = Some(report),
+        }
+        if state.stdout.is_none() || state.stderr.is_none() {
+            return;
+        }
+        let report = RunReport {
+            stdout: state.stdout.take().unwrap_or_default(),
+            stderr: state.stderr.take().unwrap_or_default(),
+        };
+        let finish = state.finish.take();
+        drop(state);
+        if let Some(finish) = finish {
+            finish(report);
+        }
+        let _ = settled.send(());
+    }
+}
+
 /// The capture of fds 1 and 2, installed once at engine start.
 pub struct Capture {
     sentinel: String,
     current_run: Arc<Mutex<CurrentRun>>,
-    done: Receiver<Done>,
+    ending: Arc<Mutex<Ending>>,
+    /// A message per run both readers finished.
+    settled: Receiver<()>,
+    /// Whether a run was finished whose end the readers may not have reached yet.
+    outstanding: Cell<bool>,
 }
 
 impl Capture {
@@ -92,57 +139,57 @@ impl Capture {
         let stderr_reader = fds::redirect_to_pipe(2)?;
         let sentinel = format!("\u{1}RUSTPX_RUN_DONE {}", uuid::Uuid::new_v4().simple());
         let current_run = Arc::new(Mutex::new(CurrentRun::default()));
-        let (done_tx, done) = mpsc::channel();
-        spawn_reader(
-            "stdout",
-            stdout_reader,
-            sentinel.clone(),
-            current_run.clone(),
-            sink.clone(),
-            done_tx.clone(),
-        );
-        spawn_reader(
-            "stderr",
-            stderr_reader,
-            sentinel.clone(),
-            current_run.clone(),
-            sink,
-            done_tx,
-        );
+        let ending = Arc::new(Mutex::new(Ending::default()));
+        let (settled_tx, settled) = mpsc::channel();
+        for (name, pipe) in [("stdout", stdout_reader), ("stderr", stderr_reader)] {
+            let ending = ending.clone();
+            let settled_tx = settled_tx.clone();
+            let done: DoneSink = Box::new(move |done| Ending::reached(&ending, done, &settled_tx));
+            spawn_reader(
+                name,
+                pipe,
+                sentinel.clone(),
+                current_run.clone(),
+                sink.clone(),
+                done,
+            );
+        }
         Ok((
             Capture {
                 sentinel,
                 current_run,
-                done,
+                ending,
+                settled,
+                outstanding: Cell::new(false),
             },
             log,
         ))
     }
 
     /// Output from now on belongs to `run_id`; `may_have_value` is false when the cell has no
-    /// final expression (its rich output is all displays).
+    /// final expression (its rich output is all displays). Waits first until the readers are
+    /// through with the run before (usually long done).
     pub fn begin(&self, run_id: &str, may_have_value: bool) {
+        if self.outstanding.replace(false) {
+            // An error means a reader is gone (its pipe closed): nothing more will come.
+            let _ = self.settled.recv();
+        }
         *self.current_run.lock().unwrap_or_else(|p| p.into_inner()) = CurrentRun {
             run_id: run_id.to_owned(),
             may_have_value,
         };
     }
 
-    /// Marks the end of the run on both pipes and waits until both readers reached the mark.
-    pub fn finish(&self) -> RunReport {
+    /// Marks the end of the run on both pipes and returns at once; the reader that reaches the
+    /// mark last calls `finish` with both readers' reports, after it forwarded every byte the
+    /// run wrote.
+    pub fn finish(&self, finish: Finish) {
+        self.ending.lock().unwrap_or_else(|p| p.into_inner()).finish = Some(finish);
+        self.outstanding.set(true);
         let line = format!("{}\n", self.sentinel);
         for fd in [1, 2] {
             fds::write_all(fd, line.as_bytes());
         }
-        let mut report = RunReport::default();
-        for _ in 0..2 {
-            match self.done.recv() {
-                Ok(Done::Stdout(r)) => report.stdout = r,
-                Ok(Done::Stderr(r)) => report.stderr = r,
-                Err(_) => break,
-            }
-        }
-        report
     }
 }
 
@@ -152,7 +199,7 @@ fn spawn_reader(
     sentinel: String,
     current_run: Arc<Mutex<CurrentRun>>,
     sink: StreamSink,
-    done: Sender<Done>,
+    done: DoneSink,
 ) {
     let spawned = std::thread::Builder::new()
         .name(format!("capture-{name}"))
@@ -171,7 +218,7 @@ struct StreamReader {
     sentinel: String,
     current_run: Arc<Mutex<CurrentRun>>,
     sink: StreamSink,
-    done: Sender<Done>,
+    done: DoneSink,
     pending: String,
     stdout: StdoutReport,
     stderr: StderrReport,
@@ -188,7 +235,7 @@ impl StreamReader {
         sentinel: String,
         current_run: Arc<Mutex<CurrentRun>>,
         sink: StreamSink,
-        done: Sender<Done>,
+        done: DoneSink,
     ) -> Self {
         StreamReader {
             name,
@@ -356,7 +403,7 @@ impl StreamReader {
             self.content = None;
             Done::Stdout(stdout)
         };
-        let _ = self.done.send(report);
+        (self.done)(report);
     }
 }
 

@@ -308,21 +308,26 @@ fn serve_runs(
         let started = now();
         let loaded = start(&mut cells, &prepared);
         let (written, contents) = files::read_outputs(&run.files_out);
-        let report = capture.finish();
-        let completed = now();
-        let reply = RunReply {
-            run_id: run.run_id.clone(),
-            execution_count,
-            status: status_of(loaded, &report),
-            value: report.stdout.value,
-            changed_type: report.stdout.changed_type,
-            started,
-            completed,
-            files: written,
-        };
-        let mut message = to_wire(session, &reply);
-        message.buffers = contents;
-        let _ = outgoing.send(message);
+        // The reply is built and queued by the capture's reader that sees the run's end last
+        // (after every byte of output went out): this thread sleeps until the next run.
+        let run_id = run.run_id.clone();
+        let outgoing = outgoing.clone();
+        let session = session.to_owned();
+        capture.finish(Box::new(move |report| {
+            let reply = RunReply {
+                run_id,
+                execution_count,
+                status: status_of(loaded, &report),
+                value: report.stdout.value,
+                changed_type: report.stdout.changed_type,
+                started,
+                completed: now(),
+                files: written,
+            };
+            let mut message = to_wire(&session, &reply);
+            message.buffers = contents;
+            let _ = outgoing.send(message);
+        }));
     }
 }
 

@@ -33,6 +33,12 @@ pub struct EngineConnection {
     /// other engine fetches them over the link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_file: Option<String>,
+    /// The Unix socket (`ipc://PATH`, in the kernel's 0700 directory) that engines the kernel
+    /// starts on its own host dial instead of `url`: the same hub, the same signed and sealed
+    /// messages, without TCP's cost on loopback. The kernel's own knowledge: never written
+    /// into a blob, since an engine elsewhere (another host, a batch job) could not reach it.
+    #[serde(skip)]
+    pub local_url: Option<String>,
 }
 
 /// The platform this process runs on, with the C library's version (objects are linked against

@@ -186,7 +186,19 @@ impl ZmqSocket {
         &self.watched.get_ref().socket
     }
 
-    /// The address the socket is bound to, with the port the system picked.
+    /// Binds this socket to one more endpoint: one ROUTER can take peers on TCP and on a Unix
+    /// socket (`ipc://PATH`) at once, serving them as one.
+    pub fn bind_also(&self, endpoint: &str) -> Result<(), SocketError> {
+        self.socket()
+            .bind(endpoint)
+            .map_err(|source| SocketError::Setup {
+                action: "bind",
+                endpoint: endpoint.to_owned(),
+                source,
+            })
+    }
+
+    /// The address the socket was bound to last, with the port the system picked.
     pub fn endpoint(&self) -> Option<String> {
         self.socket().get_last_endpoint().ok()?.ok()
     }

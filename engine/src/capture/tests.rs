@@ -18,7 +18,9 @@ fn reader(name: &'static str, may_have_value: bool) -> (StreamReader, Seen, Rece
             may_have_value,
         })),
         sink,
-        tx,
+        Box::new(move |done| {
+            let _ = tx.send(done);
+        }),
     );
     (r, seen, rx)
 }

@@ -203,6 +203,7 @@ mod tests {
             key: "k".into(),
             signature_scheme: "hmac-sha256".into(),
             kernel_file: None,
+            local_url: None,
         });
         assert!(json.contains(&format!("ipc://{socket}")), "{json}");
     }

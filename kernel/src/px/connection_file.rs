@@ -32,6 +32,7 @@ mod tests {
             key: "k".into(),
             signature_scheme: "hmac-sha256".into(),
             kernel_file: None,
+            local_url: None,
         };
         let path = write(&connection).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

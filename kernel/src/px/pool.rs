@@ -97,6 +97,8 @@ struct PoolState {
 pub struct EnginePool {
     engine_binary: PathBuf,
     connection: Arc<EngineConnection>,
+    /// What engines of this host get: the same, dialling the hub's Unix socket when it has one.
+    local_connection: Arc<EngineConnection>,
     hub: HubHandle,
     state: Arc<Mutex<PoolState>>,
     local: Arc<dyn Launcher>,
@@ -106,11 +108,16 @@ pub struct EnginePool {
 
 impl EnginePool {
     pub fn new(connection: EngineConnection, hub: HubHandle) -> Result<EnginePool, PxError> {
+        let mut local_connection = connection.clone();
+        if let Some(url) = &connection.local_url {
+            local_connection.url.clone_from(url);
+        }
         let connection = Arc::new(connection);
         Ok(EnginePool {
             engine_binary: engine_binary()?,
             jobs: BatchJobs::new(hub.clone(), connection.clone()),
             connection,
+            local_connection: Arc::new(local_connection),
             hub,
             state: Arc::default(),
             local: Arc::new(LocalLauncher::new(std::process::id())),
@@ -202,7 +209,12 @@ impl EnginePool {
         launch: &LaunchCommand,
         engine: &EngineInvocation,
     ) -> Result<(), PxError> {
-        let json = launch.connection_json(&self.connection);
+        // Engines of this host dial the Unix socket; any other may run where it does not exist.
+        let connection = match launcher.reach() {
+            Reach::ThisHost => &self.local_connection,
+            Reach::MaybeOtherHosts | Reach::OtherHosts => &self.connection,
+        };
+        let json = launch.connection_json(connection);
         let mut command = tokio::process::Command::from(launch.process(&json));
         command
             .stdout(Stdio::null())

@@ -1,6 +1,14 @@
 //! The hub's socket: a ROUTER that engines dial, HMAC-verified and sealed (XChaCha20-Poly1305,
 //! keyed from the same secret) in both directions.
+//!
+//! The one ROUTER listens twice: on TCP for engines anywhere, and on a Unix socket in the
+//! kernel's private directory (0700, see [`crate::private_dir`]) for the engines the kernel
+//! starts on its own host. A message on loopback TCP costs libzmq's I/O thread and the system
+//! noticeably more than one on a Unix socket, once per engine per run. Over both, every
+//! message passes the same checks in the same order; the directory's mode only adds a lock
+//! in front (no other user reaches the socket at all).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,11 +32,33 @@ const TICK: Duration = Duration::from_millis(250);
 /// allocated for it, and the hub serves everyone else on.
 pub const MAX_FRAME_BYTES: i64 = 1 << 30;
 
+/// The hub's Unix socket's name in the private directory.
+const LOCAL_SOCKET: &str = "hub.sock";
+
 /// Binds the hub on `address.bind` (loopback unless the user asks otherwise) with a fresh
-/// random key and serves it; returns what engines need to connect, with `address.location` as
-/// the address they dial.
+/// random key, and on a Unix socket in the kernel's private directory, and serves it; returns
+/// what engines need to connect, with `address.location` as the address they dial (and the
+/// Unix socket as the one this host's engines dial).
 pub async fn start(
     address: &HubAddress,
+    hub: HubHandle,
+    outbox: UnboundedReceiver<Outgoing>,
+    on_departed: impl Fn(Departure) + Send + 'static,
+) -> Result<EngineConnection, PxError> {
+    let private = match crate::private_dir::dir() {
+        Ok(dir) => Some(dir),
+        Err(error) => {
+            tracing::warn!("local engines dial the hub over TCP: {error}");
+            None
+        }
+    };
+    start_in(address, private, hub, outbox, on_departed).await
+}
+
+/// [`start`], with the Unix socket in `private` (a 0700 directory of ours), or none.
+pub(crate) async fn start_in(
+    address: &HubAddress,
+    private: Option<&Path>,
     hub: HubHandle,
     outbox: UnboundedReceiver<Outgoing>,
     on_departed: impl Fn(Departure) + Send + 'static,
@@ -60,6 +90,16 @@ pub async fn start(
     };
     let url = format!("tcp://{host}:{port}");
     tracing::info!("hub listening on {endpoint}; engines dial {url}");
+    let local_url = private.and_then(|dir| match bind_local(&socket, dir) {
+        Ok(local_url) => {
+            tracing::info!("engines started on this host dial {local_url}");
+            Some(local_url)
+        }
+        Err(error) => {
+            tracing::warn!("local engines dial the hub over TCP: {error}");
+            None
+        }
+    });
     // Always sealed, on loopback too: one mode, nothing to misconfigure, and the cost is small.
     let keys = LinkKeys {
         signer,
@@ -71,7 +111,45 @@ pub async fn start(
         key,
         signature_scheme: "hmac-sha256".into(),
         kernel_file: None,
+        local_url,
     })
+}
+
+/// Why the hub does not listen on a Unix socket (local engines then use TCP).
+#[derive(Debug, thiserror::Error)]
+enum LocalSocketError {
+    #[error("cannot inspect {0}: {1}")]
+    Inspect(String, std::io::Error),
+    #[error("{0} is not a directory only this user can enter (owner uid {1}, mode {2:o})")]
+    NotPrivate(String, u32, u32),
+    #[error("the socket path {0} is longer than a Unix socket address can be (107 bytes)")]
+    TooLong(String),
+    #[error(transparent)]
+    Bind(#[from] rustpx_wire::SocketError),
+}
+
+/// Binds `socket` also to `ipc://DIR/hub.sock`, once `dir` is checked to be ours alone: the
+/// directory's mode is what keeps other users away from the socket.
+fn bind_local(socket: &ZmqSocket, dir: &Path) -> Result<String, LocalSocketError> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = dir.display().to_string();
+    let metadata =
+        std::fs::symlink_metadata(dir).map_err(|e| LocalSocketError::Inspect(shown.clone(), e))?;
+    let mode = metadata.mode() & 0o777;
+    let private = metadata.is_dir() && metadata.uid() == rustpx_protocol::user_dirs::my_uid();
+    if !private || mode & 0o077 != 0 {
+        return Err(LocalSocketError::NotPrivate(shown, metadata.uid(), mode));
+    }
+    let path = dir.join(LOCAL_SOCKET);
+    let path = path.to_str().map(str::to_owned).unwrap_or_default();
+    if path.is_empty() || path.len() > 107 {
+        return Err(LocalSocketError::TooLong(
+            dir.join(LOCAL_SOCKET).display().to_string(),
+        ));
+    }
+    let url = format!("ipc://{path}");
+    socket.bind_also(&url)?;
+    Ok(url)
 }
 
 /// What the link signs with and seals with, both from the one secret in the connection file.
