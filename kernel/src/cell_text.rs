@@ -40,26 +40,8 @@ pub fn may_change_compilation(code: &str) -> bool {
 /// rich output is a display and can be shown the moment it is printed. Code that does not parse
 /// counts as ending in an expression, the cautious answer (displays then wait for what follows).
 pub fn ends_in_expression(code: &str) -> bool {
-    use ra_ap_syntax::{ast, AstNode, Edition, SourceFile};
-    // evcxr takes lines that start with `:` as its commands, not Rust.
-    let rust: Vec<&str> = code
-        .lines()
-        .filter(|line| !line.trim_start().starts_with(':'))
-        .collect();
-    let wrapped = format!("fn f(){{{}\n}}", rust.join("\n"));
-    let parse = SourceFile::parse(&wrapped, Edition::Edition2024);
-    if !parse.errors().is_empty() {
-        return true;
-    }
-    let statements = parse
-        .tree()
-        .syntax()
-        .children()
-        .next()
-        .and_then(ast::Fn::cast)
-        .and_then(|function| function.body())
-        .and_then(|body| body.stmt_list());
-    let Some(statements) = statements else {
+    use ra_ap_syntax::{ast, AstNode};
+    let Some(statements) = statements_of(code) else {
         return true;
     };
     match statements.syntax().children().last() {
@@ -68,6 +50,29 @@ pub fn ends_in_expression(code: &str) -> bool {
             .is_some_and(|e| !matches!(e, ast::Expr::ForExpr(_) | ast::Expr::WhileExpr(_))),
         None => false,
     }
+}
+
+/// A cell's Rust as evcxr sees it: its lines without evcxr's `:` commands, parsed as the body of
+/// a function (evcxr's own wrapping); `None` when that does not parse.
+pub fn statements_of(code: &str) -> Option<ra_ap_syntax::ast::StmtList> {
+    use ra_ap_syntax::{ast, AstNode, Edition, SourceFile};
+    let rust: Vec<&str> = code
+        .lines()
+        .filter(|line| !line.trim_start().starts_with(':'))
+        .collect();
+    let wrapped = format!("fn f(){{{}\n}}", rust.join("\n"));
+    let parse = SourceFile::parse(&wrapped, Edition::Edition2024);
+    if !parse.errors().is_empty() {
+        return None;
+    }
+    parse
+        .tree()
+        .syntax()
+        .children()
+        .next()
+        .and_then(ast::Fn::cast)
+        .and_then(|function| function.body())
+        .and_then(|body| body.stmt_list())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use ra_ap_syntax::{ast, AstNode, Edition, NodeOrToken, SourceFile, SyntaxKind};
+use ra_ap_syntax::{ast, AstNode, NodeOrToken, SyntaxKind};
 
 /// The structs and enums one context has defined, by name, as normalized text.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -81,25 +81,7 @@ fn identifiers(text: &str) -> impl Iterator<Item = String> + '_ {
 /// The structs and enums `code` defines at its top level, by name, as normalized text. Code
 /// that does not parse defines nothing here (evcxr refuses it too).
 fn definitions_in(code: &str) -> Vec<(String, String)> {
-    // evcxr takes lines that start with `:` as its commands, not Rust.
-    let rust: Vec<&str> = code
-        .lines()
-        .filter(|line| !line.trim_start().starts_with(':'))
-        .collect();
-    let wrapped = format!("fn f(){{{}\n}}", rust.join("\n"));
-    let parse = SourceFile::parse(&wrapped, Edition::Edition2024);
-    if !parse.errors().is_empty() {
-        return Vec::new();
-    }
-    let Some(body) = parse
-        .tree()
-        .syntax()
-        .children()
-        .next()
-        .and_then(ast::Fn::cast)
-        .and_then(|function| function.body())
-        .and_then(|body| body.stmt_list())
-    else {
+    let Some(body) = crate::cell_text::statements_of(code) else {
         return Vec::new();
     };
     body.statements()

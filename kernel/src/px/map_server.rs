@@ -19,7 +19,8 @@ use rustpx_protocol::EngineId;
 
 use super::lock;
 pub use super::map_job::MapJob;
-use super::map_relay::{MapRelay, RelayedConnection};
+use super::map_relay::MapRelay;
+use super::relay_routes::serve_relayed;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
@@ -60,6 +61,27 @@ pub(super) async fn read_hello<R: AsyncRead + Unpin>(
         hello.push(line);
     }
     Ok(hello)
+}
+
+/// The hello of a connection that opens with `token` and has at least `lines` lines, read
+/// within [`HELLO_DEADLINE`]; `None` for one that does not (logged, naming `server`), which the
+/// caller then closes unserved.
+pub(super) async fn checked_hello<R: AsyncRead + Unpin>(
+    read: &mut BufReader<R>,
+    token: &str,
+    lines: usize,
+    server: &str,
+) -> std::io::Result<Option<Vec<String>>> {
+    let Ok(hello) = tokio::time::timeout(HELLO_DEADLINE, read_hello(read)).await else {
+        tracing::warn!("{server}: a connection refused: no hello within {HELLO_DEADLINE:?}");
+        return Ok(None);
+    };
+    let hello = hello?;
+    if hello.first().map(String::as_str) != Some(token) || hello.len() < lines {
+        tracing::warn!("{server}: a connection with a wrong token or hello refused");
+        return Ok(None);
+    }
+    Ok(Some(hello))
 }
 
 /// A broken rule of the map protocol: the connection ends with this, its chunks go back.
@@ -108,36 +130,19 @@ impl MapServer {
                 });
             }
         });
-        let mut relayed = relay.attach(&token);
         let accepting = server.clone();
-        tokio::spawn(async move {
-            while let Some(connection) = relayed.recv().await {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    connection.refuse(format!(
-                        "the map scheduler serves {MAX_CONNECTIONS} connections already"
-                    ));
-                    continue;
-                };
-                let server = accepting.clone();
-                let token = token.clone();
-                tokio::spawn(async move {
-                    let RelayedConnection {
-                        engine,
-                        read,
-                        mut write,
-                        ending,
-                    } = connection;
+        serve_relayed(
+            relay.attach(&token),
+            slots,
+            "the map scheduler",
+            move |engine, read, mut write| {
+                let (server, token) = (accepting.clone(), token.clone());
+                async move {
                     let outcome = server.serve(read, &mut write, &token, Some(engine)).await;
-                    if let Err(error) = outcome {
-                        tracing::info!("map: engine {engine}'s relayed connection ended: {error}");
-                        // The reason before the stream's end: the relay tells the engine why.
-                        ending.set(error.to_string());
-                    }
-                    drop(write);
-                    drop(slot);
-                });
-            }
-        });
+                    (write, outcome)
+                }
+            },
+        );
         Ok(server)
     }
 
@@ -164,15 +169,9 @@ impl MapServer {
         W: AsyncWrite + Unpin,
     {
         let mut read = BufReader::with_capacity(1 << 16, read);
-        let Ok(hello) = tokio::time::timeout(HELLO_DEADLINE, read_hello(&mut read)).await else {
-            tracing::warn!("map connection refused: no hello within {HELLO_DEADLINE:?}");
+        let Some(hello) = checked_hello(&mut read, token, 1, "map").await? else {
             return Ok(());
         };
-        let hello = hello?;
-        if hello.first().map(String::as_str) != Some(token) {
-            tracing::warn!("map connection with a wrong token refused");
-            return Ok(());
-        }
         let engine = engine.unwrap_or_else(|| {
             hello
                 .get(1)

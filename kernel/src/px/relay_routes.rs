@@ -6,11 +6,13 @@
 //! token with the line put back in front: each server then checks the whole hello exactly as it
 //! does for a connection on its Unix socket.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use rustpx_protocol::EngineId;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, DuplexStream, WriteHalf};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Semaphore;
 
 use super::lock;
 use super::map_relay::StreamEnding;
@@ -105,6 +107,47 @@ impl Routes {
         }
         Ok(())
     }
+}
+
+/// Serves each connection that arrives on `relayed` on a task of its own with `serve(engine,
+/// read, write)`, at most as many at once as `slots` holds (the rest are refused, naming
+/// `server`). `serve` hands the write half back with its outcome, so that an error is set as the
+/// stream's ending before the connection drops, and the engine is told why.
+pub fn serve_relayed<F, Fut>(
+    mut relayed: UnboundedReceiver<RelayedConnection>,
+    slots: Arc<Semaphore>,
+    server: &'static str,
+    serve: F,
+) where
+    F: Fn(EngineId, RelayedRead, WriteHalf<DuplexStream>) -> Fut + Send + 'static,
+    Fut: Future<Output = (WriteHalf<DuplexStream>, std::io::Result<()>)> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(connection) = relayed.recv().await {
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                connection.refuse(format!(
+                    "{server} serves as many connections as it may already"
+                ));
+                continue;
+            };
+            let RelayedConnection {
+                engine,
+                read,
+                write,
+                ending,
+            } = connection;
+            let served = serve(engine, read, write);
+            tokio::spawn(async move {
+                let (write, outcome) = served.await;
+                if let Err(error) = outcome {
+                    tracing::info!("{server}: engine {engine}'s relayed connection ended: {error}");
+                    ending.set(error.to_string());
+                }
+                drop(write);
+                drop(slot);
+            });
+        }
+    });
 }
 
 #[cfg(test)]

@@ -16,8 +16,9 @@ use tokio::net::UnixListener;
 use tokio::sync::{Notify, Semaphore};
 
 use super::super::lock;
-use super::super::map_relay::{MapRelay, RelayedConnection};
-use super::super::map_server::{read_hello, read_result, write_chunk, HELLO_DEADLINE};
+use super::super::map_relay::MapRelay;
+use super::super::map_server::{checked_hello, read_result, write_chunk};
+use super::super::relay_routes::serve_relayed;
 pub use super::book::{Book, Submission, MAX_SUBMISSIONS};
 
 /// Chunks each engine holds at once, as `%pxmap`.
@@ -71,40 +72,21 @@ impl Scheduler {
                 });
             }
         });
-        let mut relayed = relay.attach(&token);
         let accepting = scheduler.clone();
-        tokio::spawn(async move {
-            while let Some(connection) = relayed.recv().await {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    connection.refuse(format!(
-                        "the API's scheduler serves {MAX_CONNECTIONS} connections already"
-                    ));
-                    continue;
-                };
-                let scheduler = accepting.clone();
-                let token = token.clone();
-                tokio::spawn(async move {
-                    let RelayedConnection {
-                        engine,
-                        read,
-                        mut write,
-                        ending,
-                    } = connection;
+        serve_relayed(
+            relay.attach(&token),
+            slots,
+            "the API's scheduler",
+            move |engine, read, mut write| {
+                let (scheduler, token) = (accepting.clone(), token.clone());
+                async move {
                     let outcome = scheduler
                         .serve(read, &mut write, &token, Some(engine))
                         .await;
-                    if let Err(error) = outcome {
-                        tracing::info!(
-                            "api tasks: engine {engine}'s relayed connection ended: {error}"
-                        );
-                        // The reason before the stream's end: the relay tells the engine why.
-                        ending.set(error.to_string());
-                    }
-                    drop(write);
-                    drop(slot);
-                });
-            }
-        });
+                    (write, outcome)
+                }
+            },
+        );
         Ok(scheduler)
     }
 
@@ -123,15 +105,9 @@ impl Scheduler {
         W: AsyncWrite + Unpin,
     {
         let mut read = BufReader::with_capacity(1 << 16, read);
-        let Ok(hello) = tokio::time::timeout(HELLO_DEADLINE, read_hello(&mut read)).await else {
-            tracing::warn!("api tasks: no hello within {HELLO_DEADLINE:?}");
+        let Some(hello) = checked_hello(&mut read, token, 5, "api tasks").await? else {
             return Ok(());
         };
-        let hello = hello?;
-        if hello.first().map(String::as_str) != Some(token) || hello.len() < 5 {
-            tracing::warn!("api tasks: a connection with a wrong token or hello refused");
-            return Ok(());
-        }
         let engine: EngineId = engine.unwrap_or_else(|| hello[1].parse().unwrap_or(u32::MAX));
         let (result_type, argument_type, label) = (&hello[2], &hello[3], &hello[4]);
         *lock(&self.book)
