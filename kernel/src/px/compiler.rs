@@ -192,28 +192,17 @@ fn start_context(
     let mut command = std::process::Command::new(exe);
     command.env(bridge::BRIDGE_ENV, spec);
     let (mut context, outputs) = EvalContext::with_subprocess_command(command)?;
+    // Move rust-analyzer's first analysis off the user's first `let` (see evcxr-notes.md).
     let mut snapshot = context.state();
     if let Some(flags) = crate::cell_objects::compact_rustflags() {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
     snapshot.set_cache_bytes(crate::dep_cache::bytes_for_context());
-    context.eval_with_state("", snapshot)?;
-    Ok((context, outputs))
-}
-
-/// Moves rust-analyzer's first inference over std (1-3 s) off the first `%px` `let`: a hidden
-/// `let` on a copy of the state, then the state restored. Called when no cell waits, so the
-/// context's start (now at the first `%px`) does not make a first cell wait for it too.
-fn warm_up_analyser(context: &mut EvalContext) {
-    let started = std::time::Instant::now();
-    let state = context.state();
-    if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", state.clone()) {
+    if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
         tracing::debug!("px warm-up cell failed (harmless): {error}");
     }
-    if let Err(error) = context.eval_with_state("", state) {
-        tracing::warn!("the px compiler's state after its warm-up: {error}");
-    }
-    tracing::debug!("px analyser warmed up in {:?}", started.elapsed());
+    context.eval_with_state("", snapshot)?;
+    Ok((context, outputs))
 }
 
 /// The bridge writes only markers to stdout and nothing to stderr; drain both anyway so evcxr
@@ -238,6 +227,12 @@ fn run(requests: std_mpsc::Receiver<Request>, hub: HubHandle) {
         Ok(Request::Compile(job)) => Some(job),
         Err(_) => return,
     };
+    let jobs = first
+        .into_iter()
+        .chain(requests.iter().filter_map(|r| match r {
+            Request::Start => None,
+            Request::Compile(job) => Some(job),
+        }));
     let current: Arc<Mutex<Option<Current>>> = Arc::default();
     let started = std::time::Instant::now();
     let context = start_context(&hub, &current);
@@ -248,12 +243,6 @@ fn run(requests: std_mpsc::Receiver<Request>, hub: HubHandle) {
         }
         Err(error) => {
             tracing::error!("the px compiler could not start: {error}");
-            let jobs = first
-                .into_iter()
-                .chain(requests.iter().filter_map(|r| match r {
-                    Request::Start => None,
-                    Request::Compile(job) => Some(job),
-                }));
             for job in jobs {
                 fail_all(
                     &hub,
@@ -270,27 +259,7 @@ fn run(requests: std_mpsc::Receiver<Request>, hub: HubHandle) {
     let mut groups = Groups::new((context.state(), Signature::default()));
     let mut cache = CompiledCache::default();
     let mut timing = false;
-    let mut pending = first;
-    let mut warmed = false;
-    loop {
-        let request = match pending.take() {
-            Some(job) => Ok(Request::Compile(job)),
-            None => match requests.try_recv() {
-                Err(std_mpsc::TryRecvError::Empty) if !warmed => {
-                    warmed = true;
-                    warm_up_analyser(&mut context);
-                    continue;
-                }
-                Err(std_mpsc::TryRecvError::Empty) => requests.recv().map_err(|_| ()),
-                Err(std_mpsc::TryRecvError::Disconnected) => Err(()),
-                Ok(request) => Ok(request),
-            },
-        };
-        let job = match request {
-            Ok(Request::Compile(job)) => job,
-            Ok(Request::Start) => continue,
-            Err(()) => return,
-        };
+    for job in jobs {
         compile_and_run(
             &mut groups,
             &mut cache,
