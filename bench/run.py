@@ -479,7 +479,7 @@ def main():
                                            "deps", "memory", "api", "runall"],
                         help="run one part of the benchmark")
     parser.add_argument("--baseline-bin", help="a directory with an older build's rustpx and rustpx-engine, "
-                        "installed by bench/run.sh as the kernel rustpx-baseline, for --only link, structure and memory")
+                        "installed by bench/run.sh as the kernel rustpx-baseline, for --only link, structure, memory and runall")
     args = parser.parse_args()
     load_before = load()
     results = {}
@@ -506,7 +506,7 @@ def main():
     if args.only in (None, "memory"):
         deps.bench_memory(args.runs, results, Timed, args.baseline_bin)
     if args.only in (None, "runall"):
-        runall.bench_run_all(args.runs, results, Timed)
+        runall.bench_run_all(args.runs, results, Timed, args.baseline_bin)
     if args.only in (None, "api"):
         api.bench_api(args.runs, results, Timed, ipp_start, args.skip_ipyparallel)
     if args.only in (None, "scale"):

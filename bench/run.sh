@@ -20,8 +20,10 @@
 #   bash bench/run.sh --only deps     # `:dep rand = "0.8"` in the plain context and in %px, in a
 #                                     # first kernel (empty crate cache) and after a restart,
 #                                     # against evcxr_jupyter's own :dep in the same run
-#   bash bench/run.sh --only runall   # notebooks/01-tour.ipynb: Run All in a first kernel, then
-#                                     # restart + Run All with its compiled cells cached
+#   bash bench/run.sh --only runall [--baseline-bin DIR]
+#                                     # notebooks/01-tour.ipynb: Run All in a first kernel, then
+#                                     # restart + Run All with its compiled cells cached (and DIR's
+#                                     # build, alternating)
 #   bash bench/run.sh --only memory [--baseline-bin DIR]
 #                                     # kernel RSS after two plain cells, against evcxr_jupyter,
 #                                     # then the first %px (and DIR's build, alternating)

@@ -156,31 +156,19 @@ pub struct Evaluator {
 impl Evaluator {
     /// Starts the evaluator thread. evcxr starts (and warms up) at once in the background, ahead
     /// of anything else the kernel starts, because the first plain cell waits for it; jobs queue
-    /// behind it, so the kernel answers `kernel_info` at once. `when_idle` is called the first
-    /// time the context is up (or failed to start) and no job waits: the px compiler starts
-    /// then, so that it competes neither with evcxr's start nor with a first cell already sent.
+    /// behind it, so the kernel answers `kernel_info` at once. (The px compiler's context is not
+    /// started here: it starts with the first engines, so a kernel that never uses `%px` holds
+    /// one evcxr context and one rust-analyzer, as evcxr_jupyter does.)
     ///
     /// `runtime_env` is added to the environment of the context's child process, where plain
     /// cells run (the Rust API's socket: never on a command line).
-    pub fn spawn(
-        publisher: Publisher,
-        when_idle: Box<dyn FnOnce() + Send>,
-        runtime_env: Vec<(String, String)>,
-    ) -> Evaluator {
+    pub fn spawn(publisher: Publisher, runtime_env: Vec<(String, String)>) -> Evaluator {
         let (jobs, receiver) = mpsc::channel();
         let interrupter = Interrupter::default();
         let thread_interrupter = interrupter.clone();
         std::thread::Builder::new()
             .name("evaluator".into())
-            .spawn(move || {
-                worker::run(
-                    receiver,
-                    publisher,
-                    thread_interrupter,
-                    when_idle,
-                    runtime_env,
-                )
-            })
+            .spawn(move || worker::run(receiver, publisher, thread_interrupter, runtime_env))
             .ok();
         Evaluator { jobs, interrupter }
     }

@@ -20,7 +20,6 @@ pub(super) fn run(
     jobs: mpsc::Receiver<Job>,
     publisher: Publisher,
     interrupter: Interrupter,
-    when_idle: Box<dyn FnOnce() + Send>,
     runtime_env: Vec<(String, String)>,
 ) {
     let started = std::time::Instant::now();
@@ -36,19 +35,15 @@ pub(super) fn run(
         }
     };
     let mut context = context;
-    let mut when_idle = Some(when_idle);
     let mut warmed = false;
     loop {
         // The analyser's first look at std (2-3 s) is taken when nothing waits, so that a new
-        // kernel's first cell does not pay for it; a first `let` still finds it done. The px
-        // compiler starts at that moment too: a first cell already queued runs before either.
+        // kernel's first cell does not pay for it; a first `let` still finds it done. A first
+        // cell already queued runs before it.
         let job = match jobs.try_recv() {
             Ok(job) => job,
             Err(mpsc::TryRecvError::Disconnected) => return,
             Err(mpsc::TryRecvError::Empty) => {
-                if let Some(when_idle) = when_idle.take() {
-                    when_idle();
-                }
                 if !warmed {
                     warmed = true;
                     if let Ok((context, _, _)) = &mut context {

@@ -45,11 +45,7 @@ impl Session {
                 (None, Vec::new())
             }
         };
-        let evaluator = Evaluator::spawn(
-            publisher.clone(),
-            Box::new(px.compiler_warm_up()),
-            runtime_env,
-        );
+        let evaluator = Evaluator::spawn(publisher.clone(), runtime_env);
         Session {
             publisher,
             evaluator,

@@ -98,7 +98,7 @@ fn run_on_engines(
 
 /// What the compiler thread is asked to do.
 enum Request {
-    /// Bring the evcxr context up now (the plain context is ready, the machine is free).
+    /// Bring the evcxr context up now (engines are starting: `%px` is about to be used).
     Start,
     Compile(CompileJob),
 }
@@ -110,9 +110,9 @@ pub struct Compiler {
 }
 
 impl Compiler {
-    /// Starts the compiler thread. Its evcxr context comes up when [`Compiler::warm_up`] is
-    /// called or when the first cell arrives, whichever is first: the kernel's plain context
-    /// starts first, because the first plain cell waits for it.
+    /// Starts the compiler thread. Its evcxr context (a second rust-analyzer: hundreds of MB)
+    /// comes up when [`Compiler::warm_up`] is called, as engines start, or when the first cell
+    /// arrives, whichever is first; a kernel that never uses `%px` never pays for it.
     pub fn start(hub: HubHandle) -> Compiler {
         let (requests, receiver) = std_mpsc::channel();
         std::thread::Builder::new()
@@ -122,7 +122,8 @@ impl Compiler {
         Compiler { requests }
     }
 
-    /// Starts the evcxr context now, if no cell has started it yet.
+    /// Starts the evcxr context now, if no cell has started it yet (it then comes up while the
+    /// engines start, instead of after them).
     pub fn warm_up(&self) {
         let _ = self.requests.send(Request::Start);
     }

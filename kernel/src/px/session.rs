@@ -256,8 +256,9 @@ fn usage(message: impl Into<String>) -> ErrorReport {
 }
 
 impl PxService {
-    /// Binds the hub (loopback, fresh key) and starts the compiler in the background. Engines
-    /// start at the first `%px`.
+    /// Binds the hub (loopback, fresh key) and makes the compiler's thread. Engines start at the
+    /// first `%px` (or `%engines start`), and the compiler's evcxr context with them: a kernel
+    /// that never runs `%px` never holds a second context and its rust-analyzer.
     pub async fn start(publisher: Publisher) -> PxService {
         let machinery = Self::start_machinery().await;
         if let Err(error) = &machinery {
@@ -287,17 +288,6 @@ impl PxService {
             api_progress: Default::default(),
             api_is_last: None,
             api_interrupt: Default::default(),
-        }
-    }
-
-    /// Starts the px compiler's context now (called once the plain context is up); the first
-    /// `%px` starts it anyway.
-    pub fn compiler_warm_up(&self) -> impl FnOnce() + Send + 'static {
-        let compiler = self.machinery.as_ref().ok().map(|m| m.compiler.clone());
-        move || {
-            if let Some(compiler) = compiler {
-                compiler.warm_up();
-            }
         }
     }
 

@@ -64,6 +64,8 @@ impl PxService {
             .pool
             .start(launcher, &ids, &engine)
             .map_err(|e| start_error(e.to_string()))?;
+        // Engines mean `%px` is coming: its compiler's context comes up while they start.
+        m.compiler.warm_up();
         if launcher.batch().is_some() {
             if let Some(job) = started.first() {
                 self.say(
