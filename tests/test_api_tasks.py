@@ -201,6 +201,19 @@ std::thread::spawn(move || {{
     still_serving(k)
 
 
+def test_a_waiting_call_starts_while_a_px_cell_runs_on_another_engine(k):
+    """A call waiting on another starts when that one ends, not when the `%px` cell the notebook
+    is in (on engine 0, for 4 s) ends: the kernel looks at waiting calls during a `%px` wait too."""
+    ok(k, "let on_one = rc.direct_view(1).load_balanced_view();\n"
+          'let first = on_one.apply::<u64, u64>("nap", 300);\n'
+          'let second = on_one.clone().after(&[&first]).apply::<u64, u64>("nap", 1);')
+    ok(k, "%%px -t 0\nstd::thread::sleep(std::time::Duration::from_secs(4));")
+    gap = value(k, "second.metadata().unwrap()[0].started.unwrap().duration_since(first.metadata().unwrap()[0].completed.unwrap()).unwrap().as_millis()")
+    assert int(gap) < 2000, gap
+    assert value(k, "second.get().unwrap()") == "1"
+    still_serving(k)
+
+
 def test_the_engines_still_run_cells_after_all_of_it(k):
     assert value(k, "rc.ids().unwrap()") == "[0, 1]"
     outs = value(k, 'rc.direct_view(..).execute_sync("engine()").unwrap().iter().map(|o| o.value.clone().unwrap()).collect::<Vec<_>>()')

@@ -164,7 +164,7 @@ impl PxService {
     }
 
     /// Sends the serving cell of submission `id`'s function to its engines.
-    pub(super) fn api_serve(&mut self, scheduler: &Scheduler, id: u64, dep: &str) {
+    pub(super) fn api_serve(&self, scheduler: &Scheduler, id: u64, dep: &str) {
         let Some((function, label, engines)) = lock(&scheduler.book)
             .submissions
             .get(&id)
@@ -272,7 +272,7 @@ impl PxService {
 
     /// Notices a serving cell that ended with the submission unfinished: a compile error or
     /// a dead engine fails it; an engine that left with work undone gets the cell again.
-    pub(super) fn api_watch(&mut self, scheduler: &Scheduler, id: u64) -> Result<(), String> {
+    pub(super) fn api_watch(&self, scheduler: &Scheduler, id: u64) -> Result<(), String> {
         let hub = self.machinery().map_err(|r| r.evalue)?.hub.clone();
         let (cell_id, label, function, resubmits, engines) = {
             let mut book = lock(&scheduler.book);

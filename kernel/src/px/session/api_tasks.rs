@@ -2,8 +2,8 @@
 //! of calls whose dependencies were met (the rules: [`crate::px::api::tasks`]).
 //!
 //! A call that waits for dependencies has no serving cell on the engines (an engine serving one
-//! function could not run another's cell meanwhile); once its dependencies are met, the next
-//! API request of the notebook sends it, so a cell that waits on any result starts it.
+//! function could not run another's cell meanwhile); once its dependencies are met, it is sent
+//! at the next API request, or within 50 ms between cells or during a `%px` wait.
 
 use std::time::Duration;
 
@@ -26,9 +26,9 @@ impl PxService {
     }
 
     /// Sends the serving cells of calls that waited for dependencies now met (and fails those
-    /// whose dependencies failed or whose timeout passed): at each API request, and between
-    /// cells.
-    pub fn api_start_resolved(&mut self) {
+    /// whose dependencies failed or whose timeout passed): at each API request, between cells,
+    /// and while a `%px` cell is waited for (it needs the session only to read).
+    pub fn api_start_resolved(&self) {
         let Some(scheduler) = self.api_scheduler.clone() else {
             return;
         };

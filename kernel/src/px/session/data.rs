@@ -234,7 +234,7 @@ impl PxService {
 
     /// Submits generated code to `engines` with an observer, without showing anything.
     pub(super) fn submit_quietly(
-        &mut self,
+        &self,
         code: &str,
         engines: &[EngineId],
         files: CellFiles,

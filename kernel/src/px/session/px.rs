@@ -201,9 +201,19 @@ impl PxService {
         let mut shown: HashMap<String, bool> = HashMap::new();
         let mut progress = Progress::new(request, config.progress_after, "%px");
         let mut timeout = Timeout::new(config);
+        // Calls of the Rust API waiting for dependencies start while the cell runs too.
+        let mut dependency_ticks = tokio::time::interval(Duration::from_millis(50));
+        dependency_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let waiting = self.api_calls_waiting();
             let event = tokio::select! {
                 event = events.recv() => event,
+                _ = dependency_ticks.tick(), if waiting => {
+                    self.api_start_resolved();
+                    // Also the quiet turn's checks below (timeout, progress): while calls wait,
+                    // this branch comes first and the 250 ms one would never fire.
+                    Some(CellEvent::Stream { engine: u32::MAX, name: String::new() })
+                }
                 _ = tokio::time::sleep(Duration::from_millis(250)) => Some(CellEvent::Stream { engine: u32::MAX, name: String::new() }),
                 _ = self.wake.notified() => {
                     if lock(&self.active).as_ref().is_some_and(|a| a.stop_waiting) {
