@@ -210,9 +210,11 @@ impl EnginePool {
         engine: &EngineInvocation,
     ) -> Result<(), PxError> {
         // Engines of this host dial the Unix socket; any other may run where it does not exist.
+        // An `--engine` of the user's own may run as another user (or in another namespace),
+        // for whom the kernel's 0700 directory is closed: it dials tcp, as remote ones do.
         let connection = match launcher.reach() {
-            Reach::ThisHost => &self.local_connection,
-            Reach::MaybeOtherHosts | Reach::OtherHosts => &self.connection,
+            Reach::ThisHost if engine.binary == self.engine_binary => &self.local_connection,
+            Reach::ThisHost | Reach::MaybeOtherHosts | Reach::OtherHosts => &self.connection,
         };
         let json = launch.connection_json(connection);
         let mut command = tokio::process::Command::from(launch.process(&json));
