@@ -36,8 +36,8 @@ def private_dir(kernel):
     return found[0]
 
 
-def listening_tcp_ports(pid):
-    """The TCP ports process `pid` listens on (from /proc/net/tcp{,6} and its open sockets)."""
+def socket_inodes(pid):
+    """The inode numbers of the sockets process `pid` holds open."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -46,6 +46,12 @@ def listening_tcp_ports(pid):
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
+    return inodes
+
+
+def listening_tcp_ports(pid):
+    """The TCP ports process `pid` listens on (from /proc/net/tcp{,6} and its open sockets)."""
+    inodes = socket_inodes(pid)
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
@@ -186,14 +192,7 @@ def engine_pids(kernel):
 
 def tcp_sockets(pid):
     """How many TCP sockets (any state) process `pid` holds."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = socket_inodes(pid)
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:

@@ -46,12 +46,17 @@ def wait_for_bridge(kernel_pid, timeout):
     return []
 
 
-def test_the_px_context_starts_with_the_engines_not_with_the_kernel(tmp_path):
+def one_engine_kernel(tmp_path):
+    """A kernel whose pool, once started, has one engine."""
     os.environ["RUSTPX_ENGINES"] = "1"
     try:
-        k = kernel_with_runtime_dir(tmp_path)
+        return kernel_with_runtime_dir(tmp_path)
     finally:
         del os.environ["RUSTPX_ENGINES"]
+
+
+def test_the_px_context_starts_with_the_engines_not_with_the_kernel(tmp_path):
+    k = one_engine_kernel(tmp_path)
     try:
         pid = k.km.provisioner.process.pid
         assert value(k, "1 + 1") == "2"
@@ -79,11 +84,7 @@ def test_the_px_context_starts_with_the_engines_not_with_the_kernel(tmp_path):
 
 
 def test_the_first_px_without_engines_starts_the_px_context_and_runs(tmp_path):
-    os.environ["RUSTPX_ENGINES"] = "1"
-    try:
-        k = kernel_with_runtime_dir(tmp_path)
-    finally:
-        del os.environ["RUSTPX_ENGINES"]
+    k = one_engine_kernel(tmp_path)
     try:
         pid = k.km.provisioner.process.pid
         assert value(k, "2 * 3") == "6"
