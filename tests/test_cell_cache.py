@@ -114,6 +114,55 @@ def test_cells_are_reused_after_a_restart_and_a_one_character_change_compiles(ho
         second.shutdown()
 
 
+# evcxr writes a context's items and variables in the order of its hash maps, seeded afresh by
+# each process: with eight items and six variables, two kernels write the same cells in the same
+# order about once in 8! * 6! times. The cache puts them in one order first (canonical.rs).
+ITEMS = "\n".join(f"fn part_{n}(x: u64) -> u64 {{ x + {i} }}" for i, n in enumerate("abcdefgh", 1))
+VARIABLES = "let (u, v, w, x, y, z) = (part_a(1), part_b(1), part_c(1), part_d(1), part_e(1), part_f(1));"
+USE = "let sum = u + v + w + x + y + z + part_g(0) + part_h(0);\nsum"
+PX_VARIABLES = "%%px\nlet (p, q, r, s) = (1u64, 2u64, 3u64, 4u64);"
+PX_USE = "%%px\np * 1000 + q * 100 + r * 10 + s"
+BAD = 'fn aaa_ok() -> u64 { 1 }\nfn aab_wrong() -> u64 { "two" }\nfn aac_ok() -> u64 { 3 }'
+
+
+def many_items_and_variables(session):
+    """Runs the cells; returns the plain sum, the px value and the failing cell's traceback."""
+    session.run(ITEMS)
+    session.run(VARIABLES)
+    plain = [m["content"]["data"]["text/plain"] for m in of_type(session.run(USE), "execute_result")]
+    session.run(PX_VARIABLES)
+    px = px_values(session.run(PX_USE))
+    reply, msgs, _ = session.kernel.execute(BAD, timeout=TIMEOUT)
+    assert reply["status"] == "error" and reply["ename"] == "CompilationError", reply
+    return plain, px, "\n".join(of_type(msgs, "error")[0]["content"]["traceback"])
+
+
+def test_cells_with_many_items_and_variables_are_reused_whatever_order_evcxr_writes(home, tmp_path):
+    home, _ = home
+    first = Session(home, tmp_path / "run1")
+    try:
+        for cell in START:
+            first.run(cell)
+        plain, px, traceback = many_items_and_variables(first)
+        assert plain == ["42"] and px == {0: "1234"}
+        assert 'fn aab_wrong() -> u64 { "two" }' in traceback and "^" in traceback, traceback
+    finally:
+        first.shutdown()
+
+    second = Session(home, tmp_path / "run2")
+    try:
+        for cell in START:
+            second.run(cell)
+        before = second.log().count(STORED)
+        again = many_items_and_variables(second)
+        assert again == (plain, px, traceback), "same values, and the error on the same line"
+        log = second.log()
+        assert log.count(STORED) == before, "every cell, the failing one too, came from the cache"
+        assert log.count(HIT) >= 6, log
+    finally:
+        second.shutdown()
+
+
 def cache_bytes(directory):
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 

@@ -101,6 +101,14 @@ impl CellBuild {
         }))
     }
 
+    /// The crate's root source file, as the arguments name it (evcxr's `src/lib.rs`).
+    pub fn source_arg(&self) -> Option<&str> {
+        self.args
+            .iter()
+            .find(|a| a.ends_with(".rs") && !a.starts_with('-'))
+            .map(String::as_str)
+    }
+
     /// `text` with the context's directory replaced by [`PLACEHOLDER`].
     pub fn normalize(&self, text: &str) -> String {
         text.replace(&*self.dir.to_string_lossy(), PLACEHOLDER)

@@ -22,6 +22,7 @@
 //! What is kept is loaded into the user's processes, so nothing in the directory is trusted for
 //! its name: see [`store`] for the checks (owner, modes, content hashes).
 
+pub mod canonical;
 pub mod key;
 pub mod store;
 
@@ -110,6 +111,10 @@ pub fn serve_if_cell_build() {
         dir,
         bound_bytes: bound,
     };
+    let order = match put_in_canonical_order(&build) {
+        Ok(order) => order,
+        Err(error) => return log(&format!("WARN not cached: {error}")),
+    };
     let key = match build.key() {
         Ok(key) => key,
         Err(error) => return log(&format!("WARN not cached: {error}")),
@@ -117,7 +122,7 @@ pub fn serve_if_cell_build() {
     let short = &key[..12];
     match store.load(&key) {
         Ok(Some(entry)) => match unchanged_reads(&build, &entry) {
-            Ok(()) => match restore(&build, &entry) {
+            Ok(()) => match restore(&build, &entry, &order) {
                 Ok(code) => {
                     log(&format!(
                         "INFO cell {short}: loaded from the cell cache, rustc not run{}",
@@ -140,7 +145,39 @@ pub fn serve_if_cell_build() {
             store.remove(&key);
         }
     }
-    std::process::exit(compile_and_store(&build, &argv, &store, &key));
+    std::process::exit(compile_and_store(&build, &argv, &store, &key, &order));
+}
+
+/// The cell's source as rustc will read it, and how its lines map back to evcxr's.
+struct Order {
+    canonical: canonical::Canonical,
+    /// The source's path as rustc names it in diagnostics.
+    file: String,
+}
+
+impl Order {
+    /// rustc's output, numbered as evcxr wrote the source.
+    fn for_evcxr(&self, stderr: &str) -> String {
+        self.canonical.restore_lines(stderr, &self.file)
+    }
+}
+
+/// Rewrites the cell's source in canonical order (see [`canonical`]) before rustc or the key
+/// reads it; the file is replaced whole, by a rename.
+fn put_in_canonical_order(build: &CellBuild) -> std::io::Result<Order> {
+    let file = build
+        .source_arg()
+        .ok_or_else(|| std::io::Error::other("no source file among rustc's arguments"))?
+        .to_owned();
+    let path = build.dir.join(&file);
+    let source = std::fs::read_to_string(&path)?;
+    let canonical = canonical::canonical(&source);
+    if !canonical.unchanged() {
+        let partial = path.with_extension(format!("rs.{}", std::process::id()));
+        std::fs::write(&partial, &canonical.text)?;
+        std::fs::rename(&partial, &path)?;
+    }
+    Ok(Order { canonical, file })
 }
 
 /// Whether the files and variables the cell read are as they were; else which one changed.
@@ -161,7 +198,7 @@ fn unchanged_reads(build: &CellBuild, entry: &Entry) -> Result<(), String> {
 
 /// Writes what rustc would have: the object (beside its place, then renamed), the dep-info,
 /// rustc's output, and evcxr's note of where the object is. Returns rustc's exit code.
-fn restore(build: &CellBuild, entry: &Entry) -> std::io::Result<i32> {
+fn restore(build: &CellBuild, entry: &Entry, order: &Order) -> std::io::Result<i32> {
     let [object, dep_info, stdout, stderr] = &entry.contents[..] else {
         return Err(std::io::Error::other("an entry of the wrong shape"));
     };
@@ -169,7 +206,7 @@ fn restore(build: &CellBuild, entry: &Entry) -> std::io::Result<i32> {
     std::fs::create_dir_all(&build.out_dir)?;
     std::fs::write(build.dep_info_path(), text(dep_info))?;
     std::io::stdout().write_all(text(stdout).as_bytes())?;
-    std::io::stderr().write_all(text(stderr).as_bytes())?;
+    std::io::stderr().write_all(order.for_evcxr(&text(stderr)).as_bytes())?;
     let code = entry.manifest.exit_code;
     if code != 0 {
         return Ok(code);
@@ -189,7 +226,13 @@ fn restore(build: &CellBuild, entry: &Entry) -> std::io::Result<i32> {
 /// Runs evcxr's wrapper (this binary again) for the build, passes its output on, and stores
 /// what the build produced: a failed build only when rustc wrote its dep-info (then the files and
 /// variables it read are known). Returns rustc's exit code.
-fn compile_and_store(build: &CellBuild, argv: &[OsString], store: &Store, key: &str) -> i32 {
+fn compile_and_store(
+    build: &CellBuild,
+    argv: &[OsString],
+    store: &Store,
+    key: &str,
+    order: &Order,
+) -> i32 {
     let short = &key[..12];
     let started = std::time::SystemTime::now();
     let output = std::env::current_exe().and_then(|exe| {
@@ -206,7 +249,11 @@ fn compile_and_store(build: &CellBuild, argv: &[OsString], store: &Store, key: &
         }
     };
     let _ = std::io::stdout().write_all(&output.stdout);
-    let _ = std::io::stderr().write_all(&output.stderr);
+    let _ = std::io::stderr().write_all(
+        order
+            .for_evcxr(&String::from_utf8_lossy(&output.stderr))
+            .as_bytes(),
+    );
     let code = output.status.code().unwrap_or(101);
     let fresh_dep_info = std::fs::metadata(build.dep_info_path())
         .and_then(|m| m.modified())
