@@ -95,3 +95,25 @@ def test_the_first_px_without_engines_starts_the_px_context_and_runs(tmp_path):
         assert COMPILER_READY in k.log.read_text()
     finally:
         k.shutdown()
+
+
+def test_a_queued_px_cell_starts_the_px_context_while_an_earlier_cell_runs(tmp_path):
+    """Run All sends every cell at once: the kernel reads the queued requests while the first
+    runs, and a `%px` among them starts the px context beside it, not after it. Without the
+    read-ahead, no bridge exists until the sleeping cell has replied."""
+    k = one_engine_kernel(tmp_path)
+    try:
+        pid = k.km.provisioner.process.pid
+        assert value(k, "1 + 1") == "2"
+        sleeper = k.kc.execute("std::thread::sleep(std::time::Duration::from_secs(8));")
+        queued = k.kc.execute("%px 40 + 2")
+        bridges = wait_for_bridge(pid, timeout=6)
+        replied = []
+        while len(replied) < 2:
+            msg = k.kc.get_shell_msg(timeout=300)
+            replied.append((msg["parent_header"]["msg_id"], msg["content"]["status"]))
+        assert bridges, "no px bridge while the first queued cell still ran"
+        assert replied == [(sleeper, "ok"), (queued, "ok")], "served in order"
+        assert k.log.read_text().count(COMPILER_READY) == 1
+    finally:
+        k.shutdown()

@@ -51,6 +51,19 @@ pub enum Magic {
     Map(MapOptions),
 }
 
+impl Magic {
+    /// Whether the cell will want code compiled for engines (the px compiler's context), so a
+    /// kernel that sees it queued may start that context early: `%px` and `%autopx` cells,
+    /// `%pxmap`, the transfers, and `%engines start` (engines mean `%px` is coming).
+    pub fn wants_engine_code(&self) -> bool {
+        match self {
+            Magic::Px { .. } | Magic::AutoPx | Magic::Transfer(_) | Magic::Map(_) => true,
+            Magic::Engines(command) => matches!(command, EnginesCommand::Start { .. }),
+            Magic::PxResult(_) | Magic::PxConfig(_) => false,
+        }
+    }
+}
+
 /// The magic a cell starts with; `Ok(None)` for a plain Rust cell.
 pub fn parse_cell(cell: &str) -> Result<Option<Magic>, UsageError> {
     let trimmed = cell.trim_start();

@@ -412,3 +412,31 @@ fn restart_dead_takes_an_optional_limit() {
         "unrecognized arguments: --restart-dead"
     );
 }
+
+#[test]
+fn cells_that_want_engine_code_are_told_apart() {
+    let wants = |cell: &str| {
+        parse_cell(cell)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.wants_engine_code())
+    };
+    for cell in [
+        "%px 1",
+        "%%px -t 0\nlet x = 1;",
+        "%autopx",
+        "%engines start -n 2",
+        "%pxmap square xs",
+    ] {
+        assert!(wants(cell), "{cell}");
+    }
+    for cell in [
+        "1 + 1",
+        "%engines",
+        "%engines stop",
+        "%pxresult",
+        "%pxconfig --targets 0",
+    ] {
+        assert!(!wants(cell), "{cell}");
+    }
+}

@@ -4,6 +4,7 @@
 //! process without evcxr.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use rustpx_wire::WireMessage;
 
@@ -20,6 +21,13 @@ pub trait ShellHandler: Send + 'static {
     /// The control side, taken once when serving starts.
     fn control(&self) -> Self::Control;
 
+    /// What to prepare for a request that has arrived but waits behind a running one, taken
+    /// once when serving starts (the kernel: start the px compiler's context for a queued
+    /// `%px` cell while an earlier cell still runs). Nothing, unless a session says otherwise.
+    fn foresight(&self) -> Foresight {
+        Arc::new(|_: &WireMessage| {})
+    }
+
     /// What the session does between requests (the kernel: the Rust API's calls from threads
     /// that outlive their cell).
     type Idle: Send;
@@ -31,6 +39,10 @@ pub trait ShellHandler: Send + 'static {
     /// Does work `idle_work` gave, to its end (the next request waits for it).
     fn do_idle(&mut self, work: Self::Idle) -> impl Future<Output = ()> + Send;
 }
+
+/// Called, without the session's lock, for each request taken ahead off the shell socket; it
+/// must be quick and must not answer anything (the request is served in its turn).
+pub type Foresight = Arc<dyn Fn(&WireMessage) + Send + Sync>;
 
 /// The control side: interrupts, shutdown and kernel_info while the shell is busy.
 pub trait ControlHandler: Clone + Send + Sync + 'static {

@@ -28,7 +28,7 @@ use crate::drop_report::DropReport;
 use crate::iopub::Publisher;
 use gate::Gate;
 
-pub use handler::{ControlHandler, ShellHandler};
+pub use handler::{ControlHandler, Foresight, ShellHandler};
 pub use shell::{Session, CELLS_LOG};
 
 /// Why the kernel could not start serving.
@@ -233,12 +233,21 @@ fn verified(frames: Vec<bytes::Bytes>, gate: &Gate, drops: &mut DropReport) -> O
     }
 }
 
+/// How many requests the shell takes off its socket ahead of the one it serves (so that a
+/// queued cell can be prepared for); beyond it they wait in libzmq's queue as before.
+const READ_AHEAD_LIMIT: usize = 256;
+
 /// Serves shell requests in order. When an `execute_request` that asked for `stop_on_error`
 /// (every client's default, so that "Run All" stops at a failure) fails, the requests that have
 /// already arrived are taken off the socket at that moment, before its reply is sent: the
 /// execute requests among them are answered `aborted` without running, the others are served
 /// as usual. That is ipykernel's snapshot of its queue; a request sent after the client saw the
 /// failure (or an `aborted` reply) is not in it, and runs.
+///
+/// While a request is served, the ones arriving behind it are taken off the socket (up to
+/// [`READ_AHEAD_LIMIT`], verified like any other) and shown to the session's [`Foresight`]:
+/// Run All sends every cell at once, and a later `%px` cell's compiler can start while the
+/// first cell runs. They are served in order, exactly as if they had waited on the socket.
 async fn shell_loop<H: ShellHandler>(
     mut socket: ZmqSocket,
     gate: Gate,
@@ -248,30 +257,37 @@ async fn shell_loop<H: ShellHandler>(
 ) {
     // Requests taken off the socket when a cell failed, oldest first.
     let mut behind_a_failure: VecDeque<WireMessage> = VecDeque::new();
+    // Requests taken off the socket while another was served, oldest first.
+    let mut ahead: VecDeque<WireMessage> = VecDeque::new();
+    let foresight = session.lock().await.foresight();
     let mut drops = DropReport::new("shell");
     loop {
         let (request, aborting) = match behind_a_failure.pop_front() {
             Some(request) => (request, true),
-            None => {
-                // Between requests the session may have work of its own; a request that
-                // arrives ends the wait for it (both futures are cancel-safe), never the work.
-                let arrived = {
-                    let mut idle = session.lock().await;
-                    tokio::select! {
-                        biased;
-                        request = receive(&mut socket, &gate, &mut drops) => Ok(request),
-                        work = idle.idle_work() => Err(work),
-                    }
-                };
-                match arrived {
-                    Ok(Some(request)) => (request, false),
-                    Ok(None) => continue,
-                    Err(work) => {
-                        session.lock().await.do_idle(work).await;
-                        continue;
+            None => match ahead.pop_front() {
+                Some(request) => (request, false),
+                None => {
+                    // Between requests the session may have work of its own; a request that
+                    // arrives ends the wait for it (both futures are cancel-safe), never the
+                    // work.
+                    let arrived = {
+                        let mut idle = session.lock().await;
+                        tokio::select! {
+                            biased;
+                            request = receive(&mut socket, &gate, &mut drops) => Ok(request),
+                            work = idle.idle_work() => Err(work),
+                        }
+                    };
+                    match arrived {
+                        Ok(Some(request)) => (request, false),
+                        Ok(None) => continue,
+                        Err(work) => {
+                            session.lock().await.do_idle(work).await;
+                            continue;
+                        }
                     }
                 }
-            }
+            },
         };
         publisher.status(&request, ExecutionState::Busy);
         if aborting && request.msg_type() == "execute_request" {
@@ -284,19 +300,35 @@ async fn shell_loop<H: ShellHandler>(
             continue;
         }
         let reply = {
-            let mut session = session.lock().await;
-            std::panic::AssertUnwindSafe(session.handle_shell(&request))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Some(abort::panicked_reply(&request, panic.as_ref())))
+            let served = async {
+                let mut session = session.lock().await;
+                std::panic::AssertUnwindSafe(session.handle_shell(&request))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Some(abort::panicked_reply(&request, panic.as_ref())))
+            };
+            tokio::pin!(served);
+            loop {
+                tokio::select! {
+                    biased;
+                    reply = &mut served => break reply,
+                    arrived = receive(&mut socket, &gate, &mut drops), if ahead.len() < READ_AHEAD_LIMIT => {
+                        if let Some(arrived) = arrived {
+                            foresight(&arrived);
+                            ahead.push_back(arrived);
+                        }
+                    }
+                }
+            }
         };
         let stop = request.msg_type() == "shutdown_request";
         if reply
             .as_ref()
             .is_some_and(|reply| abort::stops_the_queue(&request, reply))
         {
-            // Straight from libzmq's queue, no waiting: what the client sent before it could
-            // know of this failure.
+            // What arrived before this failure: taken ahead already, then straight from
+            // libzmq's queue, no waiting.
+            behind_a_failure.extend(ahead.drain(..));
             while let Some(received) = receive_waiting(&mut socket, &gate, &mut drops) {
                 behind_a_failure.extend(received);
             }

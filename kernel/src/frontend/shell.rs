@@ -7,7 +7,7 @@ use jupyter_protocol::{CompleteRequest, ExecuteRequest, InspectRequest, JupyterM
 use rustpx_wire::WireMessage;
 use serde_json::{json, Value};
 
-use super::{kernel_info, ControlHandler, ShellHandler};
+use super::{kernel_info, ControlHandler, Foresight, ShellHandler};
 use crate::evaluator::{ErrorReport, Evaluator, Interrupter, Outcome};
 use crate::history::History;
 use crate::iopub::Publisher;
@@ -336,6 +336,25 @@ impl ShellHandler for Session {
             (Some(_), None) => {}
             (None, _) => self.px.api_start_resolved(),
         }
+    }
+
+    /// A queued cell that will want engine code starts the px compiler's context at once, so
+    /// that under Run All it comes up beside the plain context instead of after it.
+    fn foresight(&self) -> Foresight {
+        let Some(compiler) = self.px.compiler() else {
+            return Arc::new(|_: &WireMessage| {});
+        };
+        Arc::new(move |request: &WireMessage| {
+            let code = (request.msg_type() == "execute_request")
+                .then(|| request.content.get("code").and_then(Value::as_str))
+                .flatten();
+            let wants = code.is_some_and(|code| {
+                matches!(magics::parse_cell(code), Ok(Some(magic)) if magic.wants_engine_code())
+            });
+            if wants {
+                compiler.warm_up();
+            }
+        })
     }
 
     fn control(&self) -> ControlHandle {

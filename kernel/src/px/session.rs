@@ -335,6 +335,11 @@ impl PxService {
         })
     }
 
+    /// The px compiler's handle, to start its context ahead of a queued cell that needs it.
+    pub fn compiler(&self) -> Option<super::compiler::Compiler> {
+        self.machinery.as_ref().ok().map(|m| m.compiler.clone())
+    }
+
     /// What ends a plain cell's API waits on an interrupt (see [`super::api::interrupt`]).
     pub fn api_interrupt(&self) -> super::api::interrupt::ApiInterrupt {
         self.api_interrupt.clone()
