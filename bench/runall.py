@@ -1,5 +1,6 @@
 """Restart + Run All: notebooks/01-tour.ipynb run whole in a first kernel (empty cell cache),
-then in a new kernel with the cells the first one compiled on disk, in one run. Called by
+then in a new kernel with the cells the first one compiled on disk, in one run. As in JupyterLab,
+every cell is sent at once and the kernel queues them. Called by
 bench/run.py (--only runall), which passes its `Timed` kernel class.
 
 Both kernels share a fresh XDG_CACHE_HOME whose dependency cache is empty, so the first run is
@@ -25,14 +26,17 @@ def code_cells(path=NOTEBOOK):
 
 
 def run_all(timed, kernel_name="rustpx"):
-    """(seconds from start to the last cell's idle, seconds of the cells alone, errors)."""
+    """(seconds from start to the last cell's idle, seconds of the cells alone, errors).
+
+    Every cell's request is sent at once, as JupyterLab's Run All does; the kernel runs them in
+    order (nbclient instead sends each after the previous reply)."""
     started = time.monotonic()
     k = timed(kernel_name, {"RUSTPX_ENGINES": "4"})
     try:
         cells_started = time.monotonic()
         errors = 0
-        for code in code_cells():
-            msg_id = k.kc.execute(code, stop_on_error=False)
+        msg_ids = [k.kc.execute(code, stop_on_error=False) for code in code_cells()]
+        for msg_id in msg_ids:
             while True:
                 msg = k.kc.get_iopub_msg(timeout=900)
                 if msg["parent_header"].get("msg_id") != msg_id:
@@ -40,6 +44,7 @@ def run_all(timed, kernel_name="rustpx"):
                 errors += msg["msg_type"] == "error"
                 if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                     break
+        for _ in msg_ids:
             k.kc.get_shell_msg(timeout=900)
         end = time.monotonic()
         return end - started, end - cells_started, errors
