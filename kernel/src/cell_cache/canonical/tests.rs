@@ -1,40 +1,29 @@
 use super::*;
 
+/// One line per variable, as evcxr writes it: `line` with `{v}` standing for the name.
+fn per_variable(vars: &[&str], line: &str) -> String {
+    vars.iter().map(|v| line.replace("{v}", v) + "\n").collect()
+}
+
 /// A cell crate as evcxr writes it, with its items and variables in the order given.
 fn cell(items: &[&str], vars: &[&str]) -> String {
-    let mut text = String::from("#![allow(unused_imports, unused_mut, dead_code)]\n");
-    for item in items {
-        text.push_str(item);
-        text.push('\n');
-    }
-    text.push_str("mod evcxr_internal_runtime {\npub struct VariableStore {}\n}\n");
-    text.push_str("#[unsafe(no_mangle)]\npub extern \"C\" fn run_user_code_3(\nmut evcxr_variable_store: *mut u8) -> *mut u8 {\n");
-    text.push_str("{let mut vars_ok = true;\n");
-    for v in vars {
-        text.push_str(&format!(
-            "vars_ok &= evcxr_variable_store.check_variable::<u64>(stringify!({v}));\n"
-        ));
-    }
-    text.push_str("if !vars_ok {return evcxr_variable_store;}}\n");
-    for v in vars {
-        text.push_str(&format!(
-            "let {v} = evcxr_variable_store.take_variable::<u64>(stringify!({v}));\n"
-        ));
-    }
-    text.push_str("match std::panic::catch_unwind(\n  std::panic::AssertUnwindSafe(||{\nlet x = total(a);\nlet y = x + 1;\n");
-    for v in ["y", "x"] {
-        text.push_str(&format!(
-            "evcxr_variable_store.put_variable::<u64>(stringify!({v}), {v});\n"
-        ));
-    }
-    text.push_str("})) {\n  Ok(_) => {}\n  Err(_) => {}\n}\n");
-    for v in vars {
-        text.push_str(&format!(
-            "evcxr_variable_store.put_variable::<u64>(stringify!({v}), {v});\n"
-        ));
-    }
-    text.push_str("evcxr_variable_store\n}\n");
-    text
+    let put = "evcxr_variable_store.put_variable::<u64>(stringify!({v}), {v});";
+    [
+        "#![allow(unused_imports, unused_mut, dead_code)]\n".to_owned(),
+        items.iter().map(|item| format!("{item}\n")).collect(),
+        "mod evcxr_internal_runtime {\npub struct VariableStore {}\n}\n".to_owned(),
+        "#[unsafe(no_mangle)]\npub extern \"C\" fn run_user_code_3(\nmut evcxr_variable_store: *mut u8) -> *mut u8 {\n".to_owned(),
+        "{let mut vars_ok = true;\n".to_owned(),
+        per_variable(vars, "vars_ok &= evcxr_variable_store.check_variable::<u64>(stringify!({v}));"),
+        "if !vars_ok {return evcxr_variable_store;}}\n".to_owned(),
+        per_variable(vars, "let {v} = evcxr_variable_store.take_variable::<u64>(stringify!({v}));"),
+        "match std::panic::catch_unwind(\n  std::panic::AssertUnwindSafe(||{\nlet x = total(a);\nlet y = x + 1;\n".to_owned(),
+        per_variable(&["y", "x"], put),
+        "})) {\n  Ok(_) => {}\n  Err(_) => {}\n}\n".to_owned(),
+        per_variable(vars, put),
+        "evcxr_variable_store\n}\n".to_owned(),
+    ]
+    .concat()
 }
 
 const SQUARE: &str = "fn square(x: u64) -> u64 {\n    x * x\n}";
