@@ -3,15 +3,17 @@
 //!
 //! evcxr keeps a context's items, extern crates, attributes and variables in `HashMap`s and
 //! writes them into each cell's crate in the maps' iteration order, which a new process seeds
-//! afresh. So the same cell, after the same cells, is written in another order by every kernel:
+//! afresh (attributes, `#![...]`, are not reordered here: a context with two or more of them
+//! still misses after a restart). So the same cell, after the same cells, is written in another order by every kernel:
 //! a cell with two variables matched its stored entry half the time, one with six items almost
 //! never. The wrapper therefore hands rustc the source in a canonical order, and the key is
 //! taken of that: rustc's input and the key's stay byte for byte the same thing.
 //!
 //! Only orders that mean nothing to the compiler are changed:
-//! - the crate's top-level items before evcxr's runtime module and the cell's function, sorted
-//!   by their text, unless one of them is a macro definition or a macro call (whose meaning
-//!   depends on the text before it), or an item shares a line with another;
+//! - the crate's top-level items before evcxr's own (its error type, runtime module and the
+//!   cell's function), sorted by their text, unless one of them is, holds or imports a macro
+//!   definition or is a macro call (macros depend on the text before them), or an item shares a
+//!   line with another;
 //! - the runs of `check_variable`, `take_variable` and `put_variable` lines evcxr writes around
 //!   the user's code, one line per variable, when each line of a run is about another variable.
 //!
@@ -28,6 +30,9 @@ const TAKE_MARK: &str = " = evcxr_variable_store.take_variable::<";
 const PUT_PREFIX: &str = "evcxr_variable_store.put_variable::<";
 /// evcxr's module for the variable store; it and what follows are never moved.
 const RUNTIME_MODULE: &str = "evcxr_internal_runtime";
+/// The type evcxr adds once a context has seen `?` in a cell, after the items, behind a blank
+/// line.
+const ERROR_TYPE: &str = "EvcxrUserCodeError";
 /// The prefix of the cell's own function.
 const CELL_FN_PREFIX: &str = "run_user_code_";
 
@@ -133,7 +138,11 @@ fn movable_items(
         if is_fixed(&item) {
             break;
         }
-        if matches!(item, ast::Item::MacroRules(_) | ast::Item::MacroCall(_)) {
+        let text = item.syntax().text().to_string();
+        let macros = matches!(item, ast::Item::MacroRules(_) | ast::Item::MacroCall(_))
+            || text.contains("macro_rules!")
+            || text.contains("macro_use");
+        if macros {
             return None;
         }
         let range = item.syntax().text_range();
@@ -152,9 +161,11 @@ fn movable_items(
     Some(units)
 }
 
-/// evcxr's runtime module and the cell's function: they and what follows stay in place.
+/// evcxr's error type (for cells with `?`), its runtime module and the cell's function: they
+/// and what follows stay in place.
 fn is_fixed(item: &ast::Item) -> bool {
     match item {
+        ast::Item::Struct(error_type) => error_type.name().is_some_and(|n| n.text() == ERROR_TYPE),
         ast::Item::Module(module) => module.name().is_some_and(|n| n.text() == RUNTIME_MODULE),
         ast::Item::Fn(function) => function
             .name()

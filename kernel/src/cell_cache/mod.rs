@@ -117,7 +117,15 @@ pub fn serve_if_cell_build() {
     };
     let key = match build.key() {
         Ok(key) => key,
-        Err(error) => return log(&format!("WARN not cached: {error}")),
+        Err(error) => {
+            // rustc runs on evcxr's own text then, and its messages reach evcxr as they are.
+            if let Err(undo) = order.undo(&build) {
+                log(&format!(
+                    "WARN cannot put the source back in evcxr's order: {undo}"
+                ));
+            }
+            return log(&format!("WARN not cached: {error}"));
+        }
     };
     let short = &key[..12];
     match store.load(&key) {
@@ -153,9 +161,19 @@ struct Order {
     canonical: canonical::Canonical,
     /// The source's path as rustc names it in diagnostics.
     file: String,
+    /// evcxr's text, when the file was rewritten.
+    original: Option<String>,
 }
 
 impl Order {
+    /// Writes evcxr's text back, for a build that is not served by the cache.
+    fn undo(&self, build: &CellBuild) -> std::io::Result<()> {
+        match &self.original {
+            Some(text) => replace_file(&build.dir.join(&self.file), text),
+            None => Ok(()),
+        }
+    }
+
     /// rustc's output, numbered as evcxr wrote the source.
     fn for_evcxr(&self, stderr: &str) -> String {
         self.canonical.restore_lines(stderr, &self.file)
@@ -172,12 +190,24 @@ fn put_in_canonical_order(build: &CellBuild) -> std::io::Result<Order> {
     let path = build.dir.join(&file);
     let source = std::fs::read_to_string(&path)?;
     let canonical = canonical::canonical(&source);
-    if !canonical.unchanged() {
-        let partial = path.with_extension(format!("rs.{}", std::process::id()));
-        std::fs::write(&partial, &canonical.text)?;
-        std::fs::rename(&partial, &path)?;
-    }
-    Ok(Order { canonical, file })
+    let original = if canonical.unchanged() {
+        None
+    } else {
+        replace_file(&path, &canonical.text)?;
+        Some(source)
+    };
+    Ok(Order {
+        canonical,
+        file,
+        original,
+    })
+}
+
+/// Replaces `path` whole (written beside it, then renamed).
+fn replace_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let partial = path.with_extension(format!("rs.{}", std::process::id()));
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
 }
 
 /// Whether the files and variables the cell read are as they were; else which one changed.

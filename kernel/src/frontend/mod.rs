@@ -247,7 +247,8 @@ const READ_AHEAD_LIMIT: usize = 256;
 /// While a request is served, the ones arriving behind it are taken off the socket (up to
 /// [`READ_AHEAD_LIMIT`], verified like any other) and shown to the session's [`Foresight`]:
 /// Run All sends every cell at once, and a later `%px` cell's compiler can start while the
-/// first cell runs. They are served in order, exactly as if they had waited on the socket.
+/// first cell runs. They are served in order, exactly as if they had waited on the socket. (A
+/// `%px` cell that is then aborted has still started the px context; it stays for the session.)
 async fn shell_loop<H: ShellHandler>(
     mut socket: ZmqSocket,
     gate: Gate,
@@ -313,9 +314,14 @@ async fn shell_loop<H: ShellHandler>(
                     biased;
                     reply = &mut served => break reply,
                     arrived = receive(&mut socket, &gate, &mut drops), if ahead.len() < READ_AHEAD_LIMIT => {
-                        if let Some(arrived) = arrived {
-                            foresight(&arrived);
-                            ahead.push_back(arrived);
+                        match arrived {
+                            Some(arrived) => {
+                                foresight(&arrived);
+                                ahead.push_back(arrived);
+                            }
+                            // A stream of messages that fail the gate must not keep this task
+                            // from yielding while the cell it serves runs.
+                            None => tokio::task::yield_now().await,
                         }
                     }
                 }

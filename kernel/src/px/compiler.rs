@@ -181,6 +181,9 @@ enum StartError {
     Evcxr(#[from] evcxr::Error),
 }
 
+/// The px context's warm-up cell (see [`start_context`]).
+const PX_WARM_UP: &str = "let rustpx_warm_up: u64 = std::env::var(\"RUSTPX_WARM_UP\").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + vec![1u64].iter().map(|x| x + 1).sum::<u64>();";
+
 fn start_context(
     hub: &HubHandle,
     current: &Arc<Mutex<Option<Current>>>,
@@ -192,13 +195,16 @@ fn start_context(
     let mut command = std::process::Command::new(exe);
     command.env(bridge::BRIDGE_ENV, spec);
     let (mut context, outputs) = EvalContext::with_subprocess_command(command)?;
-    // Move rust-analyzer's first analysis off the user's first `let` (see evcxr-notes.md).
+    // Move rust-analyzer's first analysis off the user's first `let` (see evcxr-notes.md): the
+    // warm-up's type goes through a parse, an `Option`, an iterator and a closure, so that
+    // rust-analyzer has solved std's common traits before a cell needs them. Its text is fixed,
+    // so its build is the same in every kernel and comes from the cell cache after the first.
     let mut snapshot = context.state();
     if let Some(flags) = crate::cell_objects::compact_rustflags() {
         snapshot.set_build_env("RUSTFLAGS", &flags);
     }
     snapshot.set_cache_bytes(crate::dep_cache::bytes_for_context());
-    if let Err(error) = context.eval_with_state("let rustpx_warm_up = 1u8;", snapshot.clone()) {
+    if let Err(error) = context.eval_with_state(PX_WARM_UP, snapshot.clone()) {
         tracing::debug!("px warm-up cell failed (harmless): {error}");
     }
     context.eval_with_state("", snapshot)?;

@@ -111,3 +111,21 @@ fn a_run_naming_one_variable_twice_keeps_its_order() {
     source.push_str("evcxr_variable_store\n}\n");
     assert!(canonical(&source).unchanged());
 }
+
+#[test]
+fn items_are_sorted_in_a_context_that_has_seen_a_question_mark() {
+    let error_type = "\n            struct EvcxrUserCodeError {}\n            impl<T: std::fmt::Debug> From<T> for EvcxrUserCodeError {\n                fn from(_: T) -> Self { EvcxrUserCodeError {} }\n            }\n        ";
+    let one = cell(&[TOTAL, SQUARE, error_type], &["a"]);
+    let other = cell(&[SQUARE, TOTAL, error_type], &["a"]);
+    assert_eq!(canonical(&one).text, canonical(&other).text);
+    assert!(!kept(&one, &[TOTAL, SQUARE]));
+}
+
+#[test]
+fn a_module_of_macros_keeps_the_items_where_they_are() {
+    let module = "#[macro_use]\nmod helpers {\n    macro_rules! twice {\n        ($x:expr) => { $x * 2 };\n    }\n}";
+    assert!(kept(
+        &cell(&[TOTAL, module, SQUARE], &["a"]),
+        &[TOTAL, module, SQUARE]
+    ));
+}
