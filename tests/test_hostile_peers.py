@@ -1,5 +1,6 @@
 """Issue 14: what a peer without the key can do to a live kernel, performed against the real
 binary (as another local user would: it sees the ports, not the key)."""
+import datetime
 import os
 import random
 import re
@@ -50,6 +51,42 @@ def test_a_flood_of_badly_signed_messages_writes_two_log_lines_not_gigabytes(ker
         assert len(drops) == 1, drops[:5]
         assert "further drops in the next minute are counted, not logged" in drops[0]
         assert len(written) < 2_000, written[:2_000]
+    finally:
+        sock.close()
+
+
+def when(msg):
+    """A message's header date (jupyter_client hands some back parsed, some as text)."""
+    date = msg["header"]["date"]
+    return date if isinstance(date, datetime.datetime) else datetime.datetime.fromisoformat(date)
+
+
+def test_requests_flooding_in_while_a_cell_runs_are_read_ahead_within_the_bound_in_order(kernel):
+    """The shell reads requests ahead while a cell runs, to start what a queued cell will need.
+    20,000 badly signed messages and 600 well signed ones (more than the 256 it takes ahead)
+    sent during a 4 s cell: the bad ones are dropped, the cell finishes ok, and every good
+    request is answered after it, in the order sent."""
+    sock, good = dealer(kernel, "shell_port")
+    bad = Session(key=b"not-the-key", signature_scheme="hmac-sha256")
+    try:
+        cell = kernel.kc.execute("std::thread::sleep(std::time::Duration::from_secs(4));")
+        time.sleep(1)
+        sent = []
+        for n in range(600):
+            for _ in range(35):
+                bad.send(sock, "kernel_info_request", {})
+            sent.append(good.send(sock, "kernel_info_request", {})["header"]["msg_id"])
+        reply = kernel.kc.get_shell_msg(timeout=120)
+        assert reply["parent_header"]["msg_id"] == cell and reply["content"]["status"] == "ok"
+        answered = []
+        while len(answered) < len(sent):
+            assert sock.poll(60_000) != 0, f"{len(answered)} of {len(sent)} answered"
+            _, raw = good.feed_identities(sock.recv_multipart(), copy=True)
+            msg = good.deserialize(raw)
+            assert msg["msg_type"] == "kernel_info_reply"
+            assert when(msg) >= when(reply), "answered before the cell ended"
+            answered.append(msg["parent_header"]["msg_id"])
+        assert answered == sent
     finally:
         sock.close()
 
