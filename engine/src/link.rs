@@ -16,18 +16,19 @@ use rustpx_protocol::{
 };
 use rustpx_wire::{
     check_addressed_to, decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer,
-    SocketOptions, SocketType, WireError, WireMessage, ZmqSocket,
+    WireError, WireMessage,
 };
 use tokio::sync::mpsc;
 
 use crate::delivery::{Delivery, PreparedRun};
+use crate::hub_socket::HubSocket;
 use crate::map_relay::Relay;
 
 /// How often the engine says it is alive.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
 
 /// The largest frame taken from the hub (cell objects, pushed data): the hub's own limit.
-const MAX_FRAME_BYTES: i64 = 1 << 30;
+const MAX_FRAME_BYTES: u64 = 1 << 30;
 
 /// Settings for how patient the engine is with the hub.
 pub struct Patience {
@@ -80,14 +81,25 @@ pub async fn serve(
     };
     // What the hub sends is numbered too: a replay of it is dropped.
     let mut numbers_seen = SequenceCheck::default();
-    let options = SocketOptions {
-        identity: Some(session.as_bytes().to_vec()),
-        ..SocketOptions::limited_to(MAX_FRAME_BYTES)
-    };
-    // libzmq connects (and reconnects) in the background; the registration timeout below says
-    // when the hub was not reached.
-    let mut socket = ZmqSocket::connect(SocketType::DEALER, &connection.url, &options)
-        .with_context(|| format!("could not connect to the hub at {}", connection.url))?;
+    // Over TCP libzmq connects (and reconnects) in the background; the registration timeout
+    // below says when the hub was not reached. The hub's Unix socket is dialled directly.
+    let mut socket = tokio::time::timeout(
+        patience.register_timeout,
+        HubSocket::open(
+            &connection.url,
+            session.as_bytes(),
+            MAX_FRAME_BYTES,
+            patience.register_timeout,
+        ),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "could not reach the hub at {} within {:?}",
+            connection.url,
+            patience.register_timeout
+        )
+    })??;
 
     let register = RegisterRequest {
         requested_id: identity.requested_id,

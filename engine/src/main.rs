@@ -7,6 +7,7 @@
 mod capture;
 mod delivery;
 mod files;
+mod hub_socket;
 mod link;
 mod map_relay;
 mod objects;

@@ -14,6 +14,7 @@ pub mod replay;
 mod sealed;
 mod signing;
 pub mod socket;
+pub mod zmtp;
 
 pub use cipher::{CipherError, LinkCipher};
 pub use error::WireError;
@@ -23,6 +24,7 @@ pub use replay::{address_to, check_addressed_to, SeenSignatures, SequenceCheck, 
 pub use sealed::{decode_sealed, encode_sealed, SealedMessage};
 pub use signing::Signer;
 pub use socket::{Options as SocketOptions, SocketError, SocketType, ZmqSocket};
+pub use zmtp::{ZmtpDealer, ZmtpError};
 
 /// Typed Jupyter messages, re-exported so that users of the wire layer agree on one version.
 pub use jupyter_protocol;

@@ -1,0 +1,350 @@
+//! A DEALER that speaks ZMTP 3.0 (the NULL mechanism, as libzmq does on `ipc://`) over a plain
+//! Unix stream, without libzmq: what an engine on the kernel's host dials the hub's Unix socket
+//! with.
+//!
+//! Why: libzmq moves every message through an I/O thread of its own. Each message in or out of
+//! an engine is then a hand-off between the engine's link thread and that thread (an eventfd
+//! write, a wake-up, a context switch each way), once per engine per run; on a pool of hundreds
+//! of engines on a few cores those wake-ups are what a run costs. Here the link thread reads
+//! and writes the socket itself. The hub keeps its libzmq ROUTER and every check it makes: to
+//! it this is one more DEALER, sending the same signed and sealed messages.
+//!
+//! Bounds, as libzmq's `ZMQ_MAXMSGSIZE` gives the zmq link: a frame whose announced size is over
+//! the limit ends the connection before anything is allocated for it, and so does a message of
+//! more than [`MAX_FRAMES`] frames, a command over [`MAX_COMMAND_BYTES`], or a peer whose
+//! greeting or handshake is not ZMTP 3 with the NULL mechanism. The buffer only grows as bytes
+//! actually arrive.
+
+use std::path::Path;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// The most frames one message may have (the link's messages have a handful plus one per
+/// buffer).
+pub const MAX_FRAMES: usize = 1 << 16;
+
+/// The largest command (`READY` and its properties) taken from the peer.
+pub const MAX_COMMAND_BYTES: u64 = 64 * 1024;
+
+const GREETING_BYTES: usize = 64;
+const MORE: u8 = 0x01;
+const LONG: u8 = 0x02;
+const COMMAND: u8 = 0x04;
+
+/// Why the stream to the hub failed or was ended.
+#[derive(Debug, Error)]
+pub enum ZmtpError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("the link to the hub failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the hub closed the connection")]
+    Closed,
+    #[error("the peer is not a ZMTP 3 socket with the NULL mechanism ({0})")]
+    Handshake(String),
+    #[error("the peer announced a frame of {0} bytes, over the limit of {1} bytes: disconnected")]
+    FrameTooLarge(u64, u64),
+    #[error("the peer sent a message of more than {MAX_FRAMES} frames: disconnected")]
+    TooManyFrames,
+    #[error("a routing identity must be 1 to 255 bytes, not {0}")]
+    Identity(usize),
+}
+
+/// What one parse of the buffer found.
+enum Parsed {
+    /// A whole command: its body (name length, name, data).
+    Command(Bytes),
+    /// A whole message.
+    Message(Vec<Bytes>),
+    /// Not yet whole: at least this many bytes of the buffer are needed.
+    Incomplete(usize),
+}
+
+/// A connected, greeted DEALER on a Unix stream.
+pub struct ZmtpDealer {
+    stream: UnixStream,
+    buffer: BytesMut,
+    max_frame_bytes: u64,
+}
+
+impl ZmtpDealer {
+    /// Connects to the socket at `path`, presents `identity` as the DEALER's routing identity,
+    /// and completes ZMTP's handshake with the peer (a libzmq ROUTER).
+    pub async fn connect(
+        path: &Path,
+        identity: &[u8],
+        max_frame_bytes: u64,
+    ) -> Result<ZmtpDealer, ZmtpError> {
+        if identity.is_empty() || identity.len() > 255 {
+            return Err(ZmtpError::Identity(identity.len()));
+        }
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|error| ZmtpError::Connect(path.display().to_string(), error))?;
+        let mut dealer = ZmtpDealer {
+            stream,
+            buffer: BytesMut::with_capacity(16 * 1024),
+            max_frame_bytes,
+        };
+        dealer.handshake(identity).await?;
+        Ok(dealer)
+    }
+
+    async fn handshake(&mut self, identity: &[u8]) -> Result<(), ZmtpError> {
+        let mut hello = greeting();
+        hello.extend_from_slice(&ready(identity));
+        self.stream.write_all(&hello).await?;
+        while self.buffer.len() < GREETING_BYTES {
+            self.read_more().await?;
+        }
+        let theirs = self.buffer.split_to(GREETING_BYTES);
+        check_greeting(&theirs)?;
+        loop {
+            match self.next()? {
+                Some(Parsed::Command(body)) => return check_ready(&body),
+                Some(Parsed::Message(_)) => {
+                    return Err(ZmtpError::Handshake(
+                        "a message before the READY command".into(),
+                    ))
+                }
+                Some(Parsed::Incomplete(_)) | None => self.read_more().await?,
+            }
+        }
+    }
+
+    /// The next whole message. Cancel-safe: what was read stays in the buffer for the next
+    /// call, so it can wait in a `select!` with other work.
+    pub async fn recv(&mut self) -> Result<Vec<Bytes>, ZmtpError> {
+        loop {
+            match self.next()? {
+                Some(Parsed::Message(frames)) => return Ok(frames),
+                // A command after the handshake (a PING of ZMTP 3.1) asks nothing of a 3.0
+                // peer: skipped.
+                Some(Parsed::Command(_)) => continue,
+                Some(Parsed::Incomplete(needed)) => {
+                    // Room for the whole frame at once (its size was checked against the
+                    // limit), so a large frame is not copied as the buffer grows.
+                    self.buffer
+                        .reserve(needed.saturating_sub(self.buffer.len()));
+                    self.read_more().await?;
+                }
+                None => self.read_more().await?,
+            }
+        }
+    }
+
+    /// Sends one message (at least one frame) in one write.
+    pub async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), ZmtpError> {
+        let total: usize = frames.iter().map(|f| f.len() + 9).sum();
+        let mut out = Vec::with_capacity(total);
+        let last = frames.len().saturating_sub(1);
+        for (index, frame) in frames.iter().enumerate() {
+            let more = if index < last { MORE } else { 0 };
+            put_frame(&mut out, more, frame);
+        }
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
+    async fn read_more(&mut self) -> Result<(), ZmtpError> {
+        if self.buffer.capacity() - self.buffer.len() < 4096 {
+            self.buffer.reserve(16 * 1024);
+        }
+        if self.stream.read_buf(&mut self.buffer).await? == 0 {
+            return Err(ZmtpError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Takes the next command or whole message off the buffer; `None` when not even a frame
+    /// header is there.
+    fn next(&mut self) -> Result<Option<Parsed>, ZmtpError> {
+        let parsed = scan(&self.buffer, self.max_frame_bytes)?;
+        match parsed {
+            Scan::Empty => Ok(None),
+            Scan::Incomplete(needed) => Ok(Some(Parsed::Incomplete(needed))),
+            Scan::Command { start, end } => {
+                let whole = self.buffer.split_to(end).freeze();
+                Ok(Some(Parsed::Command(whole.slice(start..end))))
+            }
+            Scan::Message { spans, end } => {
+                let whole = self.buffer.split_to(end).freeze();
+                let frames = spans.into_iter().map(|(s, e)| whole.slice(s..e)).collect();
+                Ok(Some(Parsed::Message(frames)))
+            }
+        }
+    }
+}
+
+/// Where the next command or message lies in the buffer.
+enum Scan {
+    Empty,
+    Incomplete(usize),
+    Command {
+        start: usize,
+        end: usize,
+    },
+    Message {
+        spans: Vec<(usize, usize)>,
+        end: usize,
+    },
+}
+
+/// Reads frame headers from the start of `buffer` (nothing is copied or allocated for a frame's
+/// body here), checking each announced size against `max_frame_bytes`.
+fn scan(buffer: &[u8], max_frame_bytes: u64) -> Result<Scan, ZmtpError> {
+    let mut at = 0usize;
+    let mut spans = Vec::new();
+    loop {
+        let Some(&flags) = buffer.get(at) else {
+            return Ok(if at == 0 {
+                Scan::Empty
+            } else {
+                Scan::Incomplete(at + 1)
+            });
+        };
+        let (size, header) = if flags & LONG != 0 {
+            let Some(bytes) = buffer.get(at + 1..at + 9) else {
+                return Ok(Scan::Incomplete(at + 9));
+            };
+            let mut bytes = bytes;
+            (bytes.get_u64(), 9)
+        } else {
+            let Some(&size) = buffer.get(at + 1) else {
+                return Ok(Scan::Incomplete(at + 2));
+            };
+            (u64::from(size), 2)
+        };
+        let command = flags & COMMAND != 0;
+        let limit = if command {
+            MAX_COMMAND_BYTES
+        } else {
+            max_frame_bytes
+        };
+        if size > limit {
+            return Err(ZmtpError::FrameTooLarge(size, limit));
+        }
+        // Within the limit, so it fits a usize.
+        let start = at + header;
+        let end =
+            start + usize::try_from(size).map_err(|_| ZmtpError::FrameTooLarge(size, limit))?;
+        if command {
+            if at != 0 {
+                return Err(ZmtpError::Handshake("a command inside a message".into()));
+            }
+            if buffer.len() < end {
+                return Ok(Scan::Incomplete(end));
+            }
+            return Ok(Scan::Command { start, end });
+        }
+        if spans.len() == MAX_FRAMES {
+            return Err(ZmtpError::TooManyFrames);
+        }
+        if buffer.len() < end {
+            return Ok(Scan::Incomplete(end));
+        }
+        spans.push((start, end));
+        at = end;
+        if flags & MORE == 0 {
+            return Ok(Scan::Message { spans, end });
+        }
+    }
+}
+
+fn put_frame(out: &mut Vec<u8>, flags: u8, body: &[u8]) {
+    match u8::try_from(body.len()) {
+        Ok(size) => {
+            out.push(flags);
+            out.push(size);
+        }
+        Err(_) => {
+            out.push(flags | LONG);
+            out.put_u64(body.len() as u64);
+        }
+    }
+    out.extend_from_slice(body);
+}
+
+/// ZMTP 3.0's greeting: signature, version 3.0, the NULL mechanism, not the server.
+fn greeting() -> Vec<u8> {
+    let mut greeting = vec![0u8; GREETING_BYTES];
+    greeting[0] = 0xff;
+    greeting[9] = 0x7f;
+    greeting[10] = 3;
+    greeting[11] = 0;
+    greeting[12..16].copy_from_slice(b"NULL");
+    greeting
+}
+
+fn check_greeting(theirs: &[u8]) -> Result<(), ZmtpError> {
+    if theirs[0] != 0xff || theirs[9] != 0x7f {
+        return Err(ZmtpError::Handshake("no ZMTP signature".into()));
+    }
+    if theirs[10] < 3 {
+        return Err(ZmtpError::Handshake(format!("version {}", theirs[10])));
+    }
+    let mechanism = &theirs[12..32];
+    if !mechanism.starts_with(b"NULL") || mechanism[4..].iter().any(|b| *b != 0) {
+        return Err(ZmtpError::Handshake(format!(
+            "mechanism {:?}",
+            String::from_utf8_lossy(mechanism).trim_end_matches('\0')
+        )));
+    }
+    Ok(())
+}
+
+/// The READY command of a DEALER with routing identity `identity`.
+fn ready(identity: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.push(5);
+    body.extend_from_slice(b"READY");
+    for (name, value) in [
+        (&b"Socket-Type"[..], &b"DEALER"[..]),
+        (b"Identity", identity),
+    ] {
+        body.push(name.len() as u8);
+        body.extend_from_slice(name);
+        body.put_u32(value.len() as u32);
+        body.extend_from_slice(value);
+    }
+    let mut out = Vec::new();
+    put_frame(&mut out, COMMAND, &body);
+    out
+}
+
+/// Checks the peer's READY command names a ROUTER, the only peer a DEALER of the link has.
+fn check_ready(body: &[u8]) -> Result<(), ZmtpError> {
+    let bad = |why: &str| Err(ZmtpError::Handshake(why.to_owned()));
+    let Some((&name_len, rest)) = body.split_first() else {
+        return bad("an empty command");
+    };
+    let Some((name, mut properties)) = rest.split_at_checked(usize::from(name_len)) else {
+        return bad("a truncated command");
+    };
+    if name != b"READY" {
+        return bad("a command other than READY");
+    }
+    while let Some((&key_len, rest)) = properties.split_first() {
+        let Some((key, rest)) = rest.split_at_checked(usize::from(key_len)) else {
+            return bad("a truncated property");
+        };
+        let Some((size, rest)) = rest.split_at_checked(4) else {
+            return bad("a truncated property");
+        };
+        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
+        let Some((value, rest)) = rest.split_at_checked(size) else {
+            return bad("a truncated property");
+        };
+        if key.eq_ignore_ascii_case(b"Socket-Type") && value != b"ROUTER" {
+            return bad("the peer is not a ROUTER");
+        }
+        properties = rest;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
