@@ -95,8 +95,7 @@ async fn a_frame_announced_over_the_limit_ends_the_connection_before_it_is_read(
 #[tokio::test]
 async fn an_endless_message_of_empty_frames_is_cut_off() {
     let path = socket_path("frames.sock");
-    let frames: Vec<u8> = std::iter::repeat([MORE, 0])
-        .take(MAX_FRAMES + 1)
+    let frames: Vec<u8> = std::iter::repeat_n([MORE, 0], MAX_FRAMES + 1)
         .flatten()
         .collect();
     tokio::spawn(fake_router(path.clone(), frames));
