@@ -12,16 +12,19 @@
 //! with the run), otherwise when anything follows it (text, a block of a MIME type the pending
 //! bundle already has, or the `()` of a unit value). What is pending when the run ends is the
 //! value.
-//! After a run, the runner writes a sentinel line with a per-process nonce to each pipe; when both
-//! threads have read it, every byte the run wrote has been forwarded, in order. The reader that
-//! reads it last also queues the run's reply (built by the runner's [`Finish`]): the runner does
-//! not wake up between the end of a cell and its reply, only when the next run comes (on a pool
-//! of hundreds of engines on a few cores, each wake-up of each engine's threads is what a run
-//! costs).
+//! After a run, the runner ends it on each pipe: a reader that has already processed every byte
+//! written to its pipe (it reads only while holding its state's lock, and the pipe says how much
+//! is unread) is ended by the runner itself, without a wake-up; otherwise the runner writes a
+//! sentinel line with a per-process nonce, and when the reader reads it every byte the run wrote
+//! has been forwarded, in order. Whoever ends the run on the second pipe also queues the run's
+//! reply (built by the runner's [`Finish`]): the runner does not wait for the readers, and a run
+//! that wrote nothing to stderr (most do) never wakes the stderr reader (on a pool of hundreds
+//! of engines on a few cores, each wake-up of each engine's threads is what a run costs).
 
 use std::cell::Cell;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
@@ -128,7 +131,18 @@ pub struct Capture {
     settled: Receiver<()>,
     /// Whether a run was finished whose end the readers may not have reached yet.
     outstanding: Cell<bool>,
+    /// The stdout and stderr readers, in the order of their descriptors (1, 2).
+    readers: [SharedReader; 2],
 }
+
+/// A reader's state and its pipe, locked by its thread while it reads and by the runner when
+/// it ends a run without waking that thread.
+struct Shared {
+    reader: StreamReader,
+    pipe: File,
+}
+
+type SharedReader = Arc<Mutex<Shared>>;
 
 impl Capture {
     /// Redirects fds 1 and 2 into pipes and starts their readers. Returns the capture and a
@@ -141,18 +155,22 @@ impl Capture {
         let current_run = Arc::new(Mutex::new(CurrentRun::default()));
         let ending = Arc::new(Mutex::new(Ending::default()));
         let (settled_tx, settled) = mpsc::channel();
-        for (name, pipe) in [("stdout", stdout_reader), ("stderr", stderr_reader)] {
+        let readers = [("stdout", stdout_reader), ("stderr", stderr_reader)].map(|(name, pipe)| {
             let ending = ending.clone();
             let settled_tx = settled_tx.clone();
             let done: DoneSink = Box::new(move |done| Ending::reached(&ending, done, &settled_tx));
-            spawn_reader(
+            let reader = StreamReader::new(
                 name,
-                pipe,
                 sentinel.clone(),
                 current_run.clone(),
                 sink.clone(),
                 done,
             );
+            Arc::new(Mutex::new(Shared { reader, pipe }))
+        });
+        for shared in &readers {
+            pipe::set_nonblocking(&lock(shared).pipe)?;
+            spawn_reader(shared.clone());
         }
         Ok((
             Capture {
@@ -161,6 +179,7 @@ impl Capture {
                 ending,
                 settled,
                 outstanding: Cell::new(false),
+                readers,
             },
             log,
         ))
@@ -187,28 +206,49 @@ impl Capture {
         self.ending.lock().unwrap_or_else(|p| p.into_inner()).finish = Some(finish);
         self.outstanding.set(true);
         let line = format!("{}\n", self.sentinel);
-        for fd in [1, 2] {
+        for (fd, shared) in [1, 2].into_iter().zip(&self.readers) {
+            // A reader that is not reading now and has nothing unread is caught up: the run
+            // ends here. Otherwise (or busy) the sentinel tells it where the run ends.
+            if let Ok(mut shared) = shared.try_lock() {
+                let Shared { reader, pipe } = &mut *shared;
+                if reader.partial.is_empty() && pipe::unread(pipe) == 0 {
+                    reader.end_of_run();
+                    continue;
+                }
+            }
             fds::write_all(fd, line.as_bytes());
         }
     }
 }
 
-fn spawn_reader(
-    name: &'static str,
-    pipe: File,
-    sentinel: String,
-    current_run: Arc<Mutex<CurrentRun>>,
-    sink: StreamSink,
-    done: DoneSink,
-) {
+fn lock(shared: &SharedReader) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn spawn_reader(shared: SharedReader) {
+    let name = lock(&shared).reader.name;
     let spawned = std::thread::Builder::new()
         .name(format!("capture-{name}"))
-        .spawn(move || {
-            let mut reader = StreamReader::new(name, sentinel, current_run, sink, done);
-            reader.run(BufReader::with_capacity(64 * 1024, pipe));
-        });
+        .spawn(move || serve(&shared));
     if let Err(error) = spawned {
         tracing::error!("cannot start the {name} capture thread: {error}");
+    }
+}
+
+/// A reader's thread: waits for bytes outside the lock, reads and processes them inside it.
+fn serve(shared: &SharedReader) {
+    let fd = lock(shared).pipe.as_raw_fd();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        // The descriptor stays open: `shared`, which owns it, lives as long as this thread.
+        if !pipe::wait_readable(fd) {
+            return;
+        }
+        let mut shared = lock(shared);
+        let Shared { reader, pipe } = &mut *shared;
+        if !reader.drain(pipe, &mut chunk) {
+            return;
+        }
     }
 }
 
@@ -224,6 +264,8 @@ struct StreamReader {
     stderr: StderrReport,
     /// The rich display being read: its MIME type and lines so far.
     content: Option<(String, Vec<String>)>,
+    /// Bytes read after the last newline.
+    partial: Vec<u8>,
     /// Rich blocks since the last text line, merged: the value if the run ends now.
     trailing: MimeBundle,
     expecting_panic_message: bool,
@@ -247,30 +289,50 @@ impl StreamReader {
             stdout: StdoutReport::default(),
             stderr: StderrReport::default(),
             content: None,
+            partial: Vec::new(),
             trailing: MimeBundle::new(),
             expecting_panic_message: false,
         }
     }
 
-    fn run(&mut self, mut pipe: BufReader<File>) {
-        let mut raw = Vec::new();
+    /// Reads and processes what the pipe holds, then forwards the text; false when the pipe
+    /// is closed (every writer gone) or broken.
+    fn drain(&mut self, pipe: &mut File, chunk: &mut [u8]) -> bool {
         loop {
-            raw.clear();
-            match pipe.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&raw);
-            let (line, newline) = match line.strip_suffix('\n') {
-                Some(l) => (l.to_owned(), true),
-                None => (line.into_owned(), false),
-            };
-            self.line(&line, newline);
-            // Send what we have when nothing more is waiting, so output shows live.
-            if pipe.buffer().is_empty() {
-                self.flush();
+            match pipe.read(chunk) {
+                Ok(0) => {
+                    if !self.partial.is_empty() {
+                        let rest = std::mem::take(&mut self.partial);
+                        self.line(&String::from_utf8_lossy(&rest), false);
+                    }
+                    self.flush();
+                    return false;
+                }
+                Ok(read) => self.bytes(&chunk[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
             }
         }
+        // Send what we have when nothing more is waiting, so output shows live.
+        self.flush();
+        true
+    }
+
+    /// Takes the complete lines in `data` (after what was read before it); keeps the rest.
+    fn bytes(&mut self, mut data: &[u8]) {
+        while let Some(at) = data.iter().position(|b| *b == b'\n') {
+            let line = if self.partial.is_empty() {
+                String::from_utf8_lossy(&data[..at]).into_owned()
+            } else {
+                self.partial.extend_from_slice(&data[..at]);
+                let whole = std::mem::take(&mut self.partial);
+                String::from_utf8_lossy(&whole).into_owned()
+            };
+            self.line(&line, true);
+            data = &data[at + 1..];
+        }
+        self.partial.extend_from_slice(data);
     }
 
     fn line(&mut self, line: &str, newline: bool) {
@@ -407,5 +469,6 @@ impl StreamReader {
     }
 }
 
+mod pipe;
 #[cfg(test)]
 mod tests;

@@ -185,3 +185,38 @@ fn stderr_notes_the_panic_message() {
     };
     assert_eq!(report.panic, Some(("src/lib.rs:3:1".into(), "boom".into())));
 }
+
+#[test]
+fn lines_split_across_reads_are_joined_and_a_partial_line_waits() {
+    let (mut r, seen, done) = reader("stdout", true);
+    r.bytes(b"hel");
+    r.bytes(b"lo\nwor");
+    r.flush();
+    assert_eq!(forwarded(&seen), vec!["text:hello\n"]);
+    assert_eq!(r.partial, b"wor");
+    let begin = format!("{BEGIN_CONTENT}text/plain\n42\n{END_CONTENT}\n\u{1}END\n");
+    r.bytes(b"ld\n");
+    r.bytes(begin.as_bytes());
+    r.flush();
+    assert_eq!(forwarded(&seen), vec!["text:hello\n", "text:world\n"]);
+    assert!(r.partial.is_empty());
+    assert_eq!(
+        stdout_report(&done).value,
+        Some(MimeBundle::from([("text/plain".into(), "42".into())]))
+    );
+}
+
+#[test]
+fn a_caught_up_reader_ends_the_run_from_its_state_alone() {
+    // What the runner does when the pipe has nothing unread: the report is the same as the
+    // sentinel's, and the text goes out first.
+    let (mut r, seen, done) = reader("stdout", true);
+    let text = format!("note\n{BEGIN_CONTENT}text/plain\n7\n{END_CONTENT}\n");
+    r.bytes(text.as_bytes());
+    r.end_of_run();
+    assert_eq!(forwarded(&seen), vec!["text:note\n"]);
+    assert_eq!(
+        stdout_report(&done).value,
+        Some(MimeBundle::from([("text/plain".into(), "7".into())]))
+    );
+}
