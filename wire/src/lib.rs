@@ -5,6 +5,8 @@
 //! and framing in one crate means there is exactly one place where a signature is checked, so the
 //! kernel and the engines cannot disagree on what a valid message is. The engine link, which may
 //! cross a network, also seals its messages' content and buffers ([`LinkCipher`]).
+//! Engines on the kernel's host read the hub's Unix socket with [`ZmtpDealer`], their own ZMTP
+//! reader, instead of libzmq (one thread and two hand-offs per message fewer).
 
 mod cipher;
 mod error;
