@@ -10,14 +10,23 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use rustpx_wire::{SocketOptions, SocketType, ZmqSocket, ZmtpDealer, ZmtpError};
 
 /// How long to wait between attempts while the hub's Unix socket is not there yet.
 const RETRY: Duration = Duration::from_millis(50);
 
-pub enum HubSocket {
+/// The socket and how long a send may wait on it.
+pub struct HubSocket {
+    end: End,
+    /// How long one send may wait for the hub to take it. A hub that stops reading (stopped,
+    /// deadlocked, or a squatter on its path) would otherwise hold the link's loop in a write for
+    /// good: its silence check and a signal's exit would never run again.
+    write_patience: Duration,
+}
+
+enum End {
     Zmq(ZmqSocket),
     Local(ZmtpDealer),
 }
@@ -26,56 +35,80 @@ impl HubSocket {
     /// Dials `url` as `identity`, taking frames of up to `max_frame_bytes`. libzmq connects in
     /// the background (the registration's timeout says when the hub was not reached); the Unix
     /// socket is dialled now, again until `patience` runs out while it does not exist yet or
-    /// refuses.
+    /// refuses. A send that waits longer than `write_patience` fails.
     pub async fn open(
         url: &str,
         identity: &[u8],
         max_frame_bytes: u64,
         patience: Duration,
+        write_patience: Duration,
     ) -> Result<HubSocket> {
-        let Some(path) = url.strip_prefix("ipc://") else {
-            let options = SocketOptions {
-                identity: Some(identity.to_vec()),
-                ..SocketOptions::limited_to(i64::try_from(max_frame_bytes).unwrap_or(i64::MAX))
-            };
-            let socket = ZmqSocket::connect(SocketType::DEALER, url, &options)
-                .with_context(|| format!("could not connect to the hub at {url}"))?;
-            return Ok(HubSocket::Zmq(socket));
-        };
-        let deadline = Instant::now() + patience;
-        loop {
-            match ZmtpDealer::connect(Path::new(path), identity, max_frame_bytes).await {
-                Ok(dealer) => return Ok(HubSocket::Local(dealer)),
-                Err(ZmtpError::Connect(_, error))
-                    if Instant::now() < deadline
-                        && matches!(
-                            error.kind(),
-                            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                        ) =>
-                {
-                    tokio::time::sleep(RETRY).await;
-                }
-                Err(error) => {
-                    return Err(error)
-                        .with_context(|| format!("could not connect to the hub at {url}"))
-                }
-            }
-        }
+        let end = open_end(url, identity, max_frame_bytes, patience).await?;
+        Ok(HubSocket {
+            end,
+            write_patience,
+        })
     }
 
     pub async fn send(&mut self, frames: Vec<Bytes>) -> Result<()> {
-        match self {
-            HubSocket::Zmq(socket) => socket.send(frames).await?,
-            HubSocket::Local(dealer) => dealer.send(frames).await?,
-        }
-        Ok(())
+        let sending = async {
+            match &mut self.end {
+                End::Zmq(socket) => socket.send(frames).await?,
+                End::Local(dealer) => dealer.send(frames).await?,
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(self.write_patience, sending)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the hub has taken nothing from this engine for {:?}: exiting",
+                    self.write_patience
+                )
+            })?
     }
 
     /// The next message from the hub; cancel-safe (it waits in the link's `select!`).
     pub async fn recv(&mut self) -> Result<Vec<Bytes>> {
-        Ok(match self {
-            HubSocket::Zmq(socket) => socket.recv().await?,
-            HubSocket::Local(dealer) => dealer.recv().await?,
+        Ok(match &mut self.end {
+            End::Zmq(socket) => socket.recv().await?,
+            End::Local(dealer) => dealer.recv().await?,
         })
+    }
+}
+
+/// Dials the hub (see [`HubSocket::open`]).
+async fn open_end(
+    url: &str,
+    identity: &[u8],
+    max_frame_bytes: u64,
+    patience: Duration,
+) -> Result<End> {
+    let Some(path) = url.strip_prefix("ipc://") else {
+        let options = SocketOptions {
+            identity: Some(identity.to_vec()),
+            ..SocketOptions::limited_to(i64::try_from(max_frame_bytes).unwrap_or(i64::MAX))
+        };
+        let socket = ZmqSocket::connect(SocketType::DEALER, url, &options)
+            .with_context(|| format!("could not connect to the hub at {url}"))?;
+        return Ok(End::Zmq(socket));
+    };
+    let deadline = Instant::now() + patience;
+    loop {
+        match ZmtpDealer::connect(Path::new(path), identity, max_frame_bytes).await {
+            Ok(dealer) => return Ok(End::Local(dealer)),
+            Err(ZmtpError::Connect(_, error))
+                if Instant::now() < deadline
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("could not connect to the hub at {url}"))
+            }
+        }
     }
 }

@@ -90,6 +90,7 @@ pub async fn serve(
             session.as_bytes(),
             MAX_FRAME_BYTES,
             patience.register_timeout,
+            patience.hub_silence,
         ),
     )
     .await

@@ -12,12 +12,13 @@
 //! Bounds, as libzmq's `ZMQ_MAXMSGSIZE` gives the zmq link: a frame whose announced size is over
 //! the limit ends the connection before anything is allocated for it, and so does a message of
 //! more than [`MAX_FRAMES`] frames, a command over [`MAX_COMMAND_BYTES`], or a peer whose
-//! greeting or handshake is not ZMTP 3 with the NULL mechanism. The buffer only grows as bytes
-//! actually arrive.
+//! greeting or handshake is not ZMTP 3 with the NULL mechanism. The buffer grows as bytes
+//! actually arrive (at most 4 MiB reserved ahead of them), and each frame header is parsed once
+//! however many reads its message takes ([`decoder`]).
 
 use std::path::Path;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -30,9 +31,6 @@ pub const MAX_FRAMES: usize = 1 << 16;
 pub const MAX_COMMAND_BYTES: u64 = 64 * 1024;
 
 const GREETING_BYTES: usize = 64;
-const MORE: u8 = 0x01;
-const LONG: u8 = 0x02;
-const COMMAND: u8 = 0x04;
 
 /// Why the stream to the hub failed or was ended.
 #[derive(Debug, Error)]
@@ -47,27 +45,18 @@ pub enum ZmtpError {
     Handshake(String),
     #[error("the peer announced a frame of {0} bytes, over the limit of {1} bytes: disconnected")]
     FrameTooLarge(u64, u64),
+    #[error("the peer broke ZMTP's framing: {0}")]
+    Framing(String),
     #[error("the peer sent a message of more than {MAX_FRAMES} frames: disconnected")]
     TooManyFrames,
     #[error("a routing identity must be 1 to 255 bytes, not {0}")]
     Identity(usize),
 }
 
-/// What one parse of the buffer found.
-enum Parsed {
-    /// A whole command: its body (name length, name, data).
-    Command(Bytes),
-    /// A whole message.
-    Message(Vec<Bytes>),
-    /// Not yet whole: at least this many bytes of the buffer are needed.
-    Incomplete(usize),
-}
-
 /// A connected, greeted DEALER on a Unix stream.
 pub struct ZmtpDealer {
     stream: UnixStream,
-    buffer: BytesMut,
-    max_frame_bytes: u64,
+    decoder: Decoder,
 }
 
 impl ZmtpDealer {
@@ -86,8 +75,7 @@ impl ZmtpDealer {
             .map_err(|error| ZmtpError::Connect(path.display().to_string(), error))?;
         let mut dealer = ZmtpDealer {
             stream,
-            buffer: BytesMut::with_capacity(16 * 1024),
-            max_frame_bytes,
+            decoder: Decoder::new(max_frame_bytes),
         };
         dealer.handshake(identity).await?;
         Ok(dealer)
@@ -97,20 +85,31 @@ impl ZmtpDealer {
         let mut hello = greeting();
         hello.extend_from_slice(&ready(identity));
         self.stream.write_all(&hello).await?;
-        while self.buffer.len() < GREETING_BYTES {
+        while self.decoder.buffered() < GREETING_BYTES {
             self.read_more().await?;
         }
-        let theirs = self.buffer.split_to(GREETING_BYTES);
+        let theirs = self.decoder.take_raw(GREETING_BYTES);
         check_greeting(&theirs)?;
         loop {
-            match self.next()? {
-                Some(Parsed::Command(body)) => return check_ready(&body),
-                Some(Parsed::Message(_)) => {
+            // Only a command may follow the greeting: anything else is refused on its first
+            // byte, not after a message of any size has arrived.
+            if self
+                .decoder
+                .next_flags()
+                .is_some_and(|flags| flags & COMMAND == 0)
+            {
+                return Err(ZmtpError::Handshake(
+                    "a message before the READY command".into(),
+                ));
+            }
+            match self.decoder.next()? {
+                Some(Decoded::Command(body)) => return check_ready(&body),
+                Some(Decoded::Message(_)) => {
                     return Err(ZmtpError::Handshake(
                         "a message before the READY command".into(),
                     ))
                 }
-                Some(Parsed::Incomplete(_)) | None => self.read_more().await?,
+                None => self.read_more().await?,
             }
         }
     }
@@ -119,18 +118,11 @@ impl ZmtpDealer {
     /// call, so it can wait in a `select!` with other work.
     pub async fn recv(&mut self) -> Result<Vec<Bytes>, ZmtpError> {
         loop {
-            match self.next()? {
-                Some(Parsed::Message(frames)) => return Ok(frames),
+            match self.decoder.next()? {
+                Some(Decoded::Message(frames)) => return Ok(frames),
                 // A command after the handshake (a PING of ZMTP 3.1) asks nothing of a 3.0
                 // peer: skipped.
-                Some(Parsed::Command(_)) => continue,
-                Some(Parsed::Incomplete(needed)) => {
-                    // Room for the whole frame at once (its size was checked against the
-                    // limit), so a large frame is not copied as the buffer grows.
-                    self.buffer
-                        .reserve(needed.saturating_sub(self.buffer.len()));
-                    self.read_more().await?;
-                }
+                Some(Decoded::Command(_)) => continue,
                 None => self.read_more().await?,
             }
         }
@@ -150,107 +142,10 @@ impl ZmtpDealer {
     }
 
     async fn read_more(&mut self) -> Result<(), ZmtpError> {
-        if self.buffer.capacity() - self.buffer.len() < 4096 {
-            self.buffer.reserve(16 * 1024);
-        }
-        if self.stream.read_buf(&mut self.buffer).await? == 0 {
+        if self.stream.read_buf(self.decoder.room()).await? == 0 {
             return Err(ZmtpError::Closed);
         }
         Ok(())
-    }
-
-    /// Takes the next command or whole message off the buffer; `None` when not even a frame
-    /// header is there.
-    fn next(&mut self) -> Result<Option<Parsed>, ZmtpError> {
-        let parsed = scan(&self.buffer, self.max_frame_bytes)?;
-        match parsed {
-            Scan::Empty => Ok(None),
-            Scan::Incomplete(needed) => Ok(Some(Parsed::Incomplete(needed))),
-            Scan::Command { start, end } => {
-                let whole = self.buffer.split_to(end).freeze();
-                Ok(Some(Parsed::Command(whole.slice(start..end))))
-            }
-            Scan::Message { spans, end } => {
-                let whole = self.buffer.split_to(end).freeze();
-                let frames = spans.into_iter().map(|(s, e)| whole.slice(s..e)).collect();
-                Ok(Some(Parsed::Message(frames)))
-            }
-        }
-    }
-}
-
-/// Where the next command or message lies in the buffer.
-enum Scan {
-    Empty,
-    Incomplete(usize),
-    Command {
-        start: usize,
-        end: usize,
-    },
-    Message {
-        spans: Vec<(usize, usize)>,
-        end: usize,
-    },
-}
-
-/// Reads frame headers from the start of `buffer` (nothing is copied or allocated for a frame's
-/// body here), checking each announced size against `max_frame_bytes`.
-fn scan(buffer: &[u8], max_frame_bytes: u64) -> Result<Scan, ZmtpError> {
-    let mut at = 0usize;
-    let mut spans = Vec::new();
-    loop {
-        let Some(&flags) = buffer.get(at) else {
-            return Ok(if at == 0 {
-                Scan::Empty
-            } else {
-                Scan::Incomplete(at + 1)
-            });
-        };
-        let (size, header) = if flags & LONG != 0 {
-            let Some(bytes) = buffer.get(at + 1..at + 9) else {
-                return Ok(Scan::Incomplete(at + 9));
-            };
-            let mut bytes = bytes;
-            (bytes.get_u64(), 9)
-        } else {
-            let Some(&size) = buffer.get(at + 1) else {
-                return Ok(Scan::Incomplete(at + 2));
-            };
-            (u64::from(size), 2)
-        };
-        let command = flags & COMMAND != 0;
-        let limit = if command {
-            MAX_COMMAND_BYTES
-        } else {
-            max_frame_bytes
-        };
-        if size > limit {
-            return Err(ZmtpError::FrameTooLarge(size, limit));
-        }
-        // Within the limit, so it fits a usize.
-        let start = at + header;
-        let end =
-            start + usize::try_from(size).map_err(|_| ZmtpError::FrameTooLarge(size, limit))?;
-        if command {
-            if at != 0 {
-                return Err(ZmtpError::Handshake("a command inside a message".into()));
-            }
-            if buffer.len() < end {
-                return Ok(Scan::Incomplete(end));
-            }
-            return Ok(Scan::Command { start, end });
-        }
-        if spans.len() == MAX_FRAMES {
-            return Err(ZmtpError::TooManyFrames);
-        }
-        if buffer.len() < end {
-            return Ok(Scan::Incomplete(end));
-        }
-        spans.push((start, end));
-        at = end;
-        if flags & MORE == 0 {
-            return Ok(Scan::Message { spans, end });
-        }
     }
 }
 
@@ -315,7 +210,7 @@ fn ready(identity: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks the peer's READY command names a ROUTER, the only peer a DEALER of the link has.
+/// Checks the peer's READY command names a ROUTER (once): the only peer a DEALER of the link has.
 fn check_ready(body: &[u8]) -> Result<(), ZmtpError> {
     let bad = |why: &str| Err(ZmtpError::Handshake(why.to_owned()));
     let Some((&name_len, rest)) = body.split_first() else {
@@ -327,6 +222,7 @@ fn check_ready(body: &[u8]) -> Result<(), ZmtpError> {
     if name != b"READY" {
         return bad("a command other than READY");
     }
+    let mut router = false;
     while let Some((&key_len, rest)) = properties.split_first() {
         let Some((key, rest)) = rest.split_at_checked(usize::from(key_len)) else {
             return bad("a truncated property");
@@ -338,13 +234,22 @@ fn check_ready(body: &[u8]) -> Result<(), ZmtpError> {
         let Some((value, rest)) = rest.split_at_checked(size) else {
             return bad("a truncated property");
         };
-        if key.eq_ignore_ascii_case(b"Socket-Type") && value != b"ROUTER" {
-            return bad("the peer is not a ROUTER");
+        if key.eq_ignore_ascii_case(b"Socket-Type") {
+            if value != b"ROUTER" || router {
+                return bad("the peer is not a ROUTER");
+            }
+            router = true;
         }
         properties = rest;
+    }
+    if !router {
+        return bad("the peer did not say it is a ROUTER");
     }
     Ok(())
 }
 
+mod decoder;
 #[cfg(test)]
 mod tests;
+
+use decoder::{Decoded, Decoder, COMMAND, LONG, MORE};
