@@ -8,6 +8,7 @@ cells over this link) is covered by test_px.py and test_scale.py, whose engines 
 import json
 import os
 import pathlib
+import signal
 import socket
 import struct
 import subprocess
@@ -15,6 +16,8 @@ import threading
 import time
 
 import pytest
+
+from conftest import engine_pids, kernel_with_engines, ok, still_running, value
 
 ENGINE_BIN = os.environ.get("RUSTPX_ENGINE_BIN",
                             str(pathlib.Path(__file__).resolve().parent.parent / "target/release/rustpx-engine"))
@@ -41,9 +44,16 @@ def read_exactly(conn, n):
     return data
 
 
+def ready_without_socket_type():
+    """A READY command with no properties: it does not say the peer is a ROUTER."""
+    body = b"\x05READY"
+    return bytes([0x04, len(body)]) + body
+
+
 class FakeHub:
-    """A hostile hub on a Unix socket in a 0700 directory: greets the engine as `greet` says,
-    then writes `attack`, and keeps the connection open."""
+    """A hostile hub on a Unix socket in a 0700 directory: greets the engine with `greet` (the
+    bytes it writes first: a greeting and a READY, a greeting alone, or nothing), then writes
+    `attack`, and keeps the connection open."""
 
     def __init__(self, directory, greet, attack):
         directory.mkdir(mode=0o700)
@@ -60,9 +70,7 @@ class FakeHub:
         conn, _ = self.listener.accept()
         with conn:
             self.engine_greeting = read_exactly(conn, 64)
-            if self.greet:
-                conn.sendall(zmtp_greeting() + router_ready())
-            conn.sendall(self.attack)
+            conn.sendall(self.greet + self.attack)
             conn.settimeout(30)
             try:
                 while conn.recv(65536):
@@ -71,16 +79,20 @@ class FakeHub:
                 pass
 
 
-def run_engine(tmp_path, hub):
+def start_engine(tmp_path, hub):
     connection = tmp_path / "engine.json"
     connection.write_text(json.dumps({
         "url": f"ipc://{hub.path}",
         "key": "a-key-the-fake-hub-does-not-have",
         "signature_scheme": "hmac-sha256",
     }))
+    return subprocess.Popen([ENGINE_BIN, "--connect", str(connection), "--register-timeout", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_engine(tmp_path, hub):
     started = time.monotonic()
-    process = subprocess.Popen([ENGINE_BIN, "--connect", str(connection), "--register-timeout", "20"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = start_engine(tmp_path, hub)
     # wait4 for the peak memory the engine reached, which shows whether it allocated what the
     # hub only announced.
     deadline = time.monotonic() + 30
@@ -98,15 +110,25 @@ def run_engine(tmp_path, hub):
 
 LONG = 0x02
 MORE = 0x01
+GREETED = zmtp_greeting() + router_ready()
 CASES = {
     # A frame announcing 2^62 bytes and sending none: disconnect before allocating.
-    "huge_frame": (True, bytes([LONG]) + struct.pack(">Q", 1 << 62), "over the limit"),
+    "huge_frame": (GREETED, bytes([LONG]) + struct.pack(">Q", 1 << 62), "over the limit"),
     # An endless message of empty frames: cut off at the frame bound.
-    "endless_message": (True, bytes([MORE, 0]) * 70_000, "more than 65536 frames"),
+    "endless_message": (GREETED, bytes([MORE, 0]) * 70_000, "more than 65536 frames"),
     # Not ZMTP at all.
-    "not_zmtp": (False, b"HTTP/1.1 200 OK\r\n" + b" " * 80, "not a ZMTP 3 socket"),
+    "not_zmtp": (b"", b"HTTP/1.1 200 OK\r\n" + b" " * 80, "not a ZMTP 3 socket"),
+    # A message where the READY command must be: refused on its first byte, although it
+    # announces a large frame.
+    "message_before_ready": (zmtp_greeting(), bytes([LONG]) + struct.pack(">Q", 1 << 29),
+                             "a message before the READY command"),
+    # A READY that does not say the peer is a ROUTER.
+    "ready_without_socket_type": (zmtp_greeting() + ready_without_socket_type(), b"",
+                                  "did not say it is a ROUTER"),
+    # Flag bits ZMTP reserves.
+    "reserved_flag_bits": (GREETED, bytes([0x80, 0]), "reserved flag bits"),
     # Well-formed ZMTP, but a registration reply the hub's key did not sign.
-    "forged_reply": (True, bytes([MORE, 9]) + b"<IDS|MSG>" + bytes([MORE, 64]) + b"0" * 64
+    "forged_reply": (GREETED, bytes([MORE, 9]) + b"<IDS|MSG>" + bytes([MORE, 64]) + b"0" * 64
                      + b"".join(bytes([MORE, 2]) + b"{}" for _ in range(3)) + bytes([0, 2]) + b"{}",
                      "registration reply"),
 }
@@ -123,3 +145,67 @@ def test_the_engine_refuses_a_hostile_hub_on_its_unix_socket(tmp_path, case):
     assert "registered with the hub" not in stderr
     assert max_rss_kib < 100 * 1024, f"the engine grew to {max_rss_kib} KiB"
     assert took < 15, f"took {took:.1f} s to give up"
+
+
+def peak_address_space_kib(tmp_path, announced):
+    """VmPeak of an engine whose hub announced a frame of `announced` bytes and sent 1,000 of
+    them, a second after the hub greeted it."""
+    hub = FakeHub(tmp_path / f"private-{announced}", GREETED,
+                  bytes([LONG]) + struct.pack(">Q", announced) + b"x" * 1000)
+    process = start_engine(tmp_path, hub)
+    try:
+        deadline = time.monotonic() + 10
+        while not hub.engine_greeting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert process.poll() is None, process.stderr.read().decode()
+        status = pathlib.Path(f"/proc/{process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmPeak:")))
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_frame_announced_at_the_limit_gets_room_only_as_its_bytes_arrive(tmp_path):
+    """A frame of exactly the limit (1 GiB) is allowed, but the peer's word alone must not make
+    the engine reserve it: its address space grows no more than for a frame of 2 KiB."""
+    small = peak_address_space_kib(tmp_path, 2048)
+    at_limit = peak_address_space_kib(tmp_path, 1 << 30)
+    assert at_limit - small < 256 * 1024, f"{at_limit} KiB against {small} KiB for a small frame"
+
+
+def test_an_engine_whose_hub_stops_reading_exits_after_its_patience(tmp_path):
+    """A hub that stops reading (here the real kernel, stopped with SIGSTOP while a cell prints
+    without pause) must not hold the engine's link in a write for good: the link's silence
+    check could then never run. The engine exits within its patience with the hub (30 s), and
+    once the kernel goes on, it reports the engine gone and keeps working."""
+    k = kernel_with_engines(1)
+    kernel_pid = k.km.provisioner.process.pid
+    try:
+        ok(k, "%px 1")
+        [engine_pid] = engine_pids(k).values()
+        printing = k.kc.execute(
+            "%%px\n"
+            "let line = \"x\".repeat(4096);\n"
+            "for _ in 0..2_000_000 { println!(\"{line}\"); }\n"
+        )
+        # The output has begun to arrive: the engine is writing to the hub without pause.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            msg = k.kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") == printing and "xxxx" in json.dumps(msg["content"]):
+                break
+        os.kill(kernel_pid, signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+            assert still_running([engine_pid], timeout=75) == [], \
+                "the engine is still running 75 s after its hub stopped reading"
+            gone_after = time.monotonic() - stopped_at
+        finally:
+            os.kill(kernel_pid, signal.SIGCONT)
+        assert gone_after > 20, f"the engine left after {gone_after:.1f} s, before its patience ran out"
+        reply, msgs, _ = k.collect(printing, timeout=120)
+        assert (reply["status"], reply["evalue"]) == ("error", "1 error"), reply
+        assert value(k, "1 + 1") == "2"
+    finally:
+        k.shutdown()

@@ -46,7 +46,7 @@ pub struct Identity {
 /// `%pxmap` relay that adds to it, when this engine has one (it does not share the kernel's
 /// files, so its map worker cannot reach the kernel's socket).
 pub struct Outgoing {
-    pub queue: mpsc::UnboundedReceiver<WireMessage>,
+    pub queue: mpsc::Receiver<WireMessage>,
     pub map_relay: Option<Relay>,
 }
 

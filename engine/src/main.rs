@@ -69,6 +69,10 @@ struct Cli {
 /// Where a cell finds its engine's id.
 const ENGINE_ID_ENV: &str = "RUSTPX_ENGINE_ID";
 
+/// The most messages (output of up to 64 KiB each, replies, map pieces) waiting for the link
+/// to send them: 16 MiB of output at most, then the cell waits at its next write.
+const OUTGOING_BOUND: usize = 256;
+
 /// Our own crate at info, dependencies at warn.
 const DEFAULT_LOG_FILTER: &str = "warn,rustpx_engine=info";
 
@@ -165,7 +169,7 @@ fn run(cli: Cli) -> Result<()> {
             .unwrap_or_else(ObjectCache::default_dir);
         Delivery::new(Some(ObjectCache::new(dir)))
     };
-    let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel::<WireMessage>();
+    let (outgoing_tx, outgoing_rx) = mpsc::channel::<WireMessage>(OUTGOING_BOUND);
     let session = uuid::Uuid::new_v4().to_string();
     let sink_tx = outgoing_tx.clone();
     let sink_session = session.clone();
@@ -174,7 +178,9 @@ fn run(cli: Cli) -> Result<()> {
             Captured::Stream(stream) => to_wire(&sink_session, &stream),
             Captured::Display(display) => to_wire(&sink_session, &display),
         };
-        let _ = sink_tx.send(message);
+        // Waits while the queue is full: a cell that prints faster than the hub takes its
+        // output is held at its next write instead of the engine's memory growing.
+        let _ = sink_tx.blocking_send(message);
     });
     let (capture, log) = Capture::install(sink).context("cannot capture stdout and stderr")?;
     tracing_subscriber::fmt()
@@ -293,7 +299,7 @@ fn run(cli: Cli) -> Result<()> {
 fn serve_runs(
     capture: &Capture,
     runs: std_mpsc::Receiver<PreparedRun>,
-    outgoing: &mpsc::UnboundedSender<WireMessage>,
+    outgoing: &mpsc::Sender<WireMessage>,
     session: &str,
 ) {
     let mut cells = Cells::new();
@@ -327,7 +333,7 @@ fn serve_runs(
             };
             let mut message = to_wire(&session, &reply);
             message.buffers = contents;
-            let _ = outgoing.send(message);
+            let _ = outgoing.blocking_send(message);
         }));
     }
 }

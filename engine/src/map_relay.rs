@@ -21,7 +21,7 @@ use rustpx_wire::WireMessage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{self, Sender, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 
 /// Where a map worker cell finds this engine's socket (read by the client crate's map worker).
@@ -55,7 +55,7 @@ pub struct Relay {
     listener: UnixListener,
     next_stream: u64,
     streams: Arc<Mutex<HashMap<u64, Stream>>>,
-    to_hub: UnboundedSender<WireMessage>,
+    to_hub: Sender<WireMessage>,
 }
 
 /// One worker connection, as the link sees it.
@@ -69,10 +69,7 @@ struct Stream {
 impl Relay {
     /// Serves `socket` (must be called on the link's runtime); what goes to the hub is queued
     /// on `to_hub`, which the link signs, seals and sends.
-    pub fn new(
-        socket: RelaySocket,
-        to_hub: UnboundedSender<WireMessage>,
-    ) -> std::io::Result<Relay> {
+    pub fn new(socket: RelaySocket, to_hub: Sender<WireMessage>) -> std::io::Result<Relay> {
         Ok(Relay {
             listener: UnixListener::from_std(socket.listener)?,
             next_stream: 0,
@@ -165,7 +162,7 @@ async fn up(
     mut read: OwnedReadHalf,
     stream: u64,
     credit: Arc<Semaphore>,
-    to_hub: UnboundedSender<WireMessage>,
+    to_hub: Sender<WireMessage>,
     streams: Arc<Mutex<HashMap<u64, Stream>>>,
 ) {
     let piece = MAP_PIECE_BYTES as usize;
@@ -187,12 +184,12 @@ async fn up(
         credit.add_permits(want - n);
         let mut message = to_wire("", &MapBytes { stream });
         message.buffers = vec![Bytes::copy_from_slice(&buffer[..n])];
-        if to_hub.send(message).is_err() {
+        if to_hub.send(message).await.is_err() {
             break None;
         }
     };
     lock(&streams).remove(&stream);
-    let _ = to_hub.send(to_wire("", &MapClose { stream, reason }));
+    let _ = to_hub.send(to_wire("", &MapClose { stream, reason })).await;
 }
 
 /// Writes the hub's bytes to the worker; once the hub ends the stream, the worker reads end of
@@ -229,7 +226,7 @@ mod tests {
     /// and end reach the worker.
     #[tokio::test]
     async fn the_worker_is_relayed_within_the_hubs_grants() {
-        let (to_hub, mut at_hub) = mpsc::unbounded_channel();
+        let (to_hub, mut at_hub) = mpsc::channel(64);
         let socket = RelaySocket::bind().unwrap();
         let dir = socket.path.parent().unwrap().to_owned();
         let mut relay = Relay::new(socket, to_hub).unwrap();
