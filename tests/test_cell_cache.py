@@ -114,9 +114,12 @@ def test_cells_are_reused_after_a_restart_and_a_one_character_change_compiles(ho
         second.shutdown()
 
 
-# evcxr writes a context's items and variables in the order of its hash maps, seeded afresh by
-# each process: with eight items and six variables, two kernels write the same cells in the same
-# order about once in 8! * 6! times. The cache puts them in one order first (canonical.rs).
+# evcxr writes a context's crate attributes, items and variables in the order of its hash maps,
+# seeded afresh by each process: with four attributes, eight items and six variables, two kernels
+# write the same cells in the same order about once in 4! * 8! * 6! times. The cache puts them in
+# one order first (canonical.rs).
+ATTRIBUTES = "\n".join(f"#![allow({lint})]" for lint in
+                       ("non_snake_case", "unreachable_code", "non_upper_case_globals", "unused_parens"))
 ITEMS = "\n".join(f"fn part_{n}(x: u64) -> u64 {{ x + {i} }}" for i, n in enumerate("abcdefgh", 1))
 VARIABLES = "let (u, v, w, x, y, z) = (part_a(1), part_b(1), part_c(1), part_d(1), part_e(1), part_f(1));"
 USE = "let sum = u + v + w + x + y + z + part_g(0) + part_h(0);\nsum"
@@ -127,6 +130,7 @@ BAD = 'fn aaa_ok() -> u64 { 1 }\nfn aab_wrong() -> u64 { "two" }\nfn aac_ok() ->
 
 def many_items_and_variables(session):
     """Runs the cells; returns the plain sum, the px value and the failing cell's traceback."""
+    session.run(ATTRIBUTES)
     session.run(ITEMS)
     session.run(VARIABLES)
     plain = [m["content"]["data"]["text/plain"] for m in of_type(session.run(USE), "execute_result")]

@@ -1,15 +1,18 @@
 //! One order for what evcxr writes in a random one, so that a restarted kernel's cell finds the
 //! entry its previous run stored.
 //!
-//! evcxr keeps a context's items, extern crates, attributes and variables in `HashMap`s and
-//! writes them into each cell's crate in the maps' iteration order, which a new process seeds
-//! afresh (attributes, `#![...]`, are not reordered here: a context with two or more of them
-//! still misses after a restart). So the same cell, after the same cells, is written in another order by every kernel:
+//! evcxr keeps a context's items, extern crates, crate attributes and variables in `HashMap`s
+//! and writes them into each cell's crate in the maps' iteration order, which a new process
+//! seeds afresh. So the same cell, after the same cells, is written in another order by every
+//! kernel:
 //! a cell with two variables matched its stored entry half the time, one with six items almost
 //! never. The wrapper therefore hands rustc the source in a canonical order, and the key is
 //! taken of that: rustc's input and the key's stay byte for byte the same thing.
 //!
-//! Only orders that mean nothing to the compiler are changed:
+//! Only orders that mean nothing to the compiler, or that evcxr already leaves to chance, are
+//! changed:
+//! - the crate attributes (`#![...]`) the user's cells added, after evcxr's own first one, sorted
+//!   by their text, when each is on a line of its own;
 //! - the crate's top-level items before evcxr's own (its error type, runtime module and the
 //!   cell's function), sorted by their text, unless one of them is, holds or imports a macro
 //!   definition or is a macro call (macros depend on the text before them), or an item shares a
@@ -21,13 +24,15 @@
 //! diagnostics are put back into evcxr's numbering ([`Canonical::restore_lines`]) before evcxr
 //! reads them to point at the user's code. Source that does not parse is left as it is.
 
-use ra_ap_syntax::ast::{HasModuleItem, HasName};
+use ra_ap_syntax::ast::{HasAttrs, HasModuleItem, HasName};
 use ra_ap_syntax::{ast, AstNode, Edition, SourceFile};
 use serde_json::Value;
 
 const CHECK_PREFIX: &str = "vars_ok &= evcxr_variable_store.check_variable::<";
 const TAKE_MARK: &str = " = evcxr_variable_store.take_variable::<";
 const PUT_PREFIX: &str = "evcxr_variable_store.put_variable::<";
+/// The crate attribute evcxr writes first, before the user's.
+const EVCXR_ATTRIBUTE: &str = "#![allow(unused_imports, unused_mut, dead_code)]";
 /// evcxr's module for the variable store; it and what follows are never moved.
 const RUNTIME_MODULE: &str = "evcxr_internal_runtime";
 /// The type evcxr adds once a context has seen `?` in a cell, after the items, behind a blank
@@ -104,7 +109,11 @@ pub fn canonical(source: &str) -> Canonical {
     let mut order: Vec<usize> = (0..lines.len()).collect();
     let parse = SourceFile::parse(source, Edition::Edition2024);
     if parse.errors().is_empty() {
-        if let Some(units) = movable_items(&parse.tree(), source, &lines) {
+        let lines_of = LineIndex::new(&lines);
+        if let Some(run) = user_attributes(&parse.tree(), source, &lines_of) {
+            order[run].sort_by_key(|&i| lines[i]);
+        }
+        if let Some(units) = movable_items(&parse.tree(), source, &lines_of) {
             sort_units(&mut order, &units, &lines);
         }
         for run in variable_runs(&lines) {
@@ -119,20 +128,74 @@ pub fn canonical(source: &str) -> Canonical {
     }
 }
 
+/// Where each line of a source starts.
+struct LineIndex {
+    /// The offset of each line's start, and the source's length last.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(lines: &[&str]) -> LineIndex {
+        let starts = std::iter::once(0)
+            .chain(lines.iter().scan(0, |at, line| {
+                *at += line.len();
+                Some(*at)
+            }))
+            .collect();
+        LineIndex { starts }
+    }
+
+    /// The index of the line holding byte `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&s| s <= offset) - 1
+    }
+
+    /// The lines `node` spans, if nothing else shares them.
+    fn alone(
+        &self,
+        source: &str,
+        node: &ra_ap_syntax::SyntaxNode,
+    ) -> Option<std::ops::Range<usize>> {
+        let range = node.text_range();
+        let (start, end) = (usize::from(range.start()), usize::from(range.end()));
+        let (first, last) = (self.line_of(start), self.line_of(end.checked_sub(1)?));
+        let alone = source[self.starts[first]..start].trim().is_empty()
+            && source[end..self.starts[last + 1]].trim().is_empty();
+        alone.then_some(first..last + 1)
+    }
+}
+
+/// The lines of the crate attributes the user's cells added, if they may be sorted: after
+/// evcxr's own first one, one per line, on consecutive lines.
+fn user_attributes(
+    file: &SourceFile,
+    source: &str,
+    lines: &LineIndex,
+) -> Option<std::ops::Range<usize>> {
+    let mut attributes = file.attrs().filter(|attr| attr.excl_token().is_some());
+    let first = attributes.next()?;
+    if first.syntax().text() != EVCXR_ATTRIBUTE {
+        return None;
+    }
+    let mut run = lines.alone(source, first.syntax())?;
+    run.start = run.end;
+    for attribute in attributes {
+        let own = lines.alone(source, attribute.syntax())?;
+        if own.start != run.end || own.len() != 1 {
+            return None;
+        }
+        run.end = own.end;
+    }
+    (run.len() > 1).then_some(run)
+}
+
 /// The line ranges of the top-level items that may be sorted, if they may: consecutive, each
 /// on lines of its own, none a macro.
 fn movable_items(
     file: &SourceFile,
     source: &str,
-    lines: &[&str],
+    lines: &LineIndex,
 ) -> Option<Vec<std::ops::Range<usize>>> {
-    let starts: Vec<usize> = std::iter::once(0)
-        .chain(lines.iter().scan(0, |at, line| {
-            *at += line.len();
-            Some(*at)
-        }))
-        .collect();
-    let line_of = |offset: usize| starts.partition_point(|&s| s <= offset) - 1;
     let mut units = Vec::new();
     for item in file.items() {
         if is_fixed(&item) {
@@ -145,18 +208,14 @@ fn movable_items(
         if macros {
             return None;
         }
-        let range = item.syntax().text_range();
-        let (start, end) = (usize::from(range.start()), usize::from(range.end()));
-        let (first, last) = (line_of(start), line_of(end.checked_sub(1)?));
-        let alone = source[starts[first]..start].trim().is_empty()
-            && source[end..starts[last + 1]].trim().is_empty();
+        let own = lines.alone(source, item.syntax())?;
         let follows = units
             .last()
-            .is_none_or(|prev: &std::ops::Range<usize>| prev.end == first);
-        if !alone || !follows {
+            .is_none_or(|prev: &std::ops::Range<usize>| prev.end == own.start);
+        if !follows {
             return None;
         }
-        units.push(first..last + 1);
+        units.push(own);
     }
     Some(units)
 }

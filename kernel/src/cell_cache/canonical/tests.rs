@@ -129,3 +129,38 @@ fn a_module_of_macros_keeps_the_items_where_they_are() {
         &[TOTAL, module, SQUARE]
     ));
 }
+
+/// `cell` with the user's crate attributes after evcxr's own, in the order given.
+fn cell_with_attributes(attributes: &[&str]) -> String {
+    let attributes: String = attributes.iter().map(|a| format!("{a}\n")).collect();
+    cell(&[SQUARE, TOTAL], &["a", "b"]).replacen(
+        "dead_code)]\n",
+        &format!("dead_code)]\n{attributes}"),
+        1,
+    )
+}
+
+#[test]
+fn the_users_crate_attributes_are_sorted_after_evcxrs_own() {
+    let deny = "#![deny(unsafe_code)]";
+    let recursion = "#![recursion_limit = \"256\"]";
+    let one = canonical(&cell_with_attributes(&[recursion, deny]));
+    let other = canonical(&cell_with_attributes(&[deny, recursion]));
+    assert_eq!(one.text, other.text);
+    assert!(
+        one.text
+            .starts_with(&format!("{EVCXR_ATTRIBUTE}\n{deny}\n{recursion}\n")),
+        "{}",
+        one.text
+    );
+    assert!(canonical(&one.text).unchanged());
+}
+
+#[test]
+fn crate_attributes_sharing_a_line_keep_their_order() {
+    let shared = "#![deny(unsafe_code)] #![recursion_limit = \"256\"]";
+    let source = cell_with_attributes(&["#![warn(missing_docs)]", shared]);
+    let canon = canonical(&source);
+    let attributes = |text: &str| text.lines().skip(1).take(2).collect::<Vec<_>>().join("\n");
+    assert_eq!(attributes(&canon.text), attributes(&source));
+}
