@@ -20,7 +20,7 @@ const RETRY: Duration = Duration::from_millis(50);
 /// The socket and how long a send may wait on it.
 pub struct HubSocket {
     end: End,
-    /// How long one send may wait for the hub to take it. A hub that stops reading (stopped,
+    /// How long a send may go without the hub taking anything. A hub that stops reading (stopped,
     /// deadlocked, or a squatter on its path) would otherwise hold the link's loop in a write for
     /// good: its silence check and a signal's exit would never run again.
     write_patience: Duration,
@@ -35,7 +35,7 @@ impl HubSocket {
     /// Dials `url` as `identity`, taking frames of up to `max_frame_bytes`. libzmq connects in
     /// the background (the registration's timeout says when the hub was not reached); the Unix
     /// socket is dialled now, again until `patience` runs out while it does not exist yet or
-    /// refuses. A send that waits longer than `write_patience` fails.
+    /// refuses. A send during which the hub takes nothing for `write_patience` fails.
     pub async fn open(
         url: &str,
         identity: &[u8],
@@ -50,22 +50,23 @@ impl HubSocket {
         })
     }
 
+    /// Sends one message. Fails when the hub takes nothing for `write_patience`: on the Unix
+    /// socket, no byte written for that long (a large message to a hub that keeps reading may
+    /// take longer); with libzmq, whose send returns once the message is queued, the send.
     pub async fn send(&mut self, frames: Vec<Bytes>) -> Result<()> {
-        let sending = async {
-            match &mut self.end {
-                End::Zmq(socket) => socket.send(frames).await?,
-                End::Local(dealer) => dealer.send(frames).await?,
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(self.write_patience, sending)
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "the hub has taken nothing from this engine for {:?}: exiting",
-                    self.write_patience
-                )
-            })?
+        let patience = self.write_patience;
+        let stalled =
+            || anyhow!("the hub has taken nothing from this engine for {patience:?}: exiting");
+        match &mut self.end {
+            End::Local(dealer) => match dealer.send(frames, patience).await {
+                Err(ZmtpError::Stalled(_)) => Err(stalled()),
+                other => Ok(other?),
+            },
+            End::Zmq(socket) => match tokio::time::timeout(patience, socket.send(frames)).await {
+                Err(_) => Err(stalled()),
+                Ok(sent) => Ok(sent?),
+            },
+        }
     }
 
     /// The next message from the hub; cancel-safe (it waits in the link's `select!`).

@@ -160,10 +160,10 @@ pub async fn serve(
                     bail!("the hub at {} has been silent for {:?}; exiting", connection.url, patience.hub_silence);
                 }
                 // A new message each time: each header (id, date) is unique.
-                socket.send(seal.frames(to_wire(&session, &Heartbeat::default()))).await?;
+                send_not_counted(&mut socket, seal.frames(to_wire(&session, &Heartbeat::default())), &mut last_heard).await?;
             }
             Some(message) = outgoing.recv() => {
-                socket.send(seal.frames(message)).await?;
+                send_not_counted(&mut socket, seal.frames(message), &mut last_heard).await?;
             }
             accepted = accept_map_connection(map_relay.as_ref()) => match (accepted, map_relay.as_mut()) {
                 (Ok(connection), Some(relay)) => relay.open(connection),
@@ -197,7 +197,7 @@ pub async fn serve(
                             if !ask.is_empty() {
                                 tracing::debug!("fetching {} objects from the hub", ask.len());
                                 let request = to_wire(&session, &ObjectRequest { sha256: ask });
-                                socket.send(seal.frames(request)).await?;
+                                send_not_counted(&mut socket, seal.frames(request), &mut last_heard).await?;
                             }
                             forward(&runs, ready)?;
                         }
@@ -315,4 +315,18 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// Sends on the hub's socket without counting the wait as the hub's silence: while a large
+/// message goes out, the hub's heartbeats wait unread behind it, and the silence check must not
+/// take that for a dead hub (a hub that takes nothing at all fails the send itself).
+async fn send_not_counted(
+    socket: &mut HubSocket,
+    frames: Vec<bytes::Bytes>,
+    last_heard: &mut Instant,
+) -> Result<()> {
+    let started = Instant::now();
+    socket.send(frames).await?;
+    *last_heard += started.elapsed();
+    Ok(())
 }

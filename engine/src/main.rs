@@ -69,8 +69,9 @@ struct Cli {
 /// Where a cell finds its engine's id.
 const ENGINE_ID_ENV: &str = "RUSTPX_ENGINE_ID";
 
-/// The most messages (output of up to 64 KiB each, replies, map pieces) waiting for the link
-/// to send them: 16 MiB of output at most, then the cell waits at its next write.
+/// The most messages (output, displays, replies, map pieces) waiting for the link to send them;
+/// then the cell waits at its next write. It counts messages, not bytes: an output message holds
+/// what its reader took from the pipe at once.
 const OUTGOING_BOUND: usize = 256;
 
 /// Our own crate at info, dependencies at warn.

@@ -17,6 +17,7 @@
 //! however many reads its message takes ([`decoder`]).
 
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use thiserror::Error;
@@ -32,6 +33,9 @@ pub const MAX_COMMAND_BYTES: u64 = 64 * 1024;
 
 const GREETING_BYTES: usize = 64;
 
+/// Frames this large are written from their own buffer rather than copied with the headers.
+const UNCOPIED_FRAME_BYTES: usize = 64 * 1024;
+
 /// Why the stream to the hub failed or was ended.
 #[derive(Debug, Error)]
 pub enum ZmtpError {
@@ -41,6 +45,8 @@ pub enum ZmtpError {
     Io(#[from] std::io::Error),
     #[error("the hub closed the connection")]
     Closed,
+    #[error("the hub took nothing for {0:?}")]
+    Stalled(Duration),
     #[error("the peer is not a ZMTP 3 socket with the NULL mechanism ({0})")]
     Handshake(String),
     #[error("the peer announced a frame of {0} bytes, over the limit of {1} bytes: disconnected")]
@@ -128,16 +134,40 @@ impl ZmtpDealer {
         }
     }
 
-    /// Sends one message (at least one frame) in one write.
-    pub async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), ZmtpError> {
-        let total: usize = frames.iter().map(|f| f.len() + 9).sum();
-        let mut out = Vec::with_capacity(total);
+    /// Sends one message (at least one frame). Frames of 64 KiB or more are written from where
+    /// they are, not copied. Fails with [`ZmtpError::Stalled`] when the peer takes no byte for
+    /// `patience`: a hub that stops reading must not hold the caller in a write for good, while
+    /// a large message to a hub that keeps reading may take as long as it takes.
+    pub async fn send(&mut self, frames: Vec<Bytes>, patience: Duration) -> Result<(), ZmtpError> {
+        let mut pending = Vec::with_capacity(16 * 1024);
         let last = frames.len().saturating_sub(1);
         for (index, frame) in frames.iter().enumerate() {
             let more = if index < last { MORE } else { 0 };
-            put_frame(&mut out, more, frame);
+            put_header(&mut pending, more, frame.len());
+            if frame.len() < UNCOPIED_FRAME_BYTES {
+                pending.extend_from_slice(frame);
+            } else {
+                self.write_patiently(&pending, patience).await?;
+                pending.clear();
+                self.write_patiently(frame, patience).await?;
+            }
         }
-        self.stream.write_all(&out).await?;
+        self.write_patiently(&pending, patience).await
+    }
+
+    async fn write_patiently(
+        &mut self,
+        mut bytes: &[u8],
+        patience: Duration,
+    ) -> Result<(), ZmtpError> {
+        while !bytes.is_empty() {
+            match tokio::time::timeout(patience, self.stream.write(bytes)).await {
+                Err(_) => return Err(ZmtpError::Stalled(patience)),
+                Ok(Ok(0)) => return Err(ZmtpError::Closed),
+                Ok(Ok(written)) => bytes = &bytes[written..],
+                Ok(Err(error)) => return Err(error.into()),
+            }
+        }
         Ok(())
     }
 
@@ -150,17 +180,22 @@ impl ZmtpDealer {
 }
 
 fn put_frame(out: &mut Vec<u8>, flags: u8, body: &[u8]) {
-    match u8::try_from(body.len()) {
+    put_header(out, flags, body.len());
+    out.extend_from_slice(body);
+}
+
+/// A frame's flags and size, in ZMTP's short form when the size fits a byte.
+fn put_header(out: &mut Vec<u8>, flags: u8, size: usize) {
+    match u8::try_from(size) {
         Ok(size) => {
             out.push(flags);
             out.push(size);
         }
         Err(_) => {
             out.push(flags | LONG);
-            out.put_u64(body.len() as u64);
+            out.put_u64(size as u64);
         }
     }
-    out.extend_from_slice(body);
 }
 
 /// ZMTP 3.0's greeting: signature, version 3.0, the NULL mechanism, not the server.

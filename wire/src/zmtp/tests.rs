@@ -26,8 +26,18 @@ async fn a_libzmq_router_and_the_dealer_exchange_multipart_messages_both_ways() 
         .unwrap();
 
     let long = Bytes::from(vec![7u8; 300]);
-    let sent = vec![Bytes::from_static(b"<IDS|MSG>"), Bytes::new(), long.clone()];
-    dealer.send(sent.clone()).await.unwrap();
+    // A frame over 64 KiB is written from its own buffer, between the others' headers.
+    let large = Bytes::from((0..200_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    let sent = vec![
+        Bytes::from_static(b"<IDS|MSG>"),
+        Bytes::new(),
+        large,
+        long.clone(),
+    ];
+    dealer
+        .send(sent.clone(), std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
     let received = tokio::task::spawn_blocking(move || {
         let frames = router.recv_multipart(0).unwrap();
         (router, frames)
