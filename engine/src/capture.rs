@@ -469,6 +469,6 @@ impl StreamReader {
     }
 }
 
-mod pipe;
+pub(crate) mod pipe;
 #[cfg(test)]
 mod tests;

@@ -94,13 +94,7 @@ pub async fn serve(
         ),
     )
     .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "could not reach the hub at {} within {:?}",
-            connection.url,
-            patience.register_timeout
-        )
-    })??;
+    .map_err(|_| unreachable(&connection, &patience))??;
 
     let register = RegisterRequest {
         requested_id: identity.requested_id,
@@ -115,13 +109,7 @@ pub async fn serve(
         socket.send(seal.frames(to_wire(&session, &register))),
     )
     .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "could not reach the hub at {} within {:?}",
-            connection.url,
-            patience.register_timeout
-        )
-    })??;
+    .map_err(|_| unreachable(&connection, &patience))??;
     let reply = tokio::time::timeout(patience.register_timeout, socket.recv())
         .await
         .map_err(|_| {
@@ -315,6 +303,15 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// The error of a hub not reached within the registration's timeout.
+fn unreachable(connection: &EngineConnection, patience: &Patience) -> anyhow::Error {
+    anyhow::anyhow!(
+        "could not reach the hub at {} within {:?}",
+        connection.url,
+        patience.register_timeout
+    )
 }
 
 /// Sends on the hub's socket without counting the wait as the hub's silence: while a large

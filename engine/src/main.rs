@@ -438,21 +438,7 @@ impl ParentFd {
     /// waited on.
     fn wait_for_exit(&self) -> bool {
         use std::os::fd::AsRawFd;
-        let mut poll = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: one valid pollfd, for the duration of the call.
-            let ready = unsafe { libc::poll(&mut poll, 1, -1) };
-            if ready > 0 {
-                return true;
-            }
-            // Interrupted by a signal: wait on; anything else: let the caller poll instead.
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return false;
-            }
-        }
+        // A pidfd polls readable once its process has exited.
+        capture::pipe::wait_readable(self.0.as_raw_fd())
     }
 }

@@ -67,6 +67,19 @@ async fn a_libzmq_router_and_the_dealer_exchange_multipart_messages_both_ways() 
     );
 }
 
+/// The READY command of a ROUTER, framed.
+fn router_ready() -> Vec<u8> {
+    let mut body = vec![5];
+    body.extend_from_slice(b"READY");
+    body.push(11);
+    body.extend_from_slice(b"Socket-Type");
+    body.extend_from_slice(&6u32.to_be_bytes());
+    body.extend_from_slice(b"ROUTER");
+    let mut out = Vec::new();
+    put_frame(&mut out, COMMAND, &body);
+    out
+}
+
 /// A peer that greets and readies like a ROUTER, then writes `then`.
 async fn fake_router(path: PathBuf, then: Vec<u8>) {
     let listener = UnixListener::bind(&path).unwrap();
@@ -74,13 +87,7 @@ async fn fake_router(path: PathBuf, then: Vec<u8>) {
     let mut greeting_in = [0u8; GREETING_BYTES];
     stream.read_exact(&mut greeting_in).await.unwrap();
     let mut out = greeting();
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"ROUTER");
-    put_frame(&mut out, COMMAND, &body);
+    out.extend_from_slice(&router_ready());
     out.extend_from_slice(&then);
     stream.write_all(&out).await.unwrap();
     // Keep the connection open until the dealer gives up.
@@ -137,17 +144,7 @@ async fn a_peer_that_is_not_zmtp_is_refused_at_the_greeting() {
 
 #[test]
 fn the_ready_command_of_a_router_passes_and_of_a_dealer_does_not() {
-    let router = {
-        let mut out = Vec::new();
-        let mut body = vec![5];
-        body.extend_from_slice(b"READY");
-        body.push(11);
-        body.extend_from_slice(b"Socket-Type");
-        body.extend_from_slice(&6u32.to_be_bytes());
-        body.extend_from_slice(b"ROUTER");
-        put_frame(&mut out, COMMAND, &body);
-        out
-    };
+    let router = router_ready();
     assert!(check_ready(&router[2..]).is_ok());
     let dealer = ready(b"x");
     assert!(check_ready(&dealer[2..]).is_err());
