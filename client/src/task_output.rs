@@ -30,8 +30,10 @@ pub struct TaskOutput {
     pub stderr: Vec<u8>,
 }
 
-/// Descriptors 1 and 2 as they were, and the files tasks write to instead.
+/// The descriptors swapped (1 and 2 in an engine), what they referred to, and the files tasks
+/// write to instead.
 pub struct Capture {
+    targets: [RawFd; 2],
     saved: [OwnedFd; 2],
     files: [File; 2],
 }
@@ -40,6 +42,13 @@ impl Capture {
     /// `None` where descriptors cannot be swapped (no memfd): tasks then print where the
     /// serving cell prints, and their metadata has no output.
     pub fn new() -> Option<Capture> {
+        Capture::of_descriptors([1, 2])
+    }
+
+    /// A capture of two other descriptors, open for as long as the capture lives: the unit test
+    /// uses its own, because the test harness prints other tests' results on descriptor 1 from
+    /// other threads while it runs.
+    fn of_descriptors(targets: [RawFd; 2]) -> Option<Capture> {
         let file = |name: &std::ffi::CStr| {
             // SAFETY: memfd_create takes a NUL-terminated name and returns a new descriptor
             // or -1; a new descriptor is ours alone.
@@ -47,13 +56,14 @@ impl Capture {
             (fd >= 0).then(|| File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
         };
         let saved = |fd: RawFd| {
-            // SAFETY: 1 and 2 are open for the engine's whole life (its capture pipes); the
-            // borrow lasts only for the duplication.
+            // SAFETY: the targets are open for the capture's life (1 and 2 are the engine's
+            // capture pipes); the borrow lasts only for the duplication.
             let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             borrowed.try_clone_to_owned().ok()
         };
         Some(Capture {
-            saved: [saved(1)?, saved(2)?],
+            targets,
+            saved: [saved(targets[0])?, saved(targets[1])?],
             files: [file(c"rustpx-task-stdout")?, file(c"rustpx-task-stderr")?],
         })
     }
@@ -67,12 +77,13 @@ impl Capture {
             let _ = file.set_len(0);
             let _ = file.seek(SeekFrom::Start(0));
         }
-        let swapped = point(1, &self.files[0]) && point(2, &self.files[1]);
+        let [out, err] = self.targets;
+        let swapped = point(out, &self.files[0]) && point(err, &self.files[1]);
         let value = task();
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
-        point(1, &self.saved[0]);
-        point(2, &self.saved[1]);
+        point(out, &self.saved[0]);
+        point(err, &self.saved[1]);
         if !swapped {
             return (value, TaskOutput::default());
         }
@@ -87,7 +98,7 @@ impl Capture {
 
 /// Makes descriptor `fd` refer to what `to` refers to.
 fn point(fd: RawFd, to: &impl AsRawFd) -> bool {
-    // SAFETY: dup2 on two open descriptors; `fd` (1 or 2) stays open either way.
+    // SAFETY: dup2 on two open descriptors; `fd` (a capture target) stays open either way.
     unsafe { dup2(to.as_raw_fd(), fd) == fd }
 }
 
@@ -115,15 +126,34 @@ fn read_bounded(file: &mut File) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// An open descriptor of the test's own, standing for 1 or 2: the harness writes other
+    /// tests' results to the real descriptor 1 from other threads meanwhile.
+    fn own_descriptor() -> File {
+        // SAFETY: as in Capture::new.
+        let fd = unsafe { memfd_create(c"rustpx-test-target".as_ptr(), MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create works on Linux");
+        File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Everything written to `file` so far.
+    fn contents(file: &mut File) -> Vec<u8> {
+        let mut all = Vec::new();
+        file.seek(SeekFrom::Start(0)).expect("a memfd seeks");
+        file.read_to_end(&mut all).expect("a memfd reads");
+        all
+    }
+
     #[test]
     fn a_task_s_output_is_kept_apart_and_bounded() {
-        let mut capture = Capture::new().expect("memfd and dup work on Linux");
+        let (mut stdout, stderr) = (own_descriptor(), own_descriptor());
+        let targets = [stdout.as_raw_fd(), stderr.as_raw_fd()];
+        let mut capture = Capture::of_descriptors(targets).expect("memfd and dup work on Linux");
         let (value, output) = capture.run(|| {
-            // Straight to the descriptors, as a compiled cell's own std does.
-            let mut out = unsafe { File::from_raw_fd(1) };
+            // Straight to the descriptors, as a compiled cell's own std writes to 1 and 2.
+            let mut out = unsafe { File::from_raw_fd(targets[0]) };
             let _ = out.write_all(b"to stdout\n");
             std::mem::forget(out);
-            let mut err = unsafe { File::from_raw_fd(2) };
+            let mut err = unsafe { File::from_raw_fd(targets[1]) };
             let _ = err.write_all(&vec![b'e'; MAX_TASK_OUTPUT + 10]);
             std::mem::forget(err);
             7
@@ -136,5 +166,10 @@ mod tests {
         // The next task starts empty.
         let ((), output) = capture.run(|| ());
         assert_eq!(output, TaskOutput::default());
+        // The descriptors are put back: what is written now reaches the original file, which
+        // got none of the tasks' output.
+        stdout.seek(SeekFrom::End(0)).expect("a memfd seeks");
+        stdout.write_all(b"after\n").expect("a memfd takes writes");
+        assert_eq!(contents(&mut stdout), b"after\n");
     }
 }
