@@ -275,6 +275,24 @@ pub struct MapClose {
 }
 link_message!(MapClose, "map_close");
 
+/// Both ways: one piece of a message too large to travel whole (its sealed frames in order,
+/// cut into slices that are this message's buffers). Each piece is signed, sealed and numbered
+/// like any message, so the receiver sees the sender alive while a large value crosses a slow
+/// network, other messages pass between pieces, and nothing unauthenticated is held beyond one
+/// piece. See `rustpx_protocol::pieces`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Piece {
+    /// This piece's place, from 0, among `count`.
+    pub index: u32,
+    pub count: u32,
+    /// The bytes of all the pieces together.
+    pub total: u64,
+    /// Whether the frame this piece's last buffer began goes on in the next piece; every other
+    /// buffer ends a frame.
+    pub last_continues: bool,
+}
+link_message!(Piece, "piece");
+
 /// Hub to engine: exit now.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ShutdownRequest {}

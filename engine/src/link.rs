@@ -9,9 +9,10 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use rustpx_protocol::pieces::{self, Assembler};
 use rustpx_protocol::{
     from_wire, to_wire, EngineConnection, EngineExit, EngineId, Heartbeat, LinkMessage, ObjectData,
-    ObjectRequest, Platform, RegisterReply, RegisterRequest, RunRequest, ShutdownRequest,
+    ObjectRequest, Piece, Platform, RegisterReply, RegisterRequest, RunRequest, ShutdownRequest,
     SignalRequest,
 };
 use rustpx_wire::{
@@ -27,8 +28,9 @@ use crate::map_relay::Relay;
 /// How often the engine says it is alive.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
 
-/// The largest frame taken from the hub (cell objects, pushed data): the hub's own limit.
-const MAX_FRAME_BYTES: u64 = 1 << 30;
+/// The largest frame taken from the hub: larger messages (cell objects, pushed data) come in
+/// pieces, none of whose frames is larger.
+const MAX_FRAME_BYTES: u64 = pieces::MAX_FRAME_BYTES as u64;
 
 /// Settings for how patient the engine is with the hub.
 pub struct Patience {
@@ -141,6 +143,8 @@ pub async fn serve(
 
     let mut ticker = tokio::time::interval(HEARTBEAT_PERIOD);
     let mut last_heard = Instant::now();
+    // The hub's large messages arrive in pieces, one message at a time.
+    let mut assembler = Assembler::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -151,7 +155,7 @@ pub async fn serve(
                 send_not_counted(&mut socket, seal.frames(to_wire(&session, &Heartbeat::default())), &mut last_heard).await?;
             }
             Some(message) = outgoing.recv() => {
-                send_not_counted(&mut socket, seal.frames(message), &mut last_heard).await?;
+                send_message(&mut socket, &mut seal, message, &mut last_heard).await?;
             }
             accepted = accept_map_connection(map_relay.as_ref()) => match (accepted, map_relay.as_mut()) {
                 (Ok(connection), Some(relay)) => relay.open(connection),
@@ -166,7 +170,20 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // A piece is a sign of life too: a large message on a slow network takes a while.
                 last_heard = Instant::now();
+                let message = if message.msg_type() == Piece::MSG_TYPE {
+                    match whole_message(&mut assembler, &message, &signer, &cipher, &session) {
+                        Ok(Some(whole)) => whole,
+                        Ok(None) => continue,
+                        Err(error) => {
+                            tracing::warn!("dropped a large message from the hub: {error}");
+                            continue;
+                        }
+                    }
+                } else {
+                    message
+                };
                 match message.msg_type() {
                     Heartbeat::MSG_TYPE => {
                         // The hub slows heartbeats down as its pool grows.
@@ -185,7 +202,7 @@ pub async fn serve(
                             if !ask.is_empty() {
                                 tracing::debug!("fetching {} objects from the hub", ask.len());
                                 let request = to_wire(&session, &ObjectRequest { sha256: ask });
-                                send_not_counted(&mut socket, seal.frames(request), &mut last_heard).await?;
+                                send_message(&mut socket, &mut seal, request, &mut last_heard).await?;
                             }
                             forward(&runs, ready)?;
                         }
@@ -256,6 +273,46 @@ fn admit(
     check_addressed_to(sealed.envelope(), me)?;
     numbers_seen.accept(sealed.envelope())?;
     sealed.open(cipher)
+}
+
+/// The hub's large message, once `piece` (verified and opened) is its last piece, itself
+/// verified and opened: its signature and recipient are checked, not its number (its pieces'
+/// numbers were).
+fn whole_message(
+    assembler: &mut Assembler,
+    piece: &WireMessage,
+    signer: &Signer,
+    cipher: &LinkCipher,
+    me: &str,
+) -> Result<Option<WireMessage>> {
+    let description: Piece = from_wire(piece)?;
+    let Some(frames) = assembler.add(&description, piece.buffers.clone())? else {
+        return Ok(None);
+    };
+    let sealed = decode_sealed(frames, signer)?;
+    check_addressed_to(sealed.envelope(), me)?;
+    Ok(Some(sealed.open(cipher)?))
+}
+
+/// Seals `message` and sends it, in pieces when it is large (each sealed as it goes, so that
+/// no second copy of the whole message is made at once).
+async fn send_message(
+    socket: &mut HubSocket,
+    seal: &mut Seal,
+    message: WireMessage,
+    last_heard: &mut Instant,
+) -> Result<()> {
+    let frames = seal.frames(message);
+    if !pieces::needs_pieces(&frames) {
+        return send_not_counted(socket, frames, last_heard).await;
+    }
+    for (piece, buffers) in pieces::split(&frames) {
+        let mut wire = to_wire(&seal.session, &piece);
+        wire.buffers = buffers;
+        let sealed = seal.frames(wire);
+        send_not_counted(socket, sealed, last_heard).await?;
+    }
+    Ok(())
 }
 
 /// Signs, seals and numbers what the engine sends, so that only the hub can read it and can

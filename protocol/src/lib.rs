@@ -5,6 +5,7 @@
 //! crate (`<IDS|MSG>`, HMAC-SHA256 with the pool's key). The message types themselves live in
 //! the pure core ([`rustpx_core::link_messages`]) and are re-exported here.
 
+pub mod pieces;
 pub mod user_dirs;
 
 use rustpx_wire::WireMessage;
@@ -123,6 +124,7 @@ pub fn from_engine_wire(message: &WireMessage) -> Result<Option<FromEngine>, Con
         RunReply::MSG_TYPE => FromEngine::RunReply(from_wire(message)?),
         EngineExit::MSG_TYPE => FromEngine::Exit(from_wire(message)?),
         ObjectRequest::MSG_TYPE => FromEngine::ObjectRequest(from_wire(message)?),
+        Piece::MSG_TYPE => FromEngine::Piece,
         _ => return Ok(None),
     }))
 }

@@ -82,6 +82,8 @@ pub struct EngineEntry {
     pub hostname: String,
     pub state: EngineState,
     pub last_seen: Instant,
+    /// When the hub last answered a sign of life (see [`FromEngine::Piece`]).
+    pub last_answered: Instant,
     /// Runs sent and not finished.
     pub queue: usize,
     /// Whether the engine reads compiled cells from the kernel's paths; otherwise they are
@@ -107,6 +109,8 @@ pub enum FromEngine {
     RunReply(RunReply),
     Exit(EngineExit),
     ObjectRequest(ObjectRequest),
+    /// A piece of a large message (the link puts them together): a sign of life, nothing more.
+    Piece,
 }
 
 /// A message for one engine.
@@ -306,8 +310,7 @@ impl Hub {
             FromEngine::Register(request) => self.register(identity, request, now),
             FromEngine::Heartbeat => {
                 if sender.is_some() {
-                    let period = self.heartbeat_period;
-                    self.send(&identity, ToEngine::Heartbeat { period });
+                    self.answer_heartbeat(&identity, now);
                 }
             }
             FromEngine::Stream(output) => self.stream(output),
@@ -326,7 +329,30 @@ impl Hub {
                     });
                 }
             }
+            // Its sender was marked as seen above; the link puts the pieces together. While an
+            // engine's large message drains, its heartbeats wait behind it, so the pieces are
+            // answered in their place, at most once a period: the engine hears the hub too.
+            FromEngine::Piece => {
+                let due = sender
+                    .and_then(|id| self.engines.get(&id))
+                    .is_some_and(|e| now.duration_since(e.last_answered) >= self.heartbeat_period);
+                if due {
+                    self.answer_heartbeat(&identity, now);
+                }
+            }
         }
+    }
+
+    /// Answers a sign of life from the engine at `identity` with the heartbeat period to keep.
+    fn answer_heartbeat(&mut self, identity: &Bytes, now: Instant) {
+        if let Some(engine) = self
+            .engine_by_identity(identity)
+            .and_then(|id| self.engines.get_mut(&id))
+        {
+            engine.last_answered = now;
+        }
+        let period = self.heartbeat_period;
+        self.send(identity, ToEngine::Heartbeat { period });
     }
 
     /// The live engine whose link identity is `identity`.
@@ -377,6 +403,7 @@ impl Hub {
                 hostname: request.hostname,
                 state: EngineState::Idle,
                 last_seen: now,
+                last_answered: now,
                 queue: 0,
                 shares_files: request.shares_files,
             },

@@ -245,6 +245,37 @@ fn a_heartbeat_is_answered_only_for_a_registered_engine() {
 }
 
 #[test]
+fn pieces_of_a_large_message_keep_an_engine_alive_and_are_answered_once_a_period() {
+    let mut hub = Hub::new(platform());
+    let a = Bytes::from_static(b"a");
+    register(&mut hub, "a", Some(0));
+    hub.take_effects();
+    let start = Instant::now();
+    // Pieces every second for 12 s, with no heartbeat among them (they wait behind the pieces).
+    let mut answers = 0;
+    for second in 1..=12 {
+        let now = start + Duration::from_secs(second);
+        hub.receive(a.clone(), FromEngine::Piece, now);
+        // Four pieces in the same instant are answered once.
+        for _ in 0..3 {
+            hub.receive(a.clone(), FromEngine::Piece, now);
+        }
+        answers += sends(&hub.take_effects()).len();
+        hub.check_heartbeats(now);
+    }
+    assert_eq!(answers, 12);
+    assert!(hub.take_departures().is_empty());
+    assert_eq!(hub.live_ids(), vec![0]);
+    // A stranger's pieces are not answered.
+    hub.receive(
+        Bytes::from_static(b"x"),
+        FromEngine::Piece,
+        start + Duration::from_secs(20),
+    );
+    assert!(sends(&hub.take_effects()).is_empty());
+}
+
+#[test]
 fn a_large_pool_is_asked_for_slower_heartbeats_and_allowed_longer_silence() {
     let mut hub = Hub::new(platform());
     let names: Vec<&'static str> = (0..300)

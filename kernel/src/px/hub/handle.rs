@@ -149,6 +149,12 @@ impl HubHandle {
         &self.relay
     }
 
+    /// Whether `identity` is the link identity of a live engine (the link keeps pieces of large
+    /// messages only for those).
+    pub fn is_engine(&self, identity: &Bytes) -> bool {
+        self.read(|hub| hub.engine_by_identity(identity).is_some())
+    }
+
     /// Handles one message from the engine with link identity `identity`.
     pub fn receive(&self, identity: Bytes, message: &WireMessage) {
         if MapRelay::carries(message.msg_type()) {

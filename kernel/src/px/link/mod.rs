@@ -8,11 +8,13 @@
 //! message passes the same checks in the same order; the directory's mode only adds a lock
 //! in front (no other user reaches the socket at all).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rustpx_protocol::EngineConnection;
+use rustpx_protocol::pieces::{self, Assembler, PieceError};
+use rustpx_protocol::{from_wire, to_wire, ContentError, EngineConnection, LinkMessage, Piece};
 use rustpx_wire::{
     address_to, decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer,
     SocketOptions, SocketType, WireError, WireMessage, ZmqSocket,
@@ -27,10 +29,15 @@ use crate::drop_report::DropReport;
 /// How often heartbeats and departures are checked.
 const TICK: Duration = Duration::from_millis(250);
 
-/// The largest frame the hub accepts. Frames carry pushed and pulled data for engines on other
-/// hosts, so the limit is generous; a peer announcing more is disconnected before anything is
-/// allocated for it, and the hub serves everyone else on.
-pub const MAX_FRAME_BYTES: i64 = 1 << 30;
+/// The largest frame the hub accepts: larger messages (pushed and pulled data for engines on
+/// other hosts) travel in pieces, none of whose frames is larger. A peer announcing more is
+/// disconnected before anything is allocated for it, and the hub serves everyone else on.
+pub const MAX_FRAME_BYTES: i64 = pieces::MAX_FRAME_BYTES as i64;
+
+/// Messages queued for one engine before libzmq drops more: a value of 1 GiB for one engine is
+/// 4,096 pieces, which must not be dropped for want of room (each is what the kernel chose to
+/// send; an engine that stops reading is declared dead by its silence).
+const SEND_QUEUE: i32 = 1 << 14;
 
 /// The hub's Unix socket's name in the private directory.
 const LOCAL_SOCKET: &str = "hub.sock";
@@ -76,7 +83,10 @@ pub(crate) async fn start_in(
     let socket = ZmqSocket::bind(
         SocketType::ROUTER,
         &bind_to,
-        &SocketOptions::limited_to(MAX_FRAME_BYTES),
+        &SocketOptions {
+            send_queue: Some(SEND_QUEUE),
+            ..SocketOptions::limited_to(MAX_FRAME_BYTES)
+        },
     )
     .map_err(|e| PxError::Bind(bind_to.clone(), e.to_string()))?;
     let endpoint = socket.endpoint().unwrap_or_default();
@@ -171,6 +181,8 @@ async fn serve(
     // or reply (captured on the network) carries a number already taken and is dropped.
     let mut numbers_seen = SequenceCheck::default();
     let mut numbering = Sequencer::default();
+    // Each engine's large messages arrive in pieces, one message at a time per engine.
+    let mut assemblers: HashMap<Bytes, Assembler> = HashMap::new();
     loop {
         tokio::select! {
             frames = socket.recv() => {
@@ -181,6 +193,15 @@ async fn serve(
                 for taken in 1..=BATCH {
                     match frames {
                         Ok(frames) => match admit(frames, &keys, &mut numbers_seen) {
+                            Ok((identity, message)) if message.msg_type() == Piece::MSG_TYPE => {
+                                // The piece itself tells the hub its engine is alive.
+                                hub.receive(identity.clone(), &message);
+                                match put_together(&mut assemblers, &hub, &identity, &message, &keys) {
+                                    Ok(Some(whole)) => hub.receive(identity, &whole),
+                                    Ok(None) => {}
+                                    Err(reason) => drops.dropped(&reason),
+                                }
+                            }
                             Ok((identity, message)) => hub.receive(identity, &message),
                             Err(reason) => drops.dropped(&reason),
                         },
@@ -214,6 +235,7 @@ async fn serve(
                 for departure in hub.check_heartbeats(Instant::now()) {
                     on_departed(departure);
                 }
+                assemblers.retain(|identity, _| hub.is_engine(identity));
             }
         }
     }
@@ -222,29 +244,91 @@ async fn serve(
 /// How many messages one turn of the hub's loop receives or sends before it looks at the others.
 const BATCH: usize = 256;
 
-/// Addresses, numbers, seals and sends one message to the engine whose connection is `identity`.
+/// Addresses, numbers, seals and sends one message to the engine whose connection is `identity`,
+/// in pieces when it is large.
 async fn send(
     socket: &mut ZmqSocket,
     keys: &LinkKeys,
     numbering: &mut Sequencer,
     identity: Bytes,
-    mut message: WireMessage,
+    message: WireMessage,
 ) {
-    address_to(&mut message, &identity);
-    message.identities = vec![identity];
-    numbering.stamp(&mut message);
-    if let Err(error) = socket
-        .send(encode_sealed(&message, &keys.signer, &keys.cipher))
-        .await
-    {
+    let msg_type = message.msg_type().to_owned();
+    let session = message.header.session.clone();
+    let frames = sealed_for(&identity, message, keys, numbering);
+    let sent = if pieces::needs_pieces(&frames) {
+        send_pieces(socket, keys, numbering, &identity, &session, &frames).await
+    } else {
+        let mut routed = Vec::with_capacity(frames.len() + 1);
+        routed.push(identity);
+        routed.extend(frames);
+        socket.send(routed).await
+    };
+    if let Err(error) = sent {
         // A shutdown request races the kill that follows it (kernel shutdown, `%engines
         // stop`): an engine already gone needs no request.
-        if message.msg_type() == "shutdown_request" {
+        if msg_type == "shutdown_request" {
             tracing::debug!("hub: shutdown_request not delivered: {error}");
         } else {
-            tracing::warn!("hub: send of {} failed: {error}", message.msg_type());
+            tracing::warn!("hub: send of {msg_type} failed: {error}");
         }
     }
+}
+
+/// `message` addressed to `identity`, numbered, sealed and signed, without the routing frame.
+fn sealed_for(
+    identity: &Bytes,
+    mut message: WireMessage,
+    keys: &LinkKeys,
+    numbering: &mut Sequencer,
+) -> Vec<Bytes> {
+    address_to(&mut message, identity);
+    message.identities.clear();
+    numbering.stamp(&mut message);
+    encode_sealed(&message, &keys.signer, &keys.cipher)
+}
+
+/// Sends the sealed `frames` of one message as pieces, each its own sealed message; libzmq
+/// queues them in order for the engine.
+async fn send_pieces(
+    socket: &mut ZmqSocket,
+    keys: &LinkKeys,
+    numbering: &mut Sequencer,
+    identity: &Bytes,
+    session: &str,
+    frames: &[Bytes],
+) -> Result<(), rustpx_wire::SocketError> {
+    for (piece, buffers) in pieces::split(frames) {
+        let mut wire = to_wire(session, &piece);
+        wire.buffers = buffers;
+        let mut routed = vec![identity.clone()];
+        routed.extend(sealed_for(identity, wire, keys, numbering));
+        socket.send(routed).await?;
+    }
+    Ok(())
+}
+
+/// An engine's large message, once `piece` (admitted) is its last piece, itself admitted:
+/// signature, sender and decryption are checked, not its number (its pieces' numbers were).
+/// Pieces are kept only for live engines.
+fn put_together(
+    assemblers: &mut HashMap<Bytes, Assembler>,
+    hub: &HubHandle,
+    identity: &Bytes,
+    piece: &WireMessage,
+    keys: &LinkKeys,
+) -> Result<Option<WireMessage>, Refused> {
+    if !hub.is_engine(identity) {
+        return Err(Refused::PieceFromStranger);
+    }
+    let description: Piece = from_wire(piece)?;
+    let assembler = assemblers.entry(identity.clone()).or_default();
+    let Some(mut frames) = assembler.add(&description, piece.buffers.clone())? else {
+        return Ok(None);
+    };
+    frames.insert(0, identity.clone());
+    let (_, whole) = admit_unnumbered(frames, keys)?;
+    Ok(Some(whole))
 }
 
 /// The sender's identity and the message in `frames`, opened, if it passes every check in
@@ -255,6 +339,27 @@ fn admit(
     keys: &LinkKeys,
     numbers_seen: &mut SequenceCheck,
 ) -> Result<(Bytes, WireMessage), Refused> {
+    let (identity, sealed) = signed_by_sender(frames, keys)?;
+    numbers_seen.accept(sealed.envelope())?;
+    let mut message = sealed.open(&keys.cipher)?;
+    message.identities.remove(0);
+    Ok((identity, message))
+}
+
+/// [`admit`] without the number's check, for a message put together from pieces.
+fn admit_unnumbered(frames: Vec<Bytes>, keys: &LinkKeys) -> Result<(Bytes, WireMessage), Refused> {
+    let (identity, sealed) = signed_by_sender(frames, keys)?;
+    let mut message = sealed.open(&keys.cipher)?;
+    message.identities.remove(0);
+    Ok((identity, message))
+}
+
+/// The sender's identity and its sealed message, if the signature is right and the message is
+/// in the session of the connection it came on.
+fn signed_by_sender(
+    frames: Vec<Bytes>,
+    keys: &LinkKeys,
+) -> Result<(Bytes, rustpx_wire::SealedMessage), Refused> {
     let sealed = decode_sealed(frames, &keys.signer)?;
     // A ROUTER puts the peer's identity first.
     let Some(identity) = sealed.envelope().identities.first().cloned() else {
@@ -265,10 +370,7 @@ fn admit(
     if identity.as_ref() != sealed.envelope().header.session.as_bytes() {
         return Err(Refused::NotItsSession);
     }
-    numbers_seen.accept(sealed.envelope())?;
-    let mut message = sealed.open(&keys.cipher)?;
-    message.identities.remove(0);
-    Ok((identity, message))
+    Ok((identity, sealed))
 }
 
 /// Why the hub dropped a message from the link.
@@ -280,6 +382,12 @@ enum Refused {
     NoIdentity,
     #[error("a message whose session is not its sender's")]
     NotItsSession,
+    #[error("a piece of a message from a peer that is not a live engine")]
+    PieceFromStranger,
+    #[error("a piece without its description: {0}")]
+    Content(#[from] ContentError),
+    #[error("pieces of a large message did not fit together: {0}")]
+    Pieces(#[from] PieceError),
 }
 
 #[cfg(test)]
