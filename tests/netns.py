@@ -15,6 +15,7 @@ util-linux and OpenSSH:
 * `Host.cut()` takes the host-side veth down: packets stop in both directions, established TCP
   connections stall (they are not reset) and resume after `Host.restore()`, like a pulled cable.
   New connections during a cut fail after ARP gives up (about 3 s, "No route to host").
+  `Host.throttle(rate)` slows the link each way instead (tc's tbf) until `Host.unthrottle()`.
 * `Host.popen_isolated()` additionally runs the process in a private **mount namespace** in which
   the Rust toolchain and the kernel's files are hidden under empty tmpfs mounts ($HOME, which holds
   ~/.rustup, ~/.cargo, ~/.cache and the Jupyter runtime dir; /tmp; the directories of rustc,
@@ -97,8 +98,8 @@ def _tool(name):
     path = os.environ.get("PATH", "") + ":" + ":".join(_TOOL_DIRS)
     found = shutil.which(name, path=path)
     if not found:
-        raise RuntimeError(f"`{name}` not found; install it (as root: apt-get install "
-                           f"{ {'ip': 'iproute2', 'sshd': 'openssh-server'}.get(name, name) })")
+        package = {"ip": "iproute2", "tc": "iproute2", "sshd": "openssh-server"}.get(name, name)
+        raise RuntimeError(f"`{name}` not found; install it (as root: apt-get install {package})")
     return found
 
 
@@ -353,6 +354,22 @@ class Host:
     def restore(self):
         """Brings the link back up after `cut()`; stalled connections resume on their next retry."""
         _ip("link", "set", self.veth, "up")
+
+    def throttle(self, rate="1mbit"):
+        """Limits the link to `rate` each way: a tbf qdisc on both ends of the veth pair, since
+        shaping applies only to what a device sends (the root side's end carries what goes to the
+        host, the host's end what comes from it). `unthrottle()` removes them."""
+        for where, dev in self._link_ends():
+            _run([_tool("tc"), *where, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+                  "burst", "16kb", "latency", "500ms"])
+
+    def unthrottle(self):
+        """Removes `throttle()`'s limits (nothing to do if there were none)."""
+        for where, dev in self._link_ends():
+            _run([_tool("tc"), *where, "qdisc", "del", "dev", dev, "root"], check=False)
+
+    def _link_ends(self):
+        return [((), self.veth), (("-n", self.name), self.name + "b")]
 
     # -- processes -----------------------------------------------------------------------------
 

@@ -110,15 +110,16 @@ def wait_for_engines(px, ids, timeout=60):
     raise AssertionError(f"engines {ids} did not register; %engines says:\n{live_engines(px)}")
 
 
-def start_isolated_engines(host, runtime_dir, ids):
-    """Engines in `host` that see no toolchain and none of the kernel's files."""
+def start_isolated_engines(host, runtime_dir, ids, hub_silence=20):
+    """Engines in `host` that see no toolchain and none of the kernel's files; each exits when
+    the hub has been silent for `hub_silence` seconds."""
     binary = pathlib.Path(host.install_binary(engine_binary()))
     blob = connection_blob(runtime_dir)
     procs = []
     for engine_id in ids:
         procs.append(
             host.popen_isolated(
-                [str(binary), "--id", str(engine_id), "--hub-silence", "20"],
+                [str(binary), "--id", str(engine_id), "--hub-silence", str(hub_silence)],
                 bin_dir=str(binary.parent),
                 env={"RUSTPX_ENGINE_CONNECTION": blob, "RUSTPX_LOG": "info"},
                 stderr=subprocess.PIPE,
