@@ -1,0 +1,119 @@
+"""A slow link to an engine's host: one large message that takes longer to cross it than the
+heartbeat allowance must not end a live engine.
+
+The hub declares an engine dead when no whole message came from it for 5 s, and an engine leaves
+when no whole message came from the hub for its `--hub-silence`. A value moved by `%pull` (in a
+run reply) or `%push` (in a run request) that crossed as one message would, on a slow network,
+fill that time with its frames alone, and a healthy engine would be declared dead or leave. Here
+the engines run on network-namespace hosts (tests/netns.py) whose veth link is throttled to
+1 Mbit/s each way while one value of 1.5 MB (12.5 s at that rate, measured with plain TCP)
+crosses it. Both engines have `--hub-silence 5`: while a large reply drains, the engine must
+still hear the hub, and while a large request arrives, the hub must still hear the engine.
+
+Everything else (first cells, the transfer cells' compiled objects) crosses before the throttle:
+only the value itself travels on the slow link, so what is tested is one large message.
+"""
+import glob
+import time
+
+import pytest
+
+from conftest import px_values, stream_text
+# `hosts`, `runtime_dir` and `px` are module-scoped fixtures: this module pays for its own
+# kernel (its hub bound to 0.0.0.0) and pair of hosts.
+from test_remote import (  # noqa: F401
+    hosts,
+    idle_engines,
+    live_engines,
+    px,
+    runtime_dir,
+    start_isolated_engines,
+    value_of,
+    wait_for_engines,
+)
+
+RATE = "1mbit"
+# 12 s at 1 Mbit/s: well over the hub's 5 s without a message and the engines' --hub-silence.
+BYTES = 1_500_000
+HUB_SILENCE = 5
+PULLED_FROM, PUSHED_TO = 0, 1
+# The same bytes on both sides, checked one by one.
+MAKE = f"(0..{BYTES}u32).map(|i| (i % 251) as u8).collect()"
+CHECK = f"big.len() == {BYTES} && big.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8)"
+
+
+@pytest.fixture(scope="module")
+def engines(px, hosts, runtime_dir):
+    """Engine 0 on host 0 (values pulled from it), engine 1 on host 1 (values pushed to it),
+    both leaving after HUB_SILENCE seconds without a message from the hub."""
+    deadline = time.monotonic() + 60
+    while not glob.glob(str(runtime_dir / "rustpx-engines-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    procs = {
+        PULLED_FROM: start_isolated_engines(hosts[0], runtime_dir, [PULLED_FROM], HUB_SILENCE)[0],
+        PUSHED_TO: start_isolated_engines(hosts[1], runtime_dir, [PUSHED_TO], HUB_SILENCE)[0],
+    }
+    wait_for_engines(px, [PULLED_FROM, PUSHED_TO])
+    # The first cell ships the engines their libraries; it must not cross the slow link.
+    ok(px, f"%%px -t {PULLED_FROM},{PUSHED_TO}\nlet big: Vec<u8> = vec![7u8; 16];")
+    yield procs
+    for proc in procs.values():
+        proc.kill()
+
+
+def ok(px, code):
+    reply, msgs, _ = px.execute(code, timeout=300)
+    assert reply["status"] == "ok", (code, reply, stream_text(msgs, "stderr"))
+    return msgs
+
+
+def over_slow_link(px, host, code):
+    """Runs `code` while `host`'s link is throttled; returns (reply, stderr text, seconds)."""
+    host.throttle(RATE)
+    try:
+        started = time.monotonic()
+        reply, msgs, _ = px.execute(code, timeout=300)
+        return reply, stream_text(msgs, "stderr"), time.monotonic() - started
+    finally:
+        host.unthrottle()
+
+
+def what_happened(px, procs, engine, reply, stderr, seconds):
+    """For failure messages: the reply, the engine's fate, the kernel's table."""
+    proc = procs[engine]
+    exited = proc.poll()
+    said = proc.stderr.read()[-2000:] if exited is not None else "(still running)"
+    return (f"after {seconds:.1f} s: {reply.get('ename')}: {reply.get('evalue')}\n"
+            f"{''.join(reply.get('traceback', []))}\nstderr: {stderr}\n"
+            f"engine {engine} process exit status {exited}, its log: {said}\n"
+            f"%engines:\n{live_engines(px)}")
+
+
+def assert_alive_and_holding(px, procs, engine, context):
+    assert procs[engine].poll() is None, context
+    assert engine in idle_engines(px), context
+    reply, msgs, _ = px.execute(f"%%px -t {engine}\n{CHECK}", timeout=300)
+    assert reply["status"] == "ok" and px_values(msgs) == {engine: "true"}, (reply, msgs, context)
+
+
+def test_a_pull_slower_than_the_heartbeat_allowance_keeps_the_engine(px, hosts, engines):
+    # Once unthrottled: compiles the transfer cells and ships their objects.
+    ok(px, f"%pull big -t {PULLED_FROM} -o pulled")
+    ok(px, f"%%px -t {PULLED_FROM}\nlet big: Vec<u8> = {MAKE};")
+    reply, stderr, seconds = over_slow_link(px, hosts[0], f"%pull big -t {PULLED_FROM} -o pulled")
+    context = what_happened(px, engines, PULLED_FROM, reply, stderr, seconds)
+    print(f"%pull of {BYTES} bytes at {RATE}: {seconds:.1f} s, {reply['status']}")
+    assert reply["status"] == "ok", context
+    assert value_of(px, CHECK.replace("big", "pulled")) == "true", context
+    assert_alive_and_holding(px, engines, PULLED_FROM, context)
+
+
+def test_a_push_slower_than_the_engines_hub_silence_keeps_the_engine(px, hosts, engines):
+    ok(px, "let big: Vec<u8> = vec![7u8; 16];")
+    ok(px, f"%push big -t {PUSHED_TO}")
+    ok(px, f"let big: Vec<u8> = {MAKE};")
+    reply, stderr, seconds = over_slow_link(px, hosts[1], f"%push big -t {PUSHED_TO}")
+    context = what_happened(px, engines, PUSHED_TO, reply, stderr, seconds)
+    print(f"%push of {BYTES} bytes at {RATE}: {seconds:.1f} s, {reply['status']}")
+    assert reply["status"] == "ok", context
+    assert_alive_and_holding(px, engines, PUSHED_TO, context)
