@@ -137,7 +137,8 @@ impl ZmtpDealer {
     /// Sends one message (at least one frame). Frames of 64 KiB or more are written from where
     /// they are, not copied. Fails with [`ZmtpError::Stalled`] when the peer takes no byte for
     /// `patience`: a hub that stops reading must not hold the caller in a write for good, while
-    /// a large message to a hub that keeps reading may take as long as it takes.
+    /// a large message to a hub that keeps reading may take as long as it takes. After any
+    /// error the stream may end in the middle of a frame: drop the dealer, never send again.
     pub async fn send(&mut self, frames: Vec<Bytes>, patience: Duration) -> Result<(), ZmtpError> {
         let mut pending = Vec::with_capacity(16 * 1024);
         let last = frames.len().saturating_sub(1);
