@@ -101,6 +101,37 @@ def test_streamed_output_updates_one_display_per_engine_and_stream(px):
     assert "[stderr:0] e\n" in final_stream_displays(msgs)
 
 
+def test_a_long_line_without_a_newline_shows_while_the_cell_runs(px, tmp_path):
+    """A cell printing dots with `print!` (a progress line) must show them as it runs, not keep
+    them on the engine until a newline comes. The cell waits for a file the test writes only
+    once it has seen the dots, so it ends in a minute if they never come."""
+    go = tmp_path / "go"
+    dots = 100_000
+    # One block: no variable or item, so engine 0 stays in the same state as the others.
+    code = ("%%px -t 0\n{\n"
+            f'for _ in 0..{dots} {{ print!("."); }}\n'
+            "std::io::Write::flush(&mut std::io::stdout()).unwrap();\n"
+            f'let go = std::path::Path::new("{go}");\n'
+            "for _ in 0..600 { if go.exists() { break; } std::thread::sleep(std::time::Duration::from_millis(100)); }\n"
+            'println!("{}", if go.exists() { "end" } else { "never shown" });\n}')
+    msg_id = px.kc.execute(code)
+    seen = ""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        msg = px.kc.get_iopub_msg(timeout=300)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        stream = msg["content"].get("transient", {}).get("display_id", "").endswith("-stdout")
+        if msg["msg_type"] in ("display_data", "update_display_data") and stream:
+            seen = msg["content"]["data"].get("text/plain", "")
+            if seen.count(".") >= 64 * 1024 and not go.exists():
+                go.write_text("")
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    assert px.kc.get_shell_msg(timeout=60)["content"]["status"] == "ok"
+    assert seen == "[stdout:0] " + "." * dots + "end\n", seen[-200:]
+
+
 def test_values_are_out_n_c_with_each_engines_count(px):
     reply, msgs, _ = px.execute("%px 1")
     before = {engine: count for engine, (count, _) in values(msgs).items()}

@@ -36,6 +36,9 @@ use rustpx_runtime::markers::{
     BEGIN_CONTENT, CHANGED_TYPE, END_CONTENT, PANIC_NOTIFICATION, USER_ERROR,
 };
 
+/// How long a line may grow without a newline before its start is forwarded as text.
+const LONG_LINE: usize = 64 * 1024;
+
 /// What the capture forwards while a run goes on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Captured {
@@ -266,6 +269,9 @@ struct StreamReader {
     content: Option<(String, Vec<String>)>,
     /// Bytes read after the last newline.
     partial: Vec<u8>,
+    /// The start of the current line was already forwarded as text (it grew past
+    /// [`LONG_LINE`]): the rest of it is text too, never a marker.
+    mid_line: bool,
     /// Rich blocks since the last text line, merged: the value if the run ends now.
     trailing: MimeBundle,
     expecting_panic_message: bool,
@@ -290,6 +296,7 @@ impl StreamReader {
             stderr: StderrReport::default(),
             content: None,
             partial: Vec::new(),
+            mid_line: false,
             trailing: MimeBundle::new(),
             expecting_panic_message: false,
         }
@@ -333,6 +340,28 @@ impl StreamReader {
             data = &data[at + 1..];
         }
         self.partial.extend_from_slice(data);
+        if self.partial.len() > LONG_LINE && self.content.is_none() {
+            self.forward_line_start();
+        }
+    }
+
+    /// Forwards the start of a line that grew past [`LONG_LINE`] without a newline (a cell
+    /// printing dots or a progress count with `print!`): it shows while the cell runs, and the
+    /// engine does not keep it. The last bytes stay behind, as many as the sentinel has, so a
+    /// sentinel written after the text is still whole at the line's end; the cut is at a
+    /// character boundary. Lines inside a rich block (an image's base64) are kept whole.
+    fn forward_line_start(&mut self) {
+        let mut cut = self.partial.len().saturating_sub(self.sentinel.len());
+        while cut > 0 && (self.partial[cut] & 0xC0) == 0x80 {
+            cut -= 1;
+        }
+        let start: Vec<u8> = self.partial.drain(..cut).collect();
+        if !self.mid_line && self.name == "stdout" {
+            // Blocks followed by ordinary output were displays, not the value.
+            self.send_trailing();
+        }
+        self.mid_line = true;
+        self.text(&String::from_utf8_lossy(&start), false);
     }
 
     fn line(&mut self, line: &str, newline: bool) {
@@ -341,6 +370,10 @@ impl StreamReader {
                 self.text(before, false);
             }
             self.end_of_run();
+            return;
+        }
+        if std::mem::take(&mut self.mid_line) {
+            self.text(line, newline);
             return;
         }
         if self.name == "stderr" {
@@ -452,6 +485,7 @@ impl StreamReader {
     }
 
     fn end_of_run(&mut self) {
+        self.mid_line = false;
         self.flush();
         let report = if self.name == "stderr" {
             self.expecting_panic_message = false;

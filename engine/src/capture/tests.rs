@@ -220,3 +220,64 @@ fn a_caught_up_reader_ends_the_run_from_its_state_alone() {
         Some(MimeBundle::from([("text/plain".into(), "7".into())]))
     );
 }
+
+/// All forwarded text, joined.
+fn text_of(seen: &Seen) -> String {
+    forwarded(seen)
+        .iter()
+        .map(|f| f.strip_prefix("text:").expect("only text").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_long_line_without_a_newline_is_forwarded_as_it_grows_and_is_not_kept() {
+    let (mut r, seen, done) = reader("stdout", true);
+    let dots = ".".repeat(3 * LONG_LINE);
+    for chunk in dots.as_bytes().chunks(4096) {
+        r.bytes(chunk);
+    }
+    r.flush();
+    // Shown before any newline, and the engine holds no more than a long line's worth.
+    assert!(
+        text_of(&seen).len() >= 2 * LONG_LINE,
+        "{}",
+        text_of(&seen).len()
+    );
+    assert!(r.partial.len() <= LONG_LINE + 4096);
+    // The sentinel after the text, split across reads, still ends the run; marker text on the
+    // same line is text.
+    let rest = format!("{PANIC_NOTIFICATION} done\u{1}E");
+    r.bytes(rest.as_bytes());
+    r.bytes(b"ND\n");
+    assert_eq!(text_of(&seen), format!("{dots}{PANIC_NOTIFICATION} done"));
+    assert!(!stdout_report(&done).panicked);
+    // The next run's lines are read as lines again.
+    r.bytes(format!("{PANIC_NOTIFICATION}\n").as_bytes());
+    r.end_of_run();
+    assert!(stdout_report(&done).panicked);
+}
+
+#[test]
+fn a_long_line_is_cut_between_characters_and_rich_blocks_are_kept_whole() {
+    let (mut r, seen, _done) = reader("stdout", true);
+    // Two-byte characters, fed in chunks of an odd size so that a read ends mid-character.
+    let accents = "é".repeat(LONG_LINE);
+    for chunk in accents.as_bytes().chunks(4095) {
+        r.bytes(chunk);
+    }
+    r.bytes(b"\n");
+    r.flush();
+    let text = text_of(&seen);
+    assert!(!text.contains('\u{FFFD}'));
+    assert_eq!(text, format!("{accents}\n"));
+    // A long line inside a rich block is the block's content, not text.
+    let (mut r, seen, done) = reader("stdout", true);
+    let base64 = "A".repeat(3 * LONG_LINE);
+    r.bytes(format!("{BEGIN_CONTENT}image/png\n{base64}\n{END_CONTENT}\n").as_bytes());
+    r.end_of_run();
+    assert!(forwarded(&seen).is_empty());
+    assert_eq!(
+        stdout_report(&done).value,
+        Some(MimeBundle::from([("image/png".into(), base64)]))
+    );
+}
