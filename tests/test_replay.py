@@ -4,6 +4,9 @@ The attacker here has recorded messages (as an observer of the network between a
 engine on another host would) but does not have the key: every message it sends is a byte-for-
 byte copy of one that was sent before. The test makes the originals with the key, as the real
 client or engine would, then replays them against the real kernel.
+
+Also here, with the same fake engine: a large message's pieces that do not fit together (a piece
+lost or dropped as a replay) end that engine with the reason, rather than leave a cell waiting.
 """
 import itertools
 import json
@@ -160,4 +163,83 @@ def test_a_replayed_registration_or_heartbeat_gets_no_engine(kernel):
         sleeper.kill()
     # The real engine was never disturbed.
     reply, msgs, _ = kernel.execute("%px 6 * 7")
+    assert reply["status"] == "ok", reply
+
+
+class FakeEngine:
+    """An engine with the key, speaking on the link from Python: registers, then sends what it
+    is told, each message numbered on."""
+
+    def __init__(self, kernel, hostname):
+        url, self.session, self.key = engine_link(kernel)
+        self.sleeper = subprocess.Popen(["sleep", "120"])
+        self.sock = dealer(url, self.session.bsession)
+        self.numbers = itertools.count(1)
+        before = set(live_engines(kernel))
+        self.sock.send_multipart(self.sealed("register_request", {
+            "requested_id": None, "pid": self.sleeper.pid, "hostname": hostname, "version": "0.1.0",
+            "platform": this_platform(), "shares_files": False,
+        }))
+        # Until the answer (heartbeats are not sent here: the engine has 5 s to do its part).
+        assert self.sock.poll(5000) and b"register_reply" in b"".join(self.sock.recv_multipart())
+        self.id = (set(live_engines(kernel)) - before).pop()
+
+    def sealed(self, msg_type, content):
+        msg = self.session.msg(msg_type, content)
+        msg["metadata"] = {"seq": next(self.numbers)}
+        return serialize_sealed(self.session, msg, self.key)
+
+    def piece(self, index, count, total, buffers):
+        content = {"index": index, "count": count, "total": total, "last_continues": False}
+        msg = self.session.msg("piece", content)
+        msg["metadata"] = {"seq": next(self.numbers)}
+        self.sock.send_multipart(serialize_sealed(self.session, msg, self.key, buffers))
+
+    def close(self):
+        self.sock.close()
+        self.sleeper.kill()
+
+
+def engine_row(kernel, engine_id, timeout=10):
+    """The `%engines` row of `engine_id` once it is dead (or after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and engine_id in live_engines(kernel):
+        time.sleep(0.2)
+    _, msgs, _ = kernel.execute("%engines")
+    table = [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "display_data"][0]
+    return next((line for line in table.splitlines()
+                 if ENGINE_ROW.match(line) and int(ENGINE_ROW.match(line).group(1)) == engine_id), table)
+
+
+def test_pieces_are_put_together_and_a_gap_among_them_ends_the_engine_with_the_reason(kernel):
+    """An engine's message over 320 KiB travels in pieces (protocol/src/pieces.rs), each signed,
+    sealed and numbered. Pieces that fit together are one message to the hub (here a goodbye,
+    which shows in `%engines`); a gap among them loses a message, perhaps a run's reply, so the
+    hub must let that engine go with the reason instead of leaving a cell waiting for good."""
+    before = live_engines(kernel)
+    whole_one = FakeEngine(kernel, "whole")
+    broken_one = None
+    try:
+        goodbye = whole_one.sealed("engine_exit", {"reason": "said in two pieces"})
+        total = sum(len(f) for f in goodbye)
+        whole_one.piece(0, 2, total, goodbye[:3])
+        whole_one.piece(1, 2, total, goodbye[3:])
+        assert "dead (said in two pieces)" in engine_row(kernel, whole_one.id)
+
+        # Piece 0 of 3, then piece 2: piece 1 is lost.
+        broken_one = FakeEngine(kernel, "broken")
+        goodbye = broken_one.sealed("engine_exit", {"reason": "never put together"})
+        total = sum(len(f) for f in goodbye) + 10
+        broken_one.piece(0, 3, total, goodbye[:3])
+        broken_one.piece(2, 3, total, goodbye[3:])
+        row = engine_row(kernel, broken_one.id)
+        assert "dead (its link broke a large message" in row, row
+        assert "piece 2 of 3 arrived where piece 1 was due" in row, row
+    finally:
+        for fake in (whole_one, broken_one):
+            if fake:
+                fake.close()
+    # The real engine goes on.
+    assert live_engines(kernel) == before
+    reply, _, _ = kernel.execute("%px 6 * 7")
     assert reply["status"] == "ok", reply

@@ -1,5 +1,6 @@
-"""A slow link to an engine's host: one large message that takes longer to cross it than the
-heartbeat allowance must not end a live engine.
+"""Large values on the link to an engine's host: one large message that takes longer to cross
+a slow link than the heartbeat allowance must not end a live engine, and values too large for
+one message fail with the reason while the engine keeps them.
 
 The hub declares an engine dead when no whole message came from it for 5 s, and an engine leaves
 when no whole message came from the hub for its `--hub-silence`. A value moved by `%pull` (in a
@@ -117,3 +118,39 @@ def test_a_push_slower_than_the_engines_hub_silence_keeps_the_engine(px, hosts, 
     print(f"%push of {BYTES} bytes at {RATE}: {seconds:.1f} s, {reply['status']}")
     assert reply["status"] == "ok", context
     assert_alive_and_holding(px, engines, PUSHED_TO, context)
+
+
+# Over the 1 GiB (less 1 MiB of envelope, protocol::pieces::MAX_CARRIED_BYTES) one message may
+# carry; bincode adds 8 bytes of length.
+TOO_LARGE = 1_100_000_000
+
+
+def test_a_pull_too_large_for_one_reply_fails_with_the_reason_and_the_engine_keeps_it(px, engines):
+    ok(px, f"%%px -t {PULLED_FROM}\nlet huge: Vec<u8> = vec![1u8; {TOO_LARGE}];")
+    reply, msgs, _ = px.execute(f"%pull huge -t {PULLED_FROM} -o pulled_huge", timeout=300)
+    said = f"{reply.get('ename')}: {reply.get('evalue')} {stream_text(msgs, 'stderr')}"
+    assert reply["status"] == "error", said
+    assert "more than the 1072693248 bytes one reply to the kernel may carry" in said, said
+    assert "pull fewer at a time" in said, said
+    # The engine is alive, still holds the value, and a small pull works.
+    assert engines[PULLED_FROM].poll() is None
+    reply, msgs, _ = px.execute(f"%%px -t {PULLED_FROM}\nhuge.len()", timeout=300)
+    assert px_values(msgs) == {PULLED_FROM: str(TOO_LARGE)}, (reply, msgs)
+    ok(px, f"%%px -t {PULLED_FROM}\ndrop(huge); let small: u32 = 5;")
+    ok(px, f"%pull small -t {PULLED_FROM}")
+    assert value_of(px, "small") == "5"
+
+
+def test_a_push_too_large_for_one_message_fails_with_the_reason_and_the_engine_lives(px, engines):
+    ok(px, f"let huge: Vec<u8> = vec![1u8; {TOO_LARGE}];")
+    reply, msgs, _ = px.execute(f"%push huge -t {PUSHED_TO}", timeout=300)
+    said = f"{reply.get('ename')}: {reply.get('evalue')} {stream_text(msgs, 'stderr')}"
+    assert reply["status"] == "error", said
+    assert "more than the 1072693248 bytes one message to an engine on another host may carry" in said, said
+    ok(px, "drop(huge);")
+    assert engines[PUSHED_TO].poll() is None
+    ok(px, "let small: u32 = 6;")
+    reply, msgs, _ = px.execute(f"%push small -t {PUSHED_TO}", timeout=300)
+    assert reply["status"] == "ok", what_happened(px, engines, PUSHED_TO, reply, stream_text(msgs, "stderr"), 0)
+    reply, msgs, _ = px.execute(f"%%px -t {PUSHED_TO}\nsmall", timeout=300)
+    assert px_values(msgs) == {PUSHED_TO: "6"}, (reply, msgs)

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use rustpx_protocol::pieces::MAX_CARRIED_BYTES;
 use rustpx_protocol::{sha256_hex, ShippedFile};
 
 /// Directories this engine created for data magics (and its map socket): removed when it exits
@@ -78,7 +79,16 @@ pub fn clear(paths: &[String]) {
 }
 
 /// The files of `paths` that exist, with their hashes and bytes (a run that failed wrote none).
-pub fn read_outputs(paths: &[String]) -> (Vec<ShippedFile>, Vec<Bytes>) {
+pub fn read_outputs(paths: &[String]) -> Result<(Vec<ShippedFile>, Vec<Bytes>), TooLarge> {
+    // Checked before anything is read: the hub would refuse a larger reply.
+    let size: u64 = paths
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    if size > MAX_CARRIED_BYTES {
+        return Err(TooLarge(size));
+    }
     let mut found = Vec::new();
     let mut contents = Vec::new();
     for path in paths {
@@ -93,8 +103,13 @@ pub fn read_outputs(paths: &[String]) -> (Vec<ShippedFile>, Vec<Bytes>) {
             Err(error) => tracing::debug!("{path} was not written by the run: {error}"),
         }
     }
-    (found, contents)
+    Ok((found, contents))
 }
+
+/// Values to send back that one reply cannot carry.
+#[derive(Debug, thiserror::Error)]
+#[error("the values to pull from this engine come to {0} bytes, more than the {MAX_CARRIED_BYTES} bytes one reply to the kernel may carry; pull fewer at a time (a single value that large must be split, e.g. with %scatter and %gather)")]
+pub struct TooLarge(u64);
 
 #[cfg(test)]
 mod tests {
@@ -109,7 +124,7 @@ mod tests {
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let missing = dir.join("y.pull.0.bin").display().to_string();
-        let (found, contents) = read_outputs(&[path.clone(), missing]);
+        let (found, contents) = read_outputs(&[path.clone(), missing]).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].path, path);
         assert_eq!(found[0].sha256, sha256_hex(b"value"));

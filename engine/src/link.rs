@@ -177,8 +177,14 @@ pub async fn serve(
                         Ok(Some(whole)) => whole,
                         Ok(None) => continue,
                         Err(error) => {
-                            tracing::warn!("dropped a large message from the hub: {error}");
-                            continue;
+                            // A message of the hub's is lost (perhaps a run): leave with the
+                            // reason rather than have the kernel wait for its reply for good.
+                            let reason = format!("the link broke a large message from the hub ({error:#})");
+                            let goodbye = to_wire(&session, &EngineExit { reason: reason.clone() });
+                            send_not_counted(&mut socket, seal.frames(goodbye), &mut last_heard).await?;
+                            // The send may only have queued it: give the socket a moment.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            bail!("{reason}");
                         }
                     }
                 } else {

@@ -315,7 +315,11 @@ fn serve_runs(
         capture.begin(&run.run_id, run.may_have_value);
         let started = now();
         let loaded = start(&mut cells, &prepared);
-        let (written, contents) = files::read_outputs(&run.files_out);
+        // Values too large for one reply fail the run with the reason (they stay on the engine).
+        let (written, contents, too_large) = match files::read_outputs(&run.files_out) {
+            Ok((written, contents)) => (written, contents, None),
+            Err(error) => (Vec::new(), Vec::new(), Some(error.to_string())),
+        };
         // The reply is built and queued by the capture's reader that sees the run's end last
         // (after every byte of output went out): this thread sleeps until the next run.
         let run_id = run.run_id.clone();
@@ -325,7 +329,10 @@ fn serve_runs(
             let reply = RunReply {
                 run_id,
                 execution_count,
-                status: status_of(loaded, &report),
+                status: match too_large {
+                    Some(message) => RunStatus::LoadFailed { message },
+                    None => status_of(loaded, &report),
+                },
                 value: report.stdout.value,
                 changed_type: report.stdout.changed_type,
                 started,

@@ -33,6 +33,11 @@ pub const MAX_FRAME_BYTES: usize = WHOLE_MESSAGE_BYTES;
 /// The largest message put together from pieces (pushed and pulled values, compiled objects).
 pub const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 
+/// The most the buffers of one message may carry (values pushed or pulled at once), leaving
+/// room within [`MAX_MESSAGE_BYTES`] for its envelope and the buffers' seals. Senders check it
+/// before they read anything: a larger message would be refused on arrival.
+pub const MAX_CARRIED_BYTES: u64 = MAX_MESSAGE_BYTES - (1 << 20);
+
 /// The most frames a message put together from pieces may have: each costs a record beside
 /// its bytes, so empty frames must not be free.
 pub const MAX_FRAMES: usize = 1 << 16;

@@ -78,7 +78,12 @@ fn run_on_engines(
         match wait.recv() {
             Ok(RunEnd::Finished(reply)) => {
                 match reply.status {
-                    rustpx_protocol::RunStatus::Panic { .. } => summary.panicked = true,
+                    // A cell that did not run (or whose results could not come back) leaves
+                    // the engine as a panic does: none of its new variables exist there, and
+                    // the next cell must not be compiled as if they did (the engine would
+                    // abort on a variable gone missing).
+                    rustpx_protocol::RunStatus::Panic { .. }
+                    | rustpx_protocol::RunStatus::LoadFailed { .. } => summary.panicked = true,
                     rustpx_protocol::RunStatus::UserError => summary.user_error = true,
                     _ => {}
                 }

@@ -155,6 +155,13 @@ impl HubHandle {
         self.read(|hub| hub.engine_by_identity(identity).is_some())
     }
 
+    /// Declares the engine at `identity` gone for `reason`, as if it had said goodbye: its runs
+    /// fail with the reason and the pool stops it.
+    pub fn engine_failed(&self, identity: Bytes, reason: String) {
+        let exit = FromEngine::Exit(rustpx_protocol::EngineExit { reason });
+        self.step(|hub| hub.receive(identity, exit, Instant::now()));
+    }
+
     /// Handles one message from the engine with link identity `identity`.
     pub fn receive(&self, identity: Bytes, message: &WireMessage) {
         if MapRelay::carries(message.msg_type()) {

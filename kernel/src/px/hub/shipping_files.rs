@@ -34,6 +34,8 @@ enum ShipmentError {
     Objects(#[from] crate::px::shipping::ShippingError),
     #[error(transparent)]
     Inputs(#[from] cell_files::InputError),
+    #[error("the values to send come to {0} bytes, more than the {max} bytes one message to an engine on another host may carry; push fewer at a time, or split the value with %scatter", max = rustpx_protocol::pieces::MAX_CARRIED_BYTES)]
+    TooLarge(u64),
 }
 
 impl ShippingFiles {
@@ -47,6 +49,15 @@ impl ShippingFiles {
     ) -> Result<Shipment, String> {
         let read = || -> Result<Shipment, ShipmentError> {
             let (inputs, files_out) = files.for_engine(engine);
+            // Checked before anything is read: the engine would refuse the message.
+            let size: u64 = inputs
+                .iter()
+                .filter_map(|path| std::fs::metadata(path).ok())
+                .map(|metadata| metadata.len())
+                .sum();
+            if size > rustpx_protocol::pieces::MAX_CARRIED_BYTES {
+                return Err(ShipmentError::TooLarge(size));
+            }
             let mut caches = crate::px::lock(&self.state);
             let objects = caches.catalog.objects_for(std::path::Path::new(so_path))?;
             let (files_in, buffers) = caches.inputs.read(&inputs)?;

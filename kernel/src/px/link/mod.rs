@@ -34,10 +34,12 @@ const TICK: Duration = Duration::from_millis(250);
 /// disconnected before anything is allocated for it, and the hub serves everyone else on.
 pub const MAX_FRAME_BYTES: i64 = pieces::MAX_FRAME_BYTES as i64;
 
-/// Messages queued for one engine before libzmq drops more: a value of 1 GiB for one engine is
-/// 4,096 pieces, which must not be dropped for want of room (each is what the kernel chose to
-/// send; an engine that stops reading is declared dead by its silence).
-const SEND_QUEUE: i32 = 1 << 14;
+/// Messages queued for one engine: no limit (libzmq's 0). A ROUTER drops what a full queue
+/// cannot take without telling anyone, and a dropped piece or run request would leave a cell
+/// waiting; a 1 GiB value alone is 4,096 pieces. What waits here is only what the kernel chose
+/// to send to a live engine (its runs, their values and objects, one heartbeat answer per sign
+/// of life from it), and an engine's queue goes when its connection does.
+const SEND_QUEUE: i32 = 0;
 
 /// The hub's Unix socket's name in the private directory.
 const LOCAL_SOCKET: &str = "hub.sock";
@@ -199,7 +201,14 @@ async fn serve(
                                 match put_together(&mut assemblers, &hub, &identity, &message, &keys) {
                                     Ok(Some(whole)) => hub.receive(identity, &whole),
                                     Ok(None) => {}
-                                    Err(reason) => drops.dropped(&reason),
+                                    Err(Refused::PieceFromStranger) => drops.dropped(&Refused::PieceFromStranger),
+                                    Err(reason) => {
+                                        // A message of a live engine is lost (perhaps a run's
+                                        // reply): the engine goes, with the reason, rather
+                                        // than leave a cell waiting for good.
+                                        tracing::warn!("hub: {reason}");
+                                        hub.engine_failed(identity, format!("its link broke a large message ({reason})"));
+                                    }
                                 }
                             }
                             Ok((identity, message)) => hub.receive(identity, &message),
