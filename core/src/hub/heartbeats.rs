@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::Hub;
+use bytes::Bytes;
+
+use super::{Hub, ToEngine};
 use crate::EngineId;
 
 /// An engine not heard from for this long is declared dead, in a pool small enough for
@@ -62,6 +64,31 @@ impl Hub {
                     "no heartbeat for {seconds:.1} s; the process is hung or stopped, or its host is unreachable"
                 ),
             );
+        }
+    }
+
+    /// Answers a sign of life from the engine at `identity` with the heartbeat period to keep.
+    pub(super) fn answer_heartbeat(&mut self, identity: &Bytes, now: Instant) {
+        if let Some(engine) = self
+            .engine_by_identity(identity)
+            .and_then(|id| self.engines.get_mut(&id))
+        {
+            engine.last_answered = now;
+        }
+        let period = self.heartbeat_period;
+        self.send(identity, ToEngine::Heartbeat { period });
+    }
+
+    /// A piece of a large message from engine `id`: while it drains, the engine's heartbeats
+    /// wait behind it, so the pieces are answered in their place, at most once a period, and the
+    /// engine hears the hub too.
+    pub(super) fn piece_arrived(&mut self, id: EngineId, identity: &Bytes, now: Instant) {
+        let due = self
+            .engines
+            .get(&id)
+            .is_some_and(|e| now.duration_since(e.last_answered) >= self.heartbeat_period);
+        if due {
+            self.answer_heartbeat(identity, now);
         }
     }
 

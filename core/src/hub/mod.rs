@@ -325,34 +325,17 @@ impl Hub {
                 if sender.is_some() {
                     self.effects.push(Effect::SendObjects {
                         to: identity,
-                        sha256: request.sha256,
+                        sha256: runs::objects_to_send(request.sha256),
                     });
                 }
             }
-            // Its sender was marked as seen above; the link puts the pieces together. While an
-            // engine's large message drains, its heartbeats wait behind it, so the pieces are
-            // answered in their place, at most once a period: the engine hears the hub too.
+            // Its sender was marked as seen above; the link puts the pieces together.
             FromEngine::Piece => {
-                let due = sender
-                    .and_then(|id| self.engines.get(&id))
-                    .is_some_and(|e| now.duration_since(e.last_answered) >= self.heartbeat_period);
-                if due {
-                    self.answer_heartbeat(&identity, now);
+                if let Some(id) = sender {
+                    self.piece_arrived(id, &identity, now);
                 }
             }
         }
-    }
-
-    /// Answers a sign of life from the engine at `identity` with the heartbeat period to keep.
-    fn answer_heartbeat(&mut self, identity: &Bytes, now: Instant) {
-        if let Some(engine) = self
-            .engine_by_identity(identity)
-            .and_then(|id| self.engines.get_mut(&id))
-        {
-            engine.last_answered = now;
-        }
-        let period = self.heartbeat_period;
-        self.send(identity, ToEngine::Heartbeat { period });
     }
 
     /// The live engine whose link identity is `identity`.

@@ -277,3 +277,17 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .ok()
         .map(|t| t.with_timezone(&Utc))
 }
+
+/// The most objects one request of an engine is answered with: a cell's object and the
+/// libraries it links (libstd and its dependencies) are far fewer.
+pub const MAX_OBJECTS_ASKED: usize = 1024;
+
+/// What an engine's object request is answered with: each object once, at most
+/// [`MAX_OBJECTS_ASKED`], so that a request naming one large object thousands of times does not
+/// make the kernel queue it as often.
+pub(super) fn objects_to_send(mut asked: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    asked.retain(|hash| seen.insert(hash.clone()));
+    asked.truncate(MAX_OBJECTS_ASKED);
+    asked
+}

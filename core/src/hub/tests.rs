@@ -346,6 +346,23 @@ fn objects_are_read_only_for_a_registered_engine() {
         &hub.take_effects()[..],
         [Effect::SendObjects { sha256, .. }] if sha256 == &["ab".to_string()]
     ));
+    // The same object named many times is sent once; the list is cut at the bound.
+    let many = |names: Vec<String>| FromEngine::ObjectRequest(ObjectRequest { sha256: names });
+    hub.receive(
+        Bytes::from_static(b"x"),
+        many(vec!["ab".into(); 5000]),
+        Instant::now(),
+    );
+    assert!(matches!(
+        &hub.take_effects()[..],
+        [Effect::SendObjects { sha256, .. }] if sha256 == &["ab".to_string()]
+    ));
+    let distinct = (0..5000).map(|i| format!("{i:064x}")).collect();
+    hub.receive(Bytes::from_static(b"x"), many(distinct), Instant::now());
+    assert!(matches!(
+        &hub.take_effects()[..],
+        [Effect::SendObjects { sha256, .. }] if sha256.len() == runs::MAX_OBJECTS_ASKED
+    ));
 }
 
 #[test]
