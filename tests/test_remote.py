@@ -414,7 +414,7 @@ class FakeEngine(threading.Thread):
     def run(self):
         self.send("register_request", {
             "requested_id": self.engine_id, "pid": self.sleeper.pid, "hostname": "fake",
-            "version": "0.1.0", "platform": this_platform(), "shares_files": False,
+            "version": "0.1.0", "platform": this_platform(), "shares_files": False, "link_version": 2,
         })
         beat = 0.0
         while not self.stop.is_set():

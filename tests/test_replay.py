@@ -20,7 +20,10 @@ import zmq
 from jupyter_client.session import Session
 
 from conftest import ENGINE_ROW, kernel_with_runtime_dir
-from link_seal import link_key, serialize_sealed
+from link_seal import link_key, open_sealed, serialize_sealed
+
+# The link version this build's engines speak (core/src/link_messages.rs LINK_VERSION).
+LINK_VERSION = 2
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +115,7 @@ def test_a_replayed_registration_or_heartbeat_gets_no_engine(kernel):
     try:
         register = session.msg("register_request", {
             "requested_id": None, "pid": sleeper.pid, "hostname": "recorded", "version": "0.1.0",
-            "platform": this_platform(), "shares_files": False,
+            "platform": this_platform(), "shares_files": False, "link_version": LINK_VERSION,
         })
         register["metadata"] = {"seq": 1}
         recorded_register = serialize_sealed(session, register, key)
@@ -170,7 +173,7 @@ class FakeEngine:
     """An engine with the key, speaking on the link from Python: registers, then sends what it
     is told, each message numbered on."""
 
-    def __init__(self, kernel, hostname):
+    def __init__(self, kernel, hostname, link_version=None):
         url, self.session, self.key = engine_link(kernel)
         self.sleeper = subprocess.Popen(["sleep", "120"])
         self.sock = dealer(url, self.session.bsession)
@@ -179,10 +182,12 @@ class FakeEngine:
         self.sock.send_multipart(self.sealed("register_request", {
             "requested_id": None, "pid": self.sleeper.pid, "hostname": hostname, "version": "0.1.0",
             "platform": this_platform(), "shares_files": False,
+            "link_version": LINK_VERSION if link_version is None else link_version,
         }))
         # Until the answer (heartbeats are not sent here: the engine has 5 s to do its part).
-        assert self.sock.poll(5000) and b"register_reply" in b"".join(self.sock.recv_multipart())
-        self.id = (set(live_engines(kernel)) - before).pop()
+        assert self.sock.poll(5000)
+        _, self.registration, _ = open_sealed(self.sock.recv_multipart(), self.key)
+        self.id = next(iter(set(live_engines(kernel)) - before), None)
 
     def sealed(self, msg_type, content):
         msg = self.session.msg(msg_type, content)
@@ -243,3 +248,19 @@ def test_pieces_are_put_together_and_a_gap_among_them_ends_the_engine_with_the_r
     assert live_engines(kernel) == before
     reply, _, _ = kernel.execute("%px 6 * 7")
     assert reply["status"] == "ok", reply
+
+
+def test_an_engine_of_another_link_version_is_refused_with_the_reason(kernel):
+    """An engine of an older build does not know pieces: it would drop a large value's pieces and
+    its run would wait for good. The hub refuses it at registration and says what to do."""
+    before = live_engines(kernel)
+    old = FakeEngine(kernel, "old-build", link_version=1)
+    try:
+        assert old.id is None
+        assert old.registration["engine_id"] is None
+        assert old.registration["refused"].startswith(
+            "the engine speaks link version 1, this kernel 2: start engines from the rustpx-engine built with this kernel"
+        ), old.registration
+    finally:
+        old.close()
+    assert live_engines(kernel) == before

@@ -78,6 +78,12 @@ macro_rules! link_message {
     };
 }
 
+/// The version of the link's messages this build speaks. An engine of another build that
+/// speaks another one would miss or misread messages (an engine before 2 drops the pieces a
+/// large value travels in, and its run waits for good), so the hub refuses it with the reason.
+/// 2: large messages in pieces ([`Piece`]).
+pub const LINK_VERSION: u32 = 2;
+
 /// Engine to hub, first message: who I am.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegisterRequest {
@@ -92,6 +98,9 @@ pub struct RegisterRequest {
     /// than fetching them over the link.
     #[serde(default)]
     pub shares_files: bool,
+    /// The engine's [`LINK_VERSION`]; engines from before it was sent say nothing (0).
+    #[serde(default)]
+    pub link_version: u32,
 }
 link_message!(RegisterRequest, "register_request");
 

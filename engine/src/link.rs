@@ -105,6 +105,7 @@ pub async fn serve(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         platform: identity.platform,
         shares_files: delivery.shares_files(),
+        link_version: rustpx_protocol::LINK_VERSION,
     };
     tokio::time::timeout(
         patience.register_timeout,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::link_messages::{
     DisplayOutput, EngineExit, ObjectRef, ObjectRequest, Platform, RegisterReply, RegisterRequest,
-    RunReply, RunRequest, ShippedFile, SignalRequest, StreamOutput,
+    RunReply, RunRequest, ShippedFile, SignalRequest, StreamOutput, LINK_VERSION,
 };
 use crate::records::{CellRecord, EngineError};
 use crate::{EngineId, ErrorKind};
@@ -348,7 +348,9 @@ impl Hub {
     }
 
     fn register(&mut self, identity: Bytes, request: RegisterRequest, now: Instant) {
-        if let Some(why) = request.platform.incompatibility(&self.platform) {
+        let why = link_version_mismatch(request.link_version)
+            .or_else(|| request.platform.incompatibility(&self.platform));
+        if let Some(why) = why {
             let text = format!(
                 "refused an engine from {} (pid {}): {why}",
                 request.hostname, request.pid
@@ -594,4 +596,13 @@ impl Hub {
             .find(|(var, _)| var == name)
             .map(|(_, ty)| ty.clone())
     }
+}
+
+/// Why an engine speaking link version `version` cannot join this hub, or `None`.
+fn link_version_mismatch(version: u32) -> Option<String> {
+    (version != LINK_VERSION).then(|| {
+        format!(
+            "the engine speaks link version {version}, this kernel {LINK_VERSION}: start engines from the rustpx-engine built with this kernel (the one beside its rustpx binary)"
+        )
+    })
 }

@@ -25,6 +25,7 @@ fn register_from(hub: &mut Hub, who: &'static str, requested: Option<EngineId>, 
         version: "0".into(),
         platform: p,
         shares_files: true,
+        link_version: LINK_VERSION,
     };
     hub.receive(
         Bytes::from_static(who.as_bytes()),
@@ -132,6 +133,36 @@ fn registration_honours_free_requested_ids() {
         )
     );
     assert_eq!(replies.len(), 3);
+}
+
+#[test]
+fn an_engine_of_another_link_version_is_refused_with_the_reason() {
+    let mut hub = Hub::new(platform());
+    let request = RegisterRequest {
+        requested_id: None,
+        pid: 100,
+        hostname: "old".into(),
+        version: "0".into(),
+        platform: platform(),
+        shares_files: true,
+        link_version: 0,
+    };
+    hub.receive(
+        Bytes::from_static(b"old"),
+        FromEngine::Register(request),
+        Instant::now(),
+    );
+    assert!(hub.live_ids().is_empty());
+    match &sends(&hub.take_effects())[..] {
+        [(_, ToEngine::Registered(reply))] => {
+            let why = reply.refused.as_deref().unwrap_or_default();
+            assert!(
+                why.starts_with("the engine speaks link version 0, this kernel 2"),
+                "{why}"
+            );
+        }
+        other => panic!("expected one refusal, got {other:?}"),
+    }
 }
 
 #[test]

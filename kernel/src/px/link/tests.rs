@@ -92,6 +92,7 @@ fn registration(session: &str, numbering: &mut Sequencer) -> WireMessage {
         version: env!("CARGO_PKG_VERSION").into(),
         platform: rustpx_protocol::this_platform(),
         shares_files: true,
+        link_version: rustpx_protocol::LINK_VERSION,
     };
     let mut message = to_wire(session, &request);
     numbering.stamp(&mut message);
