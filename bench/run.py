@@ -474,7 +474,7 @@ def main():
         ratios[f"{measure}: rustpx / baseline build"] = ratio(
             results.get(f"rustpx: {measure}"), results.get(f"baseline: {measure}"))
 
-    for case in (c for c in STRUCTURE_CASES if f"rustpx: {c}" in results):
+    for case in (c for c in against_baseline.STRUCTURE_CASES if f"rustpx: {c}" in results):
         ratios[f"{case}: rustpx / baseline build"] = ratio(
             results.get(f"rustpx: {case}"), results.get(f"baseline: {case}"))
 
