@@ -56,6 +56,16 @@ def serialize_sealed(session, msg, key, buffers=()):
     return frames + [seal(key, bytes(b), _context(header, i + 1, pieces)) for i, b in enumerate(buffers)]
 
 
+def serialize_carrying(session, msg, key, buffers):
+    """A piece of a large message (wire/src/sealed.rs `encode_sealed_carrying`): the content
+    sealed, the `buffers` (another message's sealed frames) as they are."""
+    frames = session.serialize(msg)
+    header = frames[2]
+    frames[5] = seal(key, frames[5], _context(header, 0, 1 + len(buffers)))
+    frames[1] = session.sign(frames[2:6])
+    return frames + [bytes(b) for b in buffers]
+
+
 def open_sealed(frames, key):
     """The (header, content, buffers) of a sealed message the hub sent (frames as a DEALER gets
     them: delimiter, signature, header, parent, metadata, content, buffers); the signature is

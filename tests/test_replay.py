@@ -20,7 +20,7 @@ import zmq
 from jupyter_client.session import Session
 
 from conftest import ENGINE_ROW, kernel_with_runtime_dir
-from link_seal import link_key, open_sealed, serialize_sealed
+from link_seal import link_key, open_sealed, serialize_carrying, serialize_sealed
 
 # The link version this build's engines speak (core/src/link_messages.rs LINK_VERSION).
 LINK_VERSION = 2
@@ -198,7 +198,7 @@ class FakeEngine:
         content = {"index": index, "count": count, "total": total, "last_continues": False}
         msg = self.session.msg("piece", content)
         msg["metadata"] = {"seq": next(self.numbers)}
-        self.sock.send_multipart(serialize_sealed(self.session, msg, self.key, buffers))
+        self.sock.send_multipart(serialize_carrying(self.session, msg, self.key, buffers))
 
     def close(self):
         self.sock.close()

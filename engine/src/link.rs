@@ -16,8 +16,8 @@ use rustpx_protocol::{
     SignalRequest,
 };
 use rustpx_wire::{
-    check_addressed_to, decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer,
-    WireError, WireMessage,
+    check_addressed_to, decode_sealed, encode_sealed, encode_sealed_carrying, LinkCipher,
+    SequenceCheck, Sequencer, Signer, WireError, WireMessage,
 };
 use tokio::sync::mpsc;
 
@@ -279,7 +279,7 @@ fn admit(
     let sealed = decode_sealed(frames, signer)?;
     check_addressed_to(sealed.envelope(), me)?;
     numbers_seen.accept(sealed.envelope())?;
-    sealed.open(cipher)
+    pieces::open(sealed, cipher)
 }
 
 /// The hub's large message, once `piece` (verified and opened) is its last piece, itself
@@ -316,7 +316,7 @@ async fn send_message(
     for (piece, buffers) in pieces::split(&frames) {
         let mut wire = to_wire(&seal.session, &piece);
         wire.buffers = buffers;
-        let sealed = seal.frames(wire);
+        let sealed = seal.carrying(wire);
         send_not_counted(socket, sealed, last_heard).await?;
     }
     Ok(())
@@ -334,10 +334,23 @@ struct Seal {
 }
 
 impl Seal {
-    fn frames(&mut self, mut message: WireMessage) -> Vec<bytes::Bytes> {
+    fn frames(&mut self, message: WireMessage) -> Vec<bytes::Bytes> {
+        self.encoded(message, encode_sealed)
+    }
+
+    /// A piece: its buffers are another message's sealed frames, not sealed again.
+    fn carrying(&mut self, message: WireMessage) -> Vec<bytes::Bytes> {
+        self.encoded(message, encode_sealed_carrying)
+    }
+
+    fn encoded(
+        &mut self,
+        mut message: WireMessage,
+        encode: fn(&WireMessage, &Signer, &LinkCipher) -> Vec<bytes::Bytes>,
+    ) -> Vec<bytes::Bytes> {
         message.header.session.clone_from(&self.session);
         self.numbering.stamp(&mut message);
-        encode_sealed(&message, &self.signer, &self.cipher)
+        encode(&message, &self.signer, &self.cipher)
     }
 }
 

@@ -16,9 +16,10 @@
 //! taken before its pieces' numbers, and every piece's number was.
 
 use bytes::Bytes;
+use rustpx_wire::{LinkCipher, SealedMessage, WireError, WireMessage};
 use thiserror::Error;
 
-use crate::Piece;
+use crate::{LinkMessage, Piece};
 
 /// The most of a message's frames one piece carries.
 pub const PIECE_BYTES: usize = 256 << 10;
@@ -41,6 +42,17 @@ pub const MAX_CARRIED_BYTES: u64 = MAX_MESSAGE_BYTES - (1 << 20);
 /// The most frames a message put together from pieces may have: each costs a record beside
 /// its bytes, so empty frames must not be free.
 pub const MAX_FRAMES: usize = 1 << 16;
+
+/// Opens a verified link message: a piece's buffers stay as they came (they are the sealed and
+/// signed frames of the message it carries, sent with `encode_sealed_carrying` and checked
+/// when that message is whole), every other message's are decrypted.
+pub fn open(sealed: SealedMessage, cipher: &LinkCipher) -> Result<WireMessage, WireError> {
+    if sealed.envelope().msg_type() == Piece::MSG_TYPE {
+        sealed.open_carrying(cipher)
+    } else {
+        sealed.open(cipher)
+    }
+}
 
 /// Whether `frames` (one sealed message) must travel in pieces.
 pub fn needs_pieces(frames: &[Bytes]) -> bool {

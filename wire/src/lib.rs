@@ -23,7 +23,7 @@ pub use error::WireError;
 pub use frame::{decode, decode_once, encode, DELIMITER};
 pub use message::{new_header, WireMessage};
 pub use replay::{address_to, check_addressed_to, SeenSignatures, SequenceCheck, Sequencer};
-pub use sealed::{decode_sealed, encode_sealed, SealedMessage};
+pub use sealed::{decode_sealed, encode_sealed, encode_sealed_carrying, SealedMessage};
 pub use signing::Signer;
 pub use socket::{Options as SocketOptions, SocketError, SocketType, ZmqSocket};
 pub use zmtp::{ZmtpDealer, ZmtpError};

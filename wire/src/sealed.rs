@@ -20,6 +20,27 @@ use crate::{Signer, WireError, WireMessage};
 
 /// Serialises `message` into frames with its content and buffers sealed, then signs it.
 pub fn encode_sealed(message: &WireMessage, signer: &Signer, cipher: &LinkCipher) -> Vec<Bytes> {
+    encode(message, signer, cipher, true)
+}
+
+/// [`encode_sealed`] for a message whose buffers are parts of another message's sealed and
+/// signed frames (a piece of a large message): only the content is sealed, and the buffers are
+/// checked when that message is whole, by its own signature and seals. Sealing them again would
+/// encrypt every large value twice on the way out and decrypt it twice on the way in.
+pub fn encode_sealed_carrying(
+    message: &WireMessage,
+    signer: &Signer,
+    cipher: &LinkCipher,
+) -> Vec<Bytes> {
+    encode(message, signer, cipher, false)
+}
+
+fn encode(
+    message: &WireMessage,
+    signer: &Signer,
+    cipher: &LinkCipher,
+    seal_buffers: bool,
+) -> Vec<Bytes> {
     let [header, parent, metadata, content] = json_frames(message);
     let pieces = message.buffers.len() + 1;
     let content = cipher.seal(&content, &context(&header, 0, pieces));
@@ -27,7 +48,10 @@ pub fn encode_sealed(message: &WireMessage, signer: &Signer, cipher: &LinkCipher
         .buffers
         .iter()
         .enumerate()
-        .map(|(i, buffer)| Bytes::from(cipher.seal(buffer, &context(&header, i + 1, pieces))))
+        .map(|(i, buffer)| match seal_buffers {
+            true => Bytes::from(cipher.seal(buffer, &context(&header, i + 1, pieces))),
+            false => buffer.clone(),
+        })
         .collect();
     signed_frames(
         &message.identities,
@@ -64,6 +88,20 @@ impl SealedMessage {
     /// before decrypting (the sender's session, the sequence number).
     pub fn envelope(&self) -> &WireMessage {
         &self.envelope
+    }
+
+    /// The message of [`encode_sealed_carrying`]: its content decrypted, its buffers as they
+    /// came (the caller checks them as parts of the message they carry).
+    pub fn open_carrying(self, cipher: &LinkCipher) -> Result<WireMessage, WireError> {
+        let SealedMessage {
+            parts,
+            mut envelope,
+        } = self;
+        let pieces = parts.buffers.len() + 1;
+        let content = cipher.open(&parts.content, &context(&parts.header, 0, pieces))?;
+        envelope.content = parse_json(&content, "content")?;
+        envelope.buffers = parts.buffers;
+        Ok(envelope)
     }
 
     /// The whole message, content and buffers decrypted; an error if any piece does not open.

@@ -166,3 +166,25 @@ fn a_signed_but_unsealed_content_does_not_open() {
     let sealed = decode_sealed(frames, &signer()).unwrap();
     assert!(matches!(sealed.open(&cipher()), Err(WireError::Sealed(_))));
 }
+
+#[test]
+fn a_carrying_message_seals_its_content_and_carries_its_buffers_as_they_are() {
+    let original = message();
+    let frames = encode_sealed_carrying(&original, &signer(), &cipher());
+    // The buffers (already sealed frames of another message, in real use) are not sealed again;
+    // the content is.
+    assert!(contains(&frames, b"SECRET VALUE"));
+    assert!(!contains(&frames, b"SECRET CELL"));
+    let opened = decode_sealed(frames, &signer())
+        .unwrap()
+        .open_carrying(&cipher())
+        .unwrap();
+    assert_eq!(opened.content, original.content);
+    assert_eq!(opened.buffers, original.buffers);
+    // Opened as a fully sealed message, its plain buffers do not open.
+    let frames = encode_sealed_carrying(&original, &signer(), &cipher());
+    assert!(decode_sealed(frames, &signer())
+        .unwrap()
+        .open(&cipher())
+        .is_err());
+}

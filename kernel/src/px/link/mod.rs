@@ -16,8 +16,8 @@ use bytes::Bytes;
 use rustpx_protocol::pieces::{self, Assembler, PieceError};
 use rustpx_protocol::{from_wire, to_wire, ContentError, EngineConnection, LinkMessage, Piece};
 use rustpx_wire::{
-    address_to, decode_sealed, encode_sealed, LinkCipher, SequenceCheck, Sequencer, Signer,
-    SocketOptions, SocketType, WireError, WireMessage, ZmqSocket,
+    address_to, decode_sealed, encode_sealed, encode_sealed_carrying, LinkCipher, SequenceCheck,
+    Sequencer, Signer, SocketOptions, SocketType, WireError, WireMessage, ZmqSocket,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -264,7 +264,7 @@ async fn send(
 ) {
     let msg_type = message.msg_type().to_owned();
     let session = message.header.session.clone();
-    let frames = sealed_for(&identity, message, keys, numbering);
+    let frames = sealed_for(&identity, message, keys, numbering, encode_sealed);
     let sent = if pieces::needs_pieces(&frames) {
         send_pieces(socket, keys, numbering, &identity, &session, &frames).await
     } else {
@@ -284,17 +284,22 @@ async fn send(
     }
 }
 
-/// `message` addressed to `identity`, numbered, sealed and signed, without the routing frame.
+/// The encoder of a message: [`encode_sealed`], or `encode_sealed_carrying` for a piece.
+type Encoder = fn(&WireMessage, &Signer, &LinkCipher) -> Vec<Bytes>;
+
+/// `message` addressed to `identity`, numbered, sealed (by `encode`) and signed, without the
+/// routing frame.
 fn sealed_for(
     identity: &Bytes,
     mut message: WireMessage,
     keys: &LinkKeys,
     numbering: &mut Sequencer,
+    encode: Encoder,
 ) -> Vec<Bytes> {
     address_to(&mut message, identity);
     message.identities.clear();
     numbering.stamp(&mut message);
-    encode_sealed(&message, &keys.signer, &keys.cipher)
+    encode(&message, &keys.signer, &keys.cipher)
 }
 
 /// Sends the sealed `frames` of one message as pieces, each its own sealed message; libzmq
@@ -311,7 +316,13 @@ async fn send_pieces(
         let mut wire = to_wire(session, &piece);
         wire.buffers = buffers;
         let mut routed = vec![identity.clone()];
-        routed.extend(sealed_for(identity, wire, keys, numbering));
+        routed.extend(sealed_for(
+            identity,
+            wire,
+            keys,
+            numbering,
+            encode_sealed_carrying,
+        ));
         socket.send(routed).await?;
     }
     Ok(())
@@ -350,7 +361,7 @@ fn admit(
 ) -> Result<(Bytes, WireMessage), Refused> {
     let (identity, sealed) = signed_by_sender(frames, keys)?;
     numbers_seen.accept(sealed.envelope())?;
-    let mut message = sealed.open(&keys.cipher)?;
+    let mut message = pieces::open(sealed, &keys.cipher)?;
     message.identities.remove(0);
     Ok((identity, message))
 }
