@@ -301,8 +301,8 @@ fn whole_message(
     Ok(Some(sealed.open(cipher)?))
 }
 
-/// Seals `message` and sends it, in pieces when it is large (each sealed as it goes, so that
-/// no second copy of the whole message is made at once).
+/// Seals `message` and sends it, in pieces when it is large (each piece made as it goes; its
+/// buffers are slices of the sealed frames, not copies).
 async fn send_message(
     socket: &mut HubSocket,
     seal: &mut Seal,

@@ -93,19 +93,15 @@ impl SealedMessage {
     /// The message of [`encode_sealed_carrying`]: its content decrypted, its buffers as they
     /// came (the caller checks them as parts of the message they carry).
     pub fn open_carrying(self, cipher: &LinkCipher) -> Result<WireMessage, WireError> {
-        let SealedMessage {
-            parts,
-            mut envelope,
-        } = self;
-        let pieces = parts.buffers.len() + 1;
-        let content = cipher.open(&parts.content, &context(&parts.header, 0, pieces))?;
-        envelope.content = parse_json(&content, "content")?;
-        envelope.buffers = parts.buffers;
-        Ok(envelope)
+        self.opened(cipher, false)
     }
 
     /// The whole message, content and buffers decrypted; an error if any piece does not open.
     pub fn open(self, cipher: &LinkCipher) -> Result<WireMessage, WireError> {
+        self.opened(cipher, true)
+    }
+
+    fn opened(self, cipher: &LinkCipher, open_buffers: bool) -> Result<WireMessage, WireError> {
         let SealedMessage {
             parts,
             mut envelope,
@@ -113,6 +109,10 @@ impl SealedMessage {
         let pieces = parts.buffers.len() + 1;
         let content = cipher.open(&parts.content, &context(&parts.header, 0, pieces))?;
         envelope.content = parse_json(&content, "content")?;
+        if !open_buffers {
+            envelope.buffers = parts.buffers;
+            return Ok(envelope);
+        }
         envelope.buffers = parts
             .buffers
             .iter()
