@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use rustpx_protocol::pieces::MAX_CARRIED_BYTES;
+use rustpx_protocol::pieces::{carried_bytes, MAX_CARRIED_BYTES};
 use rustpx_protocol::{sha256_hex, ShippedFile};
 
 /// Directories this engine created for data magics (and its map socket): removed when it exits
@@ -81,11 +81,7 @@ pub fn clear(paths: &[String]) {
 /// The files of `paths` that exist, with their hashes and bytes (a run that failed wrote none).
 pub fn read_outputs(paths: &[String]) -> Result<(Vec<ShippedFile>, Vec<Bytes>), TooLarge> {
     // Checked before anything is read: the hub would refuse a larger reply.
-    let size: u64 = paths
-        .iter()
-        .filter_map(|path| std::fs::metadata(path).ok())
-        .map(|metadata| metadata.len())
-        .sum();
+    let size = carried_bytes(paths);
     if size > MAX_CARRIED_BYTES {
         return Err(TooLarge(size));
     }

@@ -39,6 +39,16 @@ pub const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 /// before they read anything: a larger message would be refused on arrival.
 pub const MAX_CARRIED_BYTES: u64 = MAX_MESSAGE_BYTES - (1 << 20);
 
+/// The bytes the files at `paths` hold (missing ones count nothing): what a message carrying
+/// them would carry, checked against [`MAX_CARRIED_BYTES`] before anything is read.
+pub fn carried_bytes(paths: &[String]) -> u64 {
+    paths
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
 /// The most frames a message put together from pieces may have: each costs a record beside
 /// its bytes, so empty frames must not be free.
 pub const MAX_FRAMES: usize = 1 << 16;

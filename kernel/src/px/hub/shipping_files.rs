@@ -50,11 +50,7 @@ impl ShippingFiles {
         let read = || -> Result<Shipment, ShipmentError> {
             let (inputs, files_out) = files.for_engine(engine);
             // Checked before anything is read: the engine would refuse the message.
-            let size: u64 = inputs
-                .iter()
-                .filter_map(|path| std::fs::metadata(path).ok())
-                .map(|metadata| metadata.len())
-                .sum();
+            let size = rustpx_protocol::pieces::carried_bytes(&inputs);
             if size > rustpx_protocol::pieces::MAX_CARRIED_BYTES {
                 return Err(ShipmentError::TooLarge(size));
             }
